@@ -1,0 +1,36 @@
+# safeops: two commands a fresh machine with python3 and pip needs.
+#   make test   create .venv, install -e .[test,bench,tfmot,probability], run the default tests
+#   make bench  same install, then the benchmark suite's quick mode (report in bench-results/)
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+EXTRAS := test,bench,tfmot,probability
+
+.PHONY: install test test-all bench bench-full clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall only when the package metadata changes: a second run is fast.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q
+
+test-all: $(STAMP)
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q -m ""
+
+bench: $(STAMP)
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m benchmarks --quick
+
+bench-full: $(STAMP)
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m benchmarks --full
+
+clean:
+	rm -rf $(VENV) bench-results .pytest_cache

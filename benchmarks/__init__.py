@@ -1,0 +1,1 @@
+"""safeops benchmark suite: `python -m benchmarks --quick`. See benchmarks/README.md."""

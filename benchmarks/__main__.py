@@ -1,0 +1,112 @@
+"""Entry point: ``python -m benchmarks [--quick|--full] [--only=PATTERN] ...``."""
+
+import fnmatch
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+FLAGS = flags.FLAGS
+flags.DEFINE_bool("quick", False, "Small sizes and few repeats (the `make bench` mode).")
+flags.DEFINE_bool("full", False, "Full sizes and more repeats.")
+flags.DEFINE_string("only", None, "fnmatch pattern(s), comma separated, on case names; "
+                    "a bare word matches as *word*.")
+flags.DEFINE_list("devices", None, "Device types to measure (cpu,gpu); default every visible one.")
+flags.DEFINE_string("output_dir", "bench-results", "Where results.json and report.md go.")
+flags.DEFINE_integer("repeats", None, "Timed rounds per measurement (default 7 quick, 21 full).")
+flags.DEFINE_integer("warmup", 2, "Untimed rounds before timing.")
+flags.DEFINE_integer("seed", 0, "Seed for every case's inputs.")
+
+
+def _selected(cases, only):
+    if not only:
+        return cases
+    pats = [p if any(c in p for c in "*?[") else f"*{p}*" for p in only.split(",")]
+    return [c for c in cases if any(fnmatch.fnmatch(c.name, p) for p in pats)]
+
+
+def _commit():
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True, cwd=os.path.dirname(__file__)).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main(argv):
+    del argv
+    import numpy as np
+    import tensorflow as tf
+
+    import safeops
+    from benchmarks import harness, report
+    from benchmarks.registry import cases
+    import benchmarks.cases  # noqa: F401  (registers every family)
+
+    if FLAGS.quick and FLAGS.full:
+        raise app.UsageError("--quick and --full exclude each other")
+    quick = not FLAGS.full
+    repeats = FLAGS.repeats or (7 if quick else 21)
+    tf.config.experimental.enable_tensor_float_32_execution(False)
+
+    devices = tf.config.list_logical_devices()
+    wanted = [d.lower() for d in FLAGS.devices] if FLAGS.devices else None
+    devices = [d for d in devices if d.device_type in ("CPU", "GPU")
+               and (wanted is None or d.device_type.lower() in wanted)]
+    selected = [c for c in _selected(cases(), FLAGS.only) if c.quick or not quick]
+    header = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "commit": _commit(),
+        "mode": "quick" if quick else "full",
+        "repeats": repeats,
+        "warmup": FLAGS.warmup,
+        "seed": FLAGS.seed,
+        "tensorflow": tf.__version__,
+        "keras": tf.keras.__version__,
+        "numpy": np.__version__,
+        "safeops": safeops.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "devices": [d.name for d in devices],
+        "tensor_float_32": "disabled while measuring",
+        "command": " ".join(["python -m benchmarks"] + sys.argv[1:]),
+    }
+    print(f"safeops benchmarks ({header['mode']}): {len(selected)} cases x {len(devices)} device(s); "
+          f"TF {tf.__version__}, TF32 disabled", flush=True)
+    results = []
+    start = time.time()
+    total = len(selected) * len(devices)
+    done = 0
+    for device in devices:
+        for case in selected:
+            t0 = time.time()
+            rng = np.random.default_rng(FLAGS.seed)
+            try:
+                inputs = case.make_inputs(rng, quick)
+                measured = harness.measure_case(case, inputs, device, repeats, FLAGS.warmup)
+            except Exception as err:  # one broken case must not sink the report
+                measured = {"timings": [], "accuracy": None,
+                            "error": f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"}
+            done += 1
+            elapsed = time.time() - start
+            eta = elapsed / done * (total - done)
+            results.append({"case": case.name, "family": case.family, "device": device.name,
+                            "baseline_name": case.baseline_name,
+                            "candidate_name": case.candidate_name,
+                            "extra": {k: str(v) for k, v in case.extra.items()}, **measured})
+            print(report.progress_line(results[-1], done, total, time.time() - t0, elapsed, eta),
+                  flush=True)
+    out = report.write(FLAGS.output_dir, header, results)
+    print(report.markdown_table(results))
+    print(f"wrote {', '.join(out)} in {time.time() - start:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)

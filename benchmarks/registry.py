@@ -1,0 +1,66 @@
+"""The case registry: each op family adds `Case`s from a module in `benchmarks/cases/`."""
+
+import dataclasses
+from typing import Callable, Dict, Optional, Sequence
+
+__all__ = ["Case", "register", "cases"]
+
+
+@dataclasses.dataclass
+class Case:
+    """One benchmark case: a baseline and the safeops op on the same inputs.
+
+    Attributes:
+      name: unique id, ``family/op/size`` (``"summation/reduce_sum/8M"``).
+      family: the op family (``"summation"``).
+      make_inputs: ``make_inputs(rng, quick) -> tuple`` of NumPy arrays or
+        tensors (made once per case, placed on the measured device).
+      baseline: the function a user has today (the TF op or the naive code).
+      candidate: the safeops replacement, same arguments.
+      baseline_name / candidate_name: labels for the report.
+      grad: also time forward+backward (gradients w.r.t. the floating inputs).
+      modes: subset of ("graph", "xla"); "xla" is `jit_compile=True`.
+      accuracy: optional ``accuracy(inputs, outputs) -> dict`` where outputs maps
+        a label ("baseline", "safeops", anchors...) to its NumPy forward result;
+        returns ``{"metric": "ulp"|"relerr"|..., "<label>": error, ...}``.
+        Errors are measured against `safeops.testing` references.
+      anchors: extra timed baselines ``{label: fn}`` (e.g. TFP's Kahan sum),
+        measured in the same interleaved loop, forward only, graph mode.
+      accuracy_only: ``{label: fn(inputs) -> NumPy}`` references that are not
+        timed (math.fsum, NumPy float64).
+      bar: the issue's speed bar for this case, e.g. ``{"graph/fwd": 2.0}``.
+      quick: run in ``--quick`` mode.
+      extra: free-form facts shown in the report (condition number, n).
+    """
+
+    name: str
+    family: str
+    make_inputs: Callable
+    baseline: Callable
+    candidate: Callable
+    baseline_name: str = "tf"
+    candidate_name: str = "safeops"
+    grad: bool = True
+    modes: Sequence[str] = ("graph", "xla")
+    accuracy: Optional[Callable] = None
+    anchors: Dict[str, Callable] = dataclasses.field(default_factory=dict)
+    accuracy_only: Dict[str, Callable] = dataclasses.field(default_factory=dict)
+    bar: Dict[str, float] = dataclasses.field(default_factory=dict)
+    quick: bool = True
+    extra: Dict[str, object] = dataclasses.field(default_factory=dict)
+
+
+_CASES = {}
+
+
+def register(case):
+    """Add a case; names must be unique. Returns the case (usable as a helper)."""
+    if case.name in _CASES:
+        raise ValueError(f"benchmark case {case.name!r} registered twice")
+    _CASES[case.name] = case
+    return case
+
+
+def cases():
+    """All registered cases, in registration order."""
+    return list(_CASES.values())
