@@ -216,6 +216,9 @@ def bits_of_error(actual, expected, dtype):
     0 means exact (correctly rounded), 1 means one ulp off, and the maximum is
     the format's width (16, 32 or 64) for NaN/inf against finite values.
 
+    Args:
+      actual, expected, dtype: as for `ulp_distance`.
+
     Returns:
       A float64 array of the same shape as the broadcast inputs.
     """
@@ -685,6 +688,10 @@ def assert_finite_gradients(fn, *xs):
 
 def run_modes(fn, *args):
     """Run `fn(*args)` eagerly, in `tf.function`, and in `tf.function(jit_compile=True)`.
+
+    Args:
+      fn: a function of tensors.
+      *args: its arguments.
 
     Returns:
       A dict ``{"eager": ..., "function": ..., "jit_compile": ...}`` of NumPy
