@@ -15,6 +15,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 FLAGS = flags.FLAGS
 flags.DEFINE_bool("quick", False, "Small sizes and few repeats (the `make bench` mode).")
 flags.DEFINE_bool("full", False, "Full sizes and more repeats.")
+flags.DEFINE_bool("smoke", False, "Check the suite runs: quick sizes, graph mode only, one "
+                  "repeat (used by the tests; its timings mean nothing).")
 flags.DEFINE_string("only", None, "fnmatch pattern(s), comma separated, on case names; "
                     "a bare word matches as *word*.")
 flags.DEFINE_list("devices", None, "Device types to measure (cpu,gpu); default every visible one.")
@@ -46,13 +48,14 @@ def main(argv):
 
     import safeops
     from benchmarks import harness, report
-    from benchmarks.registry import cases
+    from benchmarks.registry import cases, sweeps
     import benchmarks.cases  # noqa: F401  (registers every family)
 
     if FLAGS.quick and FLAGS.full:
         raise app.UsageError("--quick and --full exclude each other")
     quick = not FLAGS.full
-    repeats = FLAGS.repeats or (7 if quick else 21)
+    repeats = FLAGS.repeats or (1 if FLAGS.smoke else 7 if quick else 21)
+    warmup = 0 if FLAGS.smoke else FLAGS.warmup
     tf.config.experimental.enable_tensor_float_32_execution(False)
 
     devices = tf.config.list_logical_devices()
@@ -63,9 +66,9 @@ def main(argv):
     header = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "commit": _commit(),
-        "mode": "quick" if quick else "full",
+        "mode": "smoke" if FLAGS.smoke else "quick" if quick else "full",
         "repeats": repeats,
-        "warmup": FLAGS.warmup,
+        "warmup": warmup,
         "seed": FLAGS.seed,
         "tensorflow": tf.__version__,
         "keras": tf.keras.__version__,
@@ -90,7 +93,8 @@ def main(argv):
             rng = np.random.default_rng(FLAGS.seed)
             try:
                 inputs = case.make_inputs(rng, quick)
-                measured = harness.measure_case(case, inputs, device, repeats, FLAGS.warmup)
+                measured = harness.measure_case(case, inputs, device, repeats, warmup,
+                                                modes=("graph",) if FLAGS.smoke else None)
             except Exception as err:  # one broken case must not sink the report
                 measured = {"timings": [], "accuracy": None,
                             "error": f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"}
@@ -103,7 +107,19 @@ def main(argv):
                             "extra": {k: str(v) for k, v in case.extra.items()}, **measured})
             print(report.progress_line(results[-1], done, total, time.time() - t0, elapsed, eta),
                   flush=True)
-    out = report.write(FLAGS.output_dir, header, results)
+    sweep_results = []
+    for sw in _selected(sweeps(), FLAGS.only):
+        t0 = time.time()
+        entry = {"name": sw.name, "family": sw.family, "title": sw.title, "xlabel": sw.xlabel,
+                 "ylabel": sw.ylabel, "log_x": sw.log_x, "log_y": sw.log_y, "kind": sw.kind}
+        try:
+            entry["data"] = sw.run(quick)
+        except Exception as err:
+            entry["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
+        sweep_results.append(entry)
+        print(f"[sweep] {sw.name}: {'ERROR ' + entry['error'] if 'error' in entry else 'ok'} "
+              f"({time.time() - t0:.1f} s; elapsed {time.time() - start:.0f} s)", flush=True)
+    out = report.write(FLAGS.output_dir, header, results, sweep_results)
     print(report.markdown_table(results))
     print(f"wrote {', '.join(out)} in {time.time() - start:.0f} s", flush=True)
 

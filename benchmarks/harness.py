@@ -90,7 +90,7 @@ def _summary(samples):
     }
 
 
-def measure_case(case, inputs, device, repeats, warmup, log=print):
+def measure_case(case, inputs, device, repeats, warmup, modes=None):
     """Timings and accuracy of one case on one device.
 
     Returns a dict: ``{"timings": [...], "accuracy": {...} | None}`` where each
@@ -102,7 +102,7 @@ def measure_case(case, inputs, device, repeats, warmup, log=print):
     directions = ["fwd", "fwd+bwd"] if case.grad else ["fwd"]
     with tf.device(device.name):
         tensors = tuple(tf.identity(tf.convert_to_tensor(x)) for x in inputs)
-        for mode in case.modes:
+        for mode in [m for m in case.modes if modes is None or m in modes]:
             for direction in directions:
                 try:
                     fa = compile_fn(case.baseline, tensors, mode, direction)
@@ -113,7 +113,7 @@ def measure_case(case, inputs, device, repeats, warmup, log=print):
                                       for k, f in case.anchors.items()}
                     fns = [fa, fb] + list(anchor_fns.values())
                     samples = time_interleaved(fns, tensors, repeats, warmup, device_type,
-                                               min_time=2e-3)
+                                               min_time=2e-3 if repeats > 1 else 0.0)
                 except Exception as err:  # an op without an XLA kernel, say: reported, not fatal
                     rows.append({"mode": mode, "direction": direction,
                                  "error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"})

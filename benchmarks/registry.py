@@ -3,7 +3,7 @@
 import dataclasses
 from typing import Callable, Dict, Optional, Sequence
 
-__all__ = ["Case", "register", "cases"]
+__all__ = ["Case", "Sweep", "register", "register_sweep", "cases", "sweeps"]
 
 
 @dataclasses.dataclass
@@ -64,3 +64,44 @@ def register(case):
 def cases():
     """All registered cases, in registration order."""
     return list(_CASES.values())
+
+
+@dataclasses.dataclass
+class Sweep:
+    """An accuracy sweep drawn as one plot (e.g. relative error vs condition number).
+
+    Attributes:
+      name: unique id, also the PNG file name (``"sum_error_vs_condition"``).
+      family: the op family.
+      title, xlabel, ylabel: plot labels.
+      run: ``run(quick) -> {"x": [...], "series": {label: [y, ...]}}`` or, for a
+        bar chart, ``{"categories": [...], "series": {label: [y, ...]}}``.
+      log_x, log_y: logarithmic axes.
+      kind: "line" or "bar".
+    """
+
+    name: str
+    family: str
+    title: str
+    xlabel: str
+    ylabel: str
+    run: Callable
+    log_x: bool = True
+    log_y: bool = True
+    kind: str = "line"
+
+
+_SWEEPS = {}
+
+
+def register_sweep(sweep):
+    """Add an accuracy sweep; names must be unique."""
+    if sweep.name in _SWEEPS:
+        raise ValueError(f"benchmark sweep {sweep.name!r} registered twice")
+    _SWEEPS[sweep.name] = sweep
+    return sweep
+
+
+def sweeps():
+    """All registered sweeps, in registration order."""
+    return list(_SWEEPS.values())

@@ -86,13 +86,14 @@ def _anchor_lines(results):
     return lines
 
 
-def write(output_dir, header, results):
-    """Write results.json and report.md (and plots, when available); return the paths."""
+def write(output_dir, header, results, sweeps=()):
+    """Write results.json, report.md and the PNG plots; return the paths."""
     os.makedirs(output_dir, exist_ok=True)
     paths = []
     json_path = os.path.join(output_dir, "results.json")
     with open(json_path, "w") as f:
-        json.dump({"schema": 1, "header": header, "results": results}, f, indent=1, default=str)
+        json.dump({"schema": 1, "header": header, "results": results, "sweeps": list(sweeps)},
+                  f, indent=1, default=str)
     paths.append(json_path)
     md = ["# safeops benchmark report", ""]
     md += [f"- {k}: {v}" for k, v in header.items()]
@@ -102,14 +103,24 @@ def write(output_dir, header, results):
     anchors = _anchor_lines(results)
     if anchors:
         md += ["## Anchors and references", ""] + anchors + [""]
+    for sw in sweeps:
+        md += [f"## {sw['title']}", ""]
+        if sw.get("error"):
+            md += [f"failed: {sw['error']}", ""]
+            continue
+        data = sw["data"]
+        keys = data.get("x", data.get("categories", []))
+        md += ["| " + sw["xlabel"] + " | " + " | ".join(data["series"]) + " |",
+               "|---" * (len(data["series"]) + 1) + "|"]
+        for i, k in enumerate(keys):
+            vals = [_fmt_err(v[i]) for v in data["series"].values()]
+            md.append(f"| {_fmt_err(k)} | " + " | ".join(vals) + " |")
+        md += ["", f"![{sw['name']}]({sw['name']}.png)", ""]
     md_path = os.path.join(output_dir, "report.md")
     with open(md_path, "w") as f:
         f.write("\n".join(md))
     paths.append(md_path)
-    try:
-        from benchmarks import plots
-    except ImportError:
-        plots = None
-    if plots is not None:
-        paths += plots.write_plots(output_dir, results)
+    from benchmarks import plots
+
+    paths += plots.write_plots(output_dir, results, sweeps)
     return paths
