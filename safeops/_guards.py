@@ -1,0 +1,86 @@
+"""Private helpers of issue 4's elementwise ops (division, where, smooth, ste).
+
+Argument checks that are static when the value is known and `tf.debugging`
+asserts when it is not, gradient un-broadcasting, and dtype limits.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from safeops._dtypes import convert_to_floating
+
+__all__ = []
+
+
+def _finfo(dtype):
+    """`np.finfo`-like limits (max, tiny) of a TF floating dtype, as Python floats."""
+    dtype = tf.as_dtype(dtype)
+    return float(dtype.max), float(np.finfo(dtype.as_numpy_dtype).tiny)
+
+
+def _convert_pair(op, names, a, b):
+    """Convert two floating arguments to tensors of one dtype (Python numbers follow tensors)."""
+    a_is, b_is = tf.is_tensor(a) or isinstance(a, np.ndarray), tf.is_tensor(b) or isinstance(b, np.ndarray)
+    if a_is or not b_is:
+        a = convert_to_floating(op, names[0], a)
+        b = convert_to_floating(op, names[1], b, dtype=None if b_is else a.dtype)
+    else:
+        b = convert_to_floating(op, names[1], b)
+        a = convert_to_floating(op, names[0], a, dtype=b.dtype)
+    if a.dtype != b.dtype:
+        raise TypeError(f"{op}: arguments '{names[0]}' and '{names[1]}' must have the same dtype; "
+                        f"got {a.dtype.name} and {b.dtype.name}")
+    return a, b
+
+
+def _scalar_param(op, arg, value, dtype, check, message):
+    """Convert a parameter to `dtype`; validate `check(v)` statically, else with an assert.
+
+    Returns `(tensor, control_deps)`: the tensor and a list of assert ops to run first.
+    """
+    if tf.is_tensor(value) and value.dtype.is_integer:
+        value = tf.cast(value, dtype)
+    try:
+        tensor = tf.convert_to_tensor(value, dtype=dtype)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{op}: argument '{arg}' must be a real number or {tf.as_dtype(dtype).name} "
+                        f"tensor: {err}") from None
+    static = tf.get_static_value(tensor)
+    if static is not None:
+        if not np.all(check(np.asarray(static, dtype=np.float64))):
+            raise ValueError(f"{op}: argument '{arg}' {message}; got {static}")
+        return tensor, []
+    ok = check(tensor)
+    return tensor, [tf.debugging.Assert(tf.reduce_all(ok), [f"{op}: argument '{arg}' {message}", tensor])]
+
+
+def _check_ordered(op, lo_name, hi_name, lo, hi, strict=False):
+    """Static or dynamic check that lo <= hi (lo < hi when strict). Returns a list of asserts."""
+    lo_s, hi_s = tf.get_static_value(lo), tf.get_static_value(hi)
+    rel = "<" if strict else "<="
+    message = f"{op}: need {lo_name} {rel} {hi_name}"
+    if lo_s is not None and hi_s is not None:
+        ok = np.less(lo_s, hi_s) if strict else np.less_equal(lo_s, hi_s)
+        if not np.all(ok):
+            raise ValueError(f"{message}; got {lo_name}={lo_s}, {hi_name}={hi_s}")
+        return []
+    ok = tf.less(lo, hi) if strict else tf.less_equal(lo, hi)
+    return [tf.debugging.Assert(tf.reduce_all(ok), [message, lo, hi])]
+
+
+def _with_deps(deps, tensor):
+    if not deps:
+        return tensor
+    with tf.control_dependencies(deps):
+        return tf.identity(tensor)
+
+
+def _reduce_to(grad, like):
+    """Sum `grad` over the axes along which `like` was broadcast; reshape to `like`'s shape."""
+    if grad is None:
+        return None
+    if like.shape.is_fully_defined() and grad.shape.is_fully_defined() and like.shape == grad.shape:
+        return grad
+    shape = tf.shape(like)
+    axes, _ = tf.raw_ops.BroadcastGradientArgs(s0=shape, s1=tf.shape(grad))
+    return tf.reshape(tf.reduce_sum(grad, axis=axes), shape)
