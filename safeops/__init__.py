@@ -11,10 +11,27 @@ from safeops import testing
 # -- summation (issue 3) --
 # -- division, where, smooth switches, straight-through estimators (issue 4) --
 # -- special functions, norms, losses (issue 5) --
+from safeops.special import hypot, log1m, safe_exp, safe_log, sqrt
+from safeops.logexp import (log1mexp, log_cosh, log_sigmoid, logaddexp, logsubexp, softplus,
+                            softplus_inverse)
 # -- precision control (issue 6) --
+from safeops.promote import promote
+from safeops import mixed_precision, optimizers
 # -- gradient clipping (issue 11) --
+# -- numerics doctor (issue 10) --
+from safeops import doctor
 
 __all__ = [
+    # numerics doctor (issue 10)
+    "doctor",
     "__version__",
     "testing",
+    # precision control (issue 6)
+    "promote",
+    "mixed_precision",
+    "optimizers",
+    # issue 5: special functions, norms, losses
+    "hypot", "log1m", "safe_exp", "safe_log", "sqrt",
+    "log1mexp", "log_cosh", "log_sigmoid", "logaddexp", "logsubexp", "softplus",
+    "softplus_inverse",
 ]
