@@ -1,0 +1,211 @@
+"""Keras callbacks for numerics: `NumericsMonitor` and `SmoothedLoss` (``so.callbacks``).
+
+`keras.callbacks.TerminateOnNaN` stops training on a NaN loss but never says
+which layer produced it, or whether it appeared in the forward or the backward
+pass. `NumericsMonitor` does: it checks every training step inside the
+compiled step and, on the first failure, re-runs the captured batch eagerly,
+layer by layer under a `tf.GradientTape`, to name the first layer whose output
+(forward) or gradient (backward) is non-finite.
+"""
+
+import logging
+import math
+import warnings
+
+import keras
+
+from safeops import _probe
+
+__all__ = ["NumericsMonitor", "SmoothedLoss"]
+
+_log = logging.getLogger("safeops")
+
+_CHECKS = {"loss": ("loss",), "gradients": ("loss", "gradients"),
+           "all": ("loss", "gradients", "weights")}
+
+
+@keras.saving.register_keras_serializable(package="safeops")
+class NumericsMonitor(keras.callbacks.Callback):
+    """Stop (or warn) on the first non-finite value and name the layer that produced it.
+
+    Replaces `keras.callbacks.TerminateOnNaN`, adding the localisation.
+
+    Method. The model's training step is wrapped (for the duration of `fit`)
+    so that, inside the compiled step, it checks:
+
+    * ``check="loss"``: the raw batch loss (one `is_finite` on a scalar and a
+      branch: "almost nothing", measured in the benchmark suite);
+    * ``check="gradients"``: also every gradient passed to the optimizer (one
+      `is_finite` pass over the gradients: needed to catch a NaN born in the
+      backward pass at the step where it appears, before it poisons weights);
+    * ``check="all"``: also every trainable weight after the update (one more
+      pass over the weights). This costs more than ``"loss"``; the benchmark
+      suite (`benchmarks/cases/layers.py`) records how much.
+
+    A failing step copies its batch to Python (a `tf.py_function` in the
+    untaken branch of a `tf.cond`; XLA-compiled steps stay compiled inside).
+    At the end of that batch the callback re-runs the batch eagerly, layer by
+    layer, and builds `report`: ``step`` (0-based global step), ``epoch``,
+    ``batch``, ``direction`` (``"forward"``, ``"backward"``, ``"input"`` for
+    non-finite data), ``layer`` and ``layer_class`` of the first culprit,
+    ``where`` (its output, the gradient of its inputs or of its weights),
+    ``nan`` and ``inf`` counts in that tensor, ``failed_checks`` and, if any
+    weight is already non-finite, ``nonfinite_weights``. The report is logged
+    (logger ``"safeops"``) and kept on the callback. With a Keras
+    `LossScaleOptimizer` (``mixed_float16``) gradient overflow is expected and
+    handled by the loss scale, so gradients are not checked there.
+
+    A NaN born in the backward pass is seen by ``check="loss"`` only one step
+    later, as a forward NaN from weights it poisoned (``nonfinite_weights``
+    says so); use ``check="gradients"`` to localise it at its origin.
+
+    Numerics of the monitored model are unchanged (no gradient of its own;
+    works for any dtype policy).
+
+    Args:
+      mode: ``"stop"`` (set ``model.stop_training`` at the failing step) or
+        ``"warn"`` (log, warn and continue; only the first failure is reported).
+      check: ``"loss"``, ``"gradients"`` or ``"all"`` (see above).
+
+    Raises:
+      ValueError: if `mode` or `check` is not one of the values above.
+
+    Example:
+      >>> monitor = so.callbacks.NumericsMonitor(check="gradients")
+      >>> model.fit(x, y, callbacks=[monitor])          # doctest: +SKIP
+      >>> monitor.report["layer"], monitor.report["direction"]   # doctest: +SKIP
+      ('dense_3', 'forward')
+    """
+
+    def __init__(self, mode="stop", check="loss"):
+        super().__init__()
+        if mode not in ("stop", "warn"):
+            raise ValueError(
+                f"safeops.callbacks.NumericsMonitor: argument 'mode' must be 'stop' or 'warn'; "
+                f"got {mode!r}")
+        if check not in _CHECKS:
+            raise ValueError(
+                "safeops.callbacks.NumericsMonitor: argument 'check' must be 'loss', "
+                f"'gradients' or 'all'; got {check!r}")
+        self.mode = mode
+        self.check = check
+        self.report = None
+        self._probe_needs = _CHECKS[check]
+        self._inst = None
+        self._step = 0
+        self._epoch = 0
+
+    def get_config(self):
+        return {"mode": self.mode, "check": self.check}
+
+    def on_train_begin(self, logs=None):
+        self.report = None
+        self._step = 0
+        self._inst = _probe.attach(self, self.model)
+        self._inst.captured = None
+
+    def on_train_end(self, logs=None):
+        _probe.detach(self, self.model)
+        self._inst = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self._step
+        self._step += 1
+        inst = self._inst
+        if inst is None or inst.captured is None or self.report is not None:
+            return
+        data, flags = inst.captured
+        report = {"step": step, "epoch": self._epoch, "batch": batch,
+                  "failed_checks": [k for k, ok in flags.items() if not ok]}
+        try:
+            report.update(_probe.localise(self.model, data))
+        except Exception as err:  # localisation is best effort; the detection is not
+            report.update({"direction": "unknown", "layer": None, "layer_class": None,
+                           "where": f"localisation failed: {type(err).__name__}: {err}",
+                           "nan": None, "inf": None})
+        self.report = report
+        message = (
+            f"safeops.NumericsMonitor: non-finite values at step {step} (epoch {self._epoch}, "
+            f"batch {batch}); checks failed: {', '.join(report['failed_checks'])}; first "
+            f"culprit in the {report['direction']} pass: layer {report['layer']!r} "
+            f"({report['layer_class']}), {report['where']}: {report['nan']} NaN, "
+            f"{report['inf']} inf")
+        _log.warning(message)
+        if self.mode == "stop":
+            self.model.stop_training = True
+        else:
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+
+
+@keras.saving.register_keras_serializable(package="safeops")
+class SmoothedLoss(keras.callbacks.Callback):
+    """Log an exponential moving average of the batch loss next to the raw loss.
+
+    Keras logs, at each batch, the running mean of the loss over the epoch so
+    far, and raw minibatch losses are noisy. This callback reads the raw loss
+    of each batch (the value the step computed, unscaled) and adds to the logs
+    ``batch_loss`` (raw) and ``loss_ema``, with
+    ``ema_t = alpha * loss_t + (1 - alpha) * ema_{t-1}`` (``ema_0 = loss_0``,
+    the pandas ``ewm(alpha=..., adjust=False)`` convention), kept in Python
+    float64 across epochs. A non-finite batch loss is logged as is but not
+    folded into the average. Both values also go into the epoch logs (so into
+    `History`), and `values` keeps the list of ``(batch_loss, loss_ema)``.
+    Reading the loss synchronises once per batch.
+
+    Args:
+      alpha: weight of the newest batch, strictly between 0 and 1.
+
+    Raises:
+      ValueError: if `alpha` is not in the open interval (0, 1).
+
+    Example:
+      >>> smooth = so.callbacks.SmoothedLoss(alpha=0.1)
+      >>> model.fit(x, y, callbacks=[smooth])       # doctest: +SKIP
+      >>> smooth.values[-1]                          # doctest: +SKIP
+      (0.41, 0.43)
+    """
+
+    def __init__(self, alpha=0.1):
+        super().__init__()
+        try:
+            ok = 0.0 < float(alpha) < 1.0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"safeops.callbacks.SmoothedLoss: argument 'alpha' must be in (0, 1); got {alpha!r}")
+        self.alpha = float(alpha)
+        self._probe_needs = ("loss_output",)
+        self.ema = None
+        self.values = []
+
+    def get_config(self):
+        return {"alpha": self.alpha}
+
+    def on_train_begin(self, logs=None):
+        _probe.attach(self, self.model)
+
+    def on_train_end(self, logs=None):
+        _probe.detach(self, self.model)
+
+    def _update(self, logs):
+        if logs is None or "_safeops_batch_loss" not in logs:
+            return
+        raw = float(logs.pop("_safeops_batch_loss"))
+        if math.isfinite(raw):
+            self.ema = raw if self.ema is None else self.alpha * raw + (1.0 - self.alpha) * self.ema
+        self.values.append((raw, self.ema))
+        logs["batch_loss"] = raw
+        logs["loss_ema"] = self.ema if self.ema is not None else math.nan
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._update(logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs.pop("_safeops_batch_loss", None)
+            if self.values:
+                logs["batch_loss"], logs["loss_ema"] = self.values[-1]
