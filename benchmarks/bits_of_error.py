@@ -1,0 +1,178 @@
+"""Herbie-style bits-of-error table for safeops' special functions.
+
+``python -m benchmarks.bits_of_error [--n=10000] [--output=PATH]``
+
+For each op and dtype (float32, float64): `n` inputs from
+`safeops.testing.sample_floats` over the op's domain (uniform over bit
+patterns), the mpmath reference at 60 digits (`safeops.testing.reference`),
+and mean / max `bits_of_error` for the naive formula, the TF (or TFP) op where
+one exists, and safeops. Prints a Markdown table (and writes it to --output).
+"""
+
+import math
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import mpmath  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import safeops as so  # noqa: E402
+from safeops import testing  # noqa: E402
+
+__all__ = ["SPECS", "measure", "main"]
+
+_F32MAX = float(np.finfo(np.float32).max)
+_F64MAX = float(np.finfo(np.float64).max)
+
+
+def _tfp():
+    import tensorflow_probability as tfp  # lazily: slow import
+    return tfp
+
+
+def _dom(f32, f64):
+    return {"float32": f32, "float64": f64}
+
+
+def _lse2(x, y):
+    return tf.reduce_logsumexp(tf.stack([x, y]), axis=0)
+
+
+def _mp_log1mexp(a):
+    """log(1 - exp(-a)) in mpmath, a >= 0, accurate at any working precision."""
+    if a <= mpmath.log(2):
+        return mpmath.log(-mpmath.expm1(-a))
+    return mpmath.log1p(-mpmath.exp(-a))
+
+
+# name: (arity, domains per dtype [(lo, hi)] per argument, mpmath fn, naive, tf op or None, safeops)
+SPECS = {
+    "sqrt": (1, _dom([(0, _F32MAX)], [(0, _F64MAX)]), mpmath.sqrt,
+             tf.sqrt, tf.sqrt, so.sqrt),
+    "hypot": (2, _dom([(-_F32MAX, _F32MAX)] * 2, [(-_F64MAX, _F64MAX)] * 2),
+              lambda x, y: mpmath.sqrt(x * x + y * y),
+              lambda x, y: tf.sqrt(x * x + y * y), None, so.hypot),
+    "log1m": (1, _dom([(-_F32MAX, 1.0)], [(-_F64MAX, 1.0)]), lambda x: mpmath.log1p(-x),
+              lambda x: tf.math.log(1 - x), lambda x: tf.math.log1p(-x), so.log1m),
+    "safe_log": (1, _dom([(1.2e-38, _F32MAX)], [(2.3e-308, _F64MAX)]), mpmath.log,
+                 tf.math.log, tf.math.log, so.safe_log),
+    "safe_exp": (1, _dom([(-104.0, 88.7)], [(-745.0, 709.7)]), mpmath.exp,
+                 tf.exp, tf.exp, so.safe_exp),
+    "log1mexp": (1, _dom([(-_F32MAX, _F32MAX)], [(-_F64MAX, _F64MAX)]),
+                 lambda x: _mp_log1mexp(abs(x)),
+                 lambda x: tf.math.log(1 - tf.exp(-tf.abs(x))),
+                 lambda x: _tfp().math.log1mexp(x), so.log1mexp),
+    "logaddexp": (2, _dom([(-100.0, 100.0)] * 2, [(-800.0, 800.0)] * 2),
+                  lambda x, y: max(x, y) + mpmath.log1p(mpmath.exp(-abs(x - y))),
+                  lambda x, y: tf.math.log(tf.exp(x) + tf.exp(y)), _lse2, so.logaddexp),
+    "logsubexp": (2, _dom([(-100.0, 100.0)] * 2, [(-800.0, 800.0)] * 2),
+                  lambda x, y: x + _mp_log1mexp(x - y),
+                  lambda x, y: tf.math.log(tf.exp(x) - tf.exp(y)),
+                  lambda x, y: _tfp().math.log_sub_exp(x, y), so.logsubexp),
+    "softplus": (1, _dom([(-_F32MAX, _F32MAX)], [(-_F64MAX, _F64MAX)]),
+                 lambda x: mpmath.log1p(mpmath.exp(x)),
+                 lambda x: tf.math.log(1 + tf.exp(x)), tf.math.softplus, so.softplus),
+    "softplus_inverse": (1, _dom([(0, _F32MAX)], [(0, _F64MAX)]),
+                         lambda x: mpmath.log(mpmath.expm1(x)),
+                         lambda x: tf.math.log(tf.exp(x) - 1),
+                         lambda x: _tfp().math.softplus_inverse(x), so.softplus_inverse),
+    "log_sigmoid": (1, _dom([(-_F32MAX, _F32MAX)], [(-_F64MAX, _F64MAX)]),
+                    lambda x: -mpmath.log1p(mpmath.exp(-x)),
+                    lambda x: tf.math.log(tf.sigmoid(x)), tf.math.log_sigmoid, so.log_sigmoid),
+    "log_cosh": (1, _dom([(-_F32MAX, _F32MAX)], [(-_F64MAX, _F64MAX)]),
+                 lambda x: mpmath.log1p(2 * mpmath.sinh(x / 2) ** 2),
+                 lambda x: tf.math.log(tf.cosh(x)), lambda x: _tfp().math.log_cosh(x),
+                 so.log_cosh),
+}
+
+
+def _normal(a, dtype):
+    """True where `a` is 0, inf or a normal number (TF's CPU kernels flush subnormals)."""
+    a = np.abs(np.asarray(a, dtype=np.float64))
+    return (a == 0) | (a >= float(np.finfo(dtype).tiny))
+
+
+def inputs(name, dtype, n, seed=0):
+    """`n` sampled arguments of `name` for `dtype` (logsubexp: ordered x >= y).
+
+    Subnormal inputs are left out: TensorFlow's CPU kernels run with
+    flush-to-zero / denormals-are-zero, so no TF op (including `tf.sqrt`) sees
+    them; the comparison would measure the CPU mode, not the formula.
+    """
+    arity, domains = SPECS[name][0], SPECS[name][1][dtype]
+    args = [testing.sample_floats(dtype, 2 * n, lo, hi, seed=seed + k)
+            for k, (lo, hi) in enumerate(domains)][:arity]
+    keep = np.logical_and.reduce([_normal(a, dtype) for a in args])
+    args = [a[keep][:n] for a in args]
+    if name == "logsubexp":
+        args = [np.maximum(args[0], args[1]), np.minimum(args[0], args[1])]
+    return args
+
+
+def _bits(fn, args, ref, dtype, keep):
+    try:
+        out = fn(*[tf.constant(a) for a in args])
+    except Exception:  # noqa: BLE001 - an op without a kernel for this dtype
+        return None
+    b = testing.bits_of_error(np.asarray(out)[keep], ref[keep], dtype)
+    return float(np.mean(b)), float(np.max(b))
+
+
+def measure(name, dtype, n=10000, seed=0):
+    """{"naive": (mean, max), "tf": (mean, max) | None, "safeops": (mean, max), "n": count}.
+
+    Inputs whose exact result is subnormal are not scored (flush-to-zero, as above).
+    """
+    _, _, mp_fn, naive, tf_op, ours = SPECS[name]
+    args = inputs(name, dtype, n, seed)
+    ref = testing.reference(mp_fn, *args, dtype=dtype, dps=60)
+    keep = _normal(ref, dtype) | np.isnan(ref.astype(np.float64))
+    return {"naive": _bits(naive, args, ref, dtype, keep),
+            "tf": _bits(tf_op, args, ref, dtype, keep) if tf_op is not None else None,
+            "safeops": _bits(ours, args, ref, dtype, keep), "n": int(keep.sum())}
+
+
+def _fmt(v):
+    return "—" if v is None else f"{v[0]:.2f} / {v[1]:.1f}"
+
+
+def table(n=10000, names=None, log=print):
+    rows = ["| op | dtype | naive mean / max | TF mean / max | safeops mean / max |",
+            "|---|---|---|---|---|"]
+    for name in names or SPECS:
+        for dtype in ("float32", "float64"):
+            r = measure(name, dtype, n)
+            rows.append(f"| {name} | {dtype} | {_fmt(r['naive'])} | {_fmt(r['tf'])} | "
+                        f"{_fmt(r['safeops'])} |")
+            log(rows[-1])
+    return "\n".join(rows)
+
+
+def main(argv):
+    n = 10000
+    out = None
+    names = None
+    for a in argv[1:]:
+        if a.startswith("--n="):
+            n = int(a[4:])
+        elif a.startswith("--output="):
+            out = a[9:]
+        elif a.startswith("--only="):
+            names = a[7:].split(",")
+    md = table(n, names, log=lambda s: print(s, file=sys.stderr))
+    header = (f"Bits of error (Herbie's metric, mean / max over {n} inputs sampled uniformly "
+              f"over bit patterns, subnormal inputs and results left out because TF's CPU kernels flush them to zero; mpmath at 60 digits). TF {tf.__version__}; TF column: the TF "
+              f"op, TFP's for log1mexp, logsubexp, softplus_inverse, log_cosh; reduce_logsumexp "
+              f"of a 2-row stack for logaddexp.\n\n")
+    print(header + md)
+    if out:
+        with open(out, "w") as f:
+            f.write(header + md + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
