@@ -86,8 +86,11 @@ class _CompensatedAccumulator:
         s, e = _two_sum(tf.convert_to_tensor(self.hi), xh)
         e = e + (tf.convert_to_tensor(self.lo) + xl)
         hi, lo = _fast_two_sum(s, e)
-        # An infinite or NaN total makes lo NaN; keep NaN/inf in hi only.
-        lo = tf.where(tf.math.is_finite(hi), lo, tf.zeros_like(lo))
+        # A non-finite plain sum (inf, NaN) makes the error terms NaN: keep IEEE's
+        # answer s in hi and nothing in lo.
+        finite = tf.math.is_finite(s)
+        hi = tf.where(finite, hi, s)
+        lo = tf.where(finite & tf.math.is_finite(lo), lo, tf.zeros_like(lo))
         self.hi.assign(hi)
         self.lo.assign(lo)
 
