@@ -1,0 +1,189 @@
+"""Error-free transformations (EFTs): sums and products with their exact rounding error.
+
+An EFT returns the rounded result ``r = fl(a op b)`` together with the exact
+error ``e`` such that ``a op b = r + e`` holds *exactly* in real arithmetic.
+They are the building blocks of compensated algorithms (Kahan, Sum2, Dot2)
+and are used by `safeops.summation`, `safeops.dot` and
+`safeops.KahanAccumulator`.
+
+* `two_sum` -- Knuth's TwoSum, 6 flops, no condition on the inputs.
+* `fast_two_sum` -- Dekker's FastTwoSum, 3 flops, needs ``|a| >= |b|`` (or a == 0).
+* `two_prod` -- Dekker's TwoProduct with Veltkamp splitting (17 flops). TF has
+  no fused multiply-add op, so the product is split into halves whose partial
+  products are exact.
+
+References: D. E. Knuth, TAOCP vol. 2, Thm 4.2.2B; T. J. Dekker, "A
+floating-point technique for extending the available precision", Numer. Math.
+18 (1971); T. Ogita, S. M. Rump, S. Oishi, "Accurate sum and dot product",
+SIAM J. Sci. Comput. 26(6), 2005.
+
+XLA: with fast-math off (XLA:CPU's default in TF 2.21) these sequences are
+compiled as written; `tests/test_eft.py` checks every EFT under
+``jit_compile=True``.
+"""
+
+import tensorflow as tf
+
+from safeops._dtypes import convert_to_floating
+
+__all__ = ["fast_two_sum", "two_prod", "two_sum"]
+
+# Veltkamp splitter 2**ceil(p/2) + 1 for a p-bit significand.
+_SPLITTER = {
+    tf.float16: 2.0**6 + 1.0,  # p = 11
+    tf.bfloat16: 2.0**4 + 1.0,  # p = 8
+    tf.float32: 2.0**12 + 1.0,  # p = 24
+    tf.float64: 2.0**27 + 1.0,  # p = 53
+}
+
+
+def _pair(op, a, b):
+    a = convert_to_floating(op, "a", a)
+    b = convert_to_floating(op, "b", b, dtype=a.dtype if not isinstance(b, tf.Tensor) else None)
+    if a.dtype != b.dtype:
+        raise TypeError(f"{op}: arguments 'a' and 'b' must have the same dtype; "
+                        f"got {a.dtype.name} and {b.dtype.name}")
+    return a, b
+
+
+def _two_sum(a, b):
+    """TwoSum on tensors of one dtype, no checks: (s, e) with a + b = s + e."""
+    s = a + b
+    bb = s - a
+    e = (a - (s - bb)) + (b - bb)
+    return s, e
+
+
+def _fast_two_sum(a, b):
+    """FastTwoSum, valid when |a| >= |b|: (s, e) with a + b = s + e."""
+    s = a + b
+    e = b - (s - a)
+    return s, e
+
+
+def _split(a):
+    """Veltkamp's split: a = hi + lo exactly, each with at most ceil(p/2) bits."""
+    c = tf.constant(_SPLITTER[a.dtype], a.dtype) * a
+    hi = c - (c - a)
+    return hi, a - hi
+
+
+def _two_prod(a, b):
+    """Dekker's TwoProduct: (p, e) with a * b = p + e."""
+    p = a * b
+    ah, al = _split(a)
+    bh, bl = _split(b)
+    e = al * bl - (((p - ah * bh) - al * bh) - ah * bl)
+    return p, e
+
+
+def two_sum(a, b, name=None):
+    """The rounded sum ``s = fl(a + b)`` and its exact error ``e = (a + b) - s``.
+
+    New op (TF has none). Method: Knuth's TwoSum, ``s = a + b; bb = s - a;
+    e = (a - (s - bb)) + (b - bb)``, elementwise with broadcasting.
+
+    Error bound: none -- ``a + b == s + e`` exactly, for any finite a, b whose
+    sum does not overflow (round-to-nearest). If ``a + b`` overflows, s is
+    +-inf and e is NaN; NaN/inf inputs propagate to s as in TF and make e NaN.
+
+    Gradient: s has the gradient of ``a + b`` (1 for each input); e is a
+    rounding error and is not differentiated (zero gradient, everywhere).
+
+    dtypes: float16, bfloat16, float32, float64; a and b must have one dtype.
+
+    Args:
+      a: a floating tensor.
+      b: a tensor of the same dtype, broadcastable with a.
+      name: optional name scope.
+
+    Returns:
+      A tuple ``(s, e)`` of tensors of the broadcast shape and the input dtype.
+
+    Raises:
+      TypeError: if a or b is not floating, or their dtypes differ.
+
+    Example:
+      >>> s, e = so.two_sum(tf.constant(1e8), tf.constant(1.0))
+      >>> float(s), float(e)   # 1e8 + 1 is not representable in float32
+      (100000000.0, 1.0)
+    """
+    with tf.name_scope(name or "two_sum"):
+        a, b = _pair("safeops.two_sum", a, b)
+        s, e = _two_sum(a, b)
+        return a + b, tf.stop_gradient(e)
+
+
+def fast_two_sum(a, b, name=None):
+    """Dekker's FastTwoSum: ``s = fl(a + b)`` and ``e = (a + b) - s``, for ``|a| >= |b|``.
+
+    New op. Method: ``s = a + b; e = b - (s - a)`` (3 flops instead of 6).
+
+    Error bound: exact (``a + b == s + e``) when ``|a| >= |b|`` or ``a == 0``
+    (more precisely, when exponent(a) >= exponent(b)); otherwise e may be
+    wrong -- use `two_sum`. The precondition is not checked (that would cost
+    more than `two_sum`).
+
+    Gradient: s as ``a + b`` (1 for each input); e is not differentiated.
+
+    dtypes: float16, bfloat16, float32, float64; a and b must have one dtype.
+
+    Args:
+      a: a floating tensor, the larger in magnitude.
+      b: a tensor of the same dtype, broadcastable with a.
+      name: optional name scope.
+
+    Returns:
+      A tuple ``(s, e)`` of tensors of the broadcast shape and the input dtype.
+
+    Raises:
+      TypeError: if a or b is not floating, or their dtypes differ.
+
+    Example:
+      >>> s, e = so.fast_two_sum(tf.constant(1.0), tf.constant(1e-8))
+      >>> float(s), float(e)
+      (1.0, 9.99999993922529e-09)
+    """
+    with tf.name_scope(name or "fast_two_sum"):
+        a, b = _pair("safeops.fast_two_sum", a, b)
+        s, e = _fast_two_sum(a, b)
+        return a + b, tf.stop_gradient(e)
+
+
+def two_prod(a, b, name=None):
+    """The rounded product ``p = fl(a * b)`` and its exact error ``e = a * b - p``.
+
+    New op (TF has no FMA). Method: Dekker's TwoProduct with Veltkamp's
+    splitting ``c = (2**s + 1) a; hi = c - (c - a); lo = a - hi`` with
+    ``s = ceil(p/2)`` for a p-bit significand (6, 4, 12, 27 for float16,
+    bfloat16, float32, float64); the four half-products are exact.
+
+    Error bound: exact (``a * b == p + e``) provided no overflow and no
+    underflow occurs: ``|a|, |b| <= max / 2**s`` (the split overflows above,
+    giving NaN in e) and ``|e|`` above the subnormal range (roughly
+    ``|a b| >= 2**(emin + p)``; below that e is only approximate).
+
+    Gradient: p as ``a * b`` (b and a); e is not differentiated.
+
+    dtypes: float16, bfloat16, float32, float64; a and b must have one dtype.
+
+    Args:
+      a: a floating tensor.
+      b: a tensor of the same dtype, broadcastable with a.
+      name: optional name scope.
+
+    Returns:
+      A tuple ``(p, e)`` of tensors of the broadcast shape and the input dtype.
+
+    Raises:
+      TypeError: if a or b is not floating, or their dtypes differ.
+
+    Example:
+      >>> p, e = so.two_prod(tf.constant(1.0 + 2.0**-20), tf.constant(1.0 + 2.0**-20))
+      >>> float(e) == 2.0**-40   # the bit float32 drops from (1 + 2**-20)**2
+      True
+    """
+    with tf.name_scope(name or "two_prod"):
+        a, b = _pair("safeops.two_prod", a, b)
+        p, e = _two_prod(a, b)
+        return a * b, tf.stop_gradient(e)

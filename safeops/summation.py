@@ -1,0 +1,413 @@
+"""Accurate sums, means, variances and cumulative sums: drop-in for `tf.math.reduce_*`.
+
+Method per dtype (chosen by measurement, see BUILD_NOTES.md):
+
+=============  ==========================================================
+input          method
+=============  ==========================================================
+float16        cast to float32, TF's reduction, one rounding back
+bfloat16       cast to float32, TF's reduction, one rounding back
+float32        cast to float64, TF's reduction, one rounding back
+float64        cascaded TwoSum tree (Sum2 in pairwise order), double-double
+int*, uint*    delegated to TF (integer sums are exact)
+complex        real and imaginary parts summed separately as above
+               (reduce_sum, reduce_mean, cumsum); variance/std raise TypeError
+bool, string   TypeError naming the op and the argument
+=============  ==========================================================
+
+An accumulation in a wider type has no compensation term for XLA to
+reassociate away; the float64 tree uses TwoSum, which XLA:CPU compiles as
+written (fast-math off, checked in tests/test_summation.py).
+"""
+
+import tensorflow as tf
+
+from safeops._compensated import (_finish, _move_axes_last, _normalize_axes, _restore,
+                                  _tree_sum)
+from safeops._dtypes import accumulation_dtype, check_floating
+from safeops.eft import _two_prod, _two_sum
+
+__all__ = ["cumsum", "reduce_mean", "reduce_std", "reduce_sum", "reduce_variance"]
+
+
+def _input(op, arg, value, complex_ok=True):
+    """Tensor of value; integers and (if complex_ok) complex pass, bool/string raise TypeError."""
+    try:
+        x = tf.convert_to_tensor(value)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{op}: argument '{arg}' cannot be converted to a tensor: {err}") from None
+    if x.dtype.is_integer or (complex_ok and x.dtype.is_complex):
+        return x
+    check_floating(op, arg, x.dtype)
+    return x
+
+
+def _sum_dd(op, x, axis, keepdims):
+    """float64 sum as a double-word (s, c) of TF's output shape."""
+    if x.shape.rank is None:
+        raise ValueError(f"{op}: float64 inputs need a known rank")
+    axes = _normalize_axes(op, axis, x.shape.rank)
+    y, kept = _move_axes_last(x, axes)
+    s, c = _tree_sum(y)
+    n = tf.cast(tf.shape(y)[-1], x.dtype)
+    return _restore(s, x, axes, kept, keepdims), _restore(c, x, axes, kept, keepdims), n
+
+
+def _dd_div(s, c, n):
+    """(s + c) / n as a double-word (q, r), q = fl(s / n), r its correction."""
+    q = s / n
+    p, pe = _two_prod(q, n)
+    r = ((s - p) - pe + c) / n
+    return q, tf.stop_gradient(tf.where(tf.math.is_finite(r), r, tf.zeros_like(r)))
+
+
+def _sum(op, x, axis, keepdims):
+    if x.dtype == tf.float64:
+        s, c, _ = _sum_dd(op, x, axis, keepdims)
+        return _finish(s, c)
+    acc = accumulation_dtype(x.dtype)
+    return tf.cast(tf.reduce_sum(tf.cast(x, acc), axis, keepdims), x.dtype)
+
+
+def _mean(op, x, axis, keepdims):
+    if x.dtype == tf.float64:
+        s, c, n = _sum_dd(op, x, axis, keepdims)
+        q, r = _dd_div(s, c, n)
+        return q + r
+    acc = accumulation_dtype(x.dtype)
+    return tf.cast(tf.reduce_mean(tf.cast(x, acc), axis, keepdims), x.dtype)
+
+
+def _complex_parts(fn, x):
+    return tf.complex(fn(tf.math.real(x)), fn(tf.math.imag(x)))
+
+
+def reduce_sum(input_tensor, axis=None, keepdims=False, name=None):
+    """Accurate sum of elements across dimensions; drop-in for `tf.math.reduce_sum`.
+
+    Method: float16/bfloat16 accumulate in float32 and float32 in float64 (TF's
+    own reduction on the cast tensor), rounded once to the input dtype; float64
+    uses a pairwise tree of TwoSum operations whose rounding errors are summed
+    separately and added at the end (Sum2, Ogita-Rump-Oishi 2005, pairwise).
+
+    Error bound (u = unit roundoff of the input dtype, n = reduced elements):
+      float64: ``|res - s| <= u|s| + gamma_{ceil(log2 n)}^2 sum|x|``
+      (gamma_k = k u / (1 - k u)): as if computed in twice the precision.
+      float32: ``|res - s| <= u|s| + gamma64_{n-1} sum|x|``, gamma64 in float64's
+      unit roundoff (2**-53). The worst case grows with n; TF's blocked
+      reduction makes the realised error ~log2(n) u64 sum|x|, so the result is
+      faithfully rounded (within 1 ulp) for condition numbers
+      ``sum|x| / |sum x|`` up to 1e8 at n up to 1e7 (tested). float16/bfloat16:
+      the same with float32's u, faithful for condition up to 1e3.
+      `tf.reduce_sum` is off by ~15% at condition 1e8 in float32.
+
+    Gradient: the upstream gradient broadcast to the input shape (ones), as
+    TF's; finite everywhere. The compensation term is not differentiated.
+
+    dtypes: float16, bfloat16, float32, float64 (output dtype = input dtype);
+    integers are delegated to `tf.reduce_sum`; complex64/128 sum their real and
+    imaginary parts separately as above. NaN/inf propagate as in TF; empty
+    reductions give 0.
+
+    Args:
+      input_tensor: the tensor to reduce.
+      axis: None (all dimensions), an int or a list of ints, in
+        ``[-rank, rank)``. float64 inputs need it static.
+      keepdims: if true, retains reduced dimensions with length 1.
+      name: optional name scope.
+
+    Returns:
+      The reduced tensor, of the input dtype and TF's output shape.
+
+    Raises:
+      TypeError: if input_tensor is bool, string or not convertible.
+      tf.errors.InvalidArgumentError (eager) or ValueError (graph): if axis is
+        out of range, as TF.
+
+    Example:
+      >>> x = tf.constant([1e8, 1.0, -1e8])
+      >>> float(tf.reduce_sum(x)), float(so.reduce_sum(x))
+      (0.0, 1.0)
+    """
+    op = "safeops.reduce_sum"
+    with tf.name_scope(name or "reduce_sum"):
+        x = _input(op, "input_tensor", input_tensor)
+        if x.dtype.is_integer:
+            return tf.reduce_sum(x, axis, keepdims)
+        if x.dtype.is_complex:
+            return _complex_parts(lambda v: _sum(op, v, axis, keepdims), x)
+        return _sum(op, x, axis, keepdims)
+
+
+def reduce_mean(input_tensor, axis=None, keepdims=False, name=None):
+    """Accurate mean across dimensions; drop-in for `tf.math.reduce_mean`.
+
+    Method: the sum of `reduce_sum` (float16/bfloat16 in float32, float32 in
+    float64, float64 as a double-word from the TwoSum tree) divided by n in the
+    accumulation precision (float64: double-word division with TwoProduct),
+    rounded once to the input dtype.
+
+    Error bound: that of `reduce_sum` divided by n, plus one rounding:
+    ``|res - mean| <= u|mean| + (bound of reduce_sum) / n``; within 1 ulp
+    for condition numbers up to 1e8 (float32) as the sum.
+
+    Gradient: upstream / n broadcast to the input shape, as TF's.
+
+    dtypes: as `reduce_sum` (integers delegated to `tf.reduce_mean`, which
+    truncates as TF does; complex by parts). Empty reductions give NaN, as TF.
+
+    Args:
+      input_tensor: the tensor to reduce.
+      axis: None, an int or a list of ints in ``[-rank, rank)``.
+      keepdims: if true, retains reduced dimensions with length 1.
+      name: optional name scope.
+
+    Returns:
+      The mean, of the input dtype and TF's output shape.
+
+    Raises:
+      TypeError: if input_tensor is bool, string or not convertible.
+      tf.errors.InvalidArgumentError (eager) or ValueError (graph): axis out
+        of range, as TF.
+
+    Example:
+      >>> x = tf.constant([1e8, 3.0, -1e8])
+      >>> float(so.reduce_mean(x))   # tf.reduce_mean gives 0.0
+      1.0
+    """
+    op = "safeops.reduce_mean"
+    with tf.name_scope(name or "reduce_mean"):
+        x = _input(op, "input_tensor", input_tensor)
+        if x.dtype.is_integer:
+            return tf.reduce_mean(x, axis, keepdims)
+        if x.dtype.is_complex:
+            return _complex_parts(lambda v: _mean(op, v, axis, keepdims), x)
+        return _mean(op, x, axis, keepdims)
+
+
+def _variance_dd(op, x, axis, keepdims):
+    """float64 variance as a double-word (vh, vl) and the mean (for the gradient)."""
+    s, c, n = _sum_dd(op, x, axis, True)
+    mh, ml = _dd_div(s, c, n)
+    dh, dl = _two_sum(x, -mh)
+    dl = dl - ml
+    p, pe = _two_prod(dh, dh)
+    rest = pe + 2.0 * dh * dl
+    ss, sc, _ = _sum_dd(op, p, axis, keepdims)
+    sc = sc + tf.reduce_sum(rest, axis=_normalize_axes(op, axis, x.shape.rank),
+                            keepdims=keepdims)
+    vh, vl = _dd_div(ss, sc, n)
+    return vh, vl, mh + ml, n
+
+
+def _variance(op, x, axis, keepdims, std):
+    if x.dtype == tf.float64:
+        @tf.custom_gradient
+        def impl(v):
+            vh, vl, mean, n = _variance_dd(op, v, axis, keepdims)
+            if std:
+                r = tf.sqrt(vh)
+                p, pe = _two_prod(r, r)
+                corr = ((vh - p) - pe + vl) / (2.0 * r)
+                out = r + tf.where((r > 0) & tf.math.is_finite(corr), corr, tf.zeros_like(r))
+            else:
+                out = vh + vl
+
+            def grad(g):
+                g = g if keepdims else _expand(g, v, op, axis)
+                o = out if keepdims else _expand(out, v, op, axis)
+                scale = 2.0 * (v - mean) / n
+                if std:  # d std = d var / (2 std); 0 where std == 0 (constant input)
+                    safe = tf.where(o > 0, o, tf.ones_like(o))
+                    return g * tf.where(o > 0, scale / (2.0 * safe), tf.zeros_like(scale))
+                return g * scale
+
+            return tf.stop_gradient(out), grad
+
+        return impl(x)
+    acc = accumulation_dtype(x.dtype)
+    xa = tf.cast(x, acc)
+    d = xa - tf.reduce_mean(xa, axis, keepdims=True)
+    var = tf.reduce_mean(d * d, axis, keepdims)
+    if std:  # double where: gradient 0 (not NaN) where the variance is 0
+        pos = var > 0
+        var = tf.where(pos, tf.sqrt(tf.where(pos, var, tf.ones_like(var))), tf.zeros_like(var))
+    return tf.cast(var, x.dtype)
+
+
+def _expand(t, x, op, axis):
+    axes = _normalize_axes(op, axis, x.shape.rank)
+    shape = tf.tensor_scatter_nd_update(tf.shape(x), [[a] for a in axes],
+                                        tf.ones([len(axes)], tf.int32)) if axes else tf.shape(x)
+    return tf.reshape(t, shape)
+
+
+_VAR_DOC = """Accurate {what} across dimensions; drop-in for `tf.math.reduce_{tfname}`.
+
+    Method: two passes. The mean is computed accurately (as `reduce_mean`),
+    the deviations ``d = x - mean`` and ``sum d**2`` in the accumulation
+    precision (float16/bfloat16: float32; float32: float64, where the
+    deviations and squares are exact to float64's rounding); float64 keeps the
+    mean as a double-word, forms d with TwoSum and d**2 with TwoProduct and
+    sums with the TwoSum tree (double-double). {extra}Rounded once to the
+    input dtype.
+
+    Error bound: within 4 ulp of the exact value (tested: 2 ulp observed) for
+    data with ``|mean| / std`` up to 1e6 (e.g. 1e4 + N(0, 1) in float32), where
+    `tf.math.reduce_{tfname}` loses most digits. Formally: relative error
+    ``<= u + O(n u_acc) + O((|mean|/std)^2 u_acc^2)`` with u_acc the unit
+    roundoff of the accumulation (float64: ~u^2).
+
+    Gradient: {grad}; the gradient of the mean term vanishes as in TF.
+
+    dtypes: float16, bfloat16, float32, float64 (output dtype = input dtype).
+    Integer, complex, bool and string inputs raise TypeError (TF's own op
+    rejects integers too). NaN/inf propagate (NaN); empty reductions give NaN.
+
+    Args:
+      input_tensor: the tensor to reduce.
+      axis: None, an int or a list of ints in ``[-rank, rank)``.
+      keepdims: if true, retains reduced dimensions with length 1.
+      name: optional name scope.
+
+    Returns:
+      The {what}, of the input dtype and TF's output shape.
+
+    Raises:
+      TypeError: for non-floating input.
+      tf.errors.InvalidArgumentError (eager) or ValueError (graph): axis out
+        of range, as TF.
+
+    Example:
+      >>> x = 1e4 + tf.constant([-1.0, 1.0, -1.0, 1.0])
+      >>> float(so.reduce_{tfname}(x))
+      {example}
+    """
+
+
+def reduce_variance(input_tensor, axis=None, keepdims=False, name=None):
+    op = "safeops.reduce_variance"
+    with tf.name_scope(name or "reduce_variance"):
+        x = _input(op, "input_tensor", input_tensor, complex_ok=False)
+        if x.dtype.is_integer:
+            check_floating(op, "input_tensor", x.dtype)
+        return _variance(op, x, axis, keepdims, std=False)
+
+
+def reduce_std(input_tensor, axis=None, keepdims=False, name=None):
+    op = "safeops.reduce_std"
+    with tf.name_scope(name or "reduce_std"):
+        x = _input(op, "input_tensor", input_tensor, complex_ok=False)
+        if x.dtype.is_integer:
+            check_floating(op, "input_tensor", x.dtype)
+        return _variance(op, x, axis, keepdims, std=True)
+
+
+reduce_variance.__doc__ = _VAR_DOC.format(
+    what="population variance", tfname="variance", extra="",
+    grad="``2 (x - mean) / n`` times the upstream gradient, as TF's", example="1.0")
+reduce_std.__doc__ = _VAR_DOC.format(
+    what="population standard deviation", tfname="std",
+    extra="The square root is taken in the accumulation precision (float64: with "
+          "a Newton correction on the double-word variance). ",
+    grad="``(x - mean) / (n std)``; at a constant input (std = 0) it is 0, where "
+         "TF's gives NaN", example="1.0")
+
+
+def _shift(c, axis, reverse):
+    """c shifted one step along axis (towards the scan direction), zero filled."""
+    n = tf.shape(c)[axis]
+    rolled = tf.roll(c, shift=-1 if reverse else 1, axis=axis)
+    first = n - 1 if reverse else 0
+    rank = c.shape.rank
+    mask_shape = [1] * rank
+    mask_shape[axis] = -1
+    mask = tf.reshape(tf.equal(tf.range(n), first), mask_shape)
+    return tf.where(mask, tf.zeros_like(rolled), rolled)
+
+
+def _cumsum(x, axis, exclusive, reverse):
+    """Inclusive scan with a telescoping correction, in x's dtype (float32 or float64).
+
+    c = TF's cumsum; e_j = (c_{j-1} + x_j) - c_j exactly (TwoSum, then a
+    Sterbenz-exact difference); prefix_j = c_j + sum_{i<=j} e_i exactly, for
+    any order TF's scan uses. The correction is summed by a second cumsum.
+    """
+    c = tf.cumsum(x, axis=axis, reverse=reverse)
+    prev = tf.stop_gradient(_shift(c, axis, reverse))
+    s, e1 = _two_sum(prev, tf.stop_gradient(x))
+    e = tf.stop_gradient(e1 + (s - c))
+    corr = tf.cumsum(e, axis=axis, reverse=reverse)
+    inc = c + tf.where(tf.math.is_finite(corr), corr, tf.zeros_like(corr))
+    return _shift(inc, axis, reverse) if exclusive else inc
+
+
+def cumsum(x, axis=0, exclusive=False, reverse=False, name=None):
+    """Accurate cumulative sum; drop-in for `tf.math.cumsum`.
+
+    Method: float16/bfloat16 are scanned in float32, float32 in float64 and
+    float64 in float64, each with a telescoping correction: with c TF's
+    cumsum, ``e_j = (c_{j-1} + x_j) - c_j`` is computed exactly (TwoSum plus a
+    Sterbenz-exact difference) and ``c + cumsum(e)`` is every prefix to about
+    twice the scan precision, whatever order TF's scan adds in. Rounded once to
+    the input dtype.
+
+    Error bound, per prefix P_j: ``|res_j - P_j| <= u|P_j| + O(j u_acc^2)
+    sum_{i<=j} |x_i|`` (u_acc: unit roundoff of the scan dtype, float64 for
+    float32 and float64 input, float32 for float16/bfloat16). float32: every
+    prefix within 1 ulp for prefix condition up to 1e8 (tested); 1e6 copies of
+    0.1 end within 1 ulp of the exact 100000.0015 (tf.cumsum: 100958.34).
+
+    Gradient: the reverse cumulative sum of the upstream gradient (exclusive
+    and reverse as TF's). The correction term is not differentiated.
+
+    dtypes: float16, bfloat16, float32, float64; integers delegated to
+    `tf.cumsum`; complex by real and imaginary parts; bool/string: TypeError.
+
+    Args:
+      x: the tensor to scan.
+      axis: a static int in ``[-rank, rank)`` (default 0).
+      exclusive: if true, prefix j excludes x_j (the first output is 0).
+      reverse: if true, scan from the end.
+      name: optional name scope.
+
+    Returns:
+      A tensor of x's shape and dtype.
+
+    Raises:
+      TypeError: if x is bool, string or not convertible.
+      tf.errors.InvalidArgumentError (eager) or ValueError (graph): axis out of
+        range.
+
+    Example:
+      >>> x = tf.fill([1000000], 0.1)
+      >>> float(so.cumsum(x)[-1])   # tf.cumsum: 100958.34
+      100000.0
+    """
+    op = "safeops.cumsum"
+    with tf.name_scope(name or "cumsum"):
+        t = _input(op, "x", x)
+        if t.dtype.is_integer:
+            return tf.cumsum(t, axis=axis, exclusive=exclusive, reverse=reverse)
+        if t.shape.rank is None:
+            raise ValueError(f"{op}: argument 'x' needs a known rank")
+        rank = t.shape.rank
+        ax = _normalize_axes(op, axis, rank)
+        if len(ax) != 1 or rank == 0:
+            raise _axis_error_scalar(op, axis, rank)
+        ax = ax[0]
+
+        def scan(v):
+            if v.shape[ax] == 0:
+                return v
+            acc = accumulation_dtype(v.dtype)
+            return tf.cast(_cumsum(tf.cast(v, acc), ax, exclusive, reverse), v.dtype)
+
+        if t.dtype.is_complex:
+            return _complex_parts(scan, t)
+        return scan(t)
+
+
+def _axis_error_scalar(op, axis, rank):
+    from safeops._compensated import _axis_error
+    return _axis_error(op, axis, rank)
