@@ -84,3 +84,22 @@ def _reduce_to(grad, like):
     shape = tf.shape(like)
     axes, _ = tf.raw_ops.BroadcastGradientArgs(s0=shape, s1=tf.shape(grad))
     return tf.reshape(tf.reduce_sum(grad, axis=axes), shape)
+
+
+def _fused(fn):
+    """`fn` itself when executing eagerly; inside a graph, `fn` compiled with XLA.
+
+    A graph-mode (`tf.function`) caller otherwise runs every elementwise op of
+    `fn` as its own kernel, a full pass over memory each; the XLA version is one
+    fused loop. Under an outer ``jit_compile=True`` the call is inlined. The
+    compiled function is traced once per input signature (shape and dtype).
+    """
+    compiled = tf.function(fn, jit_compile=True, reduce_retracing=True, autograph=False)
+
+    def call(*args):
+        if tf.executing_eagerly():
+            return fn(*args)
+        return compiled(*args)
+
+    call.__name__ = getattr(fn, "__name__", "fused")
+    return call

@@ -1,0 +1,312 @@
+"""Divisions that stay finite: safe_divide, safe_reciprocal, divide_no_nan, relative_error.
+
+`x / y` is exact IEEE division wherever the denominator is not tiny; the only
+hazard guarded is a denominator of (almost) zero, and overflow of the quotient.
+Each op writes its backward pass with `tf.custom_gradient` so the forward is
+computed once and the gradient never sees ``0 * inf``.
+
+Default `eps` (``safe_divide``, ``safe_reciprocal``, ``relative_error``): the
+smallest positive *normal* number of the dtype, so only zero and subnormal
+denominators are floored:
+
+  =========  ===============
+  float16    6.10e-05 (2**-14)
+  bfloat16   1.18e-38 (2**-126)
+  float32    1.18e-38 (2**-126)
+  float64    2.23e-308 (2**-1022)
+  =========  ===============
+"""
+
+import tensorflow as tf
+
+from safeops._dtypes import accumulation_dtype, convert_to_floating
+from safeops._guards import (_convert_pair, _finfo, _fused, _reduce_to, _scalar_param,
+                             _with_deps)
+
+__all__ = ["divide_no_nan", "relative_error", "safe_divide", "safe_reciprocal"]
+
+
+def _eps_param(op, eps, dtype):
+    if eps is None:
+        return tf.constant(_finfo(dtype)[1], dtype), []
+    return _scalar_param(op, "eps", eps, dtype, lambda v: v > 0, "must be > 0")
+
+
+def _saturate(t, big):
+    """Clamp to [-big, big]; NaN stays NaN (TF's min/max propagate NaN)."""
+    return tf.clip_by_value(t, -big, big)
+
+
+def _floored(y, eps):
+    """``sign(y) * max(|y|, eps)`` with sign(0) = +; NaN stays NaN."""
+    return tf.where(y < 0, tf.minimum(y, -eps), tf.maximum(y, eps))
+
+
+def _sd_forward(x, y, eps, big):
+    return _saturate(x / _floored(y, eps), big)
+
+
+def _sd_backward(g, x, y, eps, big):
+    # Recomputes d and q from x, y (cheap inside one fused loop) instead of
+    # reading a stored q: one pass over x, y, g.
+    d = _floored(y, eps)
+    gx = g / d
+    # Where |y| < eps the denominator is the constant +-eps: d/dy = 0.
+    gy = tf.where(tf.equal(d, y), -(gx * (x / d)), tf.zeros_like(gx))
+    return _saturate(gx, big), _saturate(gy, big)
+
+
+_sd_forward_fused = _fused(_sd_forward)
+_sd_backward_fused = _fused(_sd_backward)
+
+
+def _safe_divide(x, y, eps):
+    big = tf.constant(_finfo(x.dtype)[0], x.dtype)
+
+    @tf.custom_gradient
+    def fwd(x, y):
+        q = _sd_forward_fused(x, y, eps, big)
+
+        def grad(g):
+            gx, gy = _sd_backward_fused(g, x, y, eps, big)
+            return _reduce_to(gx, x), _reduce_to(gy, y)
+
+        return q, grad
+
+    return fwd(x, y)
+
+
+def safe_divide(x, y, eps=None, name=None):
+    """Computes ``x / y`` with the denominator's magnitude floored at `eps`.
+
+    Replaces ``x / y`` and hand-written ``x / (y + 1e-8)``. Where ``|y| >= eps``
+    the result is exactly IEEE ``x / y`` (correctly rounded, error <= 0.5 ulp);
+    where ``|y| < eps`` it is ``x / (sign(y) * eps)`` with sign(+-0) = +1 (the
+    same 0.5 ulp). A quotient whose magnitude would overflow saturates at the
+    dtype's largest finite value instead of inf, so the output is finite for
+    every finite x and y (0 and subnormal y included). NaN inputs give NaN.
+
+    Method: one `tf.custom_gradient`: ``d = where(y < 0, min(y, -eps), max(y,
+    eps))``, ``q = clip(x / d)``; the backward reuses d and q.
+
+    Gradient: ``d/dx = 1 / d``; ``d/dy = -x / y**2 = -q / d`` where ``|y| >=
+    eps`` and **0** where ``|y| < eps`` (the floored denominator is constant
+    there, so at y = 0 the gradient w.r.t. y is exactly 0). Both are saturated
+    at +-largest finite, so they are finite for finite inputs and upstream
+    gradient.
+
+    dtypes: float16, bfloat16, float32, float64 (x and y the same dtype; Python
+    numbers take the other argument's dtype); output has that dtype. Default
+    `eps`: the smallest normal number of the dtype (module docstring).
+
+    Args:
+      x: numerator, float tensor.
+      y: denominator, float tensor broadcastable with `x`.
+      eps: optional positive floor for ``|y|`` (Python number or scalar tensor).
+      name: optional name scope.
+
+    Returns:
+      The broadcast quotient, same dtype as `x`.
+
+    Raises:
+      TypeError: integer, bool or mismatched dtypes (naming the op and argument).
+      ValueError: ``eps <= 0`` (statically; a `tf.debugging` assert when dynamic).
+      InvalidArgumentError: incompatible shapes (TF's broadcasting error).
+
+    Example:
+      >>> so.safe_divide(10.0, 0.0)     # tf: inf
+      <tf.Tensor: shape=(), dtype=float32, numpy=3.4028235e+38>
+      >>> so.safe_divide(6.0, 3.0)      # exactly x / y
+      <tf.Tensor: shape=(), dtype=float32, numpy=2.0>
+    """
+    op = "safeops.safe_divide"
+    with tf.name_scope(name or "safe_divide"):
+        x, y = _convert_pair(op, ("x", "y"), x, y)
+        eps, deps = _eps_param(op, eps, x.dtype)
+        return _with_deps(deps, _safe_divide(x, y, eps))
+
+
+def safe_reciprocal(y, eps=None, name=None):
+    """Computes ``1 / y`` with ``|y|`` floored at `eps`; replaces `tf.math.reciprocal`.
+
+    Exactly `safe_divide(1, y, eps)`: IEEE ``1 / y`` (<= 0.5 ulp) where ``|y| >=
+    eps``, ``1 / (sign(y) * eps)`` (sign(0) = +) below, saturated at the largest
+    finite value (reachable only in float16 with a tiny custom `eps`).
+
+    Gradient: ``-1 / y**2`` where ``|y| >= eps`` (saturated at -largest finite);
+    0 where ``|y| < eps``, so 0 at y = 0.
+
+    dtypes: float16, bfloat16, float32, float64; output has the input dtype.
+    Default `eps`: the smallest normal number of the dtype.
+
+    Args:
+      y: float tensor.
+      eps: optional positive floor for ``|y|``.
+      name: optional name scope.
+
+    Returns:
+      A tensor of `y`'s shape and dtype.
+
+    Raises:
+      TypeError: integer or bool `y`.
+      ValueError: ``eps <= 0``.
+
+    Example:
+      >>> so.safe_reciprocal(0.0)       # tf.math.reciprocal: inf
+      <tf.Tensor: shape=(), dtype=float32, numpy=8.507059e+37>
+    """
+    op = "safeops.safe_reciprocal"
+    with tf.name_scope(name or "safe_reciprocal"):
+        y = convert_to_floating(op, "y", y)
+        eps, deps = _eps_param(op, eps, y.dtype)
+        return _with_deps(deps, _safe_divide(tf.ones_like(y), y, eps))
+
+
+def divide_no_nan(x, y, name=None):
+    """Computes ``x / y``, 0 where ``y == 0``; drop-in for `tf.math.divide_no_nan`.
+
+    Forward: identical to `tf.math.divide_no_nan` (IEEE ``x / y`` where y != 0,
+    error <= 0.5 ulp; exactly 0 where y == 0, even for x = inf or NaN).
+
+    Gradient: the true derivative ``1 / y`` and ``-x / y**2 = -(1/y) * (x/y)``
+    wherever y != 0 (overflowing to +-inf only where that value is not
+    representable, as the true derivative); exactly **0** for both x and y
+    where y == 0, never NaN there, also when x is inf or NaN at y == 0.
+
+    dtypes: float16, bfloat16, float32, float64 (same dtype for x and y);
+    output has that dtype.
+
+    Args:
+      x: numerator, float tensor.
+      y: denominator, float tensor broadcastable with `x`.
+      name: optional name scope.
+
+    Returns:
+      The broadcast quotient, same dtype as `x`.
+
+    Raises:
+      TypeError: integer, bool or mismatched dtypes.
+      InvalidArgumentError: incompatible shapes.
+
+    Example:
+      >>> so.divide_no_nan(float("inf"), 0.0)
+      <tf.Tensor: shape=(), dtype=float32, numpy=0.0>
+    """
+    op = "safeops.divide_no_nan"
+    with tf.name_scope(name or "divide_no_nan"):
+        x, y = _convert_pair(op, ("x", "y"), x, y)
+
+        @tf.custom_gradient
+        def fwd(x, y):
+            zero = tf.equal(y, 0)
+            q = tf.math.divide_no_nan(x, y)
+
+            def grad(g):
+                gx = tf.where(zero, tf.zeros_like(g), g / y)
+                gy = tf.where(zero, tf.zeros_like(g), -(gx * q))
+                return _reduce_to(gx, x), _reduce_to(gy, y)
+
+            return q, grad
+
+        return fwd(x, y)
+
+
+def _two_sum(a, b):
+    s = a + b
+    bb = s - a
+    return s, (a - (s - bb)) + (b - bb)
+
+
+def _split(a):
+    c = 134217729.0 * a  # 2**27 + 1 (Dekker)
+    hi = c - (c - a)
+    return hi, a - hi
+
+
+def _two_prod(a, b):
+    p = a * b
+    ah, al = _split(a)
+    bh, bl = _split(b)
+    return p, ((ah * bh - p) + ah * bl + al * bh) + al * bl
+
+
+def _relative_error(t, p, eps):
+    """Value (in the working dtype) of ``|t - p| / max(|t|, eps)``."""
+    s, e = _two_sum(t, -p)
+    num = tf.abs(s)
+    e = tf.where(s < 0, -e, e)  # |s + e| = |s| + sign(s) e (|e| <= ulp(s)/2)
+    den = tf.maximum(tf.abs(t), eps)
+    q = num / den
+    if t.dtype == tf.float64:
+        # One Newton correction in double-double: q + (num + e - q*den) / den.
+        ph, pl = _two_prod(q, den)
+        corr = (((num - ph) - pl) + e) / den
+        q = tf.where(tf.math.is_finite(corr), q + corr, q)
+    return q, den
+
+
+def relative_error(y_true, y_pred, eps=None, name=None):
+    """Computes ``|y_true - y_pred| / max(|y_true|, eps)`` elementwise, stably.
+
+    Replaces hand-written loss terms ``|y - p| / (|y| + 1e-8)``, which overflow
+    or lose the relative scale when y is tiny.
+
+    Method: float16/bfloat16 in float32, float32 in float64 (difference and
+    quotient both within 2**-52 relative), rounded once: error <= 1 ulp.
+    float64: the difference as an exact double-double (TwoSum) and one Newton
+    correction of the quotient with Dekker's TwoProduct: error <= 1 ulp. The
+    result saturates at the dtype's largest finite value (|diff| / eps
+    overflowing), so it is finite for finite inputs.
+
+    Gradient: w.r.t. y_pred ``-sign(y_true - y_pred) / den`` (0 where y_pred ==
+    y_true); w.r.t. y_true ``sign(diff) / den - [|y_true| >= eps] * sign(y_true)
+    * |diff| / den**2`` (the second term vanishes where the floor `eps` is
+    active, so at y_true = 0). Computed in the working dtype and saturated at
+    +-largest finite.
+
+    dtypes: float16, bfloat16, float32, float64 (same for both arguments); the
+    output has that dtype. Default `eps`: smallest normal number of the dtype.
+
+    Args:
+      y_true: reference values, float tensor.
+      y_pred: predictions, float tensor broadcastable with `y_true`.
+      eps: optional positive floor for ``|y_true|``, e.g. 1e-8.
+      name: optional name scope.
+
+    Returns:
+      The broadcast elementwise relative error, dtype of the inputs.
+
+    Raises:
+      TypeError: integer, bool or mismatched dtypes.
+      ValueError: ``eps <= 0``.
+
+    Example:
+      >>> so.relative_error(0.0, 1e-30)       # |y - p| / (|y| + 1e-8) = 1e-22
+      <tf.Tensor: shape=(), dtype=float32, numpy=8.507059e+07>
+    """
+    op = "safeops.relative_error"
+    with tf.name_scope(name or "relative_error"):
+        y_true, y_pred = _convert_pair(op, ("y_true", "y_pred"), y_true, y_pred)
+        dtype = y_true.dtype
+        eps, deps = _eps_param(op, eps, dtype)
+        work = accumulation_dtype(dtype)
+        big = tf.constant(_finfo(dtype)[0], work)
+
+        @tf.custom_gradient
+        def fwd(t, p):
+            tw, pw = tf.cast(t, work), tf.cast(p, work)
+            q, den = _relative_error(tw, pw, tf.cast(eps, work))
+            out = tf.cast(_saturate(q, big), dtype)
+
+            def grad(g):
+                gw = tf.cast(g, work)
+                sd = tf.sign(tw - pw) * gw / den
+                active = tf.abs(tw) >= tf.cast(eps, work)
+                gt = sd - tf.where(active, tf.sign(tw) * q * gw / den, tf.zeros_like(q))
+                gt = tf.cast(_saturate(gt, big), dtype)
+                gp = tf.cast(_saturate(-sd, big), dtype)
+                return _reduce_to(gt, t), _reduce_to(gp, p)
+
+            return out, grad
+
+        return _with_deps(deps, fwd(y_true, y_pred))

@@ -1,0 +1,128 @@
+"""Straight-through estimators: exact non-differentiable forward, usable gradient.
+
+``round_ste``, ``floor_ste``, ``ceil_ste``, ``sign_ste`` pass the upstream
+gradient through unchanged (identity, Bengio et al. 2013, "Estimating or
+propagating gradients through stochastic neurons"); ``clip_ste`` passes it
+where ``lo <= x <= hi`` and blocks it outside. The forward is the TF op itself
+(bit-exact), written with `tf.custom_gradient` rather than ``x +
+stop_gradient(op(x) - x)``, which turns inf into NaN and can round.
+"""
+
+import tensorflow as tf
+
+from safeops._dtypes import convert_to_floating
+from safeops._guards import _check_ordered, _reduce_to, _with_deps
+
+__all__ = ["ceil_ste", "clip_ste", "floor_ste", "round_ste", "sign_ste"]
+
+
+def _identity_ste(op, tf_op, x, name):
+    with tf.name_scope(name or op.split(".")[-1]):
+        x = convert_to_floating(op, "x", x)
+
+        @tf.custom_gradient
+        def fwd(x):
+            return tf_op(x), lambda g: g
+
+        return fwd(x)
+
+
+_STE_DOC = """{what} with a straight-through (identity) gradient.
+
+    Forward: exactly `{tf_name}` (bit-identical, same dtype){note}. Gradient:
+    the upstream gradient unchanged, everywhere (also at the jumps, and at
+    +-inf); NaN in x gives NaN forward but the gradient stays the upstream one.
+
+    dtypes: float16, bfloat16, float32, float64; output has x's dtype.
+
+    Args:
+      x: float tensor.
+      name: optional name scope.
+
+    Returns:
+      `{tf_name}(x)`, x's shape and dtype.
+
+    Raises:
+      TypeError: integer or bool x (naming the op and the argument).
+
+    Example:
+      >>> x = tf.constant([0.4, 1.6])
+      >>> with tf.GradientTape() as t:
+      ...     t.watch(x)
+      ...     y = so.{name}(x)
+      >>> t.gradient(y, x)      # `{tf_name}`: None (no gradient)
+      <tf.Tensor: shape=(2,), dtype=float32, numpy=array([1., 1.], dtype=float32)>
+    """
+
+
+def round_ste(x, name=None):
+    return _identity_ste("safeops.round_ste", tf.round, x, name)
+
+
+def floor_ste(x, name=None):
+    return _identity_ste("safeops.floor_ste", tf.floor, x, name)
+
+
+def ceil_ste(x, name=None):
+    return _identity_ste("safeops.ceil_ste", tf.math.ceil, x, name)
+
+
+def sign_ste(x, name=None):
+    return _identity_ste("safeops.sign_ste", tf.sign, x, name)
+
+
+round_ste.__doc__ = _STE_DOC.format(what="Rounds half to even", tf_name="tf.round",
+                                    note="", name="round_ste")
+floor_ste.__doc__ = _STE_DOC.format(what="Floor", tf_name="tf.floor", note="", name="floor_ste")
+ceil_ste.__doc__ = _STE_DOC.format(what="Ceiling", tf_name="tf.math.ceil", note="",
+                                   name="ceil_ste")
+sign_ste.__doc__ = _STE_DOC.format(what="Sign", tf_name="tf.sign",
+                                   note=" (sign(0) = 0, -1 or 1 elsewhere)", name="sign_ste")
+
+
+def clip_ste(x, lo, hi, name=None):
+    """Clips x to [lo, hi] with a straight-through gradient inside the interval.
+
+    Forward: exactly ``tf.clip_by_value(x, lo, hi)``. Gradient w.r.t. x: the
+    upstream gradient where ``lo <= x <= hi`` (edges included), 0 outside; the
+    bounds get no gradient (they are treated as constants, e.g. the fixed range
+    of a quantizer). Use it after `round_ste` to build a fake-quantizer whose
+    gradient vanishes outside the representable range.
+
+    dtypes: float16, bfloat16, float32, float64; lo, hi converted to x's dtype.
+
+    Args:
+      x: float tensor.
+      lo: lower bound (scalar or broadcastable).
+      hi: upper bound, ``lo <= hi``.
+      name: optional name scope.
+
+    Returns:
+      The clipped tensor, x's shape and dtype.
+
+    Raises:
+      TypeError: integer or bool x.
+      ValueError: ``lo > hi`` (statically; a `tf.debugging` assert when dynamic).
+
+    Example:
+      >>> so.clip_ste(tf.constant([-2.0, 0.5, 3.0]), -1.0, 1.0)
+      <tf.Tensor: shape=(3,), dtype=float32, numpy=array([-1. ,  0.5,  1. ], dtype=float32)>
+    """
+    op = "safeops.clip_ste"
+    with tf.name_scope(name or "clip_ste"):
+        x = convert_to_floating(op, "x", x)
+        lo = convert_to_floating(op, "lo", lo, dtype=x.dtype)
+        hi = convert_to_floating(op, "hi", hi, dtype=x.dtype)
+        deps = _check_ordered(op, "lo", "hi", lo, hi)
+
+        @tf.custom_gradient
+        def fwd(x):
+            out = tf.clip_by_value(x, lo, hi)
+
+            def grad(g):
+                inside = tf.logical_and(x >= lo, x <= hi)
+                return _reduce_to(tf.where(inside, g, tf.zeros_like(g)), x)
+
+            return out, grad
+
+        return _with_deps(deps, fwd(x))
