@@ -14,10 +14,17 @@ from safeops import testing
 from safeops.special import hypot, log1m, safe_exp, safe_log, sqrt
 from safeops.logexp import (log1mexp, log_cosh, log_sigmoid, logaddexp, logsubexp, softplus,
                             softplus_inverse)
+from safeops.softmax import log_softmax, reduce_logsumexp, softmax
+from safeops.norms import norm
+from safeops import losses
+from safeops.special import hypot, log1m, safe_exp, safe_log, sqrt
+from safeops.logexp import (log1mexp, log_cosh, log_sigmoid, logaddexp, logsubexp, softplus,
+                            softplus_inverse)
 # -- precision control (issue 6) --
 from safeops.promote import promote
 from safeops import mixed_precision, optimizers
 # -- gradient clipping (issue 11) --
+from safeops.clipping import clip_by_global_norm, clip_by_norm
 # -- numerics doctor (issue 10) --
 from safeops import doctor
 
@@ -26,6 +33,12 @@ __all__ = [
     "doctor",
     "__version__",
     "testing",
+    # issue 5: special functions, norms, losses
+    "hypot", "log1m", "safe_exp", "safe_log", "sqrt",
+    "log1mexp", "log_cosh", "log_sigmoid", "logaddexp", "logsubexp", "softplus",
+    "softplus_inverse", "log_softmax", "reduce_logsumexp", "softmax", "norm", "losses",
+    # issue 11: gradient clipping
+    "clip_by_global_norm", "clip_by_norm",
     # precision control (issue 6)
     "promote",
     "mixed_precision",
