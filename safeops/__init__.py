@@ -10,6 +10,10 @@ from safeops import testing
 
 # -- summation (issue 3) --
 # -- division, where, smooth switches, straight-through estimators (issue 4) --
+from safeops.division import divide_no_nan, relative_error, safe_divide, safe_reciprocal
+from safeops.where import safe_where, smooth_where
+from safeops.smooth import smooth_step, soft_abs, soft_clip, soft_maximum, soft_minimum
+from safeops.ste import ceil_ste, clip_ste, floor_ste, round_ste, sign_ste
 # -- special functions, norms, losses (issue 5) --
 from safeops.special import hypot, log1m, safe_exp, safe_log, sqrt
 from safeops.logexp import (log1mexp, log_cosh, log_sigmoid, logaddexp, logsubexp, softplus,
@@ -29,6 +33,11 @@ from safeops.clipping import clip_by_global_norm, clip_by_norm
 from safeops import doctor
 
 __all__ = [
+    # issue 4: division, where, smooth switches, straight-through estimators
+    "divide_no_nan", "relative_error", "safe_divide", "safe_reciprocal",
+    "safe_where", "smooth_where",
+    "smooth_step", "soft_abs", "soft_clip", "soft_maximum", "soft_minimum",
+    "ceil_ste", "clip_ste", "floor_ste", "round_ste", "sign_ste",
     # numerics doctor (issue 10)
     "doctor",
     "__version__",
