@@ -206,6 +206,17 @@ def test_rewrites_with_safeops_are_clean():
     assert np.all(np.isfinite(gz))
 
 
+def test_safe_where_rewrite_clean():
+    safe_where = _op("where", "safe_where")
+    x = np.array([-1.0, 0.0, 2.0], np.float32)
+
+    def fixed(v):
+        return safe_where(v > 0, tf.math.log, tf.zeros_like, v)
+
+    assert audit(fixed, x, verbose=False) == []
+    testing.assert_finite_gradients(fixed, x)  # the gradient the naive where made NaN
+
+
 def test_clean_function_gives_empty_list():
     assert audit(lambda x: tf.math.log(x) + tf.exp(x) / (x + 1.0), np.array([1.0, 2.0], np.float32),
                  verbose=False) == []

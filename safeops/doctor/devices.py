@@ -45,7 +45,7 @@ def format_device_differences(diffs):
             + format_table(("quantity", "run", "dtype", "max ulp", "flagged", "note"), rows))
 
 
-def _runner(fn, mode):
+def _runner(fn, mode, names):
     def body(*args):
         with tf.GradientTape() as tape:
             for a in args:
@@ -57,11 +57,12 @@ def _runner(fn, mode):
             total = tf.add_n(parts) if parts else None
         variables = list(tape.watched_variables())
         floats = [a for a in args if a.dtype.is_floating]
+        names[:] = [v.name for v in variables]  # Python strings, recorded at trace time
         if total is None:
-            return out, [], []
+            return out, []
         grads = tape.gradient(total, floats + variables,
                               unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        return out, grads, [v.name for v in variables]
+        return out, grads
 
     if mode == "eager":
         return body
@@ -136,7 +137,8 @@ def compare_devices(fn, *inputs, devices=None, modes=MODES, threshold_ulp=4, ver
             try:
                 with tf.device(dev):
                     args = [tf.identity(tf.convert_to_tensor(x)) for x in inputs]
-                    out, grads, vnames = _runner(fn, mode)(*args)
+                    vnames = []
+                    out, grads = _runner(fn, mode, vnames)(*args)
                 names = [f"output[{i}]" for i in range(len(tf.nest.flatten(out)))]
                 floats = [i for i, a in enumerate(args) if a.dtype.is_floating]
                 names += [f"grad[input {i}]" for i in floats] + [f"grad[{n}]" for n in vnames]

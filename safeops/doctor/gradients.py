@@ -156,6 +156,8 @@ def _outside_uses(v, fn, frame):
             skip = set(range(fs, fs + len(fl)))
     except (OSError, TypeError):
         pass
+    code = getattr(getattr(fn, "python_function", fn), "__code__", None)
+    fn_names = set(code.co_freevars + code.co_names) if code is not None else set()
     uses = []
     for i, text in enumerate(lines):
         lineno = start + i
@@ -163,8 +165,11 @@ def _outside_uses(v, fn, frame):
             continue
         for n in names:
             if re.search(rf"\b{re.escape(n)}\b", text) and not re.match(rf"\s*{re.escape(n)}\s*=", text):
-                uses.append((path, lineno, text.strip()))
-    return uses
+                target = re.match(r"\s*(\w+)\s*=[^=]", text)
+                feeds_fn = bool(target and target.group(1) in fn_names)
+                uses.append((not feeds_fn, lineno, path, text.strip()))
+    # Prefer a line assigning a name that fn reads (the value fn captured), then the first use.
+    return [(p, ln, t) for _, ln, p, t in sorted(uses)]
 
 
 def _explain_none(v, name, trace, inputs, fn, frame):
@@ -177,7 +182,7 @@ def _explain_none(v, name, trace, inputs, fn, frame):
     if not sources:
         uses = _outside_uses(v, fn, frame)
         if uses:
-            path, line, code = uses[-1]
+            path, line, code = uses[0]
             return GradientIssue(
                 name, "none", "not used",
                 f"not used inside the recorded computation: it is used at line {line} outside it, "
