@@ -291,3 +291,43 @@ def test_public_docstrings_have_args():
     doctor = importlib.import_module("safeops.doctor")
     for name in ("audit", "explain_gradients", "compare_devices", "weights_report"):
         assert "Args:" in getattr(doctor, name).__doc__
+
+
+# ---------------------------------------------------------------- more patterns and their safeops ops
+
+def naive_norm(x):
+    return tf.sqrt(tf.reduce_sum(tf.square(x)))  # HAZARD
+
+
+def naive_logsumexp(x):
+    return tf.math.log(tf.reduce_sum(tf.exp(x)))  # HAZARD
+
+
+def naive_softplus(x):
+    return tf.math.log(1.0 + tf.exp(x))  # HAZARD
+
+
+def naive_log1mexp(x):
+    return tf.math.log(1.0 - tf.exp(x))  # HAZARD
+
+
+@pytest.mark.parametrize("naive, x, hazard, replacement, module, fixed", [
+    (naive_norm, [0.0, 0.0], "sqrt at or below 0", "so.norm", "norms", "norm"),
+    (naive_logsumexp, [100.0, 0.0], "exp overflow", "so.reduce_logsumexp", "softmax", "reduce_logsumexp"),
+    (naive_softplus, [100.0, 0.0], "exp overflow", "so.softplus", "logexp", "softplus"),
+    (naive_log1mexp, [-1e-10, -1.0], "log-of-1-minus-exp", "so.log1mexp", "logexp", "log1mexp"),
+])
+def test_more_patterns_flagged_and_fixed(naive, x, hazard, replacement, module, fixed):
+    x = np.array(x, np.float32)
+    f = _only(audit(naive, x, verbose=False), hazard)
+    assert f.severity == "high" and f.line == _line(naive) and replacement in f.replacement
+    with pytest.raises(AssertionError):  # the naive program really fails (inf/NaN value or gradient)
+        testing.assert_finite_gradients(naive, x)
+    op = _op(module, fixed)
+    assert audit(lambda t: op(t), x, verbose=False) == []
+    testing.assert_finite_gradients(lambda t: op(t), x)
+
+
+def test_safeops_cross_entropy_from_logits_is_clean():
+    cce = _op("losses", "categorical_crossentropy")
+    assert audit(lambda z, y: cce(y, z, from_logits=True), Z, Y, verbose=False) == []
