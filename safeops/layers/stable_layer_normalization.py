@@ -1,0 +1,101 @@
+"""`StableLayerNormalization`: `keras.layers.LayerNormalization` with a shifted two-pass variance."""
+
+import keras
+import tensorflow as tf
+
+from safeops.summation import reduce_mean
+
+__all__ = ["StableLayerNormalization"]
+
+_HALF = (tf.float16, tf.bfloat16)
+
+
+def _normalize(x, axes, epsilon, rms_scaling):
+    """(normalized x, mean, variance) along `axes`, computed in at least float32."""
+    if x.dtype in _HALF:
+        x = tf.cast(x, tf.float32)
+    # Shift by one sample of each row (stop_gradient: the result does not depend on
+    # the shift). Every x_i in a row with |mean|/std = 1e6 lies within a factor 2 of
+    # the shift, so d = x - shift is exact (Sterbenz) and of the size of std.
+    shift = x
+    for a in axes:
+        shift = tf.gather(shift, [0], axis=a)
+    d = x - tf.stop_gradient(shift)
+    # Pass 1: compensated mean of d; pass 2: compensated mean of squared deviations.
+    m = reduce_mean(d, axis=axes, keepdims=True)
+    c = d - m
+    var = reduce_mean(tf.square(c), axis=axes, keepdims=True)
+    inv = tf.math.rsqrt(var + tf.cast(epsilon, x.dtype))
+    if rms_scaling:  # Keras's (deprecated) rms_scaling: x * rsqrt(var), not centred
+        return x * inv
+    return c * inv
+
+
+@keras.saving.register_keras_serializable(package="safeops")
+class StableLayerNormalization(keras.layers.LayerNormalization):
+    """Drop-in for `keras.layers.LayerNormalization` with an accurate variance.
+
+    Replaces `keras.layers.LayerNormalization` (same arguments, same weights
+    ``gamma``/``beta``, an instance of it). Keras computes the variance in one
+    pass, ``E[x^2] - E[x]^2``, which cancels catastrophically when
+    ``|mean| / std`` is large: in float32 the variance of a row with
+    ``|mean|/std = 1e4`` is noise, and in float16 ``x^2`` overflows (inf - inf
+    = NaN) as soon as ``|x| > 256``.
+
+    Method: in at least float32 (float16/bfloat16 inputs are upcast, as Keras
+    does), the row is shifted by one of its own entries (exact by Sterbenz's
+    lemma when every entry is within a factor 2 of it), then the classic
+    two-pass algorithm runs on the shifted data with compensated sums
+    (`so.reduce_mean`: float32 accumulated in float64, float64 with
+    error-free transformations): ``m = mean(d)``, ``c = d - m``,
+    ``var = mean(c^2)``, ``y = c * rsqrt(var + epsilon) * gamma + beta``.
+
+    Error bound: relative error of ``var`` at most ``(n + 3) u`` independent
+    of ``|mean|/std`` (two-pass, Chan, Golub & LeVeque 1983, with the sums'
+    error ``~u_acc`` instead of ``n u``), so each output entry is within a
+    few ulp of the float64 layer norm of the same inputs, for ``|mean|/std``
+    up to 1e6 in float32 and under ``mixed_float16`` / ``mixed_bfloat16``.
+
+    Gradient: automatic differentiation of the formula above (the shift has
+    zero gradient, exactly as in the mathematical identity); finite wherever
+    ``var + epsilon > 0``.
+
+    dtypes: any floating dtype; output in the layer's compute dtype.
+
+    Args:
+      axis: int or list of ints to normalize over (default -1).
+      epsilon: small float added to the variance (default 1e-3).
+      center, scale, beta_initializer, gamma_initializer, beta_regularizer,
+        gamma_regularizer, beta_constraint, gamma_constraint: as Keras.
+      **kwargs: base layer arguments (``name``, ``dtype``...).
+
+    Raises:
+      TypeError: if `axis` is not an int or a list of ints (as Keras).
+
+    Example:
+      >>> x = np.float32(1e4) + np.array([[-1.0, 0.0, 1.0]], np.float32)
+      >>> so.layers.StableLayerNormalization(epsilon=0.0)(x)    # Keras: [[0, 0, 0]] or NaN
+      array([[-1.2247, 0., 1.2247]], dtype=float32)
+    """
+
+    def call(self, inputs):
+        x = tf.convert_to_tensor(inputs)
+        rank = x.shape.rank
+        axes = self.axis if isinstance(self.axis, list) else [self.axis]
+        axes = sorted(a % rank for a in axes)
+        y = _normalize(x, axes, self.epsilon, self.rms_scaling)
+        broadcast = [1] * rank
+        for a in axes:
+            broadcast[a] = x.shape[a]
+
+        def shaped(v):
+            v = tf.cast(v, y.dtype)
+            if axes != [rank - 1]:
+                v = tf.reshape(v, broadcast)
+            return v
+
+        if self.gamma is not None:
+            y = y * shaped(self.gamma)
+        if self.beta is not None and not self.rms_scaling:
+            y = y + shaped(self.beta)
+        return tf.cast(y, self.compute_dtype)
