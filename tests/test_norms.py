@@ -1,0 +1,92 @@
+"""Tests for safeops.norm: overflow/underflow, zero-vector gradient, ords, parity, bad input."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import safeops as so
+from safeops import testing
+
+
+def test_no_overflow_underflow():
+    assert so.norm([1e30, 1e30]).numpy() == np.float32(np.sqrt(2) * 1e30)
+    assert np.isinf(tf.norm([1e30, 1e30]).numpy())
+    assert so.norm([1e-30, 1e-30]).numpy() == pytest.approx(np.sqrt(2) * 1e-30, rel=1e-7)
+    assert tf.norm([1e-30, 1e-30]).numpy() == 0.0
+    big = np.finfo(np.float64).max / 4
+    assert so.norm(tf.constant([big, big], tf.float64)).numpy() == pytest.approx(big * np.sqrt(2))
+    m = np.full((2, 3), 1e25, np.float32)
+    np.testing.assert_allclose(so.norm(m, axis=1).numpy(), [np.sqrt(3) * 1e25] * 2, rtol=1e-6)
+
+
+def test_matches_reference():
+    rng = np.random.default_rng(0)
+    for dtype in ("float32", "float64"):
+        for scale in (1e-30, 1.0, 1e30):
+            x = (rng.normal(size=(20, 7)) * scale).astype(dtype)
+            ref = np.sqrt(np.array([testing.exact_dot(r, r) for r in x.astype(np.float64)]))
+            out = so.norm(x, axis=1).numpy()
+            # bound (k + 2) eps / 2 with k <= 7 terms: <= 5 ulp
+            assert np.max(testing.ulp_distance(out, ref, dtype)) <= 5
+
+
+def test_gradient_edges():
+    x = tf.zeros([3])
+    with tf.GradientTape() as t:
+        t.watch(x)
+        y = so.norm(x)
+    np.testing.assert_array_equal(t.gradient(y, x).numpy(), [0, 0, 0])  # TF: NaN (#12071)
+    with tf.GradientTape() as t:
+        t.watch(x)
+        y = tf.norm(x)
+    assert np.isnan(t.gradient(y, x).numpy()).all()
+    testing.assert_finite_gradients(so.norm, tf.constant([1e30, 1e30]))
+    testing.assert_finite_gradients(so.norm, tf.constant([1e-30, -1e-30]))
+
+
+def test_gradient_matches_finite_differences():
+    x = np.random.default_rng(1).normal(size=(3, 4))
+    assert testing.check_gradients(so.norm, x) < 1e-6
+    assert testing.check_gradients(lambda v: so.norm(v, axis=1), x) < 1e-6
+    assert testing.check_gradients(lambda v: so.norm(v, ord="fro", axis=(0, 1)), x) < 1e-6
+    assert testing.check_gradients(lambda v: so.norm(v, ord=3, axis=0), x) < 1e-6
+
+
+@pytest.mark.parametrize("ord_axis", [("euclidean", None), ("euclidean", 1), (2, 0), (1, -1),
+                                      (np.inf, 0), (3, 1), ("fro", (0, 1)), ("euclidean", (1, 2)),
+                                      (1, (0, 1)), (np.inf, (0, 2)), (2, (0, 1))])
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_parity_with_tf(ord_axis, keepdims):
+    o, ax = ord_axis
+    x = np.random.default_rng(2).normal(size=(3, 4, 5)).astype(np.float32)
+    ours = so.norm(x, ord=o, axis=ax, keepdims=keepdims)
+    theirs = tf.norm(x, ord=o, axis=ax, keepdims=keepdims)
+    assert ours.shape == theirs.shape and ours.dtype == theirs.dtype
+    assert np.max(testing.ulp_distance(ours, theirs, "float32")) <= 4
+
+
+def test_execution_modes():
+    for x in ([3e30, 4e30], [1e-30, 0.0], [0.0, 0.0], [3.0, 4.0]):
+        r = testing.run_modes(so.norm, tf.constant(x))
+        assert r["eager"] == r["function"] == r["jit_compile"]
+
+
+@pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16, tf.float32, tf.float64])
+def test_dtypes(dtype):
+    x = tf.constant([300.0, 400.0], dtype)  # float16: 300**2 overflows, computed in float32
+    out = so.norm(x)
+    assert out.dtype == dtype and float(out) == 500.0
+
+
+def test_bad_input_raises():
+    with pytest.raises(TypeError, match="safeops.norm"):
+        so.norm(tf.constant([1, 2]))
+    with pytest.raises(ValueError, match="ord"):
+        so.norm([1.0, 2.0], ord="fro")
+    with pytest.raises(ValueError, match="ord"):
+        so.norm([1.0, 2.0], ord=-1)
+    with pytest.raises(ValueError, match=r"axis.*\(2,\)"):
+        so.norm([1.0, 2.0], axis=3)
+    with pytest.raises(ValueError, match="axis"):
+        so.norm(tf.zeros([2, 2]), axis=(0, 0))
+    assert np.isnan(so.norm([np.nan, 1.0]).numpy())
