@@ -17,6 +17,14 @@ floating-point technique for extending the available precision", Numer. Math.
 18 (1971); T. Ogita, S. M. Rump, S. Oishi, "Accurate sum and dot product",
 SIAM J. Sci. Comput. 26(6), 2005.
 
+float16/bfloat16: TF's CPU kernels evaluate half-precision arithmetic in
+float32 and round the result, which can round twice; the EFTs are then exact
+when the float32 intermediate is exact, i.e. for operands within 12 binades
+of each other (``2**-12 <= |b / a| <= 2**12``) -- tested in that range.
+float32 and float64 are exact without that condition. All dtypes: TF's
+CPU kernels flush subnormals to zero, so an error term below the normal
+range is lost (it is then below ``2**emin``, e.g. 1.2e-38 in float32).
+
 XLA: with fast-math off (XLA:CPU's default in TF 2.21) these sequences are
 compiled as written; `tests/test_eft.py` checks every EFT under
 ``jit_compile=True``.

@@ -1,0 +1,135 @@
+"""safeops.eft: two_sum, fast_two_sum, two_prod are error-free (checked exactly)."""
+
+import math
+
+import mpmath
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import safeops as so
+from safeops import testing
+
+DTYPES = ["float16", "bfloat16", "float32", "float64"]
+# TF evaluates float16/bfloat16 arithmetic through float32 on CPU (double rounding), so the
+# documented exactness range for half types is |a|, |b| within 12 binades of each other.
+_RANGE = {"float16": (2.0**-4, 2.0**8), "bfloat16": (2.0**-4, 2.0**8),
+          "float32": (2.0**-60, 1e4), "float64": (2.0**-400, 1e4)}
+# (TF flushes subnormals to zero on CPU, so the ranges keep the error terms normal.)
+
+
+def _operands(dtype, n, seed):
+    lo, hi = _RANGE[dtype]
+    mag = testing.sample_floats(dtype, n, lo, hi, seed=seed)
+    sign = np.where(np.random.default_rng(seed).random(n) < 0.5, -1, 1).astype(mag.dtype)
+    return mag * sign
+
+
+def _f64(t):
+    return np.asarray(tf.cast(t, tf.float64))
+
+
+def _exact_zero(*terms):
+    """True where the float64 terms add up to exactly zero (math.fsum is exact here)."""
+    return np.array([math.fsum(t) == 0.0 for t in zip(*terms)])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_two_sum_is_error_free(dtype):
+    a, b = _operands(dtype, 2000, 1), _operands(dtype, 2000, 2)
+    s, e = so.two_sum(tf.constant(a), tf.constant(b))
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    assert _exact_zero(_f64(s), _f64(e), -a64, -b64).all()
+    # the rounded sum alone is not exact (otherwise this test proves nothing)
+    assert not _exact_zero(_f64(s), -a64, -b64).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fast_two_sum_is_error_free_when_ordered(dtype):
+    a, b = _operands(dtype, 2000, 3), _operands(dtype, 2000, 4)
+    big = np.where(np.abs(a.astype(np.float64)) >= np.abs(b.astype(np.float64)), a, b)
+    small = np.where(np.abs(a.astype(np.float64)) >= np.abs(b.astype(np.float64)), b, a)
+    s, e = so.fast_two_sum(tf.constant(big), tf.constant(small))
+    assert _exact_zero(_f64(s), _f64(e), -big.astype(np.float64), -small.astype(np.float64)).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_two_prod_is_error_free(dtype):
+    lo = 8.0 if dtype == "float16" else 1e-2  # float16 error terms must stay normal (>= 2**-14)
+    a = testing.sample_floats(dtype, 300, lo, 1e2, seed=5)
+    b = -testing.sample_floats(dtype, 300, lo, 1e2, seed=6)
+    p, e = so.two_prod(tf.constant(a), tf.constant(b))
+    p64, e64 = _f64(p), _f64(e)
+    with mpmath.workprec(300):
+        ok = [mpmath.mpf(float(x)) * mpmath.mpf(float(y)) == mpmath.mpf(pp) + mpmath.mpf(ee)
+              for x, y, pp, ee in zip(a, b, p64, e64)]
+        naive_ok = [mpmath.mpf(float(x)) * mpmath.mpf(float(y)) == mpmath.mpf(pp)
+                    for x, y, pp in zip(a, b, p64)]
+    assert all(ok)
+    assert not all(naive_ok)
+
+
+def test_two_prod_documented_example():
+    _, e = so.two_prod(tf.constant(1.0 + 2.0**-20), tf.constant(1.0 + 2.0**-20))
+    assert float(e) == 2.0**-40
+
+
+@pytest.mark.parametrize("fn", [so.two_sum, so.fast_two_sum, so.two_prod])
+def test_execution_modes(fn):
+    # XLA must not simplify (a + b) - a to b: the error terms must survive jit_compile.
+    a = tf.constant(testing.sample_floats("float32", 500, 1e3, 1e8, seed=7))
+    b = tf.constant(testing.sample_floats("float32", 500, 1e-3, 1.0, seed=8))
+    out = testing.run_modes(lambda x, y: fn(x, y), a, b)
+    for mode in ("function", "jit_compile"):
+        np.testing.assert_array_equal(out[mode][0], out["eager"][0])
+        np.testing.assert_array_equal(out[mode][1], out["eager"][1])
+    assert np.count_nonzero(out["jit_compile"][1]) > 400
+
+
+@pytest.mark.parametrize("fn", [so.two_sum, so.fast_two_sum])
+def test_gradient_of_sum_is_one_error_not_differentiated(fn):
+    a, b = tf.constant(3.0, tf.float64), tf.constant(1e-20, tf.float64)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([a, b])
+        s, e = fn(a, b)
+    assert [float(g) for g in tape.gradient(s, [a, b])] == [1.0, 1.0]
+    assert tape.gradient(e, [a, b]) == [None, None]
+
+
+def test_two_prod_gradient_matches_finite_differences():
+    a = np.array([1.5, -2.25, 3.0])
+    b = np.array([0.5, 4.0, -1.0])
+    assert testing.check_gradients(lambda x, y: so.two_prod(x, y)[0], a, b) < 1e-8
+    with tf.GradientTape() as tape:
+        x = tf.constant(a)
+        tape.watch(x)
+        _, e = so.two_prod(x, tf.constant(b))
+    assert tape.gradient(e, x) is None
+
+
+def test_non_finite_propagate_to_the_rounded_result():
+    s, _ = so.two_sum(tf.constant([np.inf, np.nan, 1.0]), tf.constant([1.0, 1.0, -np.inf]))
+    np.testing.assert_array_equal(s.numpy(), tf.constant([np.inf, np.nan, 1.0]).numpy()
+                                  + np.array([1.0, 1.0, -np.inf], np.float32))
+
+
+@pytest.mark.parametrize("fn,name", [(so.two_sum, "safeops.two_sum"),
+                                     (so.fast_two_sum, "safeops.fast_two_sum"),
+                                     (so.two_prod, "safeops.two_prod")])
+def test_bad_input_raises(fn, name):
+    with pytest.raises(TypeError, match=f"{name}.*'a'"):
+        fn(tf.constant([1, 2]), tf.constant([1, 2]))
+    with pytest.raises(TypeError, match=f"{name}.*'a'"):
+        fn(tf.constant([True]), tf.constant([1.0]))
+    with pytest.raises(TypeError, match="same dtype"):
+        fn(tf.constant([1.0]), tf.constant([1.0], tf.float64))
+
+
+def test_split_range_documented():
+    # Veltkamp's split needs |a| <= max / 2**12 in float32 (documented); exact just below it.
+    a = tf.constant([3.0e34, -1.0e34], tf.float32)
+    b = tf.constant([1.0 + 2.0**-3, 3.0 + 2.0**-20], tf.float32)
+    p, e = so.two_prod(a, b)
+    with mpmath.workprec(200):
+        for x, y, pp, ee in zip(a.numpy(), b.numpy(), _f64(p), _f64(e)):
+            assert mpmath.mpf(float(x)) * mpmath.mpf(float(y)) == mpmath.mpf(pp) + mpmath.mpf(ee)
