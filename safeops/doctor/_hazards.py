@@ -65,6 +65,8 @@ def _exp_replacement(op):
             return "so.safe_exp(x / 2) (sqrt(exp(x)) == exp(x/2))"
         if c.type in ("Sum", "Mean") and any(cc.type == "Log" for cc in consumers(c)):
             return "so.reduce_logsumexp"
+        if c.type == "Sum" and any(cc.type in ("RealDiv", "Div") for cc in consumers(c)):
+            return "so.softmax (or so.log_softmax if its log is taken)"
         if _hand_softmax(c):
             return "so.softmax (or so.log_softmax if its log is taken)"
         if c.type in ("AddV2", "Add") and any(cc.type == "Log" for cc in consumers(c)):

@@ -2,6 +2,7 @@
 
 import dataclasses
 import inspect
+import linecache
 import re
 from typing import Optional
 
@@ -144,8 +145,11 @@ def _outside_uses(v, fn, frame):
     if not names:
         return []
     try:
-        lines, start = inspect.getsourcelines(frame.f_code)
         path = inspect.getsourcefile(frame.f_code)
+        if frame.f_code.co_name == "<module>":  # a script: search the whole file
+            lines, start = linecache.getlines(path), 1
+        else:
+            lines, start = inspect.getsourcelines(frame.f_code)
     except (OSError, TypeError):
         return []
     start = max(start, 1)
