@@ -32,6 +32,10 @@ from safeops.clipping import clip_by_global_norm, clip_by_norm
 # -- numerics doctor (issue 10) --
 from safeops import doctor
 
+# -- Keras layers, metrics, callbacks, wrapping (issue 8) --
+from safeops import layers, metrics, callbacks
+from safeops.wrap import wrap_model
+
 __all__ = [
     # issue 4: division, where, smooth switches, straight-through estimators
     "divide_no_nan", "relative_error", "safe_divide", "safe_reciprocal",
@@ -56,4 +60,6 @@ __all__ = [
     "hypot", "log1m", "safe_exp", "safe_log", "sqrt",
     "log1mexp", "log_cosh", "log_sigmoid", "logaddexp", "logsubexp", "softplus",
     "softplus_inverse",
+    # issue 8: Keras layers, metrics, callbacks, model wrapping
+    "layers", "metrics", "callbacks", "wrap_model",
 ]
