@@ -42,7 +42,7 @@ def _check_axis(op, x, axis):
 def reduce_logsumexp(input_tensor, axis=None, keepdims=False, name=None):
     """Computes ``log(sum(exp(input_tensor), axis))``; drop-in for `tf.reduce_logsumexp`.
 
-    Method: max-shift, then ``m + log(sum(exp(x - m)))`` with the inner sum
+    Method: max-shift (in the accumulation dtype), then ``m + log(sum(exp(x - m)))`` with the inner sum
     accumulated in float64 for float32 input (float32 for float16/bfloat16) and
     rounded once: error <= ~1 ulp of the result plus 1 ulp of |m| when the result
     cancels (m ~ -log(sum)). A row that is all -inf gives -inf (TF: -inf too, but
@@ -80,14 +80,15 @@ def reduce_logsumexp(input_tensor, axis=None, keepdims=False, name=None):
 def _logsumexp_keep(x, axis):
     @tf.custom_gradient
     def inner(x):
-        z, m, m0 = _shifted(x, axis)
         acc = accumulation_dtype(x.dtype)
-        s = tf.reduce_sum(tf.exp(tf.cast(z, acc)), axis=axis, keepdims=True)
-        out = tf.cast(tf.math.log(s) + tf.cast(m0, acc), x.dtype)
+        z, m, m0 = _shifted(tf.cast(x, acc), axis)
+        s = tf.reduce_sum(tf.exp(z), axis=axis, keepdims=True)
+        out = tf.cast(tf.math.log(s) + m0, x.dtype)
+        m = tf.cast(m, x.dtype)
         out = tf.where(tf.math.is_inf(m) & (m > 0), m, out)
 
         def grad(g):
-            p = tf.cast(tf.exp(tf.cast(z, acc)) / tf.where(s > 0, s, tf.ones_like(s)), x.dtype)
+            p = tf.cast(tf.exp(z) / tf.where(tf.equal(s, 0), tf.ones_like(s), s), x.dtype)
             return g * p
 
         return out, grad
@@ -138,11 +139,11 @@ def softmax(logits, axis=-1, name=None):
 def _softmax(x, axis):
     @tf.custom_gradient
     def inner(x):
-        z, _, _ = _shifted(x, axis)
         acc = accumulation_dtype(x.dtype)
-        e = tf.exp(tf.cast(z, acc))
+        z, _, _ = _shifted(tf.cast(x, acc), axis)
+        e = tf.exp(z)
         s = tf.reduce_sum(e, axis=axis, keepdims=True)
-        p = e / tf.where(s > 0, s, tf.ones_like(s))
+        p = e / tf.where(tf.equal(s, 0), tf.ones_like(s), s)
         out = tf.cast(p, x.dtype)
 
         def grad(g):
@@ -190,17 +191,16 @@ def log_softmax(logits, axis=-1, name=None):
 def _log_softmax(x, axis):
     @tf.custom_gradient
     def inner(x):
-        z, _, _ = _shifted(x, axis)
         acc = accumulation_dtype(x.dtype)
-        zc = tf.cast(z, acc)
+        zc, _, _ = _shifted(tf.cast(x, acc), axis)
         e = tf.exp(zc)
         s = tf.reduce_sum(e, axis=axis, keepdims=True)
         out = tf.cast(zc - tf.math.log(s), x.dtype)  # s == 0 (masked row): -inf - (-inf)
-        out = tf.where(tf.broadcast_to(s > 0, tf.shape(out)), out,
-                       tf.constant(float("-inf"), x.dtype))
+        out = tf.where(tf.broadcast_to(tf.equal(s, 0), tf.shape(out)),
+                       tf.constant(float("-inf"), x.dtype), out)
 
         def grad(g):
-            p = e / tf.where(s > 0, s, tf.ones_like(s))
+            p = e / tf.where(tf.equal(s, 0), tf.ones_like(s), s)
             gc = tf.cast(g, acc)
             gc = tf.where(tf.math.is_inf(zc), tf.zeros_like(gc), gc)
             return tf.cast(gc - p * tf.reduce_sum(gc, axis=axis, keepdims=True), x.dtype)

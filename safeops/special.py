@@ -64,7 +64,7 @@ def _sqrt(x):
 
 _SCALES = {  # compute dtype: (big threshold, its scale, small threshold, its scale)
     tf.float32: (2.0**63, 2.0**-75, 2.0**-63, 2.0**90),
-    tf.float64: (2.0**511, 2.0**-600, 2.0**-511, 2.0**700),
+    tf.float64: (2.0**300, 2.0**-600, 2.0**-300, 2.0**600),
 }
 
 
