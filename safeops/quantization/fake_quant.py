@@ -1,0 +1,209 @@
+"""Fake quantization with straight-through gradients: the op and the activation quantizer.
+
+`fake_quant` rounds a float tensor to the grid of a ``num_bits`` integer type
+and back (quantize -> dequantize), so that training sees the rounding error the
+integer model will have. `MovingAverageQuantizer` is the Keras layer that puts
+it on activations, with the range tracked by an exponential moving average
+while training and frozen at inference. Weight quantization (ranges taken from
+the weights themselves, per channel) is `_quantize_weight`, used by the
+wrappers in `safeops.quantization.wrappers`.
+"""
+
+import keras
+import tensorflow as tf
+
+from safeops._dtypes import check_floating, convert_to_floating
+
+__all__ = ["MovingAverageQuantizer", "fake_quant"]
+
+_FQ_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
+_TINY = 1e-8  # smallest range half-width: an all-zero channel would give scale 0
+
+
+def _check_bits(op, arg, bits):
+    """`bits` must be an int in 2..16 (the range TF's fake-quant kernels accept)."""
+    if isinstance(bits, bool) or not isinstance(bits, int):
+        raise ValueError(f"{op}: argument '{arg}' must be an int in 2..16; got {bits!r}")
+    if not 2 <= bits <= 16:
+        raise ValueError(f"{op}: argument '{arg}' must be in 2..16; got {bits}")
+    return bits
+
+
+def fake_quant(inputs, min_value, max_value, num_bits=8, narrow_range=False, axis=None,
+               name=None):
+    """Quantize-dequantize `inputs` on a ``num_bits`` grid; straight-through gradient.
+
+    Replaces `tf.quantization.fake_quant_with_min_max_vars` (per tensor) and
+    `tf.quantization.fake_quant_with_min_max_vars_per_channel` (``axis`` given,
+    any axis rather than only the last), checking bits, dtypes and shapes.
+
+    Method: the range ``[min_value, max_value]`` is first widened to contain 0 and
+    nudged by TF so that 0 is exactly representable; with ``q_min = 1 if
+    narrow_range else 0``, ``q_max = 2**num_bits - 1`` and ``scale = (max - min) /
+    (q_max - q_min)`` each value is clamped to the range and rounded to
+    ``min + scale * round((x - min) / scale)``. float16/bfloat16/float64 inputs
+    are computed in float32 (TF's kernels are float32-only) and cast back, so
+    the output dtype is the input dtype.
+
+    Error bound: for ``x`` inside the nudged range, ``|fake_quant(x) - x| <=
+    scale / 2`` (plus one rounding of the output dtype when it is not float32);
+    outside it the error is the distance to the range.
+
+    Gradient (straight-through estimator, Bengio et al. 2013): ``d out / d x = 1``
+    for ``min <= x <= max`` (both edges included) and 0 outside; no gradient
+    flows to ``min_value``/``max_value`` (they are ranges, not parameters, here).
+
+    Args:
+      inputs: floating tensor (float16, bfloat16, float32, float64).
+      min_value: scalar, or a vector of length ``inputs.shape[axis]``.
+      max_value: same shape as ``min_value``; ``max_value >= min_value``.
+      num_bits: int in 2..16.
+      narrow_range: use ``[1, 2**num_bits - 1]`` (symmetric int8 weights: -127..127).
+      axis: the channel axis for per-channel ranges, or None for one range.
+      name: optional name scope.
+
+    Returns:
+      A tensor of the dtype and shape of ``inputs``.
+
+    Raises:
+      TypeError: ``inputs`` is not floating.
+      ValueError: ``num_bits`` outside 2..16, or ranges of the wrong shape.
+
+    Example:
+      >>> so.quantization.fake_quant([0.0, 0.3, 1.0], 0.0, 1.0, num_bits=2).numpy()
+      array([0.        , 0.33333334, 1.        ], dtype=float32)
+    """
+    op = "safeops.quantization.fake_quant"
+    _check_bits(op, "num_bits", num_bits)
+    with tf.name_scope(name or "fake_quant"):
+        x = convert_to_floating(op, "inputs", inputs, allowed=_FQ_DTYPES)
+        dtype = x.dtype
+        xf = tf.cast(x, tf.float32) if dtype != tf.float32 else x
+        lo = tf.stop_gradient(tf.cast(min_value, tf.float32))
+        hi = tf.stop_gradient(tf.cast(max_value, tf.float32))
+        if axis is None:
+            if lo.shape.rank not in (None, 0) or hi.shape.rank not in (None, 0):
+                raise ValueError(f"{op}: 'min_value' and 'max_value' must be scalars when "
+                                 f"axis is None; got shapes {lo.shape} and {hi.shape}")
+            out = tf.quantization.fake_quant_with_min_max_vars(
+                xf, lo, hi, num_bits=num_bits, narrow_range=narrow_range)
+        else:
+            rank = xf.shape.rank
+            axis = axis % rank
+            channels = xf.shape[axis]
+            for arg, v in (("min_value", lo), ("max_value", hi)):
+                if v.shape.rank != 1 or (channels is not None and v.shape[0] != channels):
+                    raise ValueError(f"{op}: '{arg}' must be a vector of length "
+                                     f"inputs.shape[{axis}]={channels}; got shape {v.shape}")
+            perm = None
+            if axis != rank - 1:
+                perm = [d for d in range(rank) if d != axis] + [axis]
+                xf = tf.transpose(xf, perm)
+            out = tf.quantization.fake_quant_with_min_max_vars_per_channel(
+                xf, lo, hi, num_bits=num_bits, narrow_range=narrow_range)
+            if perm is not None:
+                out = tf.transpose(out, [perm.index(d) for d in range(rank)])
+        return tf.cast(out, dtype) if dtype != tf.float32 else out
+
+
+def _quantize_weight(w, num_bits, per_channel, symmetric, channel_axis=-1):
+    """Fake-quantize a kernel with ranges taken from its current values.
+
+    Per channel: one range per output channel (``channel_axis``); symmetric:
+    ``[-max|w|, max|w|]`` on the narrow grid (zero point 0, as TFLite's int8
+    kernels require); asymmetric: ``[min(w, 0), max(w, 0)]`` on the full grid.
+    The ranges are not differentiated (straight-through on the weight).
+    """
+    wf = tf.cast(w, tf.float32)
+    rank = wf.shape.rank
+    axis = channel_axis % rank
+    reduce_axes = [d for d in range(rank) if d != axis] if per_channel else None
+    if symmetric:
+        m = tf.maximum(tf.reduce_max(tf.abs(wf), axis=reduce_axes), _TINY)
+        lo, hi = -m, m
+    else:
+        lo = tf.minimum(tf.reduce_min(wf, axis=reduce_axes), 0.0)
+        hi = tf.maximum(tf.reduce_max(wf, axis=reduce_axes), 0.0)
+        hi = tf.maximum(hi, lo + _TINY)
+    if per_channel and axis != rank - 1:
+        perm = [d for d in range(rank) if d != axis] + [axis]
+        wt = tf.transpose(wf, perm)
+        out = tf.quantization.fake_quant_with_min_max_vars_per_channel(
+            wt, tf.stop_gradient(lo), tf.stop_gradient(hi), num_bits=num_bits,
+            narrow_range=symmetric)
+        out = tf.transpose(out, [perm.index(d) for d in range(rank)])
+    elif per_channel:
+        out = tf.quantization.fake_quant_with_min_max_vars_per_channel(
+            wf, tf.stop_gradient(lo), tf.stop_gradient(hi), num_bits=num_bits,
+            narrow_range=symmetric)
+    else:
+        out = tf.quantization.fake_quant_with_min_max_vars(
+            wf, tf.stop_gradient(lo), tf.stop_gradient(hi), num_bits=num_bits,
+            narrow_range=symmetric)
+    return tf.cast(out, w.dtype) if w.dtype != tf.float32 else out
+
+
+@keras.saving.register_keras_serializable(package="safeops")
+class MovingAverageQuantizer(keras.layers.Layer):
+    """Fake-quantizes activations with a range tracked by an exponential moving average.
+
+    While training (``training=True``) the layer measures the batch range
+    ``[min(x, 0), max(x, 0)]``; the first batch sets the range, later batches
+    update it as ``r <- decay * r + (1 - decay) * r_batch``. At inference the
+    stored range is used unchanged (frozen). Before any training batch the range
+    is ``[-6, 6]`` (as tfmot's). The output is `fake_quant` of the input on that
+    range, so the gradient is straight-through inside the range and 0 outside.
+
+    Args:
+      num_bits: int in 2..16.
+      ema_decay: decay of the moving average, in [0, 1).
+      **kwargs: standard `keras.layers.Layer` arguments (name, dtype).
+
+    Raises:
+      ValueError: ``num_bits`` outside 2..16 or ``ema_decay`` outside [0, 1).
+    """
+
+    def __init__(self, num_bits=8, ema_decay=0.99, **kwargs):
+        super().__init__(**kwargs)
+        self.num_bits = _check_bits("safeops.quantization.MovingAverageQuantizer",
+                                    "num_bits", num_bits)
+        if not 0.0 <= float(ema_decay) < 1.0:
+            raise ValueError("safeops.quantization.MovingAverageQuantizer: argument "
+                             f"'ema_decay' must be in [0, 1); got {ema_decay}")
+        self.ema_decay = float(ema_decay)
+        self.supports_masking = True
+
+    def build(self, input_shape):
+        self.range_min = self.add_weight(name="range_min", shape=(), initializer=
+                                         keras.initializers.Constant(-6.0), trainable=False,
+                                         dtype="float32")
+        self.range_max = self.add_weight(name="range_max", shape=(), initializer=
+                                         keras.initializers.Constant(6.0), trainable=False,
+                                         dtype="float32")
+        self.batches_seen = self.add_weight(name="batches_seen", shape=(), initializer="zeros",
+                                            trainable=False, dtype="float32")
+
+    def call(self, inputs, training=None):
+        if training:
+            x = tf.stop_gradient(tf.cast(inputs, tf.float32))
+            bmin = tf.minimum(tf.reduce_min(x), 0.0)
+            bmax = tf.maximum(tf.reduce_max(x), 0.0)
+            first = tf.equal(self.batches_seen, 0.0)
+            d = self.ema_decay
+            new_min = tf.where(first, bmin, d * self.range_min + (1.0 - d) * bmin)
+            new_max = tf.where(first, bmax, d * self.range_max + (1.0 - d) * bmax)
+            self.range_min.assign(new_min)
+            self.range_max.assign(new_max)
+            self.batches_seen.assign_add(1.0)
+            lo, hi = new_min, new_max
+        else:
+            lo, hi = self.range_min, self.range_max
+        return fake_quant(inputs, lo, hi, num_bits=self.num_bits)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_bits=self.num_bits, ema_decay=self.ema_decay)
+        return config

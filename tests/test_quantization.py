@@ -1,0 +1,398 @@
+"""Tests for safeops.quantization: fake quant, QAT wrappers, TFLite export, evaluation, legacy path.
+
+Accuracy claims use scikit-learn's bundled digits data (8x8 images, no download)
+with fixed seeds; models are small so the module stays well under two minutes.
+Thresholds are the issue's: QAT int8 Keras accuracy >= float - 0.5 point,
+int8 TFLite >= float - 1 point, int8 TFLite size <= 30% of float TFLite, and at
+4-bit weights QAT > post-training quantization of the same float model.
+"""
+
+import os
+import subprocess
+import sys
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from sklearn.datasets import load_digits
+
+import safeops as so
+from safeops import testing
+from safeops.quantization import (MovingAverageQuantizer, QuantizeWrapper, calibrate,
+                                  cast_weights, evaluate_quantization, export_tflite, fake_quant,
+                                  quantization_report, quantize_model)
+
+Q = so.quantization
+
+
+# --------------------------------------------------------------------------- data and models
+
+
+@pytest.fixture(scope="module")
+def digits():
+    d = load_digits()
+    x = (d.data / 16.0).astype("float32")
+    y = d.target.astype("int32")
+    idx = np.random.default_rng(0).permutation(len(x))
+    return x[idx[:1257]], y[idx[:1257]], x[idx[1257:]], y[idx[1257:]]
+
+
+def _build(kind):
+    if kind == "mlp":
+        return keras.Sequential([keras.Input((64,)), keras.layers.Dense(256, activation="relu"),
+                                 keras.layers.Dense(256, activation="relu"),
+                                 keras.layers.Dense(10)])
+    inp = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(inp)
+    h = keras.layers.DepthwiseConv2D(3, padding="same", activation="relu")(h)
+    h = keras.layers.Conv2D(32, 1, activation="relu")(h)
+    h = keras.layers.MaxPooling2D()(h)
+    h = keras.layers.Flatten()(h)
+    h = keras.layers.Dense(128, activation="relu")(h)
+    return keras.Model(inp, keras.layers.Dense(10)(h))
+
+
+def _compile(model, lr):
+    model.compile(keras.optimizers.Adam(lr),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    return model
+
+
+def _reshape(kind, x):
+    return x if kind == "mlp" else x.reshape(-1, 8, 8, 1)
+
+
+def _acc(model, x, y):
+    return float(np.mean(np.argmax(model.predict(x, verbose=0), -1) == y))
+
+
+_TRAINED = {}
+
+
+def _trained(kind, digits):
+    """Float model, its QAT fine-tune, and both TFLite exports (built once per kind)."""
+    if kind not in _TRAINED:
+        xtr, ytr, xte, yte = digits
+        xtr, xte = _reshape(kind, xtr), _reshape(kind, xte)
+        keras.utils.set_random_seed(0)
+        model = _compile(_build(kind), 3e-3)
+        model.fit(xtr, ytr, epochs=15, batch_size=64, verbose=0)
+        qmodel = _compile(quantize_model(model), 5e-4)
+        qmodel.fit(xtr, ytr, epochs=3, batch_size=64, verbose=0)
+        _TRAINED[kind] = dict(model=model, qmodel=qmodel, xtr=xtr, xte=xte, ytr=ytr, yte=yte,
+                              float_tflite=export_tflite(model, None, int8=False),
+                              int8_tflite=export_tflite(qmodel, xtr[:300]))
+    return _TRAINED[kind]
+
+
+# --------------------------------------------------------------------------- fake_quant op
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8, 16])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+def test_fake_quant_matches_reference(bits, dtype):
+    # Range [0, 1] needs no nudging: the grid is k / (2**bits - 1); float64 reference.
+    x = np.linspace(-0.25, 1.25, 1001)
+    levels = 2.0**bits - 1
+    expected = np.round(np.clip(x, 0.0, 1.0) * levels) / levels  # ties: values are not at ties
+    xin = tf.constant(x, dtype)
+    out = fake_quant(xin, 0.0, 1.0, num_bits=bits)
+    assert out.dtype == xin.dtype
+    # float32 computation then one rounding to `dtype`: within 1 ulp of the rounded reference
+    # (the grid value k/levels is itself rounded to float32 inside TF's kernel). Inputs
+    # within float32 noise of a rounding tie may go either way: those are left to the bound.
+    # float64 is computed in float32 (documented): compare in float32 ulps there.
+    mdtype = "float32" if dtype == "float64" else dtype
+    xq = np.asarray(testing.round_to_dtype(np.asarray(xin, np.float64), mdtype), np.float64)
+    scaled = np.clip(xq, 0, 1) * levels
+    not_tie = np.abs(scaled - np.floor(scaled) - 0.5) > 1e-6 * levels
+    exp_q = testing.round_to_dtype(np.round(scaled) / levels, mdtype)
+    got = testing.round_to_dtype(np.asarray(out, np.float64), mdtype)
+    assert np.max(testing.ulp_distance(got, exp_q, mdtype)[not_tie]) <= 1
+    # documented bound |q(x) - x| <= scale / 2 inside the range (+1 ulp of float32)
+    inside = (x >= 0) & (x <= 1)
+    err = np.abs(np.asarray(out, np.float64) - xq)[inside]
+    ulp = {"float16": 2**-11, "bfloat16": 2**-8}.get(mdtype, 2**-23)
+    assert err.max() <= 0.5 / levels + 2 * ulp
+    assert np.array_equal(np.asarray(out, np.float64)[x < -0.01], np.zeros(np.sum(x < -0.01)))
+    del expected
+
+
+def test_fake_quant_per_channel_any_axis():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((5, 3, 4)).astype(np.float32)
+    lo = -np.abs(x).max(axis=(0, 2))
+    hi = np.abs(x).max(axis=(0, 2))
+    out = fake_quant(x, lo, hi, num_bits=8, narrow_range=True, axis=1).numpy()
+    for c in range(3):  # symmetric narrow range: 0 exact, scale = 2 m / 254
+        scale = 2 * hi[c] / 254.0
+        ref = np.round(x[:, c, :].astype(np.float64) / scale) * scale
+        np.testing.assert_allclose(out[:, c, :], ref, rtol=0, atol=scale * 1e-5 + 1e-7)
+
+
+def test_fake_quant_execution_modes():
+    x = tf.constant(np.linspace(-2, 2, 97), tf.float32)
+    res = testing.run_modes(lambda t: fake_quant(t, -1.5, 1.0, num_bits=6), x)
+    np.testing.assert_array_equal(res["eager"], res["function"])
+    # XLA evaluates min + scale * k in another float32 operation order: the results differ by
+    # one rounding of a value of magnitude <= max(|min|, |max|) (the zero level included)
+    atol = 2.0**-23 * 1.5079366 * 2
+    np.testing.assert_allclose(res["jit_compile"], res["eager"], rtol=0, atol=atol)
+
+
+def test_fake_quant_gradient_straight_through_with_edges():
+    # ranges chosen so TF's zero-point nudging leaves them unchanged (scale 1, exact edges)
+    x = tf.constant([-130.0, -128.0, -0.3, 0.0, 70.0, 127.0, 127.5])
+    for fn in (tf.function, lambda f: f, lambda f: tf.function(f, jit_compile=True)):
+        @fn
+        def grad(t):
+            with tf.GradientTape() as tape:
+                tape.watch(t)
+                y = fake_quant(t, -128.0, 127.0, num_bits=8)
+            return tape.gradient(y, t)
+        # 1 inside [min, max] including both edges, 0 outside (clipped straight-through)
+        np.testing.assert_array_equal(grad(x).numpy(), [0, 1, 1, 1, 1, 1, 0])
+
+
+def test_fake_quant_gradient_matches_finite_differences_of_identity_inside():
+    # The STE replaces the staircase's zero derivative by the identity's: compare with
+    # float64 finite differences of the identity (what STE claims) via check_gradients.
+    x = np.linspace(-0.9, 0.9, 7)
+    with tf.GradientTape() as tape:
+        t = tf.constant(x, tf.float32)
+        tape.watch(t)
+        y = tf.reduce_sum(fake_quant(t, -1.0, 1.0) * np.arange(7, dtype=np.float32))
+    np.testing.assert_array_equal(tape.gradient(y, t).numpy(), np.arange(7))
+
+
+# --------------------------------------------------------------------------- activation ranges
+
+
+def test_moving_average_quantizer_ema_and_frozen_inference():
+    q = MovingAverageQuantizer(num_bits=8, ema_decay=0.9)
+    b1 = np.array([[-1.0, 2.0]], np.float32)
+    b2 = np.array([[0.5, 4.0]], np.float32)
+    q(b1, training=True)
+    assert (q.range_min.numpy(), q.range_max.numpy()) == (-1.0, 2.0)  # first batch sets it
+    q(b2, training=True)
+    np.testing.assert_allclose(q.range_min.numpy(), 0.9 * -1.0 + 0.1 * 0.0, rtol=1e-6)
+    np.testing.assert_allclose(q.range_max.numpy(), 0.9 * 2.0 + 0.1 * 4.0, rtol=1e-6)
+    before = (q.range_min.numpy(), q.range_max.numpy())
+    out = q(np.array([[100.0, -100.0]], np.float32), training=False)
+    assert (q.range_min.numpy(), q.range_max.numpy()) == before  # frozen at inference
+    np.testing.assert_allclose(out.numpy(), [[before[1], before[0]]], atol=0.02)  # clamped
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+class _Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.d = keras.layers.Dense(3)
+
+    def call(self, x):
+        return self.d(x)
+
+
+def test_bad_input_raises():
+    for bits in (1, 17, 8.0, True):
+        with pytest.raises(ValueError, match="fake_quant.*num_bits"):
+            fake_quant([0.5], 0.0, 1.0, num_bits=bits)
+    with pytest.raises(TypeError, match="fake_quant.*inputs"):
+        fake_quant(tf.constant([1, 2]), 0.0, 1.0)
+    with pytest.raises(ValueError, match="min_value"):
+        fake_quant(tf.ones((2, 3)), [0.0, 0.0], [1.0, 1.0], axis=-1)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    with pytest.raises(ValueError, match="quantize_model.*weight_bits"):
+        quantize_model(model, weight_bits=1)
+    with pytest.raises(ValueError, match="quantize_model.*activation_bits"):
+        quantize_model(model, activation_bits=17)
+    sub = _Subclassed()
+    sub(np.zeros((1, 4), np.float32))
+    with pytest.raises(TypeError, match="Sequential or Functional.*_Subclassed"):
+        quantize_model(sub)
+    with pytest.raises(ValueError, match="input shape"):
+        quantize_model(keras.Sequential([keras.layers.Dense(3)]))
+    with pytest.warns(UserWarning, match="matched no supported layer"):
+        q = quantize_model(model, layer_filter=lambda layer: layer.name == "nope")
+    assert "layer_filter matched no supported layer" in str(quantization_report(q))
+    with pytest.raises(ValueError, match=r"expected.*\(4,\)|\(batch,\) \+ \(4,\)"):
+        export_tflite(model, np.zeros((5, 7), np.float32))
+    with pytest.raises(ValueError, match=r"dtype int64"):
+        export_tflite(model, np.zeros((5, 4), np.int64))
+    with pytest.raises(ValueError, match=r"\(batch,\) \+ \(4,\)"):
+        export_tflite(model, tf.data.Dataset.from_tensor_slices(np.zeros((5, 2), np.float32)))
+    with pytest.raises(TypeError, match="candidate"):
+        evaluate_quantization(model, "model.tflite", np.zeros((2, 4), np.float32))
+    with pytest.raises(ValueError, match="cast_weights.*dtype"):
+        cast_weights(model, "int8")
+
+
+# --------------------------------------------------------------------------- QAT accuracy claims
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_qat_int8_accuracy_and_tflite(kind, digits):
+    t = _trained(kind, digits)
+    float_acc = _acc(t["model"], t["xte"], t["yte"])
+    qat_acc = _acc(t["qmodel"], t["xte"], t["yte"])
+    tfl = evaluate_quantization(t["model"], t["int8_tflite"], t["xte"], t["yte"])
+    ftfl = evaluate_quantization(t["model"], t["float_tflite"], t["xte"], t["yte"])
+    ratio = len(t["int8_tflite"]) / len(t["float_tflite"])
+    print(f"\n{kind}: float {float_acc:.4f} qat-int8 {qat_acc:.4f} tflite-int8 "
+          f"{tfl.candidate_accuracy:.4f} size {len(t['int8_tflite'])}/{len(t['float_tflite'])}"
+          f" = {ratio:.3f}")
+    assert float_acc > 0.9  # the float model is a real classifier
+    assert ftfl.candidate_accuracy == pytest.approx(float_acc)  # float TFLite = Keras float
+    assert qat_acc >= float_acc - 0.005  # issue: within 0.5 point of float
+    assert tfl.candidate_accuracy >= float_acc - 0.01  # issue: within 1 point of float
+    assert ratio <= 0.30  # issue: int8 TFLite at most 30% of the float TFLite size
+    # every weight tensor in the TFLite model is int8: one SQNR per kernel layer
+    kernels = [layer.name for layer in t["model"].layers if hasattr(layer, "kernel")]
+    assert sorted(tfl.weight_sqnr_db) == sorted(kernels)
+    # 8-bit weights: SQNR of a uniform grid is ~6 dB/bit; trained weights moved, so only > 20
+    assert min(tfl.weight_sqnr_db.values()) > 20
+
+
+def test_four_bit_qat_beats_post_training_quantization(digits):
+    t = _trained("mlp", digits)
+    ptq = calibrate(quantize_model(t["model"], weight_bits=4), t["xtr"])
+    ptq_acc = _acc(ptq, t["xte"], t["yte"])
+    keras.utils.set_random_seed(1)
+    qat = _compile(quantize_model(t["model"], weight_bits=4), 5e-4)
+    qat.fit(t["xtr"], t["ytr"], epochs=3, batch_size=64, verbose=0)
+    qat_acc = _acc(qat, t["xte"], t["yte"])
+    print(f"\n4-bit weights: PTQ {ptq_acc:.4f}  QAT {qat_acc:.4f}")
+    assert qat_acc > ptq_acc
+
+
+def test_evaluate_quantization_against_independent_numbers(digits):
+    t = _trained("mlp", digits)
+    x, y = t["xte"], t["yte"]
+    rep = evaluate_quantization(t["model"], t["qmodel"], x, y)
+    ref = t["model"](x).numpy().astype(np.float64)
+    out = t["qmodel"](x).numpy().astype(np.float64)
+    np.testing.assert_allclose(rep.max_abs_diff, np.abs(out - ref).max(), rtol=1e-6)
+    np.testing.assert_allclose(rep.mean_abs_diff, np.abs(out - ref).mean(), rtol=1e-6)
+    assert rep.argmax_agreement == np.mean(out.argmax(1) == ref.argmax(1))
+    assert rep.candidate_accuracy == np.mean(out.argmax(1) == y)
+    assert "| argmax agreement |" in str(rep)
+    # float16 weight cast: SQNR from a NumPy cast of the same kernels
+    half = cast_weights(t["model"])
+    rep16 = evaluate_quantization(t["model"], half, x, y)
+    for layer in t["model"].layers:
+        w = np.asarray(layer.kernel, np.float64)
+        noise = np.sum((w - w.astype(np.float16).astype(np.float64)) ** 2)
+        expected = 10 * np.log10(np.sum(w**2) / noise)
+        assert rep16.weight_sqnr_db[layer.name] == pytest.approx(expected, rel=1e-9)
+    assert rep16.argmax_agreement >= 0.99
+    assert half.layers[0].kernel.dtype == "float16"
+
+
+# --------------------------------------------------------------------------- structure, serialization
+
+
+def test_functional_add_concatenate_batchnorm_report_and_fit():
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 2))
+    a = keras.layers.Conv2D(4, 3, padding="same")(inp)
+    b = keras.layers.BatchNormalization()(a)
+    c = keras.layers.Conv1D(4, 3, padding="same")(keras.layers.Reshape((64, 2))(inp))
+    s = keras.layers.Add()([b, keras.layers.Reshape((8, 8, 4))(c)])
+    m = keras.layers.Concatenate()([s, a])
+    out = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(m))
+    model = keras.Model(inp, out)
+    q = quantize_model(model)
+    rep = quantization_report(q)
+    assert {c for _, c in rep.quantized} == {"Conv2D", "Conv1D", "Add", "Concatenate", "Dense"}
+    bn = [r for n, c, r in rep.float_layers if c == "BatchNormalization"]
+    assert bn and "not folded" in bn[0]
+    assert str(q.quantization_report_) == str(rep)
+    x = np.random.default_rng(0).standard_normal((16, 8, 8, 2)).astype(np.float32)
+    q.compile("sgd", "mse")
+    q.fit(x, np.zeros((16, 3), np.float32), epochs=1, verbose=0)
+    # weights were carried over: with 16-bit everything, outputs match the float model
+    q16 = quantize_model(model, weight_bits=16, activation_bits=None)
+    np.testing.assert_allclose(q16(x, training=False), model(x, training=False), atol=2e-3)
+
+
+def test_save_load_saved_model_and_modes(digits, tmp_path):
+    t = _trained("cnn", digits)
+    q, x = t["qmodel"], t["xte"][:64]
+    path = str(tmp_path / "qat.keras")
+    q.save(path)
+    r = keras.models.load_model(path)
+    np.testing.assert_array_equal(r.predict(x, verbose=0), q.predict(x, verbose=0))
+    assert isinstance(r.get_layer(q.layers[2].name), (QuantizeWrapper, MovingAverageQuantizer))
+    assert quantization_report(r).quantized == quantization_report(q).quantized
+    export_dir = str(tmp_path / "saved")
+    q.export(export_dir)
+    loaded = tf.saved_model.load(export_dir)
+    np.testing.assert_allclose(loaded.serve(x).numpy(), q(x).numpy(), atol=1e-5)
+    res = testing.run_modes(lambda v: q(v, training=False), tf.constant(x))
+    np.testing.assert_allclose(res["function"], res["eager"], atol=1e-5)
+    np.testing.assert_allclose(res["jit_compile"], res["eager"], atol=1e-4)
+
+
+def test_representative_data_forms(digits):
+    t = _trained("mlp", digits)
+    x = t["xtr"][:64]
+    gen = lambda: (x[i:i + 8] for i in range(0, 64, 8))  # noqa: E731
+    for data in (x, tf.data.Dataset.from_tensor_slices((x, t["ytr"][:64])).batch(16), gen):
+        blob = export_tflite(t["qmodel"], data)
+        rep = evaluate_quantization(t["qmodel"], blob, t["xte"], t["yte"])
+        assert rep.argmax_agreement >= 0.97
+
+
+def test_export_writes_path(tmp_path, digits):
+    t = _trained("mlp", digits)
+    path = tmp_path / "m.tflite"
+    blob = export_tflite(t["qmodel"], t["xtr"][:50], path=str(path))
+    assert path.read_bytes() == blob
+
+
+# --------------------------------------------------------------------------- legacy path (subprocess)
+
+
+_ENV = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+
+
+def _run(code):
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, env=_ENV)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def test_legacy_tfmot_path_in_subprocess():
+    code = (
+        "import os, numpy as np\n"
+        "import tf_keras\n"
+        "import safeops as so\n"
+        "m = tf_keras.Sequential([tf_keras.Input((8,)), tf_keras.layers.Dense(4, activation='relu'),"
+        " tf_keras.layers.Dense(2)])\n"
+        "q = so.quantization.quantize_model(m)\n"
+        "names = [type(l).__name__ for l in q.layers]\n"
+        "assert 'QuantizeLayer' in names and 'QuantizeWrapperV2' in names, names\n"
+        "q.compile('sgd', 'mse'); q.fit(np.ones((8, 8)), np.ones((8, 2)), verbose=0)\n"
+        "print('legacy', os.environ.get('TF_USE_LEGACY_KERAS'))\n"
+    )
+    assert "legacy 1" in _run(code)  # the documented side effect of importing tfmot
+
+
+def test_keras3_process_never_sets_legacy_flag():
+    code = (
+        "import os, sys, numpy as np, keras\n"
+        "import safeops as so\n"
+        "m = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4), keras.layers.Dense(2)])\n"
+        "q = so.quantization.quantize_model(m); q.compile('sgd', 'mse')\n"
+        "q.fit(np.ones((8, 8), 'float32'), np.ones((8, 2), 'float32'), verbose=0)\n"
+        "so.quantization.export_tflite(q, np.ones((4, 8), 'float32'))\n"
+        "bad = [k for k in sys.modules if k.startswith(('tensorflow_model_optimization', 'tf_keras'))]\n"
+        "print('flag', os.environ.get('TF_USE_LEGACY_KERAS'), bad)\n"
+    )
+    assert "flag None []" in _run(code)
