@@ -4,6 +4,7 @@ Argument checks that are static when the value is known and `tf.debugging`
 asserts when it is not, gradient un-broadcasting, and dtype limits.
 """
 
+import ml_dtypes
 import numpy as np
 import tensorflow as tf
 
@@ -15,7 +16,7 @@ __all__ = []
 def _finfo(dtype):
     """`np.finfo`-like limits (max, tiny) of a TF floating dtype, as Python floats."""
     dtype = tf.as_dtype(dtype)
-    return float(dtype.max), float(np.finfo(dtype.as_numpy_dtype).tiny)
+    return float(dtype.max), float(ml_dtypes.finfo(dtype.as_numpy_dtype).tiny)
 
 
 def _convert_pair(op, names, a, b):
@@ -103,3 +104,15 @@ def _fused(fn):
 
     call.__name__ = getattr(fn, "__name__", "fused")
     return call
+
+
+_INT_OF = {tf.float16: tf.int16, tf.bfloat16: tf.int16, tf.float32: tf.int32, tf.float64: tf.int64}
+
+
+def _is_negative(y):
+    """``y < 0`` decided on the bits, so negative subnormals count as negative
+    even where the CPU treats denormals as zero (TF and XLA flush them); -0.0
+    is not negative; NaN with the sign bit set is."""
+    itype = _INT_OF[y.dtype]
+    bits = tf.bitcast(y, itype)
+    return tf.logical_and(bits < 0, bits > itype.min)

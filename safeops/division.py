@@ -7,7 +7,8 @@ computed once and the gradient never sees ``0 * inf``.
 
 Default `eps` (``safe_divide``, ``safe_reciprocal``, ``relative_error``): the
 smallest positive *normal* number of the dtype, so only zero and subnormal
-denominators are floored:
+denominators are floored (a user `eps` below it, e.g. 1e-8 in float16 where it
+would round to 0, is raised to it):
 
   =========  ===============
   float16    6.10e-05 (2**-14)
@@ -20,16 +21,29 @@ denominators are floored:
 import tensorflow as tf
 
 from safeops._dtypes import accumulation_dtype, convert_to_floating
-from safeops._guards import (_convert_pair, _finfo, _fused, _reduce_to, _scalar_param,
-                             _with_deps)
+from safeops._guards import (_convert_pair, _finfo, _fused, _is_negative, _reduce_to,
+                             _scalar_param, _with_deps)
 
 __all__ = ["divide_no_nan", "relative_error", "safe_divide", "safe_reciprocal"]
 
 
 def _eps_param(op, eps, dtype):
+    """The floor as a `dtype` tensor, never below the smallest normal number
+    (a 1e-8 given for float16 would otherwise round to 0)."""
+    tiny = _finfo(dtype)[1]
     if eps is None:
-        return tf.constant(_finfo(dtype)[1], dtype), []
-    return _scalar_param(op, "eps", eps, dtype, lambda v: v > 0, "must be > 0")
+        return tf.constant(tiny, dtype), []
+    if not tf.is_tensor(eps):
+        try:
+            value = float(eps)
+        except (TypeError, ValueError):
+            raise TypeError(f"{op}: argument 'eps' must be a positive number; got {eps!r}") from None
+        if not value > 0:
+            raise ValueError(f"{op}: argument 'eps' must be > 0; got {eps}")
+    eps, deps = _scalar_param(op, "eps", eps, dtype, lambda v: v >= 0, "must be > 0")
+    if deps:
+        deps = [tf.debugging.Assert(tf.reduce_all(eps > 0), [f"{op}: argument 'eps' must be > 0", eps])]
+    return tf.maximum(eps, tf.constant(tiny, dtype)), deps
 
 
 def _saturate(t, big):
@@ -38,8 +52,8 @@ def _saturate(t, big):
 
 
 def _floored(y, eps):
-    """``sign(y) * max(|y|, eps)`` with sign(0) = +; NaN stays NaN."""
-    return tf.where(y < 0, tf.minimum(y, -eps), tf.maximum(y, eps))
+    """``sign(y) * max(|y|, eps)`` with sign(+-0) = +; NaN stays NaN."""
+    return tf.where(_is_negative(y), tf.minimum(y, -eps), tf.maximum(y, eps))
 
 
 def _sd_forward(x, y, eps, big):
@@ -50,10 +64,12 @@ def _sd_backward(g, x, y, eps, big):
     # Recomputes d and q from x, y (cheap inside one fused loop) instead of
     # reading a stored q: one pass over x, y, g.
     d = _floored(y, eps)
-    gx = g / d
-    # Where |y| < eps the denominator is the constant +-eps: d/dy = 0.
-    gy = tf.where(tf.equal(d, y), -(gx * (x / d)), tf.zeros_like(gx))
-    return _saturate(gx, big), _saturate(gy, big)
+    gx = _saturate(g / d, big)
+    q = _saturate(x / d, big)
+    # Where |y| < eps the denominator is the constant +-eps: d/dy = 0. gx and q
+    # are finite here, so their product is never 0 * inf.
+    gy = tf.where(tf.equal(d, y), -(gx * q), tf.zeros_like(gx))
+    return gx, _saturate(gy, big)
 
 
 _sd_forward_fused = _fused(_sd_forward)
@@ -171,7 +187,9 @@ def divide_no_nan(x, y, name=None):
     Gradient: the true derivative ``1 / y`` and ``-x / y**2 = -(1/y) * (x/y)``
     wherever y != 0 (overflowing to +-inf only where that value is not
     representable, as the true derivative); exactly **0** for both x and y
-    where y == 0, never NaN there, also when x is inf or NaN at y == 0.
+    where y == 0, never NaN there, also when x is inf or NaN at y == 0; and 0
+    where the upstream gradient is 0 (TF's gradient gives ``0 * inf = NaN``
+    when ``x / y**2`` overflows).
 
     dtypes: float16, bfloat16, float32, float64 (same dtype for x and y);
     output has that dtype.
@@ -203,7 +221,8 @@ def divide_no_nan(x, y, name=None):
 
             def grad(g):
                 gx = tf.where(zero, tf.zeros_like(g), g / y)
-                gy = tf.where(zero, tf.zeros_like(g), -(gx * q))
+                # g == 0 gives exactly 0, also where x / y overflows (TF: 0 * inf = NaN).
+                gy = tf.where(tf.logical_or(zero, tf.equal(g, 0)), tf.zeros_like(g), -(gx * q))
                 return _reduce_to(gx, x), _reduce_to(gy, y)
 
             return q, grad
