@@ -16,7 +16,7 @@ _RANK = {s: i for i, s in enumerate(SEVERITIES)}
 class Finding:
     """One hazard found by `audit`.
 
-    Attributes:
+    Args:
       severity: "high" (inf/NaN on these inputs, or an infinite/NaN gradient),
         "medium" (within reach of failure, or a pattern known to fail), "low"
         (accuracy loss, e.g. cancellation).
@@ -48,7 +48,14 @@ class Finding:
 
 
 def format_findings(findings):
-    """The findings as a text table (what `audit` prints)."""
+    """The findings as a text table (what `audit` prints).
+
+    Args:
+      findings: a list of `Finding` (as `audit` returns).
+
+    Returns:
+      A string.
+    """
     if not findings:
         return "safeops.doctor.audit: no numerical hazards found"
     rows = []

@@ -17,7 +17,7 @@ MODES = ("eager", "function", "jit_compile")
 class DeviceDifference:
     """The difference of one output or gradient in one run from the reference run.
 
-    Attributes:
+    Args:
       quantity: "output[i]" or "grad[<input or variable>]".
       run: "<device> <mode>" of the run compared.
       reference: "<device> <mode>" of the reference run (the first one).
@@ -37,7 +37,14 @@ class DeviceDifference:
 
 
 def format_device_differences(diffs):
-    """The comparison as a text table (what `compare_devices` prints)."""
+    """The comparison as a text table (what `compare_devices` prints).
+
+    Args:
+      diffs: a list of `DeviceDifference` (as `compare_devices` returns).
+
+    Returns:
+      A string.
+    """
     rows = [(d.quantity, d.run, d.dtype, "-" if d.max_ulp is None else int(d.max_ulp),
              "YES" if d.flagged else "", d.note) for d in diffs]
     ref = diffs[0].reference if diffs else "-"

@@ -30,7 +30,7 @@ _GRAD_SCOPE = re.compile(r"^gradients(?:_\d+)?/(.*)_grad/")
 class GradientIssue:
     """Why one gradient is None, zero or non-finite.
 
-    Attributes:
+    Args:
       variable: the variable's (or input's) name.
       status: "none", "zero" or "non-finite".
       reason: short cause: "not used", "non-differentiable op", "not floating",
@@ -52,7 +52,14 @@ class GradientIssue:
 
 
 def format_gradient_issues(issues):
-    """The issues as a text table (what `explain_gradients` prints)."""
+    """The issues as a text table (what `explain_gradients` prints).
+
+    Args:
+      issues: a list of `GradientIssue` (as `explain_gradients` returns).
+
+    Returns:
+      A string.
+    """
     if not issues:
         return "safeops.doctor.explain_gradients: every gradient is finite and non-zero"
     rows = [(i.variable, i.status, i.reason, f"{i.op_type} {i.op_name}" if i.op_type else "-",

@@ -18,7 +18,7 @@ _HE_ACTIVATIONS = ("relu", "relu6", "elu", "selu", "leaky_relu", "gelu", "silu",
 class WeightStats:
     """Statistics of one weight.
 
-    Attributes:
+    Args:
       layer, weight: the layer's name and the weight's path/name.
       dtype, shape: of the weight.
       min, max, std: over its finite values.
@@ -135,7 +135,14 @@ def _stats(layer, var):
 
 
 def format_weights_report(stats):
-    """The report as a text table (what `weights_report` prints)."""
+    """The report as a text table (what `weights_report` prints).
+
+    Args:
+      stats: a list of `WeightStats` (as `weights_report` returns).
+
+    Returns:
+      A string.
+    """
     rows = [(s.weight, s.dtype, "x".join(map(str, s.shape)) or "()", s.min, s.max, s.std,
              s.n_nan + s.n_inf, s.scale_ratio, s.fp16_overflow, s.fp16_flush, s.bf16_relerr,
              s.int8_sqnr_db) for s in stats]
