@@ -134,7 +134,7 @@ def logaddexp(x, y, name=None):
 
     Example:
       >>> so.logaddexp(1000., 1000.).numpy()   # naive: inf
-      1000.6931
+      1000.6932
     """
     with tf.name_scope(name or "logaddexp"):
         x, y = binary_inputs("safeops.logaddexp", x, y)
@@ -195,7 +195,7 @@ def logsubexp(x, y, name=None):
 
     Example:
       >>> so.logsubexp(1000., 999.).numpy()    # naive: inf - inf = nan
-      999.54135
+      999.5413
     """
     with tf.name_scope(name or "logsubexp"):
         x, y = binary_inputs("safeops.logsubexp", x, y)
@@ -375,7 +375,7 @@ def log_cosh(x, name=None):
 
     Example:
       >>> so.log_cosh(1000.).numpy()
-      999.3069
+      999.3068
     """
     with tf.name_scope(name or "log_cosh"):
         return _log_cosh(convert("safeops.log_cosh", "x", x))

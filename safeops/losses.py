@@ -11,7 +11,7 @@ recovered when the probabilities came from a sigmoid/softmax:
 
 The loss is then computed from the logits (`tf.nn.*_cross_entropy_with_logits`,
 exact to a few ulp, gradient ``sigmoid(z) - y`` / ``softmax(z) - y``), so it
-does not saturate: Keras returns a clipped 16.1 with gradient 0 for
+does not saturate: Keras returns a clipped ~15.9 with gradient 0 for
 ``binary_crossentropy(0., sigmoid(30.))``; here it is 30.0 with gradient 1
 w.r.t. the logit. Otherwise the documented fallback is Keras' clipping of the
 probabilities to ``[eps, 1 - eps]`` with ``eps = keras.config.epsilon()``
@@ -75,7 +75,7 @@ def binary_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0, 
 
     Method: from logits z (given, or recovered from a sigmoid, see module doc):
     ``max(z, 0) - z y + log1p(exp(-|z|))`` (`tf.nn.sigmoid_cross_entropy_with_logits`),
-    error a few ulp for any z. Otherwise Keras' clipped formula (loss <= 16.1).
+    error a few ulp for any z. Otherwise Keras' clipped formula (loss <= -log(1e-7) = 16.1).
     Labels are smoothed as Keras does: ``y (1 - s) + s / 2``.
 
     Gradient w.r.t. the logits: ``(sigmoid(z) - y) / n`` -- 1 for z = 30, y = 0
