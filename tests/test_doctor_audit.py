@@ -331,3 +331,24 @@ def test_more_patterns_flagged_and_fixed(naive, x, hazard, replacement, module, 
 def test_safeops_cross_entropy_from_logits_is_clean():
     cce = _op("losses", "categorical_crossentropy")
     assert audit(lambda z, y: cce(y, z, from_logits=True), Z, Y, verbose=False) == []
+
+
+def f16_matmul(x):
+    return tf.matmul(x, x)  # HAZARD
+
+
+def test_other_overflow_is_reported_where_it_starts():
+    x = np.full((2, 2), 200.0, np.float16)  # 2 * 200 * 200 = 80000 > 65504
+    found = audit(f16_matmul, x, verbose=False)
+    assert [(f.hazard, f.op_type, f.severity, f.line) for f in found] == [
+        ("non-finite produced", "MatMul", "high", _line(f16_matmul))]
+    assert "so.promote" in found[0].replacement
+    assert np.all(np.isinf(f16_matmul(tf.constant(x)).numpy()))
+
+
+def test_multi_input_keras_model():
+    a, b = keras.Input((4,)), keras.Input((3,))
+    p = keras.layers.Dense(2, activation="sigmoid")(keras.layers.Concatenate()([a, b]))
+    model = keras.Model([a, b], keras.layers.Lambda(lambda t: tf.math.log(t))(p))
+    found = audit(model, np.ones((2, 4), np.float32), np.ones((2, 3), np.float32), verbose=False)
+    assert [(f.hazard, f.severity) for f in found] == [("log-of-sigmoid", "medium")]

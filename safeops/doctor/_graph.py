@@ -107,7 +107,8 @@ def as_callable(target, op):
     except ImportError:  # pragma: no cover
         is_model = False
     if is_model:
-        return (lambda *args: target(*args, training=False)), f"model {target.name!r}"
+        return (lambda *args: target(args[0] if len(args) == 1 else list(args), training=False),
+                f"model {target.name!r}")
     if isinstance(target, (tf.Module,)) and not callable(target):
         raise TypeError(f"{op}: cannot trace {type(target).__name__}: it is not callable")
     python_fn = getattr(target, "python_function", None)

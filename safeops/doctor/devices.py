@@ -134,7 +134,7 @@ def compare_devices(fn, *inputs, devices=None, modes=MODES, threshold_ulp=4, ver
         import keras
         if isinstance(fn, keras.Model):
             model = fn
-            fn = lambda *a: model(*a, training=False)  # noqa: E731
+            fn = lambda *a: model(a[0] if len(a) == 1 else list(a), training=False)  # noqa: E731
     except ImportError:  # pragma: no cover
         pass
     runs = []
