@@ -110,37 +110,36 @@ def _quantize_weight(w, num_bits, per_channel, symmetric, channel_axis=-1):
     """Fake-quantize a kernel with ranges taken from its current values.
 
     Per channel: one range per output channel (``channel_axis``); symmetric:
-    ``[-max|w|, max|w|]`` on the narrow grid (zero point 0, as TFLite's int8
-    kernels require); asymmetric: ``[min(w, 0), max(w, 0)]`` on the full grid.
-    The ranges are not differentiated (straight-through on the weight).
+    ``[-max|w|, max|w|]`` on the narrow grid ``scale * [-(2**(b-1)-1), 2**(b-1)-1]``
+    (zero point 0, as TFLite's int8 kernels require); asymmetric: ``[min(w, 0),
+    max(w, 0)]`` on the full grid with an integer zero point. Built from plain
+    element-wise ops (TF's FakeQuant*PerChannel kernels are single-threaded and
+    made a CPU train step 4x slower; these fuse and constant-fold at export);
+    the gradient is the identity (straight-through; weights are always inside
+    their own range), the ranges are not differentiated.
     """
-    wf = tf.cast(w, tf.float32)
+    wf = tf.stop_gradient(tf.cast(w, tf.float32))
     rank = wf.shape.rank
     axis = channel_axis % rank
-    reduce_axes = [d for d in range(rank) if d != axis] if per_channel else None
+    axes = [d for d in range(rank) if d != axis] if per_channel else list(range(rank))
     if symmetric:
-        m = tf.maximum(tf.reduce_max(tf.abs(wf), axis=reduce_axes), _TINY)
-        lo, hi = -m, m
+        n = float(2 ** (num_bits - 1) - 1)
+        scale = tf.maximum(tf.reduce_max(tf.abs(wf), axis=axes, keepdims=True), _TINY) / n
+        q = tf.clip_by_value(tf.round(wf / scale), -n, n) * scale
     else:
-        lo = tf.minimum(tf.reduce_min(wf, axis=reduce_axes), 0.0)
-        hi = tf.maximum(tf.reduce_max(wf, axis=reduce_axes), 0.0)
-        hi = tf.maximum(hi, lo + _TINY)
-    if per_channel and axis != rank - 1:
-        perm = [d for d in range(rank) if d != axis] + [axis]
-        wt = tf.transpose(wf, perm)
-        out = tf.quantization.fake_quant_with_min_max_vars_per_channel(
-            wt, tf.stop_gradient(lo), tf.stop_gradient(hi), num_bits=num_bits,
-            narrow_range=symmetric)
-        out = tf.transpose(out, [perm.index(d) for d in range(rank)])
-    elif per_channel:
-        out = tf.quantization.fake_quant_with_min_max_vars_per_channel(
-            wf, tf.stop_gradient(lo), tf.stop_gradient(hi), num_bits=num_bits,
-            narrow_range=symmetric)
-    else:
-        out = tf.quantization.fake_quant_with_min_max_vars(
-            wf, tf.stop_gradient(lo), tf.stop_gradient(hi), num_bits=num_bits,
-            narrow_range=symmetric)
-    return tf.cast(out, w.dtype) if w.dtype != tf.float32 else out
+        levels = float(2 ** num_bits - 1)
+        lo = tf.minimum(tf.reduce_min(wf, axis=axes, keepdims=True), 0.0)
+        hi = tf.maximum(tf.reduce_max(wf, axis=axes, keepdims=True), 0.0)
+        scale = tf.maximum(hi - lo, _TINY) / levels
+        zero = tf.round(-lo / scale)
+        q = (tf.clip_by_value(tf.round(wf / scale) + zero, 0.0, levels) - zero) * scale
+    q = tf.cast(q, w.dtype)
+
+    @tf.custom_gradient
+    def straight_through(v):
+        return tf.identity(q), lambda dy: dy
+
+    return straight_through(tf.convert_to_tensor(w))
 
 
 @keras.saving.register_keras_serializable(package="safeops")
