@@ -31,12 +31,16 @@ from safeops import mixed_precision, optimizers
 from safeops.clipping import clip_by_global_norm, clip_by_norm
 # -- numerics doctor (issue 10) --
 from safeops import doctor
+# -- quantization (issue 7) --
+from safeops import quantization
 
 # -- Keras layers, metrics, callbacks, wrapping (issue 8) --
 from safeops import layers, metrics, callbacks
 from safeops.wrap import wrap_model
 
 __all__ = [
+    # quantization (issue 7)
+    "quantization",
     # issue 4: division, where, smooth switches, straight-through estimators
     "divide_no_nan", "relative_error", "safe_divide", "safe_reciprocal",
     "safe_where", "smooth_where",
