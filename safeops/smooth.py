@@ -82,7 +82,9 @@ def soft_clip(x, lo, hi, sharpness=1.0, name=None):
     ``lo + softplus(s (x - lo)) / s - softplus(s (x - hi)) / s`` with s =
     `sharpness` (TFP's SoftClip bijector uses the same form): close to x well
     inside the interval (within ``log(2) / s`` at the edges), tending to lo and
-    hi in the tails, never reaching them.
+    hi in the tails, never reaching them in exact arithmetic (in floating point
+    the result rounds to lo or hi once ``exp(-s * dist)`` is below the
+    resolution of the dtype).
 
     Method: for x above the midpoint the equal form ``hi - softplus(s (hi - x))
     / s + softplus(s (lo - x)) / s`` is used, so neither form cancels (the
@@ -105,7 +107,7 @@ def soft_clip(x, lo, hi, sharpness=1.0, name=None):
       name: optional name scope.
 
     Returns:
-      A tensor of x's dtype and the broadcast shape, strictly inside (lo, hi).
+      A tensor of x's dtype and the broadcast shape, in [lo, hi].
 
     Raises:
       TypeError: integer or bool x.
