@@ -65,7 +65,7 @@ class SmoothSwitch(keras.layers.Layer):
         else:
             x = inputs
             above, below = tf.ones_like(x), tf.zeros_like(x)
-        out = smooth_where(x, tf.cast(self.threshold, x.dtype), tf.cast(above, x.dtype),
+        out = smooth_where(x, tf.constant(self.threshold, x.dtype), tf.cast(above, x.dtype),
                            tf.cast(below, x.dtype), temperature=self.temperature)
         return tf.cast(out, self.compute_dtype)
 

@@ -25,7 +25,7 @@ def _normalize(x, axes, epsilon, rms_scaling):
     m = reduce_mean(d, axis=axes, keepdims=True)
     c = d - m
     var = reduce_mean(tf.square(c), axis=axes, keepdims=True)
-    inv = tf.math.rsqrt(var + tf.cast(epsilon, x.dtype))
+    inv = tf.math.rsqrt(var + tf.constant(epsilon, x.dtype))  # not tf.cast: via float32
     if rms_scaling:  # Keras's (deprecated) rms_scaling: x * rsqrt(var), not centred
         return x * inv
     return c * inv
