@@ -71,6 +71,8 @@ def dot(x, y, axis=-1, keepdims=False, name=None):
     realised error is ~log2(n) u64), within 1 ulp for condition numbers
     ``2|x|.|y| / |x.y|`` up to 1e7 (tested; the naive float32 product fails).
 
+    Known gap: float64 under ``jit_compile=True`` -- see `matmul`.
+
     Gradient: y * upstream for x and x * upstream for y (summed over broadcast
     dimensions), as TF's; the error terms are not differentiated.
 
@@ -122,6 +124,10 @@ def matmul(a, b, transpose_a=False, transpose_b=False, name=None):
 
     Error bound: each element as `dot`: float32 within 1 ulp for condition up
     to 1e7; float64 ``u|c_ij| + gamma_{ceil(log2 2k)}^2 sum_k |a_ik b_kj|``.
+
+    Known gap: under ``jit_compile=True`` XLA:CPU contracts the Veltkamp
+    split's multiply-add into an FMA, so float64 TwoProduct is no longer exact
+    there (measured up to 3 ulp instead of <= 1; float32 is unaffected).
 
     Gradient: ``g @ b^T`` and ``a^T @ g`` (transposes as TF's), computed in the
     accumulation precision.

@@ -25,9 +25,10 @@ float32 and float64 are exact without that condition. All dtypes: TF's
 CPU kernels flush subnormals to zero, so an error term below the normal
 range is lost (it is then below ``2**emin``, e.g. 1.2e-38 in float32).
 
-XLA: with fast-math off (XLA:CPU's default in TF 2.21) these sequences are
-compiled as written; `tests/test_eft.py` checks every EFT under
-``jit_compile=True``.
+XLA: with fast-math off (XLA:CPU's default in TF 2.21) TwoSum is compiled as
+written (tested under ``jit_compile=True``). XLA:CPU may however contract a
+multiply followed by an add into an FMA, which breaks Veltkamp's split in
+float64 (`two_prod` measured inexact inside larger float64 XLA clusters).
 """
 
 import tensorflow as tf

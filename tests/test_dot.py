@@ -1,0 +1,104 @@
+"""safeops.dot: dot and matmul against exact dot products (safeops.testing.exact_dot)."""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import safeops as so
+from safeops import testing
+
+U64 = 2.0**-53
+
+
+def _ulps(actual, expected, dtype):
+    return int(np.max(testing.ulp_distance(actual.numpy(), expected, dtype)))
+
+
+def test_dot_and_matmul_float32_cond_1e7():
+    x, y, exact, cond = testing.ill_conditioned_dot(2000, 1e7, "float32", seed=1)
+    assert cond > 3e6
+    assert _ulps(so.dot(x, y), exact, "float32") <= 1  # documented: 1 ulp up to cond 1e7
+    assert _ulps(so.matmul(x[None, :], y[:, None])[0, 0], exact, "float32") <= 1
+    assert _ulps(so.matmul(x[:, None], y[:, None], transpose_a=True)[0, 0], exact,
+                 "float32") <= 1
+    assert _ulps(tf.reduce_sum(x * y), exact, "float32") > 1  # the naive ops fail
+    assert _ulps(tf.linalg.matmul(x[None, :], y[:, None])[0, 0], exact, "float32") > 1
+
+
+def test_dot_float64_dot2_bound():
+    n = 1000
+    x, y, exact, _ = testing.ill_conditioned_dot(n, 1e20, "float64", seed=2)
+    absdot = float(testing.exact_dot(np.abs(x), np.abs(y)))
+    k = math.ceil(math.log2(2 * n))
+    gamma = k * U64 / (1 - k * U64)
+    bound = 2 * U64 * abs(exact) + gamma**2 * absdot  # documented Dot2 bound + reference rounding
+    assert abs(float(so.dot(x, y)) - exact) <= bound
+    assert abs(float(so.matmul(x[None, :], y[:, None])[0, 0]) - exact) <= bound
+    assert abs(float(tf.reduce_sum(x * y)) - exact) > bound
+
+
+def test_batched_shapes_and_modes():
+    rng = np.random.default_rng(3)
+    for dtype in (np.float32, np.float64):
+        a = rng.standard_normal((2, 3, 5)).astype(dtype)
+        b = rng.standard_normal((2, 5, 4)).astype(dtype)
+        out = testing.run_modes(so.matmul, a, b)
+        if dtype == np.float64:  # see test_float64_matmul_under_xla (known gap)
+            out.pop("jit_compile")
+        bt = np.swapaxes(b, -1, -2)
+        ref = testing.exact_dot(np.broadcast_to(a[:, :, None, :], (2, 3, 4, 5)),
+                                np.broadcast_to(bt[:, None, :, :], (2, 3, 4, 5)),
+                                dtype=np.dtype(dtype).name)
+        for mode, v in out.items():
+            assert v.shape == (2, 3, 4) and v.dtype == dtype, mode
+            assert int(np.max(testing.ulp_distance(v, ref, np.dtype(dtype).name))) <= 1, mode
+        d = testing.run_modes(lambda u, w: so.dot(u, w, axis=1, keepdims=True), a, a)
+        for v in d.values():
+            np.testing.assert_allclose(v, np.sum(a.astype(np.float64) ** 2, 1, keepdims=True),
+                                       rtol=1e-6)
+    x = tf.constant([1e8, 1.0, -1e8])
+    for v in testing.run_modes(lambda u: so.dot(u, tf.ones_like(u)), x).values():
+        assert float(v) == 1.0
+
+
+def test_gradients():
+    rng = np.random.default_rng(4)
+    a, b = rng.standard_normal((3, 4)), rng.standard_normal((4, 2))
+    assert testing.check_gradients(so.matmul, a, b) < 1e-7
+    assert testing.check_gradients(lambda u, v: so.matmul(u, v, transpose_a=True),
+                                   a.T.copy(), b) < 1e-7
+    assert testing.check_gradients(lambda u, v: so.dot(u, v, axis=0), a, a[:, ::-1].copy()) < 1e-7
+    x = tf.constant([3e38, -3e38, 1.0], tf.float32)
+    testing.assert_finite_gradients(lambda u: so.dot(u, tf.constant([0.5, 0.5, 1.0])), x)
+
+
+def test_dtypes_and_bad_input():
+    for dtype in (tf.float16, tf.bfloat16):
+        a = tf.cast([[1.0, 2.0], [3.0, 4.0]], dtype)
+        assert so.matmul(a, a).dtype == dtype and so.dot(a, a).dtype == dtype
+        np.testing.assert_array_equal(tf.cast(so.matmul(a, a), tf.float32), [[7, 10], [15, 22]])
+    ints = tf.constant([[1, 2], [3, 4]])
+    assert so.matmul(ints, ints).numpy().tolist() == [[7, 10], [15, 22]]
+    with pytest.raises(TypeError, match="safeops.dot.*'x'"):
+        so.dot(tf.constant([True]), tf.constant([True]))
+    with pytest.raises(TypeError, match="safeops.matmul.*'a'"):
+        so.matmul(tf.constant([[1j]]), tf.constant([[1j]]))
+    with pytest.raises(TypeError, match="same dtype"):
+        so.dot(tf.constant([1.0]), tf.constant([1.0], tf.float64))
+    nan = so.dot(tf.constant([np.inf, 1.0], tf.float64), tf.constant([1.0, np.nan], tf.float64))
+    assert np.isnan(float(nan))
+
+
+@pytest.mark.xfail(strict=True, reason="XLA:CPU contracts the Veltkamp split's multiply-add "
+                   "into an FMA, so float64 TwoProduct is not exact under jit_compile (measured "
+                   "up to 3 ulp); known gap, reported")
+def test_float64_matmul_under_xla():
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((2, 3, 5))
+    b = rng.standard_normal((2, 5, 4))
+    ref = testing.exact_dot(np.broadcast_to(a[:, :, None, :], (2, 3, 4, 5)),
+                            np.broadcast_to(np.swapaxes(b, -1, -2)[:, None, :, :], (2, 3, 4, 5)))
+    out = tf.function(so.matmul, jit_compile=True)(a, b).numpy()
+    assert int(np.max(testing.ulp_distance(out, ref, "float64"))) <= 1
