@@ -13,6 +13,19 @@ mp = so.mixed_precision
 INF = float("inf")
 
 
+@pytest.fixture
+def strategy(two_cpu_strategy):
+    """The conftest's two-CPU devices, reduced with `ReductionToOneDevice`.
+
+    Every `MirroredStrategy` instance restarts TF's collective instance keys at the same
+    values, so a second instance in one process whose first all-reduce has another shape or
+    dtype aborts ("Shape mismatch in the collective instance 100"). Avoiding collective ops
+    keeps this module independent of the distributed tests that run before it.
+    """
+    return tf.distribute.MirroredStrategy(two_cpu_strategy.extended.worker_devices,
+                                          cross_device_ops=tf.distribute.ReductionToOneDevice())
+
+
 def _overflow_loop(opt, var, n, finite_value=None):
     """Apply `n` steps of a non-finite gradient (or `finite_value`) in one graph."""
     value = INF if finite_value is None else finite_value
@@ -185,7 +198,7 @@ def test_mixed_float16_fit_matches_float32_loss():
     assert int(opt.iterations) > 0
 
 
-def test_distributed_state_identical_and_matches_single_device(two_cpu_strategy):
+def test_distributed_state_identical_and_matches_single_device(strategy):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((128, 8)).astype(np.float32)
     y = (x @ rng.standard_normal((8, 1))).astype(np.float32)
@@ -202,9 +215,9 @@ def test_distributed_state_identical_and_matches_single_device(two_cpu_strategy)
         model.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
         return model, opt
 
-    model, opt = train(two_cpu_strategy)
+    model, opt = train(strategy)
     for var in opt.loss_scale.variables + opt.inner_optimizer.variables:
-        local = two_cpu_strategy.experimental_local_results(var.value)
+        local = strategy.experimental_local_results(var.value)
         assert len(local) == 2
         np.testing.assert_array_equal(local[0].numpy(), local[1].numpy())
     assert float(opt.dynamic_scale) == 2.0**7  # 8 finite steps, growth every 5
@@ -213,8 +226,8 @@ def test_distributed_state_identical_and_matches_single_device(two_cpu_strategy)
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)  # all-reduce order only
 
 
-def test_distributed_overflow_on_one_replica_skips_everywhere(two_cpu_strategy):
-    with two_cpu_strategy.scope():
+def test_distributed_overflow_on_one_replica_skips_everywhere(strategy):
+    with strategy.scope():
         var = keras.Variable(1.0)
         opt = mp.LossScaleOptimizer(keras.optimizers.SGD(0.1))
         opt.build([var])
@@ -225,12 +238,12 @@ def test_distributed_overflow_on_one_replica_skips_everywhere(two_cpu_strategy):
             rid = tf.distribute.get_replica_context().replica_id_in_sync_group
             g = tf.where(rid == 1, INF, 1.0)
             opt.apply([g], [var])
-        two_cpu_strategy.run(replica_fn)
+        strategy.run(replica_fn)
 
     step()
     assert int(opt.skipped_steps) == 1
     assert int(tf.convert_to_tensor(opt.iterations)) == 0
-    for t in two_cpu_strategy.experimental_local_results(var.value):
+    for t in strategy.experimental_local_results(var.value):
         assert float(t) == 1.0
 
 

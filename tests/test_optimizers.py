@@ -14,6 +14,19 @@ from safeops import testing
 O = so.optimizers
 
 
+@pytest.fixture
+def strategy(two_cpu_strategy):
+    """The conftest's two-CPU devices, reduced with `ReductionToOneDevice`.
+
+    Every `MirroredStrategy` instance restarts TF's collective instance keys at the same
+    values, so a second instance in one process whose first all-reduce has another shape or
+    dtype aborts ("Shape mismatch in the collective instance 100"). Avoiding collective ops
+    keeps this module independent of the distributed tests that run before it.
+    """
+    return tf.distribute.MirroredStrategy(two_cpu_strategy.extended.worker_devices,
+                                          cross_device_ops=tf.distribute.ReductionToOneDevice())
+
+
 def _repeat(opt, var, grad, n, jit=False):
     """`n` applications of the constant gradient `grad` in one graph (while loop)."""
     grad = tf.constant(grad, var.dtype)
@@ -217,8 +230,8 @@ def test_execution_modes():
         np.testing.assert_array_equal(got, results["eager"])
 
 
-def test_distributed_replicas_identical(two_cpu_strategy):
-    with two_cpu_strategy.scope():
+def test_distributed_replicas_identical(strategy):
+    with strategy.scope():
         w = keras.Variable(np.ones(8), dtype="bfloat16")
         u = keras.Variable(np.ones(8), dtype="bfloat16")
         kahan = O.Adam(1e-3)
@@ -231,12 +244,12 @@ def test_distributed_replicas_identical(two_cpu_strategy):
         def fn():
             kahan.apply([tf.constant(np.full(8, -1.0), tf.bfloat16)], [w])
             sr.apply([tf.constant(np.full(8, -0.5), tf.bfloat16)], [u])
-        two_cpu_strategy.run(fn)
+        strategy.run(fn)
 
     for _ in range(30):
         step()
     for var in [w, u] + kahan.variables + sr.variables:
-        local = two_cpu_strategy.experimental_local_results(var.value)
+        local = strategy.experimental_local_results(var.value)
         np.testing.assert_array_equal(np.asarray(local[0]), np.asarray(local[1]))
     assert any("kahan_compensation" in v.name for v in kahan.variables)
     # Per replica gradient -1 summed over 2 replicas: Adam's normalised step ~ lr each time.
@@ -277,3 +290,15 @@ def test_bad_input_raises():
         O.Adam(kahan_summation="yes")
     with pytest.raises(ValueError, match="'seed'"):
         O.SGD(seed=1.5)
+
+
+def test_global_clipnorm_routes_through_overflow_free_clipping():
+    # ||g|| = sqrt(2) * 1e30 overflows float32 when squared: Keras' clipping turns the step
+    # into NaN; safeops.clipping (issue 11) computes the scaled norm. Exact: g / ||g|| = 1/sqrt(2).
+    g = tf.constant([1e30, 1e30])
+    naive = keras.Variable(np.zeros(2), dtype="float32")
+    keras.optimizers.SGD(1.0, global_clipnorm=1.0).apply([g], [naive])
+    assert not np.all(np.isfinite(naive.numpy()))
+    w = keras.Variable(np.zeros(2), dtype="float32")
+    O.SGD(1.0, global_clipnorm=1.0, kahan_summation=True).apply([g], [w])
+    np.testing.assert_allclose(w.numpy(), [-2**-0.5, -2**-0.5], rtol=4 * 2**-24)  # few roundings
