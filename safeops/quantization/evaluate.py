@@ -21,7 +21,9 @@ _OP = "safeops.quantization.evaluate_quantization"
 class EvaluationReport:
     """Output and weight error of a candidate model against its float reference.
 
-    Attributes:
+    Made by `evaluate_quantization`; ``str(report)`` is a Markdown table.
+
+    Args:  (each is also an attribute)
       candidate: "keras" or "tflite".
       max_abs_diff, mean_abs_diff: of the outputs (float64 differences).
       argmax_agreement: fraction of samples whose argmax over the last axis agrees.

@@ -172,7 +172,9 @@ class QuantizeWrapper(keras.layers.Wrapper):
 class QuantizationReport:
     """What `quantize_model` did: quantized layers, float layers and why, warnings.
 
-    Attributes:
+    Made by `quantization_report`; ``str(report)`` is a Markdown table.
+
+    Args:  (each is also an attribute)
       quantized: ``[(layer name, layer class)]`` of wrapped layers.
       float_layers: ``[(layer name, layer class, reason)]`` of layers left float.
       warnings: messages (e.g. a layer filter that matched nothing).
