@@ -9,6 +9,10 @@ from safeops._version import __version__
 from safeops import testing
 
 # -- summation (issue 3) --
+from safeops.eft import fast_two_sum, two_prod, two_sum
+from safeops.summation import cumsum, reduce_mean, reduce_std, reduce_sum, reduce_variance
+from safeops.dot import dot, matmul
+from safeops.accumulator import KahanAccumulator
 # -- division, where, smooth switches, straight-through estimators (issue 4) --
 from safeops.division import divide_no_nan, relative_error, safe_divide, safe_reciprocal
 from safeops.where import safe_where, smooth_where
@@ -39,6 +43,10 @@ from safeops import layers, metrics, callbacks
 from safeops.wrap import wrap_model
 
 __all__ = [
+    # summation (issue 3)
+    "two_sum", "fast_two_sum", "two_prod",
+    "reduce_sum", "reduce_mean", "reduce_variance", "reduce_std", "cumsum",
+    "dot", "matmul", "KahanAccumulator",
     # quantization (issue 7)
     "quantization",
     # issue 4: division, where, smooth switches, straight-through estimators
