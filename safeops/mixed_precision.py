@@ -12,9 +12,11 @@ Failures fixed (TF 2.21 / Keras 3.15):
   custom training loops (Keras #19479, #20894): `scale_loss`,
   `unscale_gradients` and `all_finite` restore them.
 
-Custom training loop recipe (Keras 3, TF backend)::
+Custom training loop recipe (Keras 3, TF backend; tested in
+``tests/test_mixed_precision.py::test_gradient_tape_recipe``)::
 
     opt = so.mixed_precision.LossScaleOptimizer(keras.optimizers.Adam())
+    opt.build(model.trainable_variables)  # before tracing: the scale is a variable
 
     @tf.function
     def train_step(x, y):
@@ -22,16 +24,17 @@ Custom training loop recipe (Keras 3, TF backend)::
             loss = loss_fn(y, model(x, training=True))
             scaled = so.mixed_precision.scale_loss(loss, opt.loss_scale)
         grads = tape.gradient(scaled, model.trainable_variables)
-        opt.apply(grads, model.trainable_variables)  # unscales, skips if not finite
+        opt.apply(grads, model.trainable_variables)  # unscales; skips if not finite
         return loss
 
-or, without the wrapper optimizer::
+or, with any Keras optimizer and a standalone loss scale::
 
     ls = so.mixed_precision.DynamicLossScale()
     ...
-        grads = so.mixed_precision.unscale_gradients(tape.gradient(scaled, vars), ls)
+        grads = so.mixed_precision.unscale_gradients(tape.gradient(scaled, variables), ls)
         finite = so.mixed_precision.all_finite(grads)
-        tf.cond(finite, lambda: inner.apply(grads, vars), tf.no_op)  # or skip in Python
+        if finite:  # AutoGraph turns this into tf.cond
+            inner.apply(grads, variables)
         ls.update(finite)
 """
 

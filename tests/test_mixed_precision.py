@@ -283,3 +283,51 @@ def test_bad_optimizer_input_raises():
         mp.scale_loss(tf.constant(1), 2.0)
     with pytest.raises(ValueError, match="'loss_scale'"):
         mp.unscale_gradients([tf.constant(1.0)], 0.0)
+
+
+def test_gradient_tape_recipe():
+    # The module docstring's two recipes, on float16 compute whose unscaled gradient underflows.
+    x = tf.constant(np.full((4, 1), 2.0**-12), tf.float16)
+    y = tf.zeros((4, 1), tf.float16)
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False,
+                                                                    dtype="mixed_float16")])
+    model.layers[0].kernel.assign([[1.0]])
+    opt = mp.LossScaleOptimizer(keras.optimizers.SGD(2.0**20))
+    opt.build(model.trainable_variables)
+
+    def loss_fn(y_true, y_pred):
+        return tf.reduce_mean(tf.square(y_pred - y_true)) * 0.5
+
+    @tf.function
+    def train_step(x, y):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))
+            scaled = mp.scale_loss(loss, opt.loss_scale)
+        grads = tape.gradient(scaled, model.trainable_variables)
+        opt.apply(grads, model.trainable_variables)
+        return loss
+
+    train_step(x, y)
+    # dL/dw = w * x**2 = 2**-24 (float16 subnormal boundary); exact step 2**20 * 2**-24 = 1/16.
+    assert float(model.layers[0].kernel[0, 0]) == 1.0 - 2.0**-4
+    assert int(opt.iterations) == 1
+
+    w = keras.Variable(1.0)
+    inner = keras.optimizers.SGD(2.0**20)
+    ls = mp.DynamicLossScale()
+
+    @tf.function
+    def step2(g_true):
+        with tf.GradientTape() as tape:
+            loss = tf.cast(w, tf.float16) * tf.cast(g_true, tf.float16)
+            scaled = mp.scale_loss(loss, ls)
+        grads = mp.unscale_gradients(tape.gradient(scaled, [w]), ls)
+        finite = mp.all_finite(grads)
+        if finite:
+            inner.apply(grads, [w])
+        ls.update(finite)
+
+    step2(tf.constant(2.0**-20))  # scaled 2**-5 in float16; unscaled 2**-20 in float32
+    assert float(w) == 0.0
+    step2(tf.constant(60000.0))  # 60000 * 2**15 overflows float16: skipped
+    assert float(w) == 0.0 and int(ls.skipped_steps) == 1 and float(ls.scale) == 2.0**14
