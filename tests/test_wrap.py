@@ -1,0 +1,125 @@
+"""so.wrap_model: swaps, weights carried over, equal outputs on ordinary inputs, finite where Keras is not."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import safeops as so
+from safeops import layers, metrics
+
+
+def _functional():
+    inp = keras.Input((8,))
+    mask = keras.Input((8,), dtype="bool")
+    h = keras.layers.Dense(8, name="proj")(inp)
+    h = keras.layers.LayerNormalization(name="ln")(h)
+    s = keras.layers.Softmax(name="attn")(h, mask=mask)
+    o = keras.layers.Dense(3, activation="softmax", name="head")(s)
+    return keras.Model([inp, mask], [s, o])
+
+
+def _ln_ref(x, eps):
+    x64 = np.asarray(x, np.float64)
+    m = x64.mean(-1, keepdims=True)
+    return (x64 - m) / np.sqrt(((x64 - m) ** 2).mean(-1, keepdims=True) + eps)
+
+
+def test_functional_swaps_and_equal_outputs():
+    model = _functional()
+    new, report = so.wrap_model(model)
+    kinds = {type(l).__name__ for l in new.layers}
+    assert {"StableSoftmax", "StableLayerNormalization"} <= kinds
+    assert "Softmax" not in kinds and "LayerNormalization" not in kinds
+    assert new.get_layer("head").activation is layers.stable_softmax
+    assert any("ln" in r for r in report.replaced) and any("attn" in r for r in report.replaced)
+    assert any(k.startswith("proj") for k in report.kept)
+    for a, b in zip(model.get_weights(), new.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((16, 8)).astype(np.float32)
+    m = rng.random((16, 8)) > 0.2
+    m[:, 0] = True
+    for a, b in zip(model([x, m]), new([x, m])):
+        # the issue's bar: equal within 1e-6 on ordinary inputs
+        np.testing.assert_allclose(b.numpy(), a.numpy(), atol=1e-6, rtol=0)
+    assert model.get_layer("ln") is not new.get_layer("ln")  # the original is untouched
+
+
+def test_fully_masked_row_nan_in_original_finite_in_wrapped():
+    inp = keras.Input((6,))
+    bias = keras.Input((6,))  # additive attention mask: 0 or -inf
+    s = keras.layers.Softmax()(keras.layers.Add()([inp, bias]))
+    model = keras.Model([inp, bias], s)
+    new, _ = so.wrap_model(model)
+    x = np.random.default_rng(1).standard_normal((3, 6)).astype(np.float32)
+    b = np.zeros((3, 6), np.float32)
+    b[1] = -np.inf  # row 1 fully masked
+    assert np.isnan(model([x, b]).numpy()[1]).all()
+    out = new([x, b]).numpy()
+    assert np.all(np.isfinite(out)) and np.all(out[1] == 0)
+    np.testing.assert_allclose(out[[0, 2]], model([x, b]).numpy()[[0, 2]], atol=1e-6, rtol=0)
+
+
+def test_large_mean_layer_norm():
+    """|mean|/std = 1e5 (float32 input) and ~4e3 in float16 (the largest float16 represents)."""
+    seq = keras.Sequential([keras.Input((64,)), keras.layers.LayerNormalization(epsilon=1e-6)])
+    new, report = so.wrap_model(seq)
+    assert isinstance(new, keras.Sequential) and len(report.replaced) == 1
+    x = (np.float32(1e5) + np.random.default_rng(2).standard_normal((4, 64))).astype(np.float32)
+    ref = _ln_ref(x, 1e-6)
+    ours = new(x).numpy()
+    assert np.all(np.isfinite(ours)) and np.max(np.abs(ours - ref)) < 1e-4
+    assert np.max(np.abs(seq(x).numpy() - ref)) > 1e-4  # Keras fails the same check
+    seq16 = keras.Sequential([keras.Input((256,), dtype="float16"),
+                              keras.layers.LayerNormalization(dtype="float16")])
+    new16, _ = so.wrap_model(seq16)
+    x16 = (30000.0 + 16.0 * (np.random.default_rng(3).random((4, 256)) < 0.05)).astype(np.float16)
+    ref16 = _ln_ref(x16, 1e-3)
+    # float32 computation rounded once to float16: within 1 ulp; Keras fails the same check
+    assert np.max(so.testing.ulp_distance(new16(x16).numpy(), ref16, "float16")) <= 1
+    assert np.max(so.testing.ulp_distance(seq16(x16).numpy(), ref16, "float16")) > 1
+
+
+def test_activation_softmax_dense_option_and_nested():
+    inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4),
+                              keras.layers.Activation("softmax")], name="inner")
+    inp = keras.Input((4,))
+    model = keras.Model(inp, keras.layers.Dense(2)(inner(inp)))
+    new, report = so.wrap_model(model, dense=True)
+    sub = new.get_layer("inner")
+    assert isinstance(sub.layers[-1], layers.StableSoftmax)
+    assert isinstance(sub.layers[0], layers.CompensatedDense)
+    assert any(r.startswith("inner/") for r in report.replaced)
+    x = np.random.default_rng(4).standard_normal((5, 4)).astype(np.float32)
+    np.testing.assert_allclose(new(x).numpy(), model(x).numpy(), atol=1e-6, rtol=0)
+
+
+def test_compiled_model_losses_and_metrics():
+    inp = keras.Input((4,))
+    model = keras.Model(inp, keras.layers.Dense(3, activation="softmax")(inp))
+    model.compile("adam", "categorical_crossentropy", metrics=["accuracy"])
+    new, report = so.wrap_model(model)
+    assert new.compiled
+    assert any("CategoricalCrossentropy" in r for r in report.replaced)
+    assert any("accuracy" in k for k in report.kept)
+    x = np.random.default_rng(5).standard_normal((16, 4)).astype(np.float32)
+    y = np.eye(3, dtype=np.float32)[np.arange(16) % 3]
+    hist = new.fit(x, y, epochs=1, verbose=0)
+    assert np.isfinite(hist.history["loss"][0])
+    # a Keras Sum/Mean object among the compile metrics is swapped for ours
+    model.compile("adam", "mse", metrics=[keras.metrics.Mean(name="m")])
+    new, report = so.wrap_model(model)
+    assert isinstance(new._compile_config.config["metrics"][0], metrics.Mean)
+    assert any("metrics.Mean" in r for r in report.replaced)
+
+
+def test_bad_input_raises():
+    class Sub(keras.Model):
+        def call(self, x):
+            return x
+
+    with pytest.raises(TypeError, match=r"wrap_model.*'model'.*Sequential and Functional"):
+        so.wrap_model(Sub())
+    with pytest.raises(TypeError, match=r"wrap_model.*'model'"):
+        so.wrap_model(keras.layers.Dense(2))
