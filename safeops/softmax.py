@@ -2,10 +2,12 @@
 
 Method shared by the three ops: the row maximum m is taken out (max-shift);
 where m is not finite the shift is 0 and, for a row containing +inf, the +inf
-entries count as exp(0) = 1 and every finite entry as 0. The inner sum
-``sum(exp(x - m))`` is accumulated one precision up (float16/bfloat16 in
-float32, float32 in float64: the compensated sum of the accumulation rule in
-`safeops._dtypes`), then rounded once.
+entries count as exp(0) = 1 and every finite entry as 0. For
+`reduce_logsumexp` the inner sum ``sum(exp(x - m))`` is accumulated one
+precision up (float16/bfloat16 in float32, float32 in float64: the
+compensated sum of the accumulation rule in `safeops._dtypes`), then rounded
+once; `softmax`/`log_softmax` use TF's fused kernels on the fast path (their
+speed) and the max-shift only for rows TF gets wrong.
 """
 
 import tensorflow as tf
@@ -99,9 +101,10 @@ def _logsumexp_keep(x, axis):
 def softmax(logits, axis=-1, name=None):
     """Computes ``exp(x) / sum(exp(x), axis)``; drop-in for `tf.nn.softmax`.
 
-    Method: max-shift as the module; float16/bfloat16 computed in float32 and
-    float32 sums accumulated in float64; one rounding back. Error <= ~1 ulp per
-    entry. **A fully masked row (all -inf) gives 0** (TF: NaN); a row with +inf
+    Method: TF's fused softmax kernel (float16/bfloat16 computed in float32),
+    checked for finiteness; only if a row produced NaN (its max is +-inf, or a NaN
+    came in) is the tensor recomputed with the max-shift of the module (one
+    `tf.cond`). Error as TF's: <= (|x_i - max| + n/2 + 2) ulp for a row of n. **A fully masked row (all -inf) gives 0** (TF: NaN); a row with +inf
     gives 1/k on its k +inf entries. The logits are attached to the output
     (``_keras_logits``), so `safeops.losses` (and Keras' losses) recover them in
     eager mode and compute the loss from logits.
@@ -139,15 +142,16 @@ def softmax(logits, axis=-1, name=None):
 def _softmax(x, axis):
     @tf.custom_gradient
     def inner(x):
-        acc = accumulation_dtype(x.dtype)
-        z, _, _ = _shifted(tf.cast(x, acc), axis)
-        e = tf.exp(z)
-        s = tf.reduce_sum(e, axis=axis, keepdims=True)
-        p = e / tf.where(tf.equal(s, 0), tf.ones_like(s), s)
+        c = tf.cast(x, _compute(x.dtype))
+        fast = tf.nn.softmax(c, axis=axis)
+        # TF's fused kernel is right unless a row max is +-inf (or a NaN came in):
+        # only then (one tf.cond) recompute with the masked-row conventions.
+        p = tf.cond(tf.reduce_all(tf.math.is_finite(fast)), lambda: fast,
+                    lambda: _softmax_slow(c, axis))
         out = tf.cast(p, x.dtype)
 
         def grad(g):
-            gc = tf.cast(g, acc)
+            gc = tf.cast(g, c.dtype)
             return tf.cast(p * (gc - tf.reduce_sum(gc * p, axis=axis, keepdims=True)), x.dtype)
 
         return out, grad
@@ -155,12 +159,32 @@ def _softmax(x, axis):
     return inner(x)
 
 
+def _compute(dtype):
+    return tf.float32 if dtype in (tf.float16, tf.bfloat16) else dtype
+
+
+def _softmax_slow(c, axis):
+    z, _, _ = _shifted(c, axis)
+    e = tf.exp(z)
+    s = tf.reduce_sum(e, axis=axis, keepdims=True)
+    return e / tf.where(tf.equal(s, 0), tf.ones_like(s), s)
+
+
+def _log_softmax_slow(c, axis):
+    z, _, _ = _shifted(c, axis)
+    s = tf.reduce_sum(tf.exp(z), axis=axis, keepdims=True)
+    out = z - tf.math.log(s)
+    return tf.where(tf.broadcast_to(tf.equal(s, 0), tf.shape(out)),
+                    tf.constant(float("-inf"), c.dtype), out)
+
+
 def log_softmax(logits, axis=-1, name=None):
     """Computes ``x - log(sum(exp(x), axis))``; drop-in for `tf.nn.log_softmax`.
 
-    Method: max-shift; ``(x - m) - log(sum(exp(x - m)))`` with the sum
-    accumulated one precision up (float32 -> float64, float16/bfloat16 ->
-    float32), rounded once. **A fully masked row gives -inf everywhere** (TF:
+    Method: TF's fused kernel (float16/bfloat16 computed in float32), checked
+    for finiteness; rows that produced NaN (max +-inf, or NaN input) are
+    recomputed as ``(x - m) - log(sum(exp(x - m)))`` with the module's
+    conventions (one `tf.cond`). Error as TF's: a few ulp of max(|result|, 1). **A fully masked row gives -inf everywhere** (TF:
     NaN); within a row, -inf entries give -inf.
 
     Gradient: ``g - softmax(x) * sum(g)``; entries that are -inf get gradient 0,
@@ -191,20 +215,17 @@ def log_softmax(logits, axis=-1, name=None):
 def _log_softmax(x, axis):
     @tf.custom_gradient
     def inner(x):
-        acc = accumulation_dtype(x.dtype)
-        zc, _, _ = _shifted(tf.cast(x, acc), axis)
-        e = tf.exp(zc)
-        s = tf.reduce_sum(e, axis=axis, keepdims=True)
-        out = tf.cast(zc - tf.math.log(s), x.dtype)  # s == 0 (masked row): -inf - (-inf)
-        out = tf.where(tf.broadcast_to(tf.equal(s, 0), tf.shape(out)),
-                       tf.constant(float("-inf"), x.dtype), out)
+        c = tf.cast(x, _compute(x.dtype))
+        fast = tf.nn.log_softmax(c, axis=axis)
+        ok = tf.reduce_all(tf.math.is_finite(fast))
+        out = tf.cond(ok, lambda: fast, lambda: _log_softmax_slow(c, axis))
 
         def grad(g):
-            p = e / tf.where(tf.equal(s, 0), tf.ones_like(s), s)
-            gc = tf.cast(g, acc)
-            gc = tf.where(tf.math.is_inf(zc), tf.zeros_like(gc), gc)
-            return tf.cast(gc - p * tf.reduce_sum(gc, axis=axis, keepdims=True), x.dtype)
+            gc = tf.cast(g, c.dtype)
+            gc = tf.where(tf.math.is_inf(out), tf.zeros_like(gc), gc)
+            return tf.cast(gc - tf.exp(out) * tf.reduce_sum(gc, axis=axis, keepdims=True),
+                           x.dtype)
 
-        return out, grad
+        return tf.cast(out, x.dtype), grad
 
     return inner(x)

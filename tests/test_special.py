@@ -139,14 +139,27 @@ def _finite_grads_where_value_finite(fn, args):
 
 
 def test_execution_modes():
-    x = tf.constant(testing.sample_floats("float32", 64, -100, 100, seed=2))
-    y = tf.constant(testing.sample_floats("float32", 64, -100, 100, seed=4))
+    # XLA has its own exp/log1p kernels, so modes are compared with the reference:
+    # every mode must meet the bound (<= 2 bits of error) on its own.
+    x = testing.sample_floats("float32", 64, -100, 100, seed=2)
+    y = testing.sample_floats("float32", 64, -100, 100, seed=4)
     for name in OPS:
+        spec = boe.SPECS[name]
         fn = getattr(so, name)
-        r = testing.run_modes(fn, x, y) if boe.SPECS[name][0] == 2 else testing.run_modes(fn, x)
-        # XLA may fuse differently: allow 1 ulp (the documented bound is <= 1 ulp)
-        for mode in ("function", "jit_compile"):
-            assert np.max(testing.ulp_distance(r[mode], r["eager"], "float32")) <= 1, (name, mode)
+        args = [np.maximum(x, y), np.minimum(x, y)] if name == "logsubexp" else [x, y]
+        args = args[:spec[0]]
+        if name in ("sqrt", "safe_log", "softplus_inverse"):
+            args = [np.abs(a) + np.float32(1e-3) for a in args]
+        if name == "log1m":
+            args = [np.minimum(a, np.float32(1.0)) for a in args]
+        if name == "safe_exp":
+            args = [np.minimum(a, np.float32(88.0)) for a in args]
+        ref = testing.reference(spec[2], *args, dtype="float32")
+        keep = boe._normal(ref, "float32")  # TF's CPU kernels flush subnormals (FTZ/DAZ)
+        keep &= np.logical_and.reduce([boe._normal(a, "float32") for a in args])
+        r = testing.run_modes(fn, *[tf.constant(a) for a in args])
+        for mode, out in r.items():
+            assert np.max(testing.bits_of_error(out[keep], ref[keep], "float32")) <= 2, (name, mode)
 
 
 @pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16, tf.float32, tf.float64])
