@@ -22,8 +22,15 @@ except RuntimeError:  # devices already initialised (e.g. imported elsewhere fir
 
 @pytest.fixture
 def two_cpu_strategy():
-    """A MirroredStrategy over two logical CPU devices."""
+    """A MirroredStrategy over two logical CPU devices.
+
+    Cross-device reduction goes through one device: each new strategy with the
+    default collective ops restarts TF's collective keys, and a second strategy in
+    the same process whose first all-reduce has another shape aborts ("Shape
+    mismatch in the collective instance").
+    """
     logical = tf.config.list_logical_devices("CPU")
     if len(logical) < 2:
         pytest.skip("two logical CPU devices could not be configured")
-    return tf.distribute.MirroredStrategy([d.name for d in logical[:2]])
+    return tf.distribute.MirroredStrategy(
+        [d.name for d in logical[:2]], cross_device_ops=tf.distribute.ReductionToOneDevice())
