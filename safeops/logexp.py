@@ -213,6 +213,18 @@ def _logsubexp(x, y):
         corr = e / tf.math.expm1(tf.abs(d))
         lme = lme + tf.where(tf.math.is_finite(corr), corr, tf.zeros_like(corr))
     out = tf.where(d < 0, nan, cx + lme)
+    if x.dtype == tf.float64:
+        # Near the zero crossing (e^x - e^y ~ 1) x + log1mexp(d) cancels with an
+        # absolute error ~eps. When x ~ log 2 and y ~ 0 use instead log1p(u),
+        # u = e^x - e^y - 1 = 2 expm1(x - log 2) - expm1(y), with x - log 2 formed
+        # exactly (fdlibm split): both terms are small there, so u's absolute
+        # error is eps * max(|terms|) < eps / 2.
+        t = (cx - _LN2_HI) - _LN2_LO
+        a1 = 2.0 * tf.math.expm1(tf.clip_by_value(t, -2.0, 2.0))
+        a2 = tf.math.expm1(tf.clip_by_value(cy, -2.0, 2.0))
+        u = a1 - a2
+        near = (tf.abs(a1) < 0.5) & (tf.abs(a2) < 0.5) & (d > 0)
+        out = tf.where(near, tf.math.log1p(u), out)
     out = tf.where(tf.math.is_inf(cy) & (cy < 0), cx, out)
 
     def grad(g):
@@ -354,10 +366,10 @@ def _softplus_inverse(x):
 def log_cosh(x, name=None):
     """Computes ``log(cosh(x))`` without overflow or cancellation (new op).
 
-    Method, in the compute precision, with one ``E = expm1(|x|/2)``: for
-    |x| <= 2, ``log1p(2 sinh(|x|/2)**2)`` with ``sinh(h) = (E + E/(1+E))/2``
-    (cosh x - 1 = 2 sinh^2(x/2), no cancellation near 0, where log cosh x ~ x^2/2);
-    above, ``(|x| - log 2) + log1p((1+E)**-4)`` (no overflow: the naive
+    Method, in the compute precision: for |x| < 0.05 the Taylor series
+    ``x^2/2 - x^4/12 + x^6/45 - ...`` (6 terms); for |x| <= 2,
+    ``log1p(2 sinh(|x|/2)**2)`` (cosh x - 1 = 2 sinh^2(x/2): no cancellation);
+    above, ``(|x| - log 2) + log1p(exp(-2|x|))`` (no overflow: the naive
     ``log(cosh(x))`` is inf for |x| > 89 in float32). Bound: float32 and lower
     <= 1 ulp; float64 a few ulp.
 
@@ -385,11 +397,15 @@ def log_cosh(x, name=None):
 def _log_cosh(x):
     c = _up(x)
     a = tf.abs(c)
-    e = tf.math.expm1(0.5 * a)
-    s = 0.5 * (e - tf.math.expm1(-0.5 * a))  # sinh(|x|/2), two positive terms
+    a2 = a * a
+    # |x| < 0.05: Taylor series of log cosh (next term 2 x^12 / 467775 * ... < 1e-19 relative)
+    taylor = a2 * (0.5 + a2 * (-1.0 / 12 + a2 * (1.0 / 45 + a2 * (-17.0 / 2520 + a2 * (
+        31.0 / 14175 + a2 * (-691.0 / 467775))))))
+    s = tf.sinh(0.5 * tf.minimum(a, 2.0))
     small = a <= 2.0
-    arg = tf.where(small, 2.0 * s * s, tf.math.reciprocal(tf.square(tf.square(1.0 + e))))
+    arg = tf.where(small, 2.0 * s * s, tf.exp(-2.0 * a))
     out = tf.math.log1p(arg) + tf.where(small, tf.zeros_like(a), a - _LN2)
+    out = tf.where(a < 0.05, taylor, out)
 
     def grad(g):
         return g * tf.cast(tf.tanh(c), x.dtype)
