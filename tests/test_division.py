@@ -121,6 +121,21 @@ def test_broadcast_gradients_have_input_shapes():
     np.testing.assert_allclose(gy, [-(1 + 4) / 4.0, 0.0, -(3 + 6) / 16.0], rtol=1e-15)
 
 
+def test_graph_mode_dynamic_shapes_and_broadcasting():
+    # inside tf.function the op runs as an XLA-fused kernel; unknown static shapes
+    @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float64),
+                                  tf.TensorSpec([None], tf.float64)])
+    def f(x, y):
+        with tf.GradientTape() as tape:
+            tape.watch([x, y])
+            loss = tf.reduce_sum(so.safe_divide(x, y))
+        return tape.gradient(loss, [x, y])
+
+    gx, gy = f(tf.ones([4, 3], tf.float64), tf.constant([2.0, 0.0, -4.0], tf.float64))
+    np.testing.assert_array_equal(gx.numpy(), np.tile([0.5, 2.0**1022, -0.25], (4, 1)))
+    np.testing.assert_array_equal(gy.numpy(), [-4 / 4.0, 0.0, -4 / 16.0])
+
+
 @settings(max_examples=15, deadline=None)
 @given(seed=st.integers(0, 2**30), dtype=st.sampled_from([tf.float32, tf.float64, tf.float16]))
 def test_no_nan_gradients(seed, dtype):
