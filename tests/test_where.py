@@ -103,6 +103,17 @@ def test_variables_in_branches():
     # d/dw: log(1) + log(e) from the true branch, 0 from the false branch (x = 0)
     np.testing.assert_allclose(gw.numpy(), 1.0, rtol=1e-15)
 
+    def fwd_bwd(v):
+        with tf.GradientTape() as tape:
+            tape.watch(v)
+            loss = tf.reduce_sum(so.safe_where(v > 0, lambda u: w * tf.math.log(u),
+                                               lambda u: w * u, v))
+        return tape.gradient(loss, [v, w])
+
+    for mode, (gx_m, gw_m) in testing.run_modes(fwd_bwd, x).items():
+        np.testing.assert_allclose(gx_m, gx.numpy(), rtol=1e-15, err_msg=mode)
+        np.testing.assert_allclose(gw_m, 1.0, rtol=1e-15, err_msg=mode)
+
 
 @settings(max_examples=15, deadline=None)
 @given(seed=st.integers(0, 2**30), dtype=st.sampled_from([tf.float32, tf.float64, tf.float16]))
