@@ -19,19 +19,35 @@ def _softmax(x, axis, mask=None):
             mask = mask > tf.cast(0.5, mask.dtype)
         x = tf.where(mask, x, tf.constant(float("-inf"), x.dtype))
     axes = [axis] if isinstance(axis, int) else list(axis)
-    m = tf.reduce_max(x, axis=axes, keepdims=True)
-    dead = tf.math.is_inf(m) & (m < 0)  # every entry -inf (or masked): output 0
-    # -inf -> the lowest finite value: exp(lowest - m) is 0 for any finite m, and the
-    # gradient w.r.t. a -inf entry is 0 (maximum's select), never NaN.
-    x = tf.maximum(x, tf.constant(x.dtype.min, x.dtype))
     if len(axes) == 1:
-        y = tf.nn.softmax(x, axis=axes[0])
+        y = _softmax_one_axis(x, axes[0])
     else:
-        z = x - tf.stop_gradient(tf.reduce_max(x, axis=axes, keepdims=True))
+        m = tf.reduce_max(x, axis=axes, keepdims=True)
+        dead = tf.equal(m, tf.constant(float("-inf"), x.dtype))
+        z = x - tf.stop_gradient(tf.where(dead, tf.zeros_like(m), m))
         e = tf.exp(z)
-        y = e / tf.reduce_sum(e, axis=axes, keepdims=True)
-    y = tf.where(dead, tf.zeros_like(y), y)
+        s = tf.reduce_sum(e, axis=axes, keepdims=True)
+        y = e / tf.where(dead, tf.ones_like(s), s)
     return tf.cast(y, out_dtype)
+
+
+def _softmax_one_axis(x, axis):
+    """Fused `tf.nn.softmax`, fully -inf rows set to 0, with the gradient written from y."""
+
+    @tf.custom_gradient
+    def inner(x):
+        m = tf.reduce_max(x, axis=axis, keepdims=True)
+        live = tf.logical_not(tf.equal(m, tf.constant(float("-inf"), x.dtype)))  # NaN: live
+        y = tf.where(live, tf.nn.softmax(x, axis=axis), tf.zeros_like(x))
+
+        def grad(g):
+            # d softmax: y * (g - sum(g * y)); y is 0 for -inf entries and dead rows,
+            # so their gradient is exactly 0 (TF's own gradient is NaN for a dead row).
+            return y * (g - tf.reduce_sum(g * y, axis=axis, keepdims=True))
+
+        return y, grad
+
+    return inner(x)
 
 
 @keras.saving.register_keras_serializable(package="safeops")
@@ -66,9 +82,11 @@ class StableSoftmax(keras.layers.Softmax):
     attention mask) still gives NaN.
 
     Method: masked entries (``mask`` False or <= 0.5) become -inf; the row
-    maximum ``m`` marks fully masked rows (``m = -inf``); -inf entries are
-    raised to the lowest finite value (so ``exp(x - m)`` underflows to exactly
-    0), the fused `tf.nn.softmax` runs, and fully masked rows are set to 0.
+    maximum ``m`` marks fully masked rows (``m = -inf``); the fused
+    `tf.nn.softmax` runs and fully masked rows are set to 0 (a select, so the
+    NaN TF computes there never reaches the output). The gradient is written
+    by hand from the output (`tf.custom_gradient`), so no NaN from those rows
+    reaches it either. Several axes: max-shifted exp / sum with the same rule.
     float16/bfloat16 inputs (mixed precision) are computed in float32 and
     rounded once to the layer's compute dtype; float32/float64 natively.
 
