@@ -44,10 +44,12 @@ def _check_axis(op, x, axis):
 def reduce_logsumexp(input_tensor, axis=None, keepdims=False, name=None):
     """Computes ``log(sum(exp(input_tensor), axis))``; drop-in for `tf.reduce_logsumexp`.
 
-    Method: max-shift (in the accumulation dtype), then ``m + log(sum(exp(x - m)))`` with the inner sum
-    accumulated in float64 for float32 input (float32 for float16/bfloat16) and
-    rounded once: error <= ~1 ulp of the result plus 1 ulp of |m| when the result
-    cancels (m ~ -log(sum)). A row that is all -inf gives -inf (TF: -inf too, but
+    Method: max-shift, then ``m + log(sum(exp(x - m)))`` with the exponentials
+    in the input precision (float32 for float16/bfloat16), each within 1 ulp,
+    and the inner sum accumulated in float64 for float32 input (float32 for
+    float16/bfloat16: the compensated sum), one rounding at the end. Error:
+    <= ~(1 + max|x_i - m| eps) ulp of max(|result|, 1), plus 1 ulp of |m| when
+    the result cancels (m ~ -log(sum)). A row that is all -inf gives -inf (TF: -inf too, but
     NaN gradient); a row with +inf gives +inf; NaN propagates.
 
     Gradient: ``softmax(x)`` along the axis; **0 for all -inf rows** (TF: NaN);
@@ -82,16 +84,29 @@ def reduce_logsumexp(input_tensor, axis=None, keepdims=False, name=None):
 def _logsumexp_keep(x, axis):
     @tf.custom_gradient
     def inner(x):
+        c = _compute(x.dtype)
+        xc = tf.cast(x, c)
+        m = tf.reduce_max(xc, axis=axis, keepdims=True)
+        m0 = tf.where(tf.math.is_finite(m), m, tf.zeros_like(m))
+        # exp in the input precision (each term within 1 ulp), summed one precision up:
+        # all -inf rows give s = 0 -> -inf; rows with +inf give s = inf -> +inf.
         acc = accumulation_dtype(x.dtype)
-        z, m, m0 = _shifted(tf.cast(x, acc), axis)
-        s = tf.reduce_sum(tf.exp(z), axis=axis, keepdims=True)
-        out = tf.cast(tf.math.log(s) + m0, x.dtype)
-        m = tf.cast(m, x.dtype)
-        out = tf.where(tf.math.is_inf(m) & (m > 0), m, out)
+        s = tf.reduce_sum(tf.cast(tf.exp(xc - m0), acc), axis=axis, keepdims=True)
+        out_c = tf.math.log(s) + tf.cast(m0, acc)
+        out = tf.cast(out_c, x.dtype)
 
         def grad(g):
-            p = tf.cast(tf.exp(z) / tf.where(tf.equal(s, 0), tf.ones_like(s), s), x.dtype)
-            return g * p
+            oc = tf.cast(out_c, c)
+            fast = lambda: tf.exp(xc - oc)  # noqa: E731  (TF's formula)
+
+            def slow():  # rows whose result is +-inf: the module's conventions
+                z, _, _ = _shifted(xc, axis)
+                e = tf.exp(z)
+                t = tf.reduce_sum(e, axis=axis, keepdims=True)
+                return e / tf.where(tf.equal(t, 0), tf.ones_like(t), t)
+
+            p = tf.cond(tf.reduce_all(tf.math.is_finite(oc)), fast, slow)
+            return tf.cast(tf.cast(g, c) * p, x.dtype)
 
         return out, grad
 
@@ -146,8 +161,8 @@ def _softmax(x, axis):
         fast = tf.nn.softmax(c, axis=axis)
         # TF's fused kernel is right unless a row max is +-inf (or a NaN came in):
         # only then (one tf.cond) recompute with the masked-row conventions.
-        p = tf.cond(tf.reduce_all(tf.math.is_finite(fast)), lambda: fast,
-                    lambda: _softmax_slow(c, axis))
+        p = tf.cond(tf.math.is_nan(tf.reduce_sum(fast)), lambda: _softmax_slow(c, axis),
+                    lambda: fast)
         out = tf.cast(p, x.dtype)
 
         def grad(g):
@@ -187,8 +202,8 @@ def log_softmax(logits, axis=-1, name=None):
     conventions (one `tf.cond`). Error as TF's: a few ulp of max(|result|, 1). **A fully masked row gives -inf everywhere** (TF:
     NaN); within a row, -inf entries give -inf.
 
-    Gradient: ``g - softmax(x) * sum(g)``; entries that are -inf get gradient 0,
-    a fully masked row gets 0 (TF: NaN).
+    Gradient: ``g - softmax(x) * sum(g)`` (TF's formula); finite for fully
+    masked rows, where softmax is 0 and the gradient is g (TF: NaN).
 
     Args:
       logits: float tensor.
@@ -217,12 +232,12 @@ def _log_softmax(x, axis):
     def inner(x):
         c = tf.cast(x, _compute(x.dtype))
         fast = tf.nn.log_softmax(c, axis=axis)
-        ok = tf.reduce_all(tf.math.is_finite(fast))
-        out = tf.cond(ok, lambda: fast, lambda: _log_softmax_slow(c, axis))
+        # -inf entries are legitimate (masked logits); only NaN marks a bad row
+        out = tf.cond(tf.math.is_nan(tf.reduce_sum(fast)), lambda: _log_softmax_slow(c, axis),
+                      lambda: fast)
 
         def grad(g):
             gc = tf.cast(g, c.dtype)
-            gc = tf.where(tf.math.is_inf(out), tf.zeros_like(gc), gc)
             return tf.cast(gc - tf.exp(out) * tf.reduce_sum(gc, axis=axis, keepdims=True),
                            x.dtype)
 
