@@ -21,7 +21,8 @@ def _finfo(dtype):
 
 def _convert_pair(op, names, a, b):
     """Convert two floating arguments to tensors of one dtype (Python numbers follow tensors)."""
-    a_is, b_is = tf.is_tensor(a) or isinstance(a, np.ndarray), tf.is_tensor(b) or isinstance(b, np.ndarray)
+    a_is = tf.is_tensor(a) or isinstance(a, np.ndarray)
+    b_is = tf.is_tensor(b) or isinstance(b, np.ndarray)
     if a_is or not b_is:
         a = convert_to_floating(op, names[0], a)
         b = convert_to_floating(op, names[1], b, dtype=None if b_is else a.dtype)
@@ -44,15 +45,16 @@ def _scalar_param(op, arg, value, dtype, check, message):
     try:
         tensor = tf.convert_to_tensor(value, dtype=dtype)
     except (TypeError, ValueError) as err:
-        raise TypeError(f"{op}: argument '{arg}' must be a real number or {tf.as_dtype(dtype).name} "
-                        f"tensor: {err}") from None
+        raise TypeError(f"{op}: argument '{arg}' must be a real number or "
+                        f"{tf.as_dtype(dtype).name} tensor: {err}") from None
     static = tf.get_static_value(tensor)
     if static is not None:
         if not np.all(check(np.asarray(static, dtype=np.float64))):
             raise ValueError(f"{op}: argument '{arg}' {message}; got {static}")
         return tensor, []
     ok = check(tensor)
-    return tensor, [tf.debugging.Assert(tf.reduce_all(ok), [f"{op}: argument '{arg}' {message}", tensor])]
+    assert_op = tf.debugging.Assert(tf.reduce_all(ok), [f"{op}: argument '{arg}' {message}", tensor])
+    return tensor, [assert_op]
 
 
 def _check_ordered(op, lo_name, hi_name, lo, hi, strict=False):

@@ -37,12 +37,14 @@ def _eps_param(op, eps, dtype):
         try:
             value = float(eps)
         except (TypeError, ValueError):
-            raise TypeError(f"{op}: argument 'eps' must be a positive number; got {eps!r}") from None
+            raise TypeError(
+                f"{op}: argument 'eps' must be a positive number; got {eps!r}") from None
         if not value > 0:
             raise ValueError(f"{op}: argument 'eps' must be > 0; got {eps}")
     eps, deps = _scalar_param(op, "eps", eps, dtype, lambda v: v >= 0, "must be > 0")
     if deps:
-        deps = [tf.debugging.Assert(tf.reduce_all(eps > 0), [f"{op}: argument 'eps' must be > 0", eps])]
+        deps = [tf.debugging.Assert(tf.reduce_all(eps > 0),
+                                    [f"{op}: argument 'eps' must be > 0", eps])]
     return tf.maximum(eps, tf.constant(tiny, dtype)), deps
 
 
