@@ -177,6 +177,8 @@ def _logaddexp(x, y):
 
 def _unbroadcast(g, x):
     """Sum `g` down to x's shape (gradients of broadcast binary ops)."""
+    if g.shape.is_fully_defined() and g.shape == x.shape:
+        return g
     xs = tf.shape(x)
     rx, _ = tf.raw_ops.BroadcastGradientArgs(s0=xs, s1=tf.shape(g))
     return tf.reshape(tf.reduce_sum(g, axis=rx), xs)

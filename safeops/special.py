@@ -129,12 +129,9 @@ def _hypot(x, y):
         h = _scaled_hypot(cx, cy)
 
     def grad(g):
-        zero = tf.equal(h, 0)
-        safe_h = tf.where(zero, tf.ones_like(h), h)
-        gx = tf.where(zero, tf.zeros_like(h), cx / safe_h)
-        gy = tf.where(zero, tf.zeros_like(h), cy / safe_h)
-        return (_unbroadcast(g * tf.cast(gx, x.dtype), x),
-                _unbroadcast(g * tf.cast(gy, y.dtype), y))
+        r = tf.where(tf.equal(h, 0), tf.zeros_like(h), 1.0 / h)
+        return (_unbroadcast(g * tf.cast(cx * r, x.dtype), x),
+                _unbroadcast(g * tf.cast(cy * r, y.dtype), y))
 
     return tf.cast(h, x.dtype), grad
 
