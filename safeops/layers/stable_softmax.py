@@ -37,8 +37,9 @@ def _softmax_one_axis(x, axis):
     @tf.custom_gradient
     def inner(x):
         m = tf.reduce_max(x, axis=axis, keepdims=True)
-        live = tf.logical_not(tf.equal(m, tf.constant(float("-inf"), x.dtype)))  # NaN: live
-        y = tf.where(live, tf.nn.softmax(x, axis=axis), tf.zeros_like(x))
+        live = tf.cast(tf.not_equal(m, tf.constant(float("-inf"), x.dtype)), x.dtype)  # NaN: 1
+        # multiply_no_nan(s, 0) is 0 even where s is NaN (TF's softmax of a dead row)
+        y = tf.math.multiply_no_nan(tf.nn.softmax(x, axis=axis), live)
 
         def grad(g):
             # d softmax: y * (g - sum(g * y)); y is 0 for -inf entries and dead rows,
@@ -83,8 +84,9 @@ class StableSoftmax(keras.layers.Softmax):
 
     Method: masked entries (``mask`` False or <= 0.5) become -inf; the row
     maximum ``m`` marks fully masked rows (``m = -inf``); the fused
-    `tf.nn.softmax` runs and fully masked rows are set to 0 (a select, so the
-    NaN TF computes there never reaches the output). The gradient is written
+    `tf.nn.softmax` runs and fully masked rows are multiplied by 0 with
+    `tf.math.multiply_no_nan` (so the NaN TF computes there never reaches the
+    output). The gradient is written
     by hand from the output (`tf.custom_gradient`), so no NaN from those rows
     reaches it either. Several axes: max-shifted exp / sum with the same rule.
     float16/bfloat16 inputs (mixed precision) are computed in float32 and
