@@ -20,13 +20,13 @@ class _Poison(keras.layers.Layer):
 
     def call(self, x):
         if self.where == "forward":
-            return x + tf.stop_gradient(tf.where(self.armed > 0, np.nan, 0.0))
+            return x + tf.cast(tf.stop_gradient(tf.where(self.armed > 0, np.nan, 0.0)), x.dtype)
         armed = self.armed
 
         @tf.custom_gradient
         def ident(x):
             def grad(dy):
-                return tf.where(armed > 0, dy * np.nan, dy)
+                return tf.where(armed > 0, dy * tf.cast(np.nan, dy.dtype), dy)
             return tf.identity(x), grad
 
         return ident(x)
@@ -86,6 +86,20 @@ def test_backward_only_nan_in_layer_2():
                                                               "gradient of inputs")
     assert rep["nan"] == 8 * 8
     assert arm.steps == 4
+
+
+def test_forward_nan_under_mixed_float16():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        x, y = _data()
+        model, poison = _six_layer_model("forward", 3)  # LossScaleOptimizer inside
+        monitor, arm = callbacks.NumericsMonitor(check="gradients"), _Arm(poison, 4)
+        model.fit(x, y, batch_size=8, epochs=1, callbacks=[monitor, arm], verbose=0)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    rep = monitor.report
+    assert (rep["step"], rep["layer"], rep["direction"]) == (4, "poison", "forward")
+    assert arm.steps == 5
 
 
 def test_terminate_on_nan_does_not_localise():
