@@ -214,10 +214,12 @@ def safe_log(x, eps=None, name=None):
             eps = tiny(x.dtype)
         elif isinstance(eps, (int, float)) and not eps > 0:
             raise ValueError(f"safeops.safe_log: argument 'eps' must be > 0; got {eps}")
-        return _safe_log(x, tf.cast(eps, _native(x).dtype))
+        # the gradient 1/x <= 1/eps needs saturating only for a subnormal eps
+        sat = not (isinstance(eps, float) and eps >= tiny(x.dtype))
+        return _safe_log(x, tf.cast(eps, _native(x).dtype), sat)
 
 
-def _safe_log(x, eps):
+def _safe_log(x, eps, sat=True):
     @tf.custom_gradient
     def inner(x):
         c = _native(x)
@@ -227,7 +229,7 @@ def _safe_log(x, eps):
 
         def grad(g):
             d = tf.where(below, tf.zeros_like(c), 1.0 / cc)
-            return g * tf.cast(saturate(d, x.dtype), x.dtype)
+            return g * tf.cast(saturate(d, x.dtype) if sat else d, x.dtype)
 
         return tf.cast(out, x.dtype), grad
 
