@@ -82,9 +82,9 @@ class StableLayerNormalization(keras.layers.LayerNormalization):
       TypeError: if `axis` is not an int or a list of ints (as Keras).
 
     Example:
-      >>> x = np.float32(1e4) + np.array([[-1.0, 0.0, 1.0]], np.float32)
-      >>> so.layers.StableLayerNormalization(epsilon=0.0)(x)    # Keras: [[0, 0, 0]] or NaN
-      array([[-1.2247, 0., 1.2247]], dtype=float32)
+      >>> x = np.float32(1e6) + np.array([[-1.0, 0.0, 1.0]], np.float32)
+      >>> so.layers.StableLayerNormalization(epsilon=0.0)(x)   # Keras: [[-1.125, 0., 1.25]]
+      array([[-1.2247448,  0.       ,  1.2247448]], dtype=float32)
     """
 
     def call(self, inputs):

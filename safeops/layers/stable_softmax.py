@@ -115,9 +115,9 @@ class StableSoftmax(keras.layers.Softmax):
       ValueError: if the mask is not broadcastable to the inputs (as Keras).
 
     Example:
-      >>> layer = so.layers.StableSoftmax()
-      >>> layer(np.array([[1.0, 2.0], [1.0, 2.0]]), mask=np.array([[1, 1], [0, 0]]))
-      array([[0.269, 0.731], [0., 0.]])   # Keras: second row [0.5, 0.5] * 0; tf.nn on -inf: NaN
+      >>> x = np.array([[1.0, 2.0], [-np.inf, -np.inf]], np.float32)
+      >>> so.layers.StableSoftmax()(x)            # keras.layers.Softmax: [[.27, .73], [nan, nan]]
+      array([[0.26894143, 0.73105854], [0., 0.]], dtype=float32)
     """
 
     def call(self, inputs, mask=None):
