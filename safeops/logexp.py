@@ -167,8 +167,14 @@ def _logaddexp(x, y):
     out = tf.where(eq, cx + _LN2, tf.maximum(cx, cy) + tf.math.log1p(ed))
 
     def grad(g):
-        gx = tf.where(eq, tf.constant(0.5, cx.dtype), tf.sigmoid(cx - cy))
-        gy = tf.where(eq, tf.constant(0.5, cx.dtype), tf.sigmoid(cy - cx))
+        # sigmoid(x - y) and sigmoid(y - x) from one e = exp(-|x - y|), no cancellation
+        dxy = cx - cy
+        e = tf.exp(-tf.abs(dxy))
+        big, small = 1.0 / (1.0 + e), e / (1.0 + e)
+        pos = dxy >= 0
+        half = tf.constant(0.5, cx.dtype)
+        gx = tf.where(eq, half, tf.where(pos, big, small))
+        gy = tf.where(eq, half, tf.where(pos, small, big))
         return (_unbroadcast(g * tf.cast(gx, x.dtype), x),
                 _unbroadcast(g * tf.cast(gy, y.dtype), y))
 
@@ -336,7 +342,8 @@ def _log_sigmoid(x):
 def softplus_inverse(x, name=None):
     """Computes ``log(exp(x) - 1)``, the inverse of softplus (new op; as TFP's).
 
-    Method, in the compute precision: ``log(expm1(x))`` for x < 0.3;
+    Method: float32 and lower in float64, ``log(expm1(x))`` (x for x >= 40),
+    rounded once. float64: ``log(expm1(x))`` for x < 0.3;
     ``log1p(2 expm1(t))`` with ``t = x - log 2`` formed exactly (fdlibm's split
     of log 2) for 0.3 <= x <= 2, where the result crosses 0 at x = log 2 and the
     naive formula loses all its bits; ``x + log1p(-exp(-x))`` above 2. Bound:
@@ -366,11 +373,18 @@ def softplus_inverse(x, name=None):
 @tf.custom_gradient
 def _softplus_inverse(x):
     c = _up(x)
-    t = (c - _LN2_HI) - _LN2_LO
-    small = tf.math.log(tf.math.expm1(c))
-    mid = tf.math.log1p(2.0 * tf.math.expm1(tf.minimum(t, 2.0)))
-    large = c + tf.math.log1p(-tf.exp(-c))
-    out = tf.where(c < 0.3, small, tf.where(c <= 2.0, mid, large))
+    if x.dtype == tf.float64:
+        t = (c - _LN2_HI) - _LN2_LO
+        small = tf.math.log(tf.math.expm1(c))
+        mid = tf.math.log1p(2.0 * tf.math.expm1(tf.minimum(t, 2.0)))
+        large = c + tf.math.log1p(-tf.exp(-c))
+        out = tf.where(c < 0.3, small, tf.where(c <= 2.0, mid, large))
+    else:
+        # float32 and lower, in float64: log(expm1(x)) is within 1e-16 absolute of
+        # the true value, i.e. far below a float32 ulp even next to the zero at
+        # log 2 (|x - log 2| >= 2^-25 for float32 x); above 40, log1p(-exp(-x)) is
+        # below 2^-57 relative, so the result is x.
+        out = tf.where(c < 40.0, tf.math.log(tf.math.expm1(tf.minimum(c, 40.0))), c)
 
     def grad(g):
         return g * tf.cast(saturate(-1.0 / tf.math.expm1(-c), x.dtype), x.dtype)
