@@ -11,6 +11,8 @@ With ``jit_compile=True`` the original step stays XLA-compiled (an inner
 `tf.function(jit_compile=True)`); only the check and the capture run outside.
 """
 
+import threading
+
 import numpy as np
 import keras
 import tensorflow as tf
@@ -39,33 +41,41 @@ class StepInstrument:
         self.users = []          # callbacks using this instrument
         self.captured = None     # (numpy data structure, flags dict) of the first failing batch
         self._saved_step = model.__dict__.get("train_step")
+        self._local = threading.local()
+        self._patched = False
 
     # -- the flags a user needs: union over users ---------------------------
     def _wants(self, what):
         return any(what in u._probe_needs for u in self.users)
 
-    def install(self):
-        model = self.model
-        orig_step = self._saved_step or type(model).train_step.__get__(model)
-        jit = bool(model.jit_compile) and not model.run_eagerly
-        want_grads = self._wants("gradients")
-        want_weights = self._wants("weights")
-        want_loss_out = self._wants("loss_output")
-        instrument = self
+    def _patch(self):
+        """Wrap model._compute_loss and optimizer.apply_gradients once (instance attributes).
 
-        def core(data):
-            box = {}
-            orig_cl = model._compute_loss
-            opt = model.optimizer
+        The wrappers record into a thread-local box, so the replica threads of a
+        MirroredStrategy trace their steps independently.
+        """
+        if self._patched:
+            return
+        model, instrument = self.model, self
+        opt = model.optimizer
+        orig_cl = model._compute_loss
 
-            def compute_loss(*args, **kwargs):
-                loss = orig_cl(*args, **kwargs)
+        def compute_loss(*args, **kwargs):
+            loss = orig_cl(*args, **kwargs)
+            box = getattr(instrument._local, "box", None)
+            if box is not None:
                 box["loss"] = loss
-                return loss
+            return loss
 
-            orig_apply = opt.apply_gradients if opt is not None else None
+        model._compute_loss = compute_loss
+        if opt is not None:
+            orig_apply = opt.apply_gradients
 
             def apply_gradients(grads_and_vars, *args, **kwargs):
+                box = getattr(instrument._local, "box", None)
+                if box is None:
+                    return orig_apply(grads_and_vars, *args, **kwargs)
+                want_grads = instrument._wants("gradients")
                 # Skip the update of a failing step, so the weights stay as they were
                 # (the report re-runs the step; the model is not poisoned).
                 grads_and_vars = list(grads_and_vars)
@@ -77,7 +87,15 @@ class StepInstrument:
                     ok = tf.logical_and(ok, box["grads_ok"])
                 ctx = tf.distribute.get_replica_context()
                 if ctx is not None and ctx.num_replicas_in_sync > 1:
-                    ok = ctx.all_reduce("min", tf.cast(ok, tf.float32)) > 0.5
+                    # apply_gradients synchronises replicas and cannot sit in a tf.cond:
+                    # zero the gradients of a failing step instead (exactly a skipped step
+                    # for plain SGD; optimizers with state still decay their moments).
+                    bad = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
+                                         tf.cast(tf.logical_not(ok), tf.float32))
+                    ok = bad < 0.5  # the same decision on every replica
+                    zeroed = [(None if g is None else tf.where(ok, g, tf.zeros_like(g)), v)
+                              for g, v in grads_and_vars]
+                    return orig_apply(zeroed, *args, **kwargs)
 
                 def apply():
                     orig_apply(grads_and_vars, *args, **kwargs)
@@ -85,15 +103,33 @@ class StepInstrument:
 
                 return tf.cond(ok, apply, lambda: tf.constant(False))
 
-            model._compute_loss = compute_loss
-            if opt is not None:
-                opt.apply_gradients = apply_gradients
+            opt.apply_gradients = apply_gradients
+        self._patched = True
+
+    def _unpatch(self):
+        if not self._patched:
+            return
+        self.model.__dict__.pop("_compute_loss", None)
+        if self.model.optimizer is not None:
+            self.model.optimizer.__dict__.pop("apply_gradients", None)
+        self._patched = False
+
+    def install(self):
+        model = self.model
+        orig_step = self._saved_step or type(model).train_step.__get__(model)
+        jit = bool(model.jit_compile) and not model.run_eagerly
+        want_weights = self._wants("weights")
+        want_loss_out = self._wants("loss_output")
+        instrument = self
+        self._patch()
+
+        def core(data):
+            box = {}
+            instrument._local.box = box
             try:
                 logs = orig_step(data)
             finally:
-                del model._compute_loss
-                if opt is not None:
-                    del opt.apply_gradients
+                instrument._local.box = None
             if "loss" in box:
                 from keras.src.losses.loss import unscale_loss_for_distribution
                 loss = tf.cast(unscale_loss_for_distribution(box["loss"]), tf.float32)
@@ -150,6 +186,7 @@ class StepInstrument:
 
     def uninstall(self):
         model = self.model
+        self._unpatch()
         if self._saved_step is None:
             model.__dict__.pop("train_step", None)
         else:

@@ -57,6 +57,13 @@ class NumericsMonitor(keras.callbacks.Callback):
     `LossScaleOptimizer` (``mixed_float16``) gradient overflow is expected and
     handled by the loss scale, so gradients are not checked there.
 
+    The update of a failing step is skipped (a `tf.cond` around
+    ``apply_gradients``), so the weights stay finite and the re-run sees the
+    step as it was. Under `tf.distribute` (where ``apply_gradients`` cannot sit
+    in a `tf.cond`) the failing step's gradients are zeroed on every replica
+    instead: the same as a skip for plain SGD; stateful optimizers still decay
+    their moments once.
+
     A NaN born in the backward pass is seen by ``check="loss"`` only one step
     later, as a forward NaN from weights it poisoned (``nonfinite_weights``
     says so); use ``check="gradients"`` to localise it at its origin.

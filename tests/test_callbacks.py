@@ -102,6 +102,21 @@ def test_forward_nan_under_mixed_float16():
     assert arm.steps == 5
 
 
+@pytest.mark.parametrize("where,position,check", [("forward", 3, "loss"),
+                                                  ("backward", 1, "gradients")])
+def test_two_replicas(two_cpu_strategy, where, position, check):
+    x, y = _data()
+    with two_cpu_strategy.scope():
+        model, poison = _six_layer_model(where, position)
+    monitor, arm = callbacks.NumericsMonitor(check=check), _Arm(poison, 2)
+    smooth = callbacks.SmoothedLoss(0.5)
+    model.fit(x, y, batch_size=16, epochs=1, callbacks=[monitor, arm, smooth], verbose=0)
+    rep = monitor.report
+    assert (rep["step"], rep["layer"], rep["direction"]) == (2, "poison", where)
+    assert arm.steps == 3 and len(smooth.values) == 3
+    assert all(np.isfinite(w).all() for w in model.get_weights())  # failing update zeroed
+
+
 def test_terminate_on_nan_does_not_localise():
     """The baseline: Keras's TerminateOnNaN stops but has no report at all."""
     x, y = _data()
