@@ -21,6 +21,7 @@ would round to 0, is raised to it):
 import tensorflow as tf
 
 from safeops._dtypes import accumulation_dtype, convert_to_floating
+from safeops.eft import _two_prod, _two_sum
 from safeops._guards import (_convert_pair, _finfo, _fused, _is_negative, _reduce_to,
                              _scalar_param, _with_deps)
 
@@ -235,25 +236,6 @@ def divide_no_nan(x, y, name=None):
             return q, grad
 
         return fwd(x, y)
-
-
-def _two_sum(a, b):
-    s = a + b
-    bb = s - a
-    return s, (a - (s - bb)) + (b - bb)
-
-
-def _split(a):
-    c = 134217729.0 * a  # 2**27 + 1 (Dekker)
-    hi = c - (c - a)
-    return hi, a - hi
-
-
-def _two_prod(a, b):
-    p = a * b
-    ah, al = _split(a)
-    bh, bl = _split(b)
-    return p, ((ah * bh - p) + ah * bl + al * bh) + al * bl
 
 
 def _relative_error(t, p, eps):
