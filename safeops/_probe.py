@@ -43,6 +43,9 @@ class StepInstrument:
         self._saved_step = model.__dict__.get("train_step")
         self._local = threading.local()
         self._patched = False
+        self._installed = False
+        self._plain_fn = None    # Keras's own train_function, restored after fit
+        self._cache = {}         # needs -> (compile config, step, traced train_function)
 
     # -- the flags a user needs: union over users ---------------------------
     def _wants(self, what):
@@ -116,12 +119,22 @@ class StepInstrument:
 
     def install(self):
         model = self.model
-        orig_step = self._saved_step or type(model).train_step.__get__(model)
+        if not self._installed:
+            self._plain_fn = model.train_function
+        self._installed = True
+        self._patch()
         jit = bool(model.jit_compile) and not model.run_eagerly
+        key = (tuple(sorted({n for u in self.users for n in u._probe_needs})), jit,
+               bool(model.run_eagerly), id(model.optimizer))
+        cached = self._cache.get(key)
+        if cached is not None and cached[0] is getattr(model, "_compile_config", None):
+            # the same instrumented step as a previous fit: no retracing
+            model.train_step, model.train_function = cached[1], cached[2]
+            return
+        orig_step = self._saved_step or type(model).train_step.__get__(model)
         want_weights = self._wants("weights")
         want_loss_out = self._wants("loss_output")
         instrument = self
-        self._patch()
 
         def core(data):
             box = {}
@@ -183,6 +196,7 @@ class StepInstrument:
             model.make_train_function(force=True)
         finally:
             model._jit_compile = saved_jit
+        self._cache[key] = (getattr(model, "_compile_config", None), step, model.train_function)
 
     def uninstall(self):
         model = self.model
@@ -191,7 +205,9 @@ class StepInstrument:
             model.__dict__.pop("train_step", None)
         else:
             model.train_step = self._saved_step
-        model.train_function = None
+        model.train_function = self._plain_fn
+        self._plain_fn = None
+        self._installed = False
 
 
 def attach(callback, model):
@@ -212,8 +228,7 @@ def detach(callback, model):
     if callback in inst.users:
         inst.users.remove(callback)
     if not inst.users:
-        inst.uninstall()
-        del model._safeops_instrument
+        inst.uninstall()  # the instrument stays on the model: its traced steps are reused
 
 
 # ---------------------------------------------------------------------------
