@@ -25,9 +25,6 @@ from safeops.logexp import (log1mexp, log_cosh, log_sigmoid, logaddexp, logsubex
 from safeops.softmax import log_softmax, reduce_logsumexp, softmax
 from safeops.norms import norm
 from safeops import losses
-from safeops.special import hypot, log1m, safe_exp, safe_log, sqrt
-from safeops.logexp import (log1mexp, log_cosh, log_sigmoid, logaddexp, logsubexp, softplus,
-                            softplus_inverse)
 # -- precision control (issue 6) --
 from safeops.promote import promote
 from safeops import mixed_precision, optimizers
@@ -43,35 +40,29 @@ from safeops import layers, metrics, callbacks
 from safeops.wrap import wrap_model
 
 __all__ = [
+    "__version__",
+    "testing",
     # summation (issue 3)
     "two_sum", "fast_two_sum", "two_prod",
     "reduce_sum", "reduce_mean", "reduce_variance", "reduce_std", "cumsum",
     "dot", "matmul", "KahanAccumulator",
-    # quantization (issue 7)
-    "quantization",
-    # issue 4: division, where, smooth switches, straight-through estimators
+    # division, where, smooth switches, straight-through estimators (issue 4)
     "divide_no_nan", "relative_error", "safe_divide", "safe_reciprocal",
     "safe_where", "smooth_where",
     "smooth_step", "soft_abs", "soft_clip", "soft_maximum", "soft_minimum",
     "ceil_ste", "clip_ste", "floor_ste", "round_ste", "sign_ste",
-    # numerics doctor (issue 10)
-    "doctor",
-    "__version__",
-    "testing",
-    # issue 5: special functions, norms, losses
+    # special functions, norms, losses (issue 5)
     "hypot", "log1m", "safe_exp", "safe_log", "sqrt",
     "log1mexp", "log_cosh", "log_sigmoid", "logaddexp", "logsubexp", "softplus",
     "softplus_inverse", "log_softmax", "reduce_logsumexp", "softmax", "norm", "losses",
-    # issue 11: gradient clipping
-    "clip_by_global_norm", "clip_by_norm",
     # precision control (issue 6)
-    "promote",
-    "mixed_precision",
-    "optimizers",
-    # issue 5: special functions, norms, losses
-    "hypot", "log1m", "safe_exp", "safe_log", "sqrt",
-    "log1mexp", "log_cosh", "log_sigmoid", "logaddexp", "logsubexp", "softplus",
-    "softplus_inverse",
-    # issue 8: Keras layers, metrics, callbacks, model wrapping
+    "promote", "mixed_precision", "optimizers",
+    # quantization (issue 7)
+    "quantization",
+    # Keras layers, metrics, callbacks, model wrapping (issue 8)
     "layers", "metrics", "callbacks", "wrap_model",
+    # numerics doctor (issue 10)
+    "doctor",
+    # gradient clipping (issue 11)
+    "clip_by_global_norm", "clip_by_norm",
 ]
