@@ -117,6 +117,18 @@ def test_two_replicas(two_cpu_strategy, where, position, check):
     assert all(np.isfinite(w).all() for w in model.get_weights())  # failing update zeroed
 
 
+def test_second_fit_reuses_instrumented_step():
+    x, y = _data()
+    model, poison = _six_layer_model("forward", 3)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0,
+              callbacks=[callbacks.NumericsMonitor()])  # healthy fit, traces the step
+    plain_fn = model.train_function
+    monitor, arm = callbacks.NumericsMonitor(), _Arm(poison, 1)
+    model.fit(x, y, batch_size=8, epochs=1, callbacks=[monitor, arm], verbose=0)
+    assert monitor.report["step"] == 1 and monitor.report["layer"] == "poison"
+    assert model.train_function is plain_fn  # Keras's own function restored after fit
+
+
 def test_terminate_on_nan_does_not_localise():
     """The baseline: Keras's TerminateOnNaN stops but has no report at all."""
     x, y = _data()

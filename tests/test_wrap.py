@@ -95,6 +95,16 @@ def test_activation_softmax_dense_option_and_nested():
     np.testing.assert_allclose(new(x).numpy(), model(x).numpy(), atol=1e-6, rtol=0)
 
 
+def test_conv_softmax_activation():
+    inp = keras.Input((6, 3))
+    model = keras.Model(inp, keras.layers.Conv1D(4, 3, activation="softmax", name="conv")(inp))
+    new, report = so.wrap_model(model)
+    assert new.get_layer("conv").activation is layers.stable_softmax
+    assert any(r.startswith("conv: Conv1D") for r in report.replaced)
+    x = np.random.default_rng(6).standard_normal((2, 6, 3)).astype(np.float32)
+    np.testing.assert_allclose(new(x).numpy(), model(x).numpy(), atol=1e-6, rtol=0)
+
+
 def test_compiled_model_losses_and_metrics():
     inp = keras.Input((4,))
     model = keras.Model(inp, keras.layers.Dense(3, activation="softmax")(inp))
