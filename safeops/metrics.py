@@ -34,25 +34,11 @@ import keras
 import tensorflow as tf
 
 from safeops import _dtypes
+from safeops.eft import _fast_two_sum, _two_sum
 
 __all__ = ["Mean", "Sum"]
 
 _FLOATS = ("float16", "bfloat16", "float32", "float64")
-
-
-def _two_sum(a, b):
-    """s, e with s = fl(a + b) and s + e = a + b exactly (Knuth)."""
-    s = a + b
-    bb = s - a
-    e = (a - (s - bb)) + (b - bb)
-    return s, e
-
-
-def _fast_two_sum(a, b):
-    """s, e with s + e = a + b exactly, assuming |a| >= |b| (Dekker)."""
-    s = a + b
-    e = b - (s - a)
-    return s, e
 
 
 def _split(x_acc, dtype):
