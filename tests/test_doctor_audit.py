@@ -352,3 +352,173 @@ def test_multi_input_keras_model():
     model = keras.Model([a, b], keras.layers.Lambda(lambda t: tf.math.log(t))(p))
     found = audit(model, np.ones((2, 4), np.float32), np.ones((2, 3), np.float32), verbose=False)
     assert [(f.hazard, f.severity) for f in found] == [("log-of-sigmoid", "medium")]
+
+
+# ---------------------------------------------------------------- rules of the remaining DEBAR ops
+
+def naive_rsqrt(x):
+    return tf.math.rsqrt(x)  # HAZARD
+
+
+def naive_reciprocal(x):
+    return tf.math.reciprocal(x)  # HAZARD
+
+
+def naive_expm1(x):
+    return tf.math.expm1(x)  # HAZARD
+
+
+def naive_log1p(x):
+    return tf.math.log1p(x)  # HAZARD
+
+
+def naive_log_tiny(x):
+    return 50.0 * tf.math.log(x)  # HAZARD
+
+
+def naive_divide(x, d):
+    return x / d  # HAZARD
+
+
+def _flagged(naive, args, hazard, severity, replacement):
+    f = _only(audit(naive, *args, verbose=False), hazard)
+    assert (f.severity, f.line, f.file) == (severity, _line(naive), __file__), f
+    assert replacement in f.replacement, f.replacement
+    return f
+
+
+def test_rsqrt_at_zero_flagged_and_fixed():
+    x = np.array([0.0, 4.0], np.float32)
+    f = _flagged(naive_rsqrt, (x,), "rsqrt at or below 0", "high", "so.safe_reciprocal(so.sqrt(x))")
+    assert f.op_type == "Rsqrt" and f.input_range[:2] == (0.0, 4.0)
+    assert np.isinf(naive_rsqrt(tf.constant(x)).numpy()[0])  # rsqrt(0) = inf
+
+    def fixed(v):
+        return so.safe_reciprocal(so.sqrt(v))
+
+    assert audit(fixed, x, verbose=False) == []
+    testing.assert_finite_gradients(fixed, x)
+
+
+def test_reciprocal_of_zero_flagged_and_fixed():
+    x = np.array([0.0, 2.0], np.float32)
+    f = _flagged(naive_reciprocal, (x,), "division by zero", "high", "so.safe_reciprocal")
+    assert f.op_type == "Reciprocal"
+    assert np.isinf(naive_reciprocal(tf.constant(x)).numpy()[0])
+    assert audit(lambda v: so.safe_reciprocal(v), x, verbose=False) == []
+    testing.assert_finite_gradients(lambda v: so.safe_reciprocal(v), x)
+
+
+def test_expm1_overflow_flagged_and_fixed():
+    x = np.array([100.0, 20.0, 0.0], np.float32)
+    f = _flagged(naive_expm1, (x,), "exp overflow", "high", "so.safe_exp(x) - 1")
+    assert f.op_type == "Expm1" and f.input_range[1] == 100.0
+    assert np.isinf(naive_expm1(tf.constant(x)).numpy()[0])  # expm1(100) = 2.7e43 > 3.4e38
+
+    def fixed(v):
+        return so.safe_exp(v) - 1.0
+
+    assert audit(fixed, x, verbose=False) == []
+    out = fixed(tf.constant(x)).numpy()
+    assert np.all(np.isfinite(out))
+    # For x = 20 exp(x) - 1 equals expm1(x) to float32 rounding (float64 reference; 1 ulp is
+    # safe_exp's documented bound, the subtraction of 1 from 4.9e8 is exact).
+    assert testing.ulp_distance(out[1], np.float32(np.expm1(20.0)), "float32") <= 1
+
+
+def test_log1p_at_minus_one_flagged_and_fixed():
+    x = np.array([-1.0, 0.5], np.float32)
+    f = _flagged(naive_log1p, (x,), "log-of-zero", "high", "so.safe_log(1 + x)")
+    assert f.op_type == "Log1p" and f.input_range[0] == -1.0
+    assert np.isneginf(naive_log1p(tf.constant(x)).numpy()[0])
+
+    def fixed(v):
+        return so.safe_log(1.0 + v)
+
+    assert audit(fixed, x, verbose=False) == []
+    testing.assert_finite_gradients(fixed, x)
+
+
+@pytest.mark.parametrize("tiny", [1e-37, 5e-38])
+def test_log_of_tiny_values_flagged_and_fixed(tiny):
+    x = np.array([tiny, 1.0], np.float32)
+    f = _flagged(naive_log_tiny, (x,), "log-of-zero", "high", "so.safe_log")
+    assert f.op_type == "Log" and f.input_range[0] == np.float32(tiny)
+    assert "<= 1.2e-37" in f.message
+    # The hazard is real: d(50 log x)/dx = 50 / x > 3.4e38 at x <= 1.2e-37 overflows.
+    _, (g,) = _grads(naive_log_tiny, x)
+    assert np.isinf(g[0])
+    assert audit(lambda v: so.safe_log(v), x, verbose=False) == []
+
+
+def test_log_just_above_the_tiny_threshold_is_clean():
+    # 10 * tiny(float32) = 1.18e-37 is the documented threshold; 2e-37 is above it.
+    assert audit(lambda v: tf.math.log(v), np.array([2e-37, 1.0], np.float32), verbose=False) == []
+
+
+def test_division_by_near_zero_flagged_and_fixed():
+    x = np.array([1.0, 1.0], np.float32)
+    d = np.array([1e-9, 1.0], np.float32)  # 1e-9 < eps(float32) = 1.19e-7
+    f = _flagged(naive_divide, (x, d), "division by near-zero", "medium", "so.safe_divide")
+    assert f.op_type == "RealDiv" and f.input_range[0] == np.float32(1e-9)
+    assert audit(lambda a, b: so.safe_divide(a, b), x, d, verbose=False) == []
+
+
+def test_overflowing_division_flagged_and_fixed():
+    x = np.array([1e30, 1.0], np.float32)
+    d = np.array([1e-10, 2.0], np.float32)  # 1e30 / 1e-10 = 1e40 > 3.4e38
+    f = _flagged(naive_divide, (x, d), "division overflow", "high", "so.safe_divide")
+    assert np.isinf(naive_divide(tf.constant(x), tf.constant(d)).numpy()[0])
+    assert f.input_range[0] == np.float32(1e-10)
+    assert audit(lambda a, b: so.safe_divide(a, b), x, d, verbose=False) == []
+    out = so.safe_divide(tf.constant(x), tf.constant(d)).numpy()
+    assert out[0] == np.finfo(np.float32).max and out[1] == 0.5  # saturated, and exact elsewhere
+
+
+# ---------------------------------------------------------------- bfloat16 scalars
+
+def bf16_sum(x):
+    return tf.reduce_sum(x)  # HAZARD
+
+
+def test_bfloat16_reduction_overflow_flagged():
+    big = float(tf.bfloat16.max) / 50  # 100 of them sum to 2 * max(bfloat16)
+    x = tf.fill([100], tf.constant(big, tf.bfloat16))
+    assert np.isinf(float(bf16_sum(x).numpy()))  # the hazard is real
+    f = _flagged(bf16_sum, (x,), "low-precision reduction overflow", "high", "so.reduce_sum")
+    assert "bfloat16" in f.message
+    assert audit(lambda t: so.reduce_sum(t), x, verbose=False) == []
+    # A bfloat16 reduction that stays in range is clean (and its 0-d output does not crash).
+    assert audit(lambda t: tf.reduce_sum(t), tf.ones([8], tf.bfloat16), verbose=False) == []
+
+
+def test_bfloat16_sum_of_magnitudes_above_max_is_medium():
+    big = float(tf.bfloat16.max) / 50
+    x = tf.constant([big] * 60 + [-big] * 60, tf.bfloat16)  # exact sum 0; sum |x| = 2.4 max
+    assert float(bf16_sum(x).numpy()) == 0.0  # this order of summation happens not to overflow
+    f = _flagged(bf16_sum, (x,), "low-precision reduction overflow", "medium", "so.reduce_sum")
+    assert "partial sums can reach" in f.message
+
+
+# ---------------------------------------------------------------- untraceable Python bodies
+
+def calls_numpy(x):
+    return tf.constant(x.numpy() * 2.0)
+
+
+def calls_numpy_function(x):
+    return np.sin(x)
+
+
+def test_function_calling_numpy_method_cannot_be_traced():
+    with pytest.raises(TypeError, match=r"audit: argument 'target' \(calls_numpy\) cannot be "
+                                        r"traced.*\.numpy\(\).*only eager tensors"):
+        audit(calls_numpy, np.ones([2], np.float32), verbose=False)
+
+
+def test_function_passing_tensor_to_numpy_cannot_be_traced():
+    with pytest.raises(TypeError, match=r"cannot be traced.*passes a tensor to a NumPy function"):
+        audit(calls_numpy_function, np.ones([2], np.float32), verbose=False)
+    with pytest.raises(TypeError, match="explain_gradients.*cannot be traced"):
+        w = tf.Variable(1.0)
+        so.doctor.explain_gradients(lambda x: calls_numpy_function(w * x), [w], 1.0, verbose=False)

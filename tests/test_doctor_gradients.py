@@ -133,3 +133,41 @@ def test_bad_input():
         explain_gradients(lambda x: x, ["w"], 1.0)
     with pytest.raises(TypeError, match="explain_gradients.*'target'"):
         explain_gradients(3, [tf.Variable(1.0)], 1.0)
+
+
+# ---------------------------------------------------------------- bfloat16 (0-d values and gradients)
+
+def test_bfloat16_three_none_cases():
+    w = tf.Variable(tf.constant(2.0, tf.bfloat16), name="w_bf16_outside")
+    y = w * 3.0  # USED-OUTSIDE-BF16
+    x = tf.constant(1.5, tf.bfloat16)
+    (issue,) = explain_gradients(lambda t: t * y, [w], x, verbose=False)
+    assert (issue.status, issue.reason) == ("none", "not used")
+    assert issue.line == _line_containing(test_bfloat16_three_none_cases, "# USED-OUTSIDE-BF16")
+
+    v = tf.Variable(tf.constant([2.0, 1.0], tf.bfloat16))
+    xs = tf.constant([1.5, 0.5], tf.bfloat16)
+    for fn, op_type in ((lambda t: tf.round(v * t), "Round"),
+                        (lambda t: tf.cast(tf.argmax(v * t), tf.bfloat16), "ArgMax"),
+                        (lambda t: tf.cast(tf.cast(v * t, tf.int32), tf.bfloat16), "Cast")):
+        assert _tape(fn, v, xs) is None
+        (issue,) = explain_gradients(fn, [v], xs, verbose=False)
+        assert (issue.status, issue.reason, issue.op_type) == ("none", "non-differentiable op", op_type)
+
+
+def test_bfloat16_scalar_nonfinite_and_zero_gradients():
+    v = tf.Variable(tf.constant(0.0, tf.bfloat16))
+
+    def fn(x):
+        return tf.sqrt(v * x)  # SQRT-BF16
+
+    x = tf.constant(2.0, tf.bfloat16)
+    g = _tape(fn, v, x)
+    assert g.dtype == tf.bfloat16 and g.shape == () and not np.isfinite(float(g.numpy()))
+    (issue,) = explain_gradients(fn, [v], x, verbose=False)
+    assert (issue.status, issue.op_type) == ("non-finite", "Sqrt")
+    assert issue.line == _line_containing(fn, "# SQRT-BF16")
+
+    u = tf.Variable(tf.constant(-2.0, tf.bfloat16))
+    (issue,) = explain_gradients(lambda t: tf.nn.relu(u * t), [u], x, verbose=False)
+    assert (issue.status, issue.op_type) == ("zero", "Relu")

@@ -141,7 +141,19 @@ class Trace:
         if tensor.name in self.values:
             return self.values[tensor.name]
         static = tf.get_static_value(tensor)
-        return None if static is None else np.asarray(static)
+        return None if static is None else to_numpy(static)
+
+
+def to_numpy(value):
+    """`value` as a NumPy array; 0-d bfloat16 tensors included.
+
+    ``np.asarray`` of a 0-d bfloat16 EagerTensor raises ("__array__ method not
+    producing an array"); ``.numpy()`` gives an ml_dtypes scalar that
+    ``np.asarray`` accepts.
+    """
+    if hasattr(value, "numpy"):
+        value = value.numpy()
+    return np.asarray(value)
 
 
 def trace_and_evaluate(fn, inputs, target, op, extra=None):
@@ -180,11 +192,29 @@ def trace_and_evaluate(fn, inputs, target, op, extra=None):
             raise _trace_error(op, target, inputs, err, type(err)) from err
         except tf.errors.OpError as err:
             raise _trace_error(op, target, inputs, err, ValueError) from err
-    values = {name: np.asarray(v) for name, v in zip(holder["names"], result["fetch"])}
+        except (AttributeError, NotImplementedError) as err:
+            raise _untraceable_error(op, target, err) from err
+    values = {name: to_numpy(v) for name, v in zip(holder["names"], result["fetch"])}
     trace = Trace(holder["graph"], holder["ops"], values,
                   {"out": result["out"], "extra": result["extra"]})
     trace.graph_out, trace.graph_extra = holder["graph_out"], holder["graph_extra"]
     return trace
+
+
+def _untraceable_error(op, target, err):
+    """TypeError for a target whose Python body cannot run on symbolic (graph) tensors."""
+    text = str(err)
+    if isinstance(err, AttributeError) and "numpy" in text:
+        why = ("it calls .numpy() on a tensor, which only eager tensors have; inside a graph "
+               "use the tensor itself (or tf.py_function for code that needs NumPy values)")
+    elif isinstance(err, NotImplementedError) and "numpy" in text.lower():
+        why = ("it passes a tensor to a NumPy function, which needs concrete values; use the "
+               "TensorFlow op instead (tf.math.sin for np.sin, ...)")
+    else:
+        why = "its Python code does not run on symbolic tensors"
+    name = getattr(target, "__name__", type(target).__name__)
+    return TypeError(f"{op}: argument 'target' ({name}) cannot be traced to a graph: {why}. "
+                     f"Tracing raised {type(err).__name__}: {text}")
 
 
 def _trace_error(op, target, inputs, err, kind=TypeError):

@@ -75,6 +75,8 @@ def _exp_replacement(op):
             return "so.softplus"
     if op.outputs[0].dtype in _LOW_PRECISION:
         return "so.safe_exp, or so.promote to compute in float32"
+    if op.type == "Expm1":
+        return "so.safe_exp(x) - 1 (saturates instead of inf; equals expm1(x) for x > 17)"
     return "so.safe_exp"
 
 
@@ -116,6 +118,8 @@ def _log_replacement(op, trace):
         return "log-of-sum-exp", "so.reduce_logsumexp"
     if op.type == "Log1p" and src.type == "Exp":
         return "log-of-1-plus-exp", "so.softplus"
+    if op.type == "Log1p":
+        return None, "so.safe_log(1 + x) (floors 1 + x at the smallest normal number)"
     return None, "so.safe_log"
 
 
@@ -138,7 +142,9 @@ def rule_log(op, trace):
     if bad:
         sev, what = "high", f"inputs reach {'-1' if op.type == 'Log1p' else '0'}: -inf or NaN, infinite gradient"
     elif near:
-        sev, what = "high", f"inputs reach <= {edge}: the gradient 1/x overflows"
+        sev, what = "high", (f"inputs reach <= {edge} (within 10x of the smallest normal number): "
+                             "the next underflow gives -inf, and the gradient 1/x is so large that "
+                             "an upstream gradient of ~40 makes it overflow")
     elif pattern is not None:
         sev, what = "medium", "underflows to -inf as soon as the probability does"
     else:

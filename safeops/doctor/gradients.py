@@ -362,7 +362,7 @@ def explain_gradients(fn, variables, *inputs, verbose=True):
         if g is None:
             status.append("none")
             continue
-        g = np.asarray(tf.convert_to_tensor(g), np.float64)
+        g = _graph.to_numpy(tf.convert_to_tensor(g)).astype(np.float64)  # 0-d bfloat16 too
         status.append("non-finite" if not np.all(np.isfinite(g)) else
                       "zero" if not np.any(g) else None)
     issues = []
