@@ -26,6 +26,8 @@ __all__ = ["SPECS", "measure", "main"]
 
 _F32MAX = float(np.finfo(np.float32).max)
 _F64MAX = float(np.finfo(np.float64).max)
+_TINY = {"float32": float(np.finfo(np.float32).tiny), "float64": float(np.finfo(np.float64).tiny)}
+_MAX = {"float32": _F32MAX, "float64": _F64MAX}
 
 
 def _tfp():
@@ -48,6 +50,16 @@ def _mp_log1mexp(a):
     return mpmath.log1p(-mpmath.exp(-a))
 
 
+def _mp_safe_log(dtype):
+    """safe_log's documented function: log(max(x, smallest normal)); x <= 0 included."""
+    return lambda x: mpmath.log(max(x, _TINY[dtype]))
+
+
+def _mp_safe_exp(dtype):
+    """safe_exp's documented function: min(exp(x), largest finite) (saturates, never inf)."""
+    return lambda x: min(mpmath.exp(x), _MAX[dtype])
+
+
 # name: (arity, domains per dtype [(lo, hi)] per argument, mpmath fn, naive, tf op or None, safeops)
 SPECS = {
     "sqrt": (1, _dom([(0, _F32MAX)], [(0, _F64MAX)]), mpmath.sqrt,
@@ -57,9 +69,12 @@ SPECS = {
               lambda x, y: tf.sqrt(x * x + y * y), None, so.hypot),
     "log1m": (1, _dom([(-_F32MAX, 1.0)], [(-_F64MAX, 1.0)]), lambda x: mpmath.log1p(-x),
               lambda x: tf.math.log(1 - x), lambda x: tf.math.log1p(-x), so.log1m),
-    "safe_log": (1, _dom([(1.2e-38, _F32MAX)], [(2.3e-308, _F64MAX)]), mpmath.log,
+    # danger zones in the domains: 0 and subnormals for safe_log, beyond the
+    # overflow point (88.72 / 709.78) for safe_exp; references are the documented
+    # floored / saturated functions (float32 here, float64 in _MP_BY_DTYPE)
+    "safe_log": (1, _dom([(0.0, _F32MAX)], [(0.0, _F64MAX)]), _mp_safe_log("float32"),
                  tf.math.log, tf.math.log, so.safe_log),
-    "safe_exp": (1, _dom([(-104.0, 88.7)], [(-745.0, 709.7)]), mpmath.exp,
+    "safe_exp": (1, _dom([(-104.0, 1000.0)], [(-746.0, 10000.0)]), _mp_safe_exp("float32"),
                  tf.exp, tf.exp, so.safe_exp),
     "log1mexp": (1, _dom([(-_F32MAX, _F32MAX)], [(-_F64MAX, _F64MAX)]),
                  lambda x: _mp_log1mexp(abs(x)),
@@ -89,27 +104,51 @@ SPECS = {
 }
 
 
+_MP_BY_DTYPE = {("safe_log", "float64"): _mp_safe_log("float64"),
+                ("safe_exp", "float64"): _mp_safe_exp("float64")}
+# ops whose subnormal inputs are scored (the floor is the point of safe_log);
+# the others' are left out, see `inputs`
+_SUBNORMAL_INPUTS = {"safe_log"}
+
+
+def mp_reference(name, dtype):
+    """The mpmath function `name` is scored against for `dtype`."""
+    return _MP_BY_DTYPE.get((name, dtype), SPECS[name][2])
+
+
 def _normal(a, dtype):
     """True where `a` is 0, inf or a normal number (TF's CPU kernels flush subnormals)."""
     a = np.abs(np.asarray(a, dtype=np.float64))
     return (a == 0) | (a >= float(np.finfo(dtype).tiny))
 
 
-def inputs(name, dtype, n, seed=0):
-    """`n` sampled arguments of `name` for `dtype` (logsubexp: ordered x >= y).
-
-    Subnormal inputs are left out: TensorFlow's CPU kernels run with
-    flush-to-zero / denormals-are-zero, so no TF op (including `tf.sqrt`) sees
-    them; the comparison would measure the CPU mode, not the formula.
-    """
+def _sample(name, dtype, n, seed):
+    """(args, number of subnormal draws left out before the first n were kept)."""
     arity, domains = SPECS[name][0], SPECS[name][1][dtype]
     args = [testing.sample_floats(dtype, 2 * n, lo, hi, seed=seed + k)
             for k, (lo, hi) in enumerate(domains)][:arity]
-    keep = np.logical_and.reduce([_normal(a, dtype) for a in args])
-    args = [a[keep][:n] for a in args]
+    if name in _SUBNORMAL_INPUTS:
+        keep = np.ones(2 * n, bool)
+    else:
+        keep = np.logical_and.reduce([_normal(a, dtype) for a in args])
+    idx = np.flatnonzero(keep)[:n]
+    dropped = int(np.sum(~keep[:idx[-1] + 1])) if len(idx) else 0
+    args = [a[idx] for a in args]
     if name == "logsubexp":
         args = [np.maximum(args[0], args[1]), np.minimum(args[0], args[1])]
-    return args
+    return args, dropped
+
+
+def inputs(name, dtype, n, seed=0):
+    """`n` sampled arguments of `name` for `dtype` (logsubexp: ordered x >= y).
+
+    Subnormal inputs are left out (except for safe_log, whose floor is meant
+    for them): TensorFlow's CPU kernels run with flush-to-zero /
+    denormals-are-zero, so no TF op (including `tf.sqrt`) sees them; the
+    comparison would measure the CPU mode, not the formula. `measure` reports
+    how many draws were left out.
+    """
+    return _sample(name, dtype, n, seed)[0]
 
 
 def _bits(fn, args, ref, dtype, keep):
@@ -122,17 +161,31 @@ def _bits(fn, args, ref, dtype, keep):
 
 
 def measure(name, dtype, n=10000, seed=0):
-    """{"naive": (mean, max), "tf": (mean, max) | None, "safeops": (mean, max), "n": count}.
+    """Bits of error of the naive formula, the TF op and safeops on `n` inputs.
 
-    Inputs whose exact result is subnormal are not scored (flush-to-zero, as above).
+    Returns {"naive": (mean, max), "tf": (mean, max) | None, "safeops": (mean,
+    max), "n": scored count, "subnormal_inputs": draws left out by `inputs`,
+    "subnormal_results": inputs not scored in bits, "flush_error": the largest
+    |safeops - exact| on those, in units of the smallest normal number}.
+
+    Inputs whose exact result is subnormal are not scored in bits: TF's CPU
+    kernels flush such results to 0, which is up to 2**23 (float32) ulp away in
+    the subnormal range. They are checked instead in absolute terms: flushing
+    costs at most one smallest normal, so `flush_error` <= 1 is the bound.
     """
-    _, _, mp_fn, naive, tf_op, ours = SPECS[name]
-    args = inputs(name, dtype, n, seed)
-    ref = testing.reference(mp_fn, *args, dtype=dtype, dps=60)
+    _, _, _, naive, tf_op, ours = SPECS[name]
+    args, dropped = _sample(name, dtype, n, seed)
+    ref = testing.reference(mp_reference(name, dtype), *args, dtype=dtype, dps=60)
     keep = _normal(ref, dtype) | np.isnan(ref.astype(np.float64))
+    flush = 0.0
+    if not keep.all():
+        out = np.asarray(ours(*[tf.constant(a) for a in args]), np.float64)[~keep]
+        flush = float(np.max(np.abs(out - ref[~keep].astype(np.float64)))) / _TINY[dtype]
     return {"naive": _bits(naive, args, ref, dtype, keep),
             "tf": _bits(tf_op, args, ref, dtype, keep) if tf_op is not None else None,
-            "safeops": _bits(ours, args, ref, dtype, keep), "n": int(keep.sum())}
+            "safeops": _bits(ours, args, ref, dtype, keep), "n": int(keep.sum()),
+            "subnormal_inputs": dropped, "subnormal_results": int((~keep).sum()),
+            "flush_error": flush}
 
 
 def _fmt(v):
@@ -140,13 +193,15 @@ def _fmt(v):
 
 
 def table(n=10000, names=None, log=print):
-    rows = ["| op | dtype | naive mean / max | TF mean / max | safeops mean / max |",
-            "|---|---|---|---|---|"]
+    rows = ["| op | dtype | naive mean / max | TF mean / max | safeops mean / max | "
+            "subnormal inputs / results left out |",
+            "|---|---|---|---|---|---|"]
     for name in names or SPECS:
         for dtype in ("float32", "float64"):
             r = measure(name, dtype, n)
             rows.append(f"| {name} | {dtype} | {_fmt(r['naive'])} | {_fmt(r['tf'])} | "
-                        f"{_fmt(r['safeops'])} |")
+                        f"{_fmt(r['safeops'])} | {r['subnormal_inputs']} / "
+                        f"{r['subnormal_results']} |")
             log(rows[-1])
     return "\n".join(rows)
 
@@ -164,7 +219,7 @@ def main(argv):
             names = a[7:].split(",")
     md = table(n, names, log=lambda s: print(s, file=sys.stderr))
     header = (f"Bits of error (Herbie's metric, mean / max over {n} inputs sampled uniformly "
-              f"over bit patterns, subnormal inputs and results left out because TF's CPU kernels flush them to zero; mpmath at 60 digits). TF {tf.__version__}; TF column: the TF "
+              f"over bit patterns, subnormal inputs (except for safe_log) and subnormal results left out of the bits because TF's CPU kernels flush them to zero, counted in the last column; mpmath at 60 digits; safe_log and safe_exp scored against their floored / saturated definitions). TF {tf.__version__}; TF column: the TF "
               f"op, TFP's for log1mexp, logsubexp, softplus_inverse, log_cosh; reduce_logsumexp "
               f"of a 2-row stack for logaddexp.\n\n")
     print(header + md)

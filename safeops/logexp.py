@@ -167,11 +167,11 @@ def _logaddexp(x, y):
     out = tf.where(eq, cx + _LN2, tf.maximum(cx, cy) + tf.math.log1p(ed))
 
     def grad(g):
-        # sigmoid(x - y) and sigmoid(y - x) from one e = exp(-|x - y|), no cancellation
-        dxy = cx - cy
-        e = tf.exp(-tf.abs(dxy))
-        big, small = 1.0 / (1.0 + e), e / (1.0 + e)
-        pos = dxy >= 0
+        # sigmoid(x - y) and sigmoid(y - x) from the forward's ed = exp(-|x - y|)
+        # (float64: with the exact difference, else exp(-|d|) is off by ~|d|/2 ulp)
+        big = 1.0 / (1.0 + ed)
+        small = ed * big
+        pos = cx >= cy
         half = tf.constant(0.5, cx.dtype)
         gx = tf.where(eq, half, tf.where(pos, big, small))
         gy = tf.where(eq, half, tf.where(pos, small, big))
@@ -250,8 +250,19 @@ def _logsubexp(x, y):
 
     def grad(g):
         ninf = tf.math.is_inf(cy) & (cy < 0)
-        gx = tf.where(ninf, tf.ones_like(cx), -1.0 / tf.math.expm1(-d))
-        gy = tf.where(ninf, tf.zeros_like(cx), -1.0 / tf.math.expm1(d))
+        gx = -1.0 / tf.math.expm1(-d)
+        gy = -1.0 / tf.math.expm1(d)
+        if x.dtype == tf.float64:
+            # first-order correction for the rounding of d = x - y (d + e exact):
+            # exp(+-d) amplifies it to ~|d| / 2 ulp (250 ulp at |d| ~ 500).
+            # 1/expm1(d + e) = (1/expm1(d)) (1 - e (1 + 1/expm1(d))), and the same
+            # for -d; NaN/inf corrections (d = 0, infinite inputs) keep gx, gy.
+            cgx = gx * (1.0 - e * (gx - 1.0))
+            cgy = gy * (1.0 - e * (1.0 - gy))
+            gx = tf.where(tf.math.is_finite(cgx), cgx, gx)
+            gy = tf.where(tf.math.is_finite(cgy), cgy, gy)
+        gx = tf.where(ninf, tf.ones_like(cx), gx)
+        gy = tf.where(ninf, tf.zeros_like(cx), gy)
         gx = tf.cast(saturate(gx, x.dtype), x.dtype)
         gy = tf.cast(saturate(gy, y.dtype), y.dtype)
         return _unbroadcast(g * gx, x), _unbroadcast(g * gy, y)

@@ -210,13 +210,24 @@ def safe_log(x, eps=None, name=None):
     """
     with tf.name_scope(name or "safe_log"):
         x = convert("safeops.safe_log", "x", x)
+        cdt = _native(x).dtype
         if eps is None:
             eps = tiny(x.dtype)
-        elif isinstance(eps, (int, float)) and not eps > 0:
-            raise ValueError(f"safeops.safe_log: argument 'eps' must be > 0; got {eps}")
-        # the gradient 1/x <= 1/eps needs saturating only for a subnormal eps
-        sat = not (isinstance(eps, float) and eps >= tiny(x.dtype))
-        return _safe_log(x, tf.cast(eps, _native(x).dtype), sat)
+        if isinstance(eps, (int, float)):
+            if not eps > 0:
+                raise ValueError(f"safeops.safe_log: argument 'eps' must be > 0; got {eps}")
+            # TF's CPU kernels flush subnormals to 0 (log would be -inf again):
+            # a subnormal floor is raised to the smallest normal number
+            eps = max(float(eps), tiny(cdt))
+            # the gradient 1/x <= 1/eps needs saturating only if 1/eps overflows
+            sat = 1.0 / eps > max_finite(x.dtype)
+            # straight to the compute dtype: tf.cast(1e-300, float64) would first
+            # make a float32 tensor and flush the floor to 0
+            eps = tf.constant(eps, cdt)
+        else:
+            sat = True
+            eps = tf.cast(eps, cdt)
+        return _safe_log(x, eps, sat)
 
 
 def _safe_log(x, eps, sat=True):
