@@ -50,6 +50,7 @@ def test_matches_reference(name, dtype):
 
 
 F32MAX = float(np.finfo(np.float32).max)
+TINY32 = float(np.finfo(np.float32).tiny)  # 2**-126, exactly
 
 # mpmath partial derivatives, with the domain (per dtype) they are sampled on;
 # the derivative there must be finite in the dtype.
@@ -263,22 +264,145 @@ def test_issue_examples():
     assert so.logsubexp(1000.0, 999.0).numpy() == pytest.approx(1000 + math.log1p(-math.exp(-1)))
 
 
-# DEBAR's unsafe ops at their float32 danger zone (table in docs/unsafe_ops.md)
-def test_debar_danger_zones():
+@pytest.mark.parametrize("mode", ["eager", "function", "jit"])
+def test_safe_log_float64_floor(mode):
+    # float64 floor: the smallest normal 2.2e-308 (and a user eps of 1e-300)
+    # must reach the kernel as float64 (a float32 round trip made it 0: -inf
+    # value, inf gradient).
+    tiny64 = float(np.finfo(np.float64).tiny)
+    x = tf.constant([0.0, -1.0, 1e-310, tiny64, 1e-300, 2.0], tf.float64)
+
+    def f(x):
+        with tf.GradientTape(persistent=True) as t:
+            t.watch(x)
+            y = so.safe_log(x), so.safe_log(x, eps=1e-300)
+        return y, t.gradient(y[0], x), t.gradient(y[1], x)
+    if mode != "eager":
+        f = tf.function(f, jit_compile=mode == "jit")
+    (y, y300), g, g300 = [[v.numpy() for v in r] if isinstance(r, tuple) else r.numpy()
+                          for r in f(x)]
+    ref = np.log(np.maximum(x.numpy(), tiny64))  # exact x; numpy's log <= 1 ulp
+    assert np.max(testing.ulp_distance(y, ref, "float64")) <= 1
+    assert y[0] == y[1] == y[2] == np.float64(math.log(tiny64))  # -708.3964...
+    ref300 = np.log(np.maximum(x.numpy(), 1e-300))
+    assert np.max(testing.ulp_distance(y300, ref300, "float64")) <= 1
+    # gradient: 0 below the floor, 1/x at and above it (1/tiny64 = 4.5e307 is finite)
+    np.testing.assert_array_equal(g[:3], 0.0)
+    np.testing.assert_array_equal(g[3:], 1.0 / x.numpy()[3:])
+    np.testing.assert_array_equal(g300[:4], 0.0)
+    np.testing.assert_array_equal(g300[4:], 1.0 / x.numpy()[4:])
+
+
+def test_safe_log_subnormal_eps_raised():
+    # a subnormal floor would be flushed to 0 by the CPU kernels: raised to tiny
+    for dt, e in [(tf.float32, 1e-40), (tf.float64, 1e-310)]:
+        tiny = float(np.finfo(dt.as_numpy_dtype).tiny)
+        out = so.safe_log(tf.constant([0.0], dt), eps=e).numpy()
+        assert out[0] == np.log(np.array(tiny, dt.as_numpy_dtype))
+
+
+# DEBAR's unsafe ops at their float32 danger zone (table in docs/unsafe_ops.md):
+# each row's TF op fails there, and the safeops alternative is finite and
+# correct there (against float64 / mpmath, within the alternative's bound).
+def _ulp32(actual, ref):
+    return np.max(testing.ulp_distance(np.asarray(actual), ref, "float32"))
+
+
+def _mp32(fn, x):
+    return testing.reference(fn, np.asarray(x, np.float32), dtype="float32")
+
+
+def test_debar_log():
+    x = np.float32([1e-37, 1e-38, 1e-40, 1e-45, 0.0, -1.0])
+    tfl = tf.math.log(x).numpy()
+    assert not np.any(np.isfinite(tfl[4:]))                       # -inf / NaN
+    assert abs(tfl[2] - math.log(1e-40)) > 10                     # subnormal: -104, not -92
+    assert np.all(np.isinf(_grad(tf.math.log, x)[0][2:5]))        # 1/x overflows
+    # safe_log = log(max(x, tiny)), <= 1 ulp (docstring bound)
+    assert _ulp32(so.safe_log(x), _mp32(lambda v: mpmath.log(max(v, TINY32)), x)) <= 1
+    g = _grad(so.safe_log, x)[0]
+    assert np.all(np.isfinite(g)) and g[0] == np.float32(1 / np.float32(1e-37))
+
+
+def test_debar_exp():
     big = np.finfo(np.float32).max
-    x = tf.constant([88.8, 100.0, 1e30])
-    assert np.all(np.isinf(tf.exp(x).numpy()))                      # Exp
-    assert np.all(so.safe_exp(x).numpy() == big)
-    tiny = tf.constant([1e-38, 1e-45, 0.0])
-    assert np.all(np.isneginf(tf.math.log(tiny[2:]).numpy()))       # Log
-    assert np.all(np.isfinite(so.safe_log(tiny).numpy()))
-    assert np.all(np.isfinite(_grad(so.safe_log, tiny.numpy())[0]))
-    assert np.isinf(_grad(tf.sqrt, 0.0)[0])                          # Sqrt
-    assert np.isfinite(_grad(so.sqrt, 0.0)[0])
-    assert np.isinf(tf.math.rsqrt(0.0).numpy())                      # Rsqrt -> so.norm/so.hypot
-    assert np.isinf(tf.math.expm1(89.0).numpy())                     # Expm1 -> so.safe_exp(x) - 1
-    assert np.isfinite(so.safe_exp(89.0).numpy() - 1.0)
-    assert np.isneginf(tf.math.log1p(-1.0).numpy())                  # Log1p(-x) -> so.log1m
+    x = np.float32([88.72, 88.73, 88.8, 100.0, 1e30])
+    assert np.all(np.isinf(tf.exp(x[1:]).numpy()))
+    assert np.all(np.isinf(_grad(tf.exp, x[1:])[0]))
+    y = so.safe_exp(x).numpy()
+    # exp(88.72) = 3.38e38 is finite: 1 ulp; beyond the overflow point exactly max
+    assert _ulp32(y[:1], _mp32(mpmath.exp, x[:1])) <= 1 and np.all(y[1:] == big)
+    g = _grad(so.safe_exp, x)[0]
+    assert _ulp32(g[:1], _mp32(mpmath.exp, x[:1])) <= 1 and np.all(g[1:] == 0.0)
+
+
+def test_debar_realdiv_and_reciprocal():
+    big = np.finfo(np.float32).max
+    y = np.float32([0.0, 1e-39, -1e-39, 1e-38, 2.9e-39])
+    one = np.ones_like(y)
+    assert not np.any(np.isfinite(tf.math.divide(one, y).numpy()))        # RealDiv
+    assert not np.any(np.isfinite(tf.math.reciprocal(y).numpy()))         # Reciprocal
+    assert not np.isfinite(tf.math.divide(np.float32(1e30), np.float32(1e-30)).numpy())
+    for out in [so.safe_divide(one, y).numpy(), so.safe_reciprocal(y).numpy()]:
+        assert np.all(np.isfinite(out))
+        # |y| < tiny is floored to sign(y) * tiny: 1 / tiny = 8.5e37, correctly rounded
+        ref = _mp32(lambda v: 1 / (mpmath.sign(v) or 1) / max(abs(v), TINY32), y)
+        assert _ulp32(out, ref) <= 0.5
+    assert so.safe_divide(np.float32(1e30), np.float32(1e-30)).numpy() == big  # saturates
+    assert np.all(np.isfinite(_grad(so.safe_divide, one, y)[1]))
+
+
+def test_debar_sqrt_and_rsqrt():
+    x = np.float32([0.0, 1e-30, 4.0])
+    assert np.isinf(_grad(tf.sqrt, x)[0][0])                              # Sqrt
+    g = _grad(so.sqrt, x)[0]
+    assert g[0] == 0.0 and _ulp32(g[1:], _mp32(lambda v: 1 / (2 * mpmath.sqrt(v)), x[1:])) <= 1
+    assert so.sqrt(x).numpy()[0] == 0.0
+    assert np.isinf(tf.math.rsqrt(x).numpy()[0])                          # Rsqrt
+    assert np.isinf(_grad(tf.math.rsqrt, x)[0][0])
+
+    def rsqrt(v):
+        return so.safe_reciprocal(so.sqrt(v))
+    out = rsqrt(x).numpy()
+    assert np.all(np.isfinite(out)) and out[0] == np.float32(1 / np.finfo(np.float32).tiny)
+    # sqrt (0.5 ulp) then reciprocal (0.5 ulp): <= 2 ulp of 1/sqrt(x)
+    assert _ulp32(out[1:], _mp32(lambda v: 1 / mpmath.sqrt(v), x[1:])) <= 2
+    # gradient -x**-1.5 / 2: 0 at the floor, finite where the true value is
+    # (at 1e-30 it is -5e44, beyond float32)
+    x = np.float32([0.0, 1e-20, 4.0])
+    g = _grad(rsqrt, x)[0]
+    assert g[0] == 0.0 and _ulp32(g[1:], _mp32(lambda v: -0.5 * v ** -1.5, x[1:])) <= 4
+
+
+def test_debar_expm1():
+    big = np.finfo(np.float32).max
+    x = np.float32([88.73, 89.0, 100.0])
+    assert np.all(np.isinf(tf.math.expm1(x).numpy()))                    # Expm1
+    assert np.all(so.safe_exp(x).numpy() - 1.0 == big)
+    # in log space: log(expm1(x)) = softplus_inverse(x), <= 1 ulp, finite
+    ref = _mp32(lambda v: mpmath.log(mpmath.expm1(v)), x)
+    assert _ulp32(so.softplus_inverse(x), ref) <= 1
+    assert np.all(np.isfinite(_grad(so.softplus_inverse, x)[0]))
+
+
+def test_debar_log1p():
+    big = np.finfo(np.float32).max
+    x = np.float32([-1.0, -1.0 + 2.0**-24, -0.5])
+    assert np.isneginf(tf.math.log1p(x).numpy()[0])                       # Log1p
+    assert np.isnan(tf.math.log1p(np.float32(-2.0)).numpy())
+    assert np.isinf(_grad(tf.math.log1p, x)[0][0])
+    # so.log1m(-x) = log1p(x): the value at -1 is the true -inf, but the gradient
+    # is finite (saturated at +max) and the values near -1 are <= 1 ulp (~1 ulp
+    # bound of TF's log1p, measured 1.6 bits)
+    y = so.log1m(-x).numpy()
+    assert np.isneginf(y[0])
+    assert _ulp32(y[1:], _mp32(mpmath.log1p, x[1:])) <= 2
+    g = _grad(lambda v: so.log1m(-v), x)[0]
+    assert g[0] == big and np.all(np.isfinite(g))
+    # a finite value at and below -1: the floored log of 1 + x
+    assert np.all(np.isfinite(so.safe_log(1.0 + np.float32([-1.0, -2.0])).numpy()))
+
+
+def test_issue_examples_log1m():
     assert so.log1m(1e-10).numpy() == pytest.approx(-1e-10)
     assert tf.math.log(1.0 - 1e-10).numpy() == 0.0
-    assert np.isfinite(_grad(so.log1m, 1.0)[0])
