@@ -121,11 +121,15 @@ def _softmax_fwd(x, axis):
     _, _, _, e, _, _, _ = _terms(tf.cast(x, c), axis, acc, need_s=False)
     # e / sum(e): the sum includes the max entries' exact 1s, so no exclusion is needed
     total = _row_sum(e, axis, acc)
-    p = e / tf.cast(tf.where(tf.equal(total, 0), tf.ones_like(total), total), c)  # masked: 0
-    return tf.cast(p, x.dtype), p
+    total = tf.where(tf.equal(total, 0), tf.ones_like(total), total)  # masked rows: p = 0
+    p = e / tf.cast(total, c)
+    return tf.cast(p, x.dtype), e, total
 
 
-def _softmax_bwd(g, p, axis):
+def _softmax_bwd(g, e, total, axis):
+    # in the accumulation dtype (float32 inputs: float64), from e and the sum, so the
+    # product p_i p_j carries only the exp errors of e_i and e_j
+    p = tf.cast(e, total.dtype) / total
     # p * (g - sum(g p)) written as p * ((g - c) - sum((g - c) p)) with c = g at a
     # largest p: the derivative p_max (1 - p_max) of a dominant entry does not cancel
     g = tf.cast(g, p.dtype)
@@ -179,10 +183,10 @@ def _logsumexp_keep(x, axis):
 def _softmax(x, axis):
     @tf.custom_gradient
     def inner(x):
-        out, p = _call(_softmax_fwd, x.dtype, x, axis)
+        out, e, total = _call(_softmax_fwd, x.dtype, x, axis)
 
         def grad(g):
-            return tf.cast(_call(_softmax_bwd, x.dtype, g, p, axis), x.dtype)
+            return tf.cast(_call(_softmax_bwd, x.dtype, g, e, total, axis), x.dtype)
 
         return out, grad
 

@@ -1,5 +1,7 @@
 """Tests for safeops.softmax: masked rows, +inf, accuracy vs mpmath, gradients, modes, dtypes."""
 
+import math
+
 import mpmath
 import numpy as np
 import pytest
@@ -119,3 +121,149 @@ def test_bad_input_raises():
     assert np.isnan(so.softmax([np.nan, 1.0]).numpy()).all()
     assert np.isnan(so.log_softmax([np.nan, 1.0]).numpy()).all()
     assert np.isnan(so.reduce_logsumexp([np.nan, 1.0]).numpy())
+
+
+# --- issue 5: bits of error (Herbie's metric) against mpmath, mean <= 0.5 and max <= 2 ------
+
+_DOMAIN = {"float32": 100.0, "float64": 1e4}  # past exp's overflow: the naive formulas fail
+
+
+def _lse_mp(*v):
+    return mpmath.log(mpmath.fsum(mpmath.exp(t) for t in v))
+
+
+def _ls_mp(j):
+    """log_softmax_j as -log1p(sum over i != j of exp(v_i - v_j)): no cancellation, at
+    60 digits, when the entry dominates (v_j - logsumexp(v) would round to 0)."""
+    def f(*v):
+        return -mpmath.log1p(mpmath.fsum(mpmath.exp(t - v[j]) for i, t in enumerate(v) if i != j))
+    return f
+
+
+def _bits_rows(dtype, n):
+    rows = testing.sample_floats(dtype, 4 * n, -_DOMAIN[dtype], _DOMAIN[dtype], seed=5)
+    rows = rows.reshape(n, 4)
+    normal = np.abs(rows.astype(np.float64)) >= np.finfo(dtype).tiny
+    return rows[(normal | (rows == 0)).all(axis=1)]  # TF's CPU kernels flush subnormal inputs
+
+
+def _bits(out, ref, dtype):
+    ref64 = ref.astype(np.float64)
+    keep = (np.abs(ref64) >= np.finfo(dtype).tiny) | (ref64 == 0)  # flushed results not scored
+    return testing.bits_of_error(np.asarray(out)[keep], ref[keep], dtype)
+
+
+def _check_bits(dtype, n):
+    rows = _bits_rows(dtype, n)
+    cols = rows.T
+    lse = testing.reference(_lse_mp, *cols, dtype=dtype)
+    ls = np.stack([testing.reference(_ls_mp(j), *cols, dtype=dtype) for j in range(4)], 1)
+    sm = np.stack([testing.reference(lambda *v, j=j: mpmath.exp(_ls_mp(j)(*v)), *cols,
+                                     dtype=dtype) for j in range(4)], 1)
+    x = tf.constant(rows)
+    e = tf.exp(x)
+    cases = {  # op: (ours, naive formula, reference)
+        "reduce_logsumexp": (so.reduce_logsumexp(x, axis=1),
+                             tf.math.log(tf.reduce_sum(e, axis=1)), lse),
+        "log_softmax": (so.log_softmax(x), tf.math.log(tf.nn.softmax(x)), ls),
+        "softmax": (so.softmax(x), e / tf.reduce_sum(e, axis=1, keepdims=True), sm),
+    }
+    for name, (ours, naive, ref) in cases.items():
+        b = _bits(ours, ref, dtype)
+        assert b.mean() <= 0.5 and b.max() <= 2, (name, b.mean(), b.max())   # issue 5's bound
+        nb = _bits(naive, ref, dtype)
+        assert nb.mean() > 0.5 or nb.max() > 2, (name, "naive passes")       # the check bites
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_bits_of_error(dtype):
+    _check_bits(dtype, 2000)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_bits_of_error_10000(dtype):
+    _check_bits(dtype, 10000)
+
+
+def test_bits_of_error_in_graph():
+    # the graph path is a separate (XLA-fused) implementation: same bound
+    rows = _bits_rows("float32", 1000)
+    ls = testing.reference(_ls_mp(0), *rows.T, dtype="float32")
+    out = tf.function(so.log_softmax)(tf.constant(rows)).numpy()[:, 0]
+    b = _bits(out, ls, "float32")
+    assert b.mean() <= 0.5 and b.max() <= 2
+    assert float(so.log_softmax([[20.0, 0.0, 0.0, 0.0]])[0, 0]) == pytest.approx(
+        -3 * math.exp(-20), rel=1e-7)
+    assert float(tf.nn.log_softmax([[20.0, 0.0, 0.0, 0.0]])[0, 0]) == 0.0  # TF's kernel
+
+
+def test_logsumexp_long_row_compensated():
+    # 2**17 float64 terms of 64 distinct values in random order: the exact result is
+    # log(sum_v count_v exp(v)) from 64 mpmath exps. A max entry of 0 keeps the result
+    # small (~4e-3), so the relative error of the inner sum shows up in full.
+    rng = np.random.default_rng(3)
+    vals = rng.uniform(-30.0, -10.0, 64)
+    x = np.concatenate([[0.0], rng.choice(vals, 2**17)])
+    rng.shuffle(x)
+    counts = {v: int(np.sum(x == v)) for v in vals}
+    with mpmath.workdps(60):
+        exact = mpmath.log1p(mpmath.fsum(c * mpmath.exp(mpmath.mpf(float(v)))
+                                         for v, c in counts.items()))
+    ref = testing.round_to_dtype(np.array([exact], object), "float64")[0]
+    ours = float(so.reduce_logsumexp(tf.constant(x)))
+    # documented bound: relative error <= 2 eps with the compensated sum -> <= 2 ulp
+    assert testing.ulp_distance(ours, ref, "float64") <= 2
+    e = tf.exp(tf.constant(x))  # the same formula with TF's plain sum fails that bound
+    m = np.max(x)
+    plain = float(m + tf.math.log1p(tf.reduce_sum(e) - 1.0))
+    assert testing.ulp_distance(plain, ref, "float64") > 2
+
+
+# --- issue 5: gradients against the mpmath derivative, 4 ulp --------------------------------
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_gradient_matches_mpmath(dtype):
+    rows = testing.sample_floats(dtype, 4 * 400, -40, 40, seed=7).reshape(400, 4)
+    rows = rows[(np.abs(rows) >= np.finfo(dtype).tiny).all(axis=1)]  # TF flushes subnormals
+    x = tf.constant(rows)
+    assert len(rows) > 100
+    cols = rows.T
+    # reduce_logsumexp: d/dx_j = softmax_j; softmax: d p_0 / d x_j = p_0 (delta_0j - p_j)
+    d_lse = np.stack([testing.reference(lambda *v, j=j: mpmath.exp(_ls_mp(j)(*v)), *cols,
+                                        dtype=dtype) for j in range(4)], 1)
+
+    def dsm(j):
+        def f(*v):
+            p = [mpmath.exp(_ls_mp(i)(*v)) for i in range(4)]
+            if j == 0:  # p_0 (1 - p_0), with 1 - p_0 summed, not cancelled
+                return p[0] * mpmath.fsum(p[1:])
+            return -p[0] * p[j]
+        return f
+
+    d_sm = np.stack([testing.reference(dsm(j), *cols, dtype=dtype) for j in range(4)], 1)
+    for fn, ref in [(lambda v: so.reduce_logsumexp(v, axis=1), d_lse),
+                    (lambda v: so.softmax(v)[:, 0], d_sm)]:
+        for run in (lambda f: f(), lambda f: tf.function(f)()):
+            def grad():
+                with tf.GradientTape() as t:
+                    t.watch(x)
+                    y = fn(x)
+                return t.gradient(y, x)
+            g = np.asarray(run(grad))
+            r64 = ref.astype(np.float64)
+            keep = np.isfinite(r64) & ((np.abs(r64) >= np.finfo(dtype).tiny) | (r64 == 0))
+            assert np.max(testing.ulp_distance(g[keep], ref[keep], dtype)) <= 4
+
+
+def test_bad_input_raises_names_op_and_argument():
+    with pytest.raises(TypeError, match=r"safeops\.reduce_logsumexp.*input_tensor"):
+        so.reduce_logsumexp(tf.constant([1, 2]))
+    with pytest.raises(TypeError, match=r"safeops\.log_softmax.*logits"):
+        so.log_softmax(tf.constant([1, 2]))
+    with pytest.raises(TypeError, match=r"safeops\.softmax.*logits"):
+        so.softmax(tf.constant([1, 2]))
+    with pytest.raises(ValueError, match=r"safeops\.softmax.*axis.*\(2, 3\)"):
+        so.softmax(tf.zeros([2, 3]), axis=2)
+    with pytest.raises(ValueError, match=r"safeops\.log_softmax.*axis"):
+        so.log_softmax(tf.zeros([2, 3]), axis=-3)
