@@ -4,7 +4,8 @@ Differentiable stand-ins for step functions, clipping, ``|x|`` and ``max``.
 Precision rule (as the rest of safeops): float16/bfloat16 are computed in
 float32 and float32 in float64, rounded once (<= 1 ulp on well-conditioned
 input); float64 is computed natively (<= 4 ulp, bounds per op). Output dtype =
-input dtype.
+input dtype. None of these ops guards NaN: NaN in x (or in a bound,
+temperature or eps) gives NaN.
 """
 
 import tensorflow as tf
@@ -92,10 +93,19 @@ def soft_clip(x, lo, hi, sharpness=1.0, name=None):
     Computed one precision up for float16/bfloat16/float32 (<= 1 ulp on
     well-conditioned input); float64 natively (<= 4 ulp away from lo, hi = 0).
 
-    Gradient: ``sigmoid(s (hi - x)) - sigmoid(s (lo - x)) > 0`` everywhere in
-    exact arithmetic; in floating point it underflows to 0 only when ``s * dist(x,
-    [lo, hi])`` exceeds ~87 (float32) or ~708 (float64). Gradients w.r.t. lo and
-    hi by automatic differentiation.
+    Gradient: ``sigmoid(s (hi - x)) - sigmoid(s (lo - x))``, > 0 everywhere in
+    exact arithmetic and computed by automatic differentiation in the working
+    precision (float32 / float64 for the low-precision dtypes / float32), then
+    rounded to x's dtype. Outside [lo, hi] it decays like ``exp(-s * dist(x,
+    [lo, hi]))``, so it is **0** exactly where its exact value is below the
+    smallest normal number `tiny` of x's dtype (TF on CPU flushes subnormals;
+    elsewhere a subnormal may remain): for ``hi - lo >> 1 / s`` that is ``s *
+    dist > -log(tiny)``: ~9.7 (float16), ~87.3 (bfloat16, float32), ~708.4
+    (float64). Wherever the exact gradient is >= `tiny` the computed one is >
+    0. No formulation avoids this: any bounded increasing function has an
+    average slope of at most ``(hi - lo) / (max - hi)`` between hi and the
+    dtype's largest value, which is ~1e-38 in float32 for ``hi - lo = 1``.
+    Gradients w.r.t. lo and hi by automatic differentiation.
 
     dtypes: float16, bfloat16, float32, float64; lo, hi converted to x's dtype.
 
@@ -184,9 +194,11 @@ def _soft_max(x, y, t):
 
     @tf.custom_gradient
     def fwd(x, y):
-        d = x - y
+        # x == y (also both +inf or both -inf, where x - y is NaN) counts as
+        # d = 0: the value max + T log 2 (+-inf for infinities), gradients 0.5.
+        d = tf.where(tf.equal(x, y), tf.zeros_like(x), x - y)
         out = tf.where(d >= 0, x, y) + t * tf.math.softplus(-tf.abs(d) / t)
-        out = tf.where(tf.math.is_nan(d), d, out)
+        out = tf.where(tf.math.is_nan(d), d, out)  # NaN in x or y
 
         def grad(g):
             wx = tf.sigmoid(d / t)
@@ -220,7 +232,9 @@ def soft_maximum(x, y, temperature=1.0, name=None):
     exactly the max. Between ``max(x, y)`` and ``max(x, y) + T log 2``.
     Computed one precision up for float16/bfloat16/float32 (<= 1 ulp);
     float64 natively: ``|err| <= 2 u |max| + 2 u T log 2`` (<= 4 ulp unless
-    the max is negative and cancels against the softplus term).
+    the max is negative and cancels against the softplus term). Equal
+    infinities give that infinity (``max(inf, inf) = inf``); NaN in x or y
+    gives NaN.
 
     Gradient: ``sigmoid((x - y) / T)`` w.r.t. x and ``sigmoid((y - x) / T)``
     w.r.t. y (sum 1; exactly 0.5 each at x == y, where `tf.maximum` gives 1/0).

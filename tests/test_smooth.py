@@ -1,5 +1,6 @@
 """Tests of safeops.smooth: smooth_step, soft_clip, soft_abs, soft_maximum, soft_minimum."""
 
+import ml_dtypes
 import mpmath
 import numpy as np
 import pytest
@@ -12,6 +13,26 @@ from safeops import testing
 
 # Documented bounds: <= 1 ulp where computed one precision up, <= 4 ulp in float64.
 BOUND = [(tf.float16, 1), (tf.bfloat16, 1), (tf.float32, 1), (tf.float64, 4)]
+FLOATS = [tf.float16, tf.bfloat16, tf.float32, tf.float64]
+
+
+def _specials(dtype):
+    """0, -0, the smallest subnormal, the smallest normal, 1 and the largest value, both signs."""
+    info = ml_dtypes.finfo(tf.as_dtype(dtype).as_numpy_dtype)
+    v = [0.0, float(info.smallest_subnormal), float(info.tiny), 1.0, float(info.max)]
+    return v + [-a for a in v]
+
+
+def _extreme_floats(dtype, max_size=24):
+    """Hypothesis arrays of `dtype`: any finite value (hypothesis favours 0,
+    subnormals and +-max), followed by every special value of `_specials`."""
+    np_t = tf.as_dtype(dtype).as_numpy_dtype
+    big = float(tf.as_dtype(dtype).max)
+    width = {tf.float16: 16, tf.bfloat16: 32, tf.float32: 32, tf.float64: 64}[dtype]
+    elem = st.floats(width=width, allow_nan=False, allow_infinity=False)
+    # bfloat16: float32 values rounded, with those beyond bfloat16's max clamped to it
+    return st.lists(elem, min_size=1, max_size=max_size).map(
+        lambda v: np.clip(np.array(v + _specials(dtype), np.float64), -big, big).astype(np_t))
 
 
 def _grads(fn, *xs):
@@ -220,35 +241,170 @@ _OPS = {
     "soft_abs": lambda v: so.soft_abs(v, eps=1e-3),
     "soft_maximum": lambda v: so.soft_maximum(v, tf.reverse(v, [0])),
     "soft_minimum": lambda v: so.soft_minimum(v, tf.reverse(v, [0])),
+    # branches scaled by 1/4: the exact x-gradient, at most (|a| + |b|) / (4 T),
+    # is then representable (the documented condition for a finite gradient)
+    "smooth_where": lambda v: so.smooth_where(v, 0.5, 0.25 * v, 0.25 * tf.reverse(v, [0])),
 }
 
 
-@settings(max_examples=10, deadline=None)
-@given(seed=st.integers(0, 2**30), dtype=st.sampled_from([tf.float32, tf.float64, tf.float16]))
-def test_no_nan_gradients(seed, dtype):
-    big = float(tf.as_dtype(dtype).max)
-    x = testing.sample_floats(dtype, 64, -big, big, seed=seed)
-    x[:4] = [0.0, -0.0, big, -big]
+@settings(max_examples=20, deadline=None)
+@given(data=st.data(), dtype=st.sampled_from(FLOATS))
+def test_no_nan_gradients(data, dtype):
+    # Values drawn by hypothesis over the whole finite range of the dtype,
+    # always including 0, subnormals, the smallest normal and +-max.
+    x = data.draw(_extreme_floats(dtype), label="x")
     for name, fn in _OPS.items():
         try:
             testing.assert_finite_gradients(fn, x)
         except AssertionError as err:
-            raise AssertionError(f"{name}: {err}") from None
+            raise AssertionError(f"{name} {dtype.name}: {err}") from None
+    # the naive formulas the ops replace fail on the same inputs (x contains +-max)
+    naive = {
+        "logaddexp": lambda v: tf.math.log(tf.exp(v) + tf.exp(tf.reverse(v, [0]))),
+        "sqrt(x**2 + eps**2) - eps": lambda v: tf.sqrt(v * v + 1e-6) - 1e-3,
+    }
+    for name, fn in naive.items():
+        with pytest.raises(AssertionError):
+            testing.assert_finite_gradients(fn, x)
 
 
 def test_execution_modes():
     x = tf.constant(np.linspace(-4.0, 4.0, 33), tf.float32)
-    for name, fn in _OPS.items():
-        def fwd_bwd(v, fn=fn):
+
+    def fwd_bwd(v):  # every op in one traced function: one compilation per mode
+        result = {}
+        for name, fn in _OPS.items():
             with tf.GradientTape() as tape:
                 tape.watch(v)
                 out = fn(v)
-            return out, tape.gradient(out, v)
-        modes = testing.run_modes(fwd_bwd, x)
-        for mode, (out, g) in modes.items():
+            result[name] = (out, tape.gradient(out, v))
+        return result
+
+    modes = {mode: res for mode, res in testing.run_modes(fwd_bwd, x).items()}
+    for name in _OPS:
+        for mode in modes:
+            out, g = modes[mode][name]
+            eager = modes["eager"][name]
             # float64 computations rounded once to float32; XLA's own exp/log1p may
             # differ from Eigen's by a few float64 ulp, which moves the float32
             # result by at most 1 ulp (or ~1e-16 absolute where it cancels to 0)
-            np.testing.assert_allclose(out, modes["eager"][0], rtol=2**-23, atol=1e-15,
+            np.testing.assert_allclose(out, eager[0], rtol=2**-23, atol=1e-15,
                                        err_msg=f"{name} {mode}")
-            np.testing.assert_allclose(g, modes["eager"][1], rtol=2**-23, err_msg=f"{name} {mode}")
+            np.testing.assert_allclose(g, eager[1], rtol=2**-23, err_msg=f"{name} {mode}")
+
+
+def test_nan_propagates():
+    # No op of safeops.smooth guards NaN: NaN in, NaN out (at that position only),
+    # in every execution mode.
+    nan = float("nan")
+    x = tf.constant([nan, -2.0, 0.3, 5.0], tf.float64)
+    y = tf.constant([1.0, nan, 0.2, 5.0], tf.float64)
+    # NaN at position 0 of x; the two-argument ops see it at both ends
+    # (v and reverse(v)), smooth_where in x and in both branches.
+    want = {name: [True, False, False, False] for name in _OPS}
+    for name in ("soft_maximum", "soft_minimum", "smooth_where"):
+        want[name] = [True, False, False, True]
+
+    def all_ops(v, w):
+        out = {name: fn(v) for name, fn in _OPS.items()}
+        out["soft_maximum_xy"] = so.soft_maximum(v, w)
+        out["soft_minimum_xy"] = so.soft_minimum(v, w)
+        out["smooth_where_branch"] = so.smooth_where(-w, 0.0, v, 1.0)  # NaN branch, weight ~1e-22
+        return out
+
+    want["soft_maximum_xy"] = want["soft_minimum_xy"] = [True, True, False, False]
+    want["smooth_where_branch"] = [True, True, False, False]  # 0 * NaN: documented
+    for mode, outs in testing.run_modes(all_ops, x, y).items():
+        for name, out in outs.items():
+            np.testing.assert_array_equal(np.isnan(out), want[name], err_msg=f"{name} {mode}")
+
+
+def test_soft_maximum_equal_infinities():
+    inf = np.inf
+    x = tf.constant([inf, -inf, inf, -inf])
+    y = tf.constant([inf, -inf, -inf, inf])
+    for name, fn, want in [("max", so.soft_maximum, [inf, -inf, inf, inf]),
+                           ("min", so.soft_minimum, [inf, -inf, -inf, -inf])]:
+        for mode, out in testing.run_modes(fn, x, y).items():
+            np.testing.assert_array_equal(out, want, err_msg=f"{name} {mode}")
+        np.testing.assert_array_equal(out, tf.maximum(x, y) if name == "max" else tf.minimum(x, y))
+    _, (gx, gy) = _grads(so.soft_maximum, x, y)
+    np.testing.assert_array_equal(gx, [0.5, 0.5, 1.0, 0.0])  # ties: 0.5 each, as at x == y
+    np.testing.assert_array_equal(gy, [0.5, 0.5, 0.0, 1.0])
+
+
+def test_dynamic_asserts_in_tf_function():
+    # Tensor arguments of unknown value: the check is a tf.debugging assert,
+    # which raises InvalidArgumentError naming the op and the argument.
+    x = tf.constant([-3.0, 0.5, 2.0])
+    spec = tf.TensorSpec([], tf.float32)
+    cases = [
+        ("safeops.soft_clip: need lo <= hi", lambda lo, hi: so.soft_clip(x, lo, hi), [spec, spec],
+         [(-1.0, 1.0), (0.0, 0.0)], [(1.0, -1.0)]),
+        ("safeops.soft_clip: argument 'sharpness' must be > 0",
+         lambda s: so.soft_clip(x, -1.0, 1.0, sharpness=s), [spec], [(2.0,)], [(0.0,), (-1.0,)]),
+        ("safeops.soft_abs: argument 'eps' must be > 0", lambda e: so.soft_abs(x, eps=e), [spec],
+         [(1e-3,)], [(0.0,), (-1e-3,)]),
+        ("safeops.soft_maximum: argument 'temperature' must be > 0",
+         lambda t: so.soft_maximum(x, 1.0, temperature=t), [spec], [(0.5,)], [(0.0,), (-2.0,)]),
+        ("safeops.soft_minimum: argument 'temperature' must be > 0",
+         lambda t: so.soft_minimum(x, 1.0, temperature=t), [spec], [(0.5,)], [(0.0,), (-2.0,)]),
+    ]
+    for message, fn, sig, good, bad in cases:
+        f = tf.function(fn, input_signature=sig)
+        for args in good:
+            assert np.all(np.isfinite(f(*[tf.constant(a) for a in args]).numpy())), message
+        for args in bad:
+            # TF's message escapes the quotes: argument \\'eps\\'
+            with pytest.raises(tf.errors.InvalidArgumentError, match=message.replace("'", r"\\?'")):
+                f(*[tf.constant(a) for a in args])
+
+
+def test_static_checks_of_negative_values():
+    with pytest.raises(ValueError, match="safeops.soft_abs: argument 'eps' must be > 0; got -0.001"):
+        so.soft_abs(1.0, eps=-1e-3)
+    with pytest.raises(ValueError, match="safeops.soft_abs: argument 'eps' must be > 0"):
+        so.soft_abs(1.0, eps=tf.constant(-2.0))
+    with pytest.raises(ValueError, match="safeops.soft_clip: argument 'sharpness' must be > 0"):
+        so.soft_clip(0.0, -1.0, 1.0, sharpness=-3.0)
+    with pytest.raises(ValueError, match="safeops.soft_minimum: argument 'temperature'"):
+        so.soft_minimum(1.0, 2.0, temperature=0.0)
+
+
+def _clip_grad_exact(x, lo, hi, s):
+    """sigmoid(s (hi - x)) - sigmoid(s (lo - x)) at 60 digits (an mpf, not rounded)."""
+    with mpmath.workdps(60):
+        x, lo, hi, s = (mpmath.mpf(float(v)) for v in (x, lo, hi, s))
+        sig = lambda z: 1 / (1 + mpmath.exp(-z))  # noqa: E731
+        if x < (lo + hi) / 2:  # the equal form sig(s (x - lo)) - sig(s (x - hi)): no cancellation
+            return sig(s * (x - lo)) - sig(s * (x - hi))
+        return sig(s * (hi - x)) - sig(s * (lo - x))
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_soft_clip_gradient_zero_exactly_where_documented(dtype):
+    # Documented: the gradient is > 0 wherever its exact value is >= tiny (the
+    # smallest normal number of the dtype) and 0 (or subnormal) only where the
+    # exact value is below tiny, i.e. beyond s * dist ~ -log(tiny). The factor 2
+    # margins cover the rounding of the computed gradient (a few ulp, << 2x).
+    lo, hi, s = -1.0, 1.0, 2.0
+    np_t = tf.as_dtype(dtype).as_numpy_dtype
+    tiny = float(ml_dtypes.finfo(np_t).tiny)
+    big = float(tf.as_dtype(dtype).max)
+    thr = -np.log(tiny) / s  # distance where the exact gradient crosses tiny
+    dist = thr + np.linspace(-3.0, 3.0, 41)
+    x = np.concatenate([testing.sample_floats(dtype, 200, -big, big, seed=8).astype(np.float64),
+                        hi + dist, lo - dist, [0.0, -big, big]]).astype(np_t)
+    _, (g,) = _grads(lambda v: so.soft_clip(v, lo, hi, sharpness=s), tf.constant(x))
+    g = g.astype(np.float64)
+    exact = [_clip_grad_exact(v, lo, hi, s) for v in x]
+    above = np.array([e >= 2 * tiny for e in exact])
+    below = np.array([e < tiny / 2 for e in exact])
+    assert above.sum() > 40 and below.sum() > 40  # both regimes are exercised
+    assert np.all(g[above] > 0)
+    assert np.all(g[below] < tiny) and np.all(g >= 0) and np.all(np.isfinite(g))
+    # the crossing is where the docstring says: s * dist within 1 of -log(tiny)
+    zero = x[g == 0].astype(np.float64)
+    if zero.size:
+        d = np.maximum(zero - hi, lo - zero)
+        assert np.all(d > (-np.log(tiny) - 1.0) / s)
