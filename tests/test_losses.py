@@ -137,3 +137,14 @@ def test_real_bug_softmax_classifier_digits():
     acc = _train("safeops")
     ref = _train("tf")
     assert acc is not None and abs(acc - ref) <= 0.01 and ref > 0.9
+
+
+def test_bad_input_names_shapes_and_arguments():
+    with pytest.raises(ValueError, match=r"categorical_crossentropy.*\(2, 3\).*\(2, 4\)"):
+        L.categorical_crossentropy(tf.zeros([2, 3]), tf.ones([2, 4]) / 4)
+    with pytest.raises(ValueError, match=r"binary_crossentropy.*label_smoothing.*-0\.1"):
+        L.binary_crossentropy(tf.zeros([2]), tf.ones([2]) / 2, label_smoothing=-0.1)
+    with pytest.raises(ValueError, match=r"categorical_crossentropy.*label_smoothing"):
+        L.categorical_crossentropy(tf.zeros([2, 2]), tf.ones([2, 2]) / 2, label_smoothing=-0.5)
+    with pytest.raises(TypeError, match=r"categorical_crossentropy.*y_pred"):
+        L.categorical_crossentropy([[0, 1]], tf.constant([[0, 1]]))

@@ -1,5 +1,6 @@
 """Tests for safeops.norm: overflow/underflow, zero-vector gradient, ords, parity, bad input."""
 
+import mpmath
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -90,3 +91,44 @@ def test_bad_input_raises():
     with pytest.raises(ValueError, match="axis"):
         so.norm(tf.zeros([2, 2]), axis=(0, 0))
     assert np.isnan(so.norm([np.nan, 1.0]).numpy())
+
+
+def _norm_mp(*v):
+    return mpmath.sqrt(mpmath.fsum(t * t for t in v))
+
+
+@pytest.mark.parametrize("dtype,big", [("float32", 1e30), ("float64", 1e300)])
+def test_bits_of_error(dtype, big):
+    # issue 5: mean <= 0.5 and max <= 2 bits (log2(1 + ulp distance)) vs mpmath, 2000 rows of 4
+    # over bit patterns in [-big, big]; the naive sqrt(sum x^2) over/underflows and fails
+    rows = testing.sample_floats(dtype, 8000, -big, big, seed=11).reshape(2000, 4)
+    rows = rows[((np.abs(rows) >= np.finfo(dtype).tiny) | (rows == 0)).all(axis=1)]
+    ref = testing.reference(_norm_mp, *rows.T, dtype=dtype)
+    keep = np.abs(ref.astype(np.float64)) >= np.finfo(dtype).tiny
+    b = testing.bits_of_error(so.norm(rows, axis=1).numpy()[keep], ref[keep], dtype)
+    assert b.mean() <= 0.5 and b.max() <= 2
+    naive = tf.sqrt(tf.reduce_sum(rows * rows, axis=1)).numpy()
+    nb = testing.bits_of_error(naive[keep], ref[keep], dtype)
+    assert nb.mean() > 0.5 or nb.max() > 2
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_gradient_matches_mpmath(dtype):
+    # d norm / d x_j = x_j / norm(x): within 4 ulp of mpmath; exactly 0 at the zero vector
+    rows = testing.sample_floats(dtype, 800, -1e10, 1e10, seed=12).reshape(200, 4)
+    rows = rows[(np.abs(rows) >= np.finfo(dtype).tiny).all(axis=1)]
+    x = tf.constant(rows)
+    with tf.GradientTape() as t:
+        t.watch(x)
+        y = so.norm(x, axis=1)
+    g = t.gradient(y, x).numpy()
+    ref = np.stack([testing.reference(lambda *v, j=j: v[j] / _norm_mp(*v), *rows.T, dtype=dtype)
+                    for j in range(4)], 1)
+    r64 = ref.astype(np.float64)
+    keep = (np.abs(r64) >= np.finfo(dtype).tiny) | (r64 == 0)
+    assert np.max(testing.ulp_distance(g[keep], ref[keep], dtype)) <= 4
+    z = tf.zeros([2, 3], dtype)
+    with tf.GradientTape() as t:
+        t.watch(z)
+        y = so.norm(z, axis=1)
+    assert np.all(t.gradient(y, z).numpy() == 0)
