@@ -1,7 +1,7 @@
 """Entry point: ``python -m benchmarks [--quick|--full] [--only=PATTERN] ...``."""
 
 import fnmatch
-import json
+import hashlib
 import os
 import platform
 import subprocess
@@ -12,11 +12,14 @@ from absl import app, flags
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import numpy as np  # noqa: E402
+
 FLAGS = flags.FLAGS
 flags.DEFINE_bool("quick", False, "Small sizes and few repeats (the `make bench` mode).")
 flags.DEFINE_bool("full", False, "Full sizes and more repeats.")
-flags.DEFINE_bool("smoke", False, "Check the suite runs: quick sizes, graph mode only, one "
-                  "repeat (used by the tests; its timings mean nothing).")
+flags.DEFINE_bool("smoke", False, "Check the suite runs: tiny sizes, graph (and eager) mode "
+                  "only, forward+backward only, one repeat (used by the tests; its timings "
+                  "mean nothing).")
 flags.DEFINE_string("only", None, "fnmatch pattern(s), comma separated, on case names; "
                     "a bare word matches as *word*.")
 flags.DEFINE_list("devices", None, "Device types to measure (cpu,gpu); default every visible one.")
@@ -33,6 +36,33 @@ def _selected(cases, only):
     return [c for c in cases if any(fnmatch.fnmatch(c.name, p) for p in pats)]
 
 
+def _input_digest(inputs):
+    """A short hash of a case's inputs (the tests check that --seed changes them)."""
+    h = hashlib.sha1()
+    for x in inputs:
+        a = np.asarray(x)
+        h.update(str(a.dtype).encode() + str(a.shape).encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _devices(tf, wanted):
+    """The visible CPU/GPU logical devices of the wanted types; UsageError if one is missing."""
+    visible = [d for d in tf.config.list_logical_devices() if d.device_type in ("CPU", "GPU")]
+    if not wanted:
+        return visible
+    wanted = [w.strip().lower() for w in wanted if w.strip()]
+    for w in wanted:
+        if w not in ("cpu", "gpu"):
+            raise app.UsageError(f"--devices: unknown device type {w!r} (use cpu, gpu)")
+        if not any(d.device_type.lower() == w for d in visible):
+            raise app.UsageError(
+                f"--devices={w}: no {w.upper()} device is visible to TensorFlow "
+                f"(tf.config.list_logical_devices() shows: "
+                f"{', '.join(d.name for d in visible) or 'none'}); nothing measured")
+    return [d for d in visible if d.device_type.lower() in wanted]
+
+
 def _commit():
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -43,30 +73,31 @@ def _commit():
 
 def main(argv):
     del argv
-    import numpy as np
     import tensorflow as tf
+
+    if sum([FLAGS.quick, FLAGS.full, FLAGS.smoke]) > 1:
+        raise app.UsageError("--quick, --full and --smoke exclude each other")
+    size = "smoke" if FLAGS.smoke else "full" if FLAGS.full else "quick"
+    repeats = FLAGS.repeats or {"smoke": 1, "quick": 7, "full": 21}[size]
+    if repeats < 1:
+        raise app.UsageError("--repeats must be >= 1")
+    warmup = 0 if FLAGS.smoke else FLAGS.warmup
+    devices = _devices(tf, FLAGS.devices)  # before the (slow) case imports: fail fast
+    tf.config.experimental.enable_tensor_float_32_execution(False)
 
     import safeops
     from benchmarks import harness, report
     from benchmarks.registry import cases, sweeps
     import benchmarks.cases  # noqa: F401  (registers every family)
 
-    if FLAGS.quick and FLAGS.full:
-        raise app.UsageError("--quick and --full exclude each other")
-    quick = not FLAGS.full
-    repeats = FLAGS.repeats or (1 if FLAGS.smoke else 7 if quick else 21)
-    warmup = 0 if FLAGS.smoke else FLAGS.warmup
-    tf.config.experimental.enable_tensor_float_32_execution(False)
-
-    devices = tf.config.list_logical_devices()
-    wanted = [d.lower() for d in FLAGS.devices] if FLAGS.devices else None
-    devices = [d for d in devices if d.device_type in ("CPU", "GPU")
-               and (wanted is None or d.device_type.lower() in wanted)]
-    selected = [c for c in _selected(cases(), FLAGS.only) if c.quick or not quick]
+    selected = [c for c in _selected(cases(), FLAGS.only) if c.quick or size == "full"]
+    selected_sweeps = _selected(sweeps(), FLAGS.only)
+    if FLAGS.only and not selected and not selected_sweeps:
+        raise app.UsageError(f"--only={FLAGS.only} matches no case and no sweep")
     header = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "commit": _commit(),
-        "mode": "smoke" if FLAGS.smoke else "quick" if quick else "full",
+        "mode": size,
         "repeats": repeats,
         "warmup": warmup,
         "seed": FLAGS.seed,
@@ -91,10 +122,14 @@ def main(argv):
         for case in selected:
             t0 = time.time()
             rng = np.random.default_rng(FLAGS.seed)
+            digest = None
             try:
-                inputs = case.make_inputs(rng, quick)
-                measured = harness.measure_case(case, inputs, device, repeats, warmup,
-                                                modes=("graph",) if FLAGS.smoke else None)
+                inputs = case.make_inputs(rng, size)
+                digest = _input_digest(inputs)
+                measured = harness.measure_case(
+                    case, inputs, device, repeats, warmup,
+                    modes=("graph", "eager") if FLAGS.smoke else None,
+                    last_direction_only=FLAGS.smoke)
             except Exception as err:  # one broken case must not sink the report
                 measured = {"timings": [], "accuracy": None,
                             "error": f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"}
@@ -104,16 +139,18 @@ def main(argv):
             results.append({"case": case.name, "family": case.family, "device": device.name,
                             "baseline_name": case.baseline_name,
                             "candidate_name": case.candidate_name,
+                            "bar_source": case.bar_source or "none stated",
+                            "inputs_sha1": digest,
                             "extra": {k: str(v) for k, v in case.extra.items()}, **measured})
             print(report.progress_line(results[-1], done, total, time.time() - t0, elapsed, eta),
                   flush=True)
     sweep_results = []
-    for sw in _selected(sweeps(), FLAGS.only):
+    for sw in selected_sweeps:
         t0 = time.time()
         entry = {"name": sw.name, "family": sw.family, "title": sw.title, "xlabel": sw.xlabel,
                  "ylabel": sw.ylabel, "log_x": sw.log_x, "log_y": sw.log_y, "kind": sw.kind}
         try:
-            entry["data"] = sw.run(quick)
+            entry["data"] = sw.run(size, FLAGS.seed)
         except Exception as err:
             entry["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
         sweep_results.append(entry)

@@ -45,8 +45,10 @@ def _forward_backward(fn, inputs):
 
 
 def compile_fn(fn, inputs, mode, direction):
-    """A `tf.function` for (mode, direction); None if it cannot be built."""
+    """A `tf.function` for (mode, direction); the plain Python function in "eager" mode."""
     body = fn if direction == "fwd" else _forward_backward(fn, inputs)
+    if mode == "eager":
+        return body
     return tf.function(body, jit_compile=(mode == "xla"), reduce_retracing=True)
 
 
@@ -90,57 +92,92 @@ def _summary(samples):
     }
 
 
-def measure_case(case, inputs, device, repeats, warmup, modes=None):
+def _message(err):
+    """The informative line of an exception (TF's 'in user code:' traces end with it)."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    return (lines[-1] if len(lines) > 1 and lines[0].endswith(":") else lines[0])[:300]
+
+
+def _host(fn, arrays):
+    """A host (NumPy) anchor called like the TF functions: ignores the tensors."""
+    return lambda *_: fn(*arrays)
+
+
+def measure_case(case, inputs, device, repeats, warmup, modes=None, last_direction_only=False):
     """Timings and accuracy of one case on one device.
 
     Returns a dict: ``{"timings": [...], "accuracy": {...} | None}`` where each
     timing row has mode, direction, baseline/safeops summaries, the pairwise
-    ratio (median, min, max), and anchors' medians.
+    ratio (median, min, max), and the anchors' summaries (TF anchors and host
+    NumPy anchors, graph mode forward only). A case without a baseline gets
+    only the safeops summary and its absolute bar (``bar_s``). A row that
+    cannot be built or run is ``{"mode", "direction", "error"}``.
+    `modes`: the modes to run (default all of the case's); `last_direction_only`:
+    only forward+backward where the case has it (the smoke run).
     """
     device_type = device.device_type
     rows = []
     directions = ["fwd", "fwd+bwd"] if case.grad else ["fwd"]
+    if last_direction_only:
+        directions = directions[-1:]
+    arrays = [np.asarray(x) for x in inputs]
     with tf.device(device.name):
         tensors = tuple(tf.identity(tf.convert_to_tensor(x)) for x in inputs)
         for mode in [m for m in case.modes if modes is None or m in modes]:
             for direction in directions:
                 try:
-                    fa = compile_fn(case.baseline, tensors, mode, direction)
-                    fb = compile_fn(case.candidate, tensors, mode, direction)
+                    fns = []
+                    if case.baseline is not None:
+                        fns.append(compile_fn(case.baseline, tensors, mode, direction))
+                    fns.append(compile_fn(case.candidate, tensors, mode, direction))
                     anchor_fns = {}
                     if mode == "graph" and direction == "fwd":
                         anchor_fns = {k: compile_fn(f, tensors, mode, direction)
                                       for k, f in case.anchors.items()}
-                    fns = [fa, fb] + list(anchor_fns.values())
+                        anchor_fns.update({k: _host(f, arrays)
+                                           for k, f in case.host_anchors.items()})
+                    fns += list(anchor_fns.values())
                     samples = time_interleaved(fns, tensors, repeats, warmup, device_type,
                                                min_time=2e-3 if repeats > 1 else 0.0)
                 except Exception as err:  # an op without an XLA kernel, say: reported, not fatal
                     rows.append({"mode": mode, "direction": direction,
-                                 "error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"})
+                                 "error": f"{type(err).__name__}: {_message(err)}"})
                     continue
-                ratios = [b / a for a, b in zip(samples[0], samples[1])]
-                row = {
-                    "mode": mode,
-                    "direction": direction,
-                    "baseline": _summary(samples[0]),
-                    "safeops": _summary(samples[1]),
-                    "ratio": {"median": statistics.median(ratios), "min": min(ratios),
-                              "max": max(ratios)},
-                    "anchors": {k: _summary(s) for k, s in zip(anchor_fns, samples[2:])},
-                }
-                bar = case.bar.get(f"{mode}/{direction}")
-                if bar is not None:
-                    row["bar"] = bar
-                    row["meets_bar"] = row["ratio"]["median"] <= bar
+                key = f"{mode}/{direction}"
+                row = {"mode": mode, "direction": direction}
+                if case.baseline is not None:
+                    base, ours, rest = samples[0], samples[1], samples[2:]
+                    ratios = [b / a for a, b in zip(base, ours)]
+                    row["baseline"] = _summary(base)
+                    row["safeops"] = _summary(ours)
+                    row["ratio"] = {"median": statistics.median(ratios), "min": min(ratios),
+                                    "max": max(ratios)}
+                else:
+                    ours, rest = samples[0], samples[1:]
+                    row["safeops"] = _summary(ours)
+                row["anchors"] = {k: _summary(s) for k, s in zip(anchor_fns, rest)}
+                if case.bar.get(key) is not None and "ratio" in row:
+                    row["bar"] = case.bar[key]
+                    row["meets_bar"] = row["ratio"]["median"] <= row["bar"]
+                if case.bar_s.get(key) is not None:
+                    row["bar_s"] = case.bar_s[key]
+                    row["meets_bar"] = row["safeops"]["median_s"] <= row["bar_s"]
                 rows.append(row)
         accuracy = None
-        if case.accuracy is not None:
-            outputs = {"baseline": _numpy(case.baseline(*tensors)),
-                       "safeops": _numpy(case.candidate(*tensors))}
+        if case.accuracy_na:
+            accuracy = {"metric": f"n/a: {case.accuracy_na}"}
+        elif case.accuracy is not None:
+            outputs = {"safeops": _numpy(case.candidate(*tensors))}
+            if case.baseline is not None:
+                outputs = {"baseline": _numpy(case.baseline(*tensors)), **outputs}
             for k, f in case.anchors.items():
                 outputs[k] = _numpy(f(*tensors))
+            for k, f in case.host_anchors.items():
+                outputs[k] = _numpy(f(*arrays))
             for k, f in case.accuracy_only.items():
-                outputs[k] = f(*[np.asarray(x) for x in inputs])
+                outputs[k] = f(*arrays)
             accuracy = case.accuracy(inputs, outputs)
     return {"timings": rows, "accuracy": accuracy}
 

@@ -22,8 +22,19 @@ def _plot_sweep(plt, sweep, path):
         labels = list(data["series"])
         width = 0.8 / max(1, len(labels))
         for k, label in enumerate(labels):
-            xs = [i + (k - (len(labels) - 1) / 2) * width for i in range(len(cats))]
-            ax.bar(xs, data["series"][label], width=width, label=label)
+            # a None value (e.g. TF has no such op) gets no bar at all, not a 0-height one
+            pts = [(i + (k - (len(labels) - 1) / 2) * width, y)
+                   for i, y in enumerate(data["series"][label]) if y is not None]
+            color = f"C{k}"
+            if pts:
+                ax.bar(*zip(*pts), width=width, label=label, color=color)
+            else:
+                ax.bar([], [], width=width, label=label, color=color)
+        missing = [f"{label}: {cats[i]}" for label, ys in data["series"].items()
+                   for i, y in enumerate(ys) if y is None]
+        if missing:
+            ax.text(0.01, 0.98, "no bar = not available (" + "; ".join(missing)[:150] + ")",
+                    transform=ax.transAxes, va="top", fontsize=7)
         ax.set_xticks(range(len(cats)))
         ax.set_xticklabels(cats, rotation=45, ha="right", fontsize=8)
     else:
@@ -52,13 +63,15 @@ def _plot_sweep(plt, sweep, path):
 def _plot_overhead(plt, results, path):
     rows = []
     for r in results:
-        for t in r["timings"]:
-            if "ratio" in t and t["mode"] == "graph" and t["direction"] == "fwd+bwd" or (
-                    "ratio" in t and t["mode"] == "graph" and t["direction"] == "fwd"
-                    and not any(u.get("direction") == "fwd+bwd" for u in r["timings"])):
+        # one bar per case: graph fwd+bwd, else graph fwd, else eager (Python-level cases)
+        by_key = {(t["mode"], t["direction"]): t for t in r["timings"] if "ratio" in t}
+        for key in (("graph", "fwd+bwd"), ("graph", "fwd"), ("eager", "fwd")):
+            if key in by_key:
+                t = by_key[key]
                 dev = r["device"].split("device:")[-1]
-                rows.append((f"{r['case']} [{dev}, {t['direction']}]", t["ratio"]["median"],
+                rows.append((f"{r['case']} [{dev}, {key[0]} {key[1]}]", t["ratio"]["median"],
                              t.get("bar")))
+                break
     if not rows:
         return False
     fig, ax = plt.subplots(figsize=(9, max(3, 0.32 * len(rows) + 1.5)), dpi=110)
@@ -73,7 +86,7 @@ def _plot_overhead(plt, results, path):
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels(names, fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlabel("time ratio safeops / baseline (graph mode; black tick = the issue's bar, "
+    ax.set_xlabel("time ratio safeops / baseline (graph mode unless marked; black tick = the issue's bar, "
                   "red = over it)")
     ax.set_title("Overhead per op")
     ax.legend(fontsize=8, loc="lower right")

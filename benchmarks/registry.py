@@ -3,7 +3,16 @@
 import dataclasses
 from typing import Callable, Dict, Optional, Sequence
 
-__all__ = ["Case", "Sweep", "register", "register_sweep", "cases", "sweeps"]
+__all__ = ["Case", "Sweep", "SIZES", "pick", "register", "register_sweep", "cases", "sweeps"]
+
+SIZES = ("smoke", "quick", "full")
+
+
+def pick(size, full, quick, smoke):
+    """The value for the size mode `size` ("full", "quick" or "smoke")."""
+    if size not in SIZES:
+        raise ValueError(f"benchmarks: size mode must be one of {SIZES}; got {size!r}")
+    return {"full": full, "quick": quick, "smoke": smoke}[size]
 
 
 @dataclasses.dataclass
@@ -13,13 +22,18 @@ class Case:
     Attributes:
       name: unique id, ``family/op/size`` (``"summation/reduce_sum/8M"``).
       family: the op family (``"summation"``).
-      make_inputs: ``make_inputs(rng, quick) -> tuple`` of NumPy arrays or
-        tensors (made once per case, placed on the measured device).
-      baseline: the function a user has today (the TF op or the naive code).
+      make_inputs: ``make_inputs(rng, size) -> tuple`` of NumPy arrays or
+        tensors (made once per case, placed on the measured device); `size` is
+        "smoke" (tiny, for the tests), "quick" (`make bench`) or "full" (the op
+        issue's size); `rng` is seeded from ``--seed``.
+      baseline: the function a user has today (the TF op or the naive code);
+        None for a case timed on its own (``bar_s``: an absolute bar).
       candidate: the safeops replacement, same arguments.
       baseline_name / candidate_name: labels for the report.
       grad: also time forward+backward (gradients w.r.t. the floating inputs).
-      modes: subset of ("graph", "xla"); "xla" is `jit_compile=True`.
+      modes: subset of ("graph", "xla", "eager"); "xla" is `jit_compile=True`;
+        "eager" calls the Python functions as they are (for Python-level code:
+        `model.fit` with a callback, the doctor's audit).
       accuracy: optional ``accuracy(inputs, outputs) -> dict`` where outputs maps
         a label ("baseline", "safeops", anchors...) to its NumPy forward result;
         returns ``{"metric": "ulp"|"relerr"|..., "<label>": error, ...}``.
@@ -27,8 +41,16 @@ class Case:
       anchors: extra timed baselines ``{label: fn}`` (e.g. TFP's Kahan sum),
         measured in the same interleaved loop, forward only, graph mode.
       accuracy_only: ``{label: fn(inputs) -> NumPy}`` references that are not
-        timed (math.fsum, NumPy float64).
-      bar: the issue's speed bar for this case, e.g. ``{"graph/fwd": 2.0}``.
+        timed (math.fsum).
+      host_anchors: ``{label: fn(*numpy_inputs)}`` timed on the host in the same
+        interleaved loop as the baseline (NumPy's float64-accumulated sum).
+      accuracy_na: why an accuracy column makes no sense for this case (e.g.
+        "overhead only"); reported as the metric "n/a: <reason>".
+      bar: the issue's speed bar for this case, e.g. ``{"graph/fwd": 2.0}``
+        (ratio safeops / baseline).
+      bar_s: absolute bars in seconds on the safeops time, ``{"eager/fwd": 10.0}``.
+      bar_source: where the bar comes from ("issue 3: ..."), or why there is none.
+      fixed_inputs: why the inputs do not depend on the seed (empty: they must).
       quick: run in ``--quick`` mode.
       extra: free-form facts shown in the report (condition number, n).
     """
@@ -45,7 +67,12 @@ class Case:
     accuracy: Optional[Callable] = None
     anchors: Dict[str, Callable] = dataclasses.field(default_factory=dict)
     accuracy_only: Dict[str, Callable] = dataclasses.field(default_factory=dict)
+    host_anchors: Dict[str, Callable] = dataclasses.field(default_factory=dict)
+    accuracy_na: str = ""
     bar: Dict[str, float] = dataclasses.field(default_factory=dict)
+    bar_s: Dict[str, float] = dataclasses.field(default_factory=dict)
+    bar_source: str = ""
+    fixed_inputs: str = ""
     quick: bool = True
     extra: Dict[str, object] = dataclasses.field(default_factory=dict)
 
@@ -74,8 +101,10 @@ class Sweep:
       name: unique id, also the PNG file name (``"sum_error_vs_condition"``).
       family: the op family.
       title, xlabel, ylabel: plot labels.
-      run: ``run(quick) -> {"x": [...], "series": {label: [y, ...]}}`` or, for a
-        bar chart, ``{"categories": [...], "series": {label: [y, ...]}}``.
+      run: ``run(size, seed) -> {"x": [...], "series": {label: [y, ...]}}`` or,
+        for a bar chart, ``{"categories": [...], "series": {label: [y, ...]}}``;
+        `size` as for `Case.make_inputs`, `seed` from ``--seed``. A value of None
+        means "not measured" (e.g. TF has no such op): no bar, "-" in the table.
       log_x, log_y: logarithmic axes.
       kind: "line" or "bar".
     """

@@ -24,16 +24,24 @@ def validate(doc):
         for k in ("case", "family", "device", "timings", "accuracy"):
             _need(k in r, f"result lacks {k!r}: {r.get('case')}")
         for t in r["timings"]:
-            _need(t.get("mode") in ("graph", "xla"), f"bad mode in {r['case']}")
+            _need(t.get("mode") in ("graph", "xla", "eager"), f"bad mode in {r['case']}")
             _need(t.get("direction") in ("fwd", "fwd+bwd"), f"bad direction in {r['case']}")
             if "error" in t:
+                _need(isinstance(t["error"], str), f"{r['case']}: error must be a string")
                 continue
-            for side in ("baseline", "safeops"):
+            sides = ("baseline", "safeops") if "baseline" in t else ("safeops",)
+            _need("baseline" in t or "bar_s" in t or "ratio" not in t,
+                  f"{r['case']}: a ratio needs a baseline")
+            for side in sides + tuple(t.get("anchors", {})):
+                summary = t[side] if side in sides else t["anchors"][side]
                 for k in _SUMMARY_KEYS:
-                    v = t[side][k]
+                    v = summary[k]
                     _need(isinstance(v, float) and v > 0, f"{r['case']}: {side}.{k} = {v!r}")
-            for k in ("median", "min", "max"):
-                _need(t["ratio"][k] > 0, f"{r['case']}: ratio.{k}")
+            if "baseline" in t:
+                for k in ("median", "min", "max"):
+                    _need(t["ratio"][k] > 0, f"{r['case']}: ratio.{k}")
+            if "bar" in t or "bar_s" in t:
+                _need(isinstance(t.get("meets_bar"), bool), f"{r['case']}: bar without meets_bar")
         acc = r["accuracy"]
         _need(acc is None or (isinstance(acc, dict) and "metric" in acc),
               f"{r['case']}: accuracy must be null or have a metric")
@@ -42,4 +50,10 @@ def validate(doc):
         _need("name" in sw and ("data" in sw or "error" in sw), f"bad sweep {sw.get('name')}")
         if "data" in sw:
             _need("series" in sw["data"], f"sweep {sw['name']} lacks series")
+            n = len(sw["data"].get("x", sw["data"].get("categories", [])))
+            for label, ys in sw["data"]["series"].items():
+                _need(len(ys) == n, f"sweep {sw['name']}: series {label!r} has {len(ys)} "
+                                    f"values for {n} points")
+                _need(all(y is None or isinstance(y, (int, float)) for y in ys),
+                      f"sweep {sw['name']}: series {label!r} values must be numbers or null")
     return True

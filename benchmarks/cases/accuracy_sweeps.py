@@ -11,7 +11,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from benchmarks.registry import Sweep, register_sweep
+from benchmarks.registry import Sweep, pick, register_sweep
 from safeops import testing as T
 
 _CONDS = [1e2, 1e4, 1e6, 1e8, 1e10, 1e12, 1e14, 1e16]
@@ -32,22 +32,26 @@ def _tfp_kahan():
     return lambda x: tfp.math.reduce_kahan_sum(x).total
 
 
-def _n(quick):
-    return 2_000 if quick == "smoke" else 20_000 if quick else 200_000
+def _n(size):
+    return pick(size, full=200_000, quick=20_000, smoke=500)
 
 
-def _sum_sweep(quick):
+def _conds(size):
+    return _CONDS[::2] if size == "smoke" else _CONDS
+
+
+def _sum_sweep(size, seed):
     import safeops as so
 
-    n = _n(quick)
+    n = _n(size)
     kahan = _tfp_kahan()
     series = {"tf.reduce_sum (float32)": [], "NumPy float64 sum -> float32": [],
               "math.fsum -> float32": [], "safeops.reduce_sum": []}
     if kahan is not None:
         series["tfp.math.reduce_kahan_sum"] = []
     achieved = []
-    for cond in _CONDS:
-        x, exact, c = T.ill_conditioned_sum(n, cond, "float32", seed=0)
+    for cond in _conds(size):
+        x, exact, c = T.ill_conditioned_sum(n, cond, "float32", seed=seed)
         achieved.append(c)
         t = tf.constant(x)
         series["tf.reduce_sum (float32)"].append(_relerr(tf.reduce_sum(t), exact))
@@ -60,15 +64,15 @@ def _sum_sweep(quick):
     return {"x": achieved, "series": series}
 
 
-def _dot_sweep(quick):
+def _dot_sweep(size, seed):
     import safeops as so
 
-    n = _n(quick)
+    n = _n(size)
     series = {"tf.reduce_sum(x * y) (float32)": [], "tf.tensordot (float32)": [],
               "NumPy float64 dot -> float32": [], "safeops.dot": []}
     achieved = []
-    for cond in _CONDS:
-        x, y, exact, c = T.ill_conditioned_dot(n, cond, "float32", seed=0)
+    for cond in _conds(size):
+        x, y, exact, c = T.ill_conditioned_dot(n, cond, "float32", seed=seed)
         achieved.append(c)
         tx, ty = tf.constant(x), tf.constant(y)
         series["tf.reduce_sum(x * y) (float32)"].append(_relerr(tf.reduce_sum(tx * ty), exact))
@@ -79,15 +83,15 @@ def _dot_sweep(quick):
     return {"x": achieved, "series": series}
 
 
-def _cumsum_sweep(quick):
+def _cumsum_sweep(size, seed):
     import safeops as so
 
-    n = min(_n(quick), 20_000)
+    n = min(_n(size), 20_000)
     series = {"tf.cumsum (float32)": [], "NumPy float64 cumsum -> float32": [],
               "safeops.cumsum": []}
     achieved = []
-    for cond in _CONDS:
-        x, _, c = T.ill_conditioned_sum(n, cond, "float32", seed=1)
+    for cond in _conds(size):
+        x, _, c = T.ill_conditioned_sum(n, cond, "float32", seed=seed + 1)
         achieved.append(c)
         prefixes = np.array([float(v) for v in _exact_prefixes(x)])
         t = tf.constant(x)

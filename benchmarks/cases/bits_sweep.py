@@ -1,23 +1,24 @@
 """Bits of error per special function (bar charts, float32 and float64): naive formula,
-TF's (or TFP's) op, safeops. Measured by `benchmarks.bits_of_error.measure`."""
+TF's (or TFP's) op, safeops. Measured by `benchmarks.bits_of_error.measure`. Where TF has
+no such op the value is None: drawn as no bar and shown as "-" in the report's table."""
 
-from benchmarks.registry import Sweep, register_sweep
+from benchmarks.registry import Sweep, pick, register_sweep
 
 
 def _run(dtype):
-    def run(quick):
+    def run(size, seed):
         from benchmarks.bits_of_error import SPECS, measure
 
-        n = 300 if quick == "smoke" else 2000 if quick else 10000
+        n = pick(size, full=10000, quick=2000, smoke=100)
         series = {"naive formula": [], "TF / TFP op": [], "safeops": []}
         names = list(SPECS)
         for name in names:
-            r = measure(name, dtype, n)
+            r = measure(name, dtype, n, seed=seed)
             for label, key in (("naive formula", "naive"), ("TF / TFP op", "tf"),
                                ("safeops", "safeops")):
                 series[label].append(None if r[key] is None else r[key][0])
-        # a missing TF op is drawn as 0-height bar and shown as "-" in the table
-        series = {k: [0.0 if v is None else v for v in vs] for k, vs in series.items()}
+        # a missing TF op stays None: no bar in the chart, "-" in the table (0 would read
+        # as "perfect")
         return {"categories": names, "series": series}
 
     return run

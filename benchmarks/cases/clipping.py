@@ -1,24 +1,34 @@
-"""Gradient clipping (issue 11): so.clip_by_global_norm vs tf.clip_by_global_norm."""
+"""Gradient clipping (issue 11): so.clip_by_global_norm and so.clip_by_norm vs TF's."""
 
 import numpy as np
 import tensorflow as tf
 
 import safeops as so
-from benchmarks.registry import Case, register
+from benchmarks.registry import Case, pick, register
+from safeops import testing
+
+_BIG = np.float32([3e19, 4e19])  # the norm 5e19 overflows float32 when squared
 
 
-def _inputs(rng, quick):
-    total = (1 << 18) if quick else (1 << 22)  # 4M float32 values in full mode
+def _inputs(rng, size):
+    total = pick(size, full=1 << 22, quick=1 << 20, smoke=1 << 12)  # 4M in full mode
     sizes = np.full(100, total // 100)
     return tuple(rng.standard_normal(int(s)).astype(np.float32) for s in sizes)
 
 
+def _big_ulps(clipped):
+    """max ulp of clip([3e19, 4e19], 1) vs the exact [0.6, 0.8]; NaN/0 results count as inf."""
+    got = np.asarray(clipped, np.float32)
+    if not np.all(np.isfinite(got)) or not np.any(got):
+        return float("inf")
+    return float(testing.ulp_distance(got, np.array([0.6, 0.8]), "float32").max())
+
+
 def _accuracy(inputs, outputs):
-    big = [np.float32([3e19, 4e19])]
-    ours = so.clip_by_global_norm(big, 1.0)[0][0].numpy()
-    theirs = tf.clip_by_global_norm(big, 1.0)[0][0].numpy()
-    return {"metric": "clip [3e19, 4e19] to 1 (want [0.6, 0.8])",
-            "baseline": str(theirs.tolist()), "safeops": str(ours.tolist())}
+    return {"metric": "max ulp, clip [3e19, 4e19] to norm 1 (exact [0.6, 0.8])",
+            "baseline": _big_ulps(tf.clip_by_global_norm([_BIG], 1.0)[0][0]),
+            "safeops": _big_ulps(so.clip_by_global_norm([_BIG], 1.0)[0][0]),
+            "baseline_value": str(tf.clip_by_global_norm([_BIG], 1.0)[0][0].numpy().tolist())}
 
 
 register(Case(
@@ -27,4 +37,29 @@ register(Case(
     candidate=lambda *ts: so.clip_by_global_norm(list(ts), 1.0)[0],
     baseline_name="tf.clip_by_global_norm", candidate_name="so.clip_by_global_norm",
     grad=False, accuracy=_accuracy, bar={"graph/fwd": 1.3, "xla/fwd": 1.3},
-    extra={"tensors": 100, "values": "4M (quick: 256K)"}))
+    bar_source="issue 11: clip_by_global_norm over 100 tensors, 4M float32, at most 1.3x",
+    extra={"tensors": 100, "values": "4M (quick: 1M)"}))
+
+
+def _norm_inputs(rng, size):
+    n = pick(size, full=1 << 22, quick=1 << 22, smoke=1 << 12)
+    return ((rng.standard_normal(n) * 1e3).astype(np.float32),)
+
+
+def _norm_accuracy(inputs, outputs):
+    x = np.asarray(inputs[0], np.float64)
+    ref = x / np.sqrt(np.sum(x * x))  # float64: ~1e-16 relative, exact at float32's ulp scale
+    return {"metric": "max ulp vs float64 (4M N(0,1e6)); big: [3e19, 4e19] -> [0.6, 0.8]",
+            "baseline": float(testing.ulp_distance(outputs["baseline"], ref, "float32").max()),
+            "safeops": float(testing.ulp_distance(outputs["safeops"], ref, "float32").max()),
+            "baseline_big": _big_ulps(tf.clip_by_norm(_BIG, 1.0)),
+            "safeops_big": _big_ulps(so.clip_by_norm(_BIG, 1.0))}
+
+
+register(Case(
+    name="clipping/clip_by_norm/4M", family="clipping", make_inputs=_norm_inputs,
+    baseline=lambda t: tf.clip_by_norm(t, 1.0), candidate=lambda t: so.clip_by_norm(t, 1.0),
+    baseline_name="tf.clip_by_norm", candidate_name="so.clip_by_norm",
+    accuracy=_norm_accuracy,
+    bar_source="none stated (issue 11 bars clip_by_global_norm only)",
+    extra={"values": "4M float32, norm ~2e6 (clipped to 1)"}))

@@ -1,18 +1,24 @@
-"""Keras layers and callbacks (issue 8): StableLayerNormalization and StableSoftmax against
-Keras's layers, and the per-step cost of NumericsMonitor(check="loss"/"all")."""
+"""Keras layers and callbacks (issue 8): StableLayerNormalization, StableSoftmax,
+CompensatedDense, Promote and SmoothSwitch against what a user has in Keras, and the per-step
+cost of NumericsMonitor(check="loss"/"all") and SmoothedLoss.
+
+Bars (issue 8, fwd+bwd, CPU, graph): StableLayerNormalization <= 1.3x Keras's, StableSoftmax
+<= 1.2x Keras's Softmax, NumericsMonitor(check="loss") <= 1.05x a training step. The issue
+states no bar for CompensatedDense, Promote, SmoothSwitch or SmoothedLoss."""
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from benchmarks.registry import Case, register
+from benchmarks.registry import Case, pick, register
 from safeops import callbacks, layers, testing
 
 _FAMILY = "layers"
+_NO_BAR = "none stated (issue 8 bars StableLayerNormalization, StableSoftmax, NumericsMonitor)"
 
 
-def _rows(rng, quick, scale):
-    n, d = (512, 512) if quick else (4096, 1024)
+def _rows(rng, size, scale):
+    n, d = pick(size, full=(4096, 1024), quick=(512, 512), smoke=(16, 64))
     return (scale + rng.standard_normal((n, d))).astype(np.float32)
 
 
@@ -27,8 +33,8 @@ def _ln_pair():
 def _make_ln(ratio):
     ours, theirs = _ln_pair()
 
-    def make_inputs(rng, quick):
-        x = _rows(rng, quick, ratio)
+    def make_inputs(rng, size):
+        x = _rows(rng, size, ratio)
         ours.build(x.shape)
         theirs.build(x.shape)
         return (x,)
@@ -57,6 +63,7 @@ for _ratio, _label in ((0.0, "mean0"), (1e4, "mean1e4")):
         candidate_name="so.layers.StableLayerNormalization",
         accuracy=_acc,
         bar={"graph/fwd+bwd": 1.3},
+        bar_source="issue 8: fwd+bwd, graph, at most 1.3x keras LayerNormalization",
         quick=(_label == "mean1e4"),
         extra={"shape": "quick 512x512, full 4096x1024 float32", "|mean|/std": _ratio},
     ))
@@ -67,8 +74,8 @@ for _ratio, _label in ((0.0, "mean0"), (1e4, "mean1e4")):
 _sm_ours, _sm_theirs = layers.StableSoftmax(), keras.layers.Softmax()
 
 
-def _sm_inputs(rng, quick):
-    x = 3.0 * _rows(rng, quick, 0.0)
+def _sm_inputs(rng, size):
+    x = 3.0 * _rows(rng, size, 0.0)
     x[::64] = -np.inf  # one row in 64 fully masked (additive -inf attention mask)
     return (x,)
 
@@ -97,6 +104,7 @@ register(Case(
     candidate_name="so.layers.StableSoftmax",
     accuracy=_sm_accuracy,
     bar={"graph/fwd+bwd": 1.2},
+    bar_source="issue 8: fwd+bwd, graph, at most 1.2x keras Softmax",
     extra={"shape": "quick 512x512, full 4096x1024 float32; 1 row in 64 all -inf"},
 ))
 
@@ -115,8 +123,8 @@ def _monitor_case(check):
     plain, watched = _mlp(0), _mlp(0)
     monitor = callbacks.NumericsMonitor(check=check)
 
-    def make_inputs(rng, quick):
-        n = 256
+    def make_inputs(rng, size):
+        n = pick(size, full=256, quick=256, smoke=16)
         x = rng.standard_normal((n, 256)).astype(np.float32)
         y = rng.standard_normal((n, 10)).astype(np.float32)
         for m in (plain, watched):
@@ -138,6 +146,9 @@ def _monitor_case(check):
         grad=False,
         modes=("graph",),
         bar={"graph/fwd": 1.05} if check == "loss" else {},
+        bar_source=("issue 8: NumericsMonitor(check='loss') adds at most 5% to a training step"
+                    if check == "loss" else "none: issue 8 asks check='all' to state its cost"),
+        accuracy_na="overhead only (the monitor does not change the step's numbers)",
         extra={"model": "6 x Dense(256) MLP, batch 256, SGD; the timed call is one full "
                         "training step (forward, backward, update)"},
     )
@@ -145,3 +156,153 @@ def _monitor_case(check):
 
 register(_monitor_case("loss"))
 register(_monitor_case("all"))
+
+
+# -- CompensatedDense vs keras Dense ------------------------------------------------------------
+
+def _dense_pair(units, seed=0):
+    keras.utils.set_random_seed(seed)
+    theirs = keras.layers.Dense(units)
+    ours = layers.CompensatedDense(units)
+    return theirs, ours
+
+
+_DENSE = {}
+
+
+def _dense_inputs(rng, size):
+    n, d = pick(size, full=(1024, 1024), quick=(256, 1024), smoke=(8, 32))
+    theirs, ours = _dense_pair(d)
+    x = (1e3 + rng.standard_normal((n, d))).astype(np.float32)  # large common offset: cancels
+    theirs.build(x.shape)
+    ours.build(x.shape)
+    ours.set_weights(theirs.get_weights())
+    _DENSE["pair"] = (theirs, ours)
+    return (x,)
+
+
+def _dense_accuracy(inputs, outputs):
+    x = np.asarray(inputs[0], np.float64)
+    w, b = (np.asarray(v, np.float64) for v in _DENSE["pair"][0].get_weights())
+    ref = x @ w + b  # float64: ~d * 1e-16 relative to sum |x w|, far below float32's ulp
+    res = {"metric": "median / max ulp vs float64 x @ w + b (x = 1e3 + N(0,1))"}
+    for k, v in outputs.items():
+        u = testing.ulp_distance(np.asarray(v), ref, "float32")
+        res[k] = f"{np.median(u):.0f} / {np.max(u):.0f}"
+    return res
+
+
+register(Case(
+    name="layers/CompensatedDense/Nx1024", family=_FAMILY, make_inputs=_dense_inputs,
+    baseline=lambda x: _DENSE["pair"][0](x), candidate=lambda x: _DENSE["pair"][1](x),
+    baseline_name="keras.layers.Dense", candidate_name="so.layers.CompensatedDense",
+    accuracy=_dense_accuracy, bar_source=_NO_BAR,
+    extra={"shape": "1024x1024 @ 1024x1024 (quick: 256 rows)"}))
+
+
+# -- Promote(LayerNormalization) vs the float32 layer ------------------------------------------
+
+_PROMOTE = {}
+
+
+def _promote_inputs(rng, size):
+    x = _rows(rng, size, 1e4)  # |mean|/std = 1e4
+    plain = keras.layers.LayerNormalization(epsilon=1e-5)
+    promoted = layers.Promote(keras.layers.LayerNormalization(epsilon=1e-5), dtype="float64")
+    plain.build(x.shape)
+    promoted.build(x.shape)
+    _PROMOTE["pair"] = (plain, promoted)
+    return (x,)
+
+
+def _ln_accuracy(inputs, outputs):
+    x = np.asarray(inputs[0], np.float64)
+    m = x.mean(-1, keepdims=True)
+    ref = (x - m) / np.sqrt(((x - m) ** 2).mean(-1, keepdims=True) + 1e-5)
+    return {"metric": "max abs error vs float64 layer norm (|y| ~ 1; |mean|/std = 1e4)",
+            **{k: float(np.max(np.abs(np.asarray(v, np.float64) - ref)))
+               for k, v in outputs.items()}}
+
+
+register(Case(
+    name="layers/Promote/LayerNormalization", family=_FAMILY, make_inputs=_promote_inputs,
+    baseline=lambda x: _PROMOTE["pair"][0](x), candidate=lambda x: _PROMOTE["pair"][1](x),
+    baseline_name="keras LayerNormalization (float32)",
+    candidate_name="so.layers.Promote(LayerNormalization, 'float64')",
+    accuracy=_ln_accuracy,
+    bar_source=_NO_BAR + "; issue 6's so.promote bar compares with native float64 instead",
+    extra={"shape": "quick 512x512, full 4096x1024 float32"}))
+
+
+# -- SmoothSwitch vs the naive sigmoid blend ------------------------------------------------------
+
+_switch = layers.SmoothSwitch(threshold=0.0, temperature=0.5)
+
+
+def _switch_inputs(rng, size):
+    n = pick(size, full=1 << 22, quick=1 << 20, smoke=1 << 10)
+    return ((rng.standard_normal(n) * 30).astype(np.float32),
+            rng.standard_normal(n).astype(np.float32),
+            (rng.standard_normal(n) * 1e3).astype(np.float32))
+
+
+def _naive_switch(x, a, b):
+    w = tf.sigmoid(x / 0.5)
+    return w * a + (1 - w) * b
+
+
+def _switch_accuracy(inputs, outputs):
+    x, a, b = (np.asarray(v, np.float64) for v in inputs)
+    t = np.tanh(x / 0.5 / 2)
+    ref = 0.5 * (1 + t) * a + 0.5 * (1 - t) * b  # sigmoid(z) = (1 + tanh(z/2)) / 2
+    return {"metric": "max ulp vs float64 blend", **{
+        k: float(testing.ulp_distance(np.asarray(v), ref, "float32").max())
+        for k, v in outputs.items()}}
+
+
+register(Case(
+    name="layers/SmoothSwitch/4M", family=_FAMILY, make_inputs=_switch_inputs,
+    baseline=_naive_switch, candidate=lambda x, a, b: _switch([x, a, b]),
+    baseline_name="w = sigmoid(x / T); w * a + (1 - w) * b",
+    candidate_name="so.layers.SmoothSwitch(0, 0.5)([x, a, b])",
+    accuracy=_switch_accuracy,
+    bar_source="issue 4's smooth_where bar (fwd+bwd graph <= 1.5x, jit_compile <= 1.1x the "
+               "naive code), applied to its layer form; issue 8 states none",
+    bar={"graph/fwd+bwd": 1.5, "xla/fwd+bwd": 1.1},
+    extra={"n": "4M (quick: 1M)"}))
+
+
+# -- SmoothedLoss: model.fit with and without the callback (Python-level: eager mode) -----------
+
+def _fit_case():
+    plain, smoothed = _mlp(0), _mlp(0)
+    state = {}
+
+    def make_inputs(rng, size):
+        steps, batch = pick(size, full=(64, 256), quick=(32, 256), smoke=(2, 8))
+        x = rng.standard_normal((steps * batch, 256)).astype(np.float32)
+        y = rng.standard_normal((steps * batch, 10)).astype(np.float32)
+        state["batch"] = batch
+        return x, y
+
+    def fit(model, cbs):
+        def run(x, y):
+            model.fit(x, y, batch_size=state["batch"], epochs=1, verbose=0, shuffle=False,
+                      callbacks=cbs)
+            return tf.constant(0.0)
+        return run
+
+    return Case(
+        name="layers/SmoothedLoss/fit", family=_FAMILY, make_inputs=make_inputs,
+        baseline=lambda x, y: fit(plain, [])(x, y),
+        candidate=lambda x, y: fit(smoothed, [callbacks.SmoothedLoss(0.1)])(x, y),
+        baseline_name="model.fit (one epoch)",
+        candidate_name="model.fit + SmoothedLoss(0.1)",
+        grad=False, modes=("eager",),
+        accuracy_na="overhead only (the callback logs the loss; it does not change it)",
+        bar_source="none stated (issue 8)",
+        extra={"model": "6 x Dense MLP, one epoch of 32 batches of 256 (quick); the timed "
+                        "call is a whole model.fit"})
+
+
+register(_fit_case())

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 import safeops as so
-from benchmarks.registry import Case, register
+from benchmarks.registry import Case, pick, register
 from safeops import testing
 
 _STATE = {}
@@ -44,19 +44,25 @@ def _loop(opt, var, grad, n):
 
 # -- Adam step with kahan_summation=True, 4M float32 parameters -----------------
 
-def _adam_inputs(rng, quick):
-    del quick  # the bar is stated at 4M; one step takes ~10 ms
-    n = 4 << 20
-    init = rng.standard_normal(n).astype(np.float32)
-    grad = rng.standard_normal(n).astype(np.float32)
-    state = {}
-    for which, opt in [("baseline", keras.optimizers.Adam(1e-3)),
-                       ("safeops", so.optimizers.Adam(1e-3, kahan_summation=True))]:
-        var = keras.Variable(init)
-        opt.build([var])
-        state[which] = (opt, [var])
-    _STATE["adam"] = state
-    return (grad,)
+def _opt_inputs(key, make_pair):
+    """make_inputs for an optimizer-step case: 4M float32 parameters in full and quick mode
+    (the bar is stated at 4M; one step takes ~10 ms), 4K in smoke mode."""
+    def make(rng, size):
+        n = pick(size, full=4 << 20, quick=4 << 20, smoke=1 << 12)
+        init = rng.standard_normal(n).astype(np.float32)
+        grad = rng.standard_normal(n).astype(np.float32)
+        state = {}
+        for which, opt in zip(("baseline", "safeops"), make_pair()):
+            var = keras.Variable(init)
+            opt.build([var])
+            state[which] = (opt, [var])
+        _STATE[key] = state
+        return (grad,)
+    return make
+
+
+_adam_inputs = _opt_inputs("adam", lambda: (keras.optimizers.Adam(1e-3),
+                                            so.optimizers.Adam(1e-3, kahan_summation=True)))
 
 
 def _adam_accuracy(inputs, outputs):
@@ -87,8 +93,56 @@ register(Case(
     modes=("graph",),
     accuracy=_adam_accuracy,
     bar={"graph/fwd": 1.3},
+    bar_source="issue 6: Adam step with kahan_summation=True, 4M float32, at most 1.3x Keras Adam",
     extra={"params": "4M float32", "note": "one optimizer step per call"},
 ))
+
+
+# -- SGD (momentum) and AdamW with kahan_summation=True ------------------------------------------
+
+def _displacement_accuracy(make_opt, lr, n=1000):
+    """relerr of the n-step displacement of float32 weights w=1 under a constant gradient -1,
+    each step below half an ulp of 1.0; reference: the Keras optimizer in float64."""
+    def accuracy(inputs, outputs):
+        grad = -np.ones(16)
+        ref = _loop(make_opt("keras", lr), keras.Variable(np.ones(16), dtype="float64"), grad, n)
+        base = _loop(make_opt("keras", lr), keras.Variable(np.ones(16), dtype="float32"), grad, n)
+        ours = _loop(make_opt("so", lr), keras.Variable(np.ones(16), dtype="float32"), grad, n)
+        moved = ref - 1.0
+        return {"metric": f"relerr of the {n}-step displacement (float32 w=1, lr={lr:g})",
+                "baseline": float(np.max(np.abs((base - 1.0) - moved) / np.abs(moved))),
+                "safeops": float(np.max(np.abs((ours - 1.0) - moved) / np.abs(moved)))}
+    return accuracy
+
+
+def _sgd(kind, lr=1e-2):
+    if kind == "keras":
+        return keras.optimizers.SGD(lr, momentum=0.9)
+    return so.optimizers.SGD(lr, momentum=0.9, kahan_summation=True)
+
+
+def _adamw(kind, lr=1e-3):
+    if kind == "keras":
+        return keras.optimizers.AdamW(lr)
+    return so.optimizers.AdamW(lr, kahan_summation=True)
+
+
+for _key, _make_opt, _label, _lr in (("sgd", _sgd, "SGD(momentum=0.9)", 1e-9),
+                                     ("adamw", _adamw, "AdamW", 1e-7)):
+    register(Case(
+        name=f"precision/{_key}_kahan_step/4M",
+        family="precision",
+        make_inputs=_opt_inputs(_key, lambda m=_make_opt: (m("keras"), m("so"))),
+        baseline=_step_fn(_key, "baseline"),
+        candidate=_step_fn(_key, "safeops"),
+        baseline_name=f"keras.optimizers.{_label}",
+        candidate_name=f"so.optimizers.{_label}, kahan_summation=True",
+        grad=False,
+        modes=("graph",),
+        accuracy=_displacement_accuracy(_make_opt, _lr),
+        bar_source="none stated (issue 6 bars the Adam step only: 1.3x)",
+        extra={"params": "4M float32", "note": "one optimizer step per call"},
+    ))
 
 
 # -- promote around a small function vs the function run natively in float64 --------
@@ -100,8 +154,8 @@ def _lse(x):
 _promoted_lse = so.promote(_lse)
 
 
-def _promote_inputs(rng, quick):
-    rows = 128 if quick else 512
+def _promote_inputs(rng, size):
+    rows = pick(size, full=512, quick=128, smoke=8)
     x32 = (rng.standard_normal((rows, 1024)) * 30).astype(np.float32)
     return x32, x32.astype(np.float64)
 
@@ -128,6 +182,8 @@ register(Case(
     accuracy=_promote_accuracy,
     accuracy_only={"tf_float32": lambda x32, x64: tf.reduce_logsumexp(x32, -1).numpy()},
     bar={"graph/fwd": 1.2, "graph/fwd+bwd": 1.2, "xla/fwd": 1.2, "xla/fwd+bwd": 1.2},
+    bar_source="issue 6: so.promote around a small function at most 1.2x the function run "
+               "natively in float64",
     extra={"quick rows": 128, "full rows": 512,
            "note": "fwd+bwd: each side also returns a zero gradient for its unused input"},
 ))
@@ -135,9 +191,9 @@ register(Case(
 
 # -- loss-scale optimizer step ----------------------------------------------------------
 
-def _lso_inputs(rng, quick):
-    del quick
-    shapes = [(512, 512), (512,), (512, 1024), (1024,)]
+def _lso_inputs(rng, size):
+    k = pick(size, full=512, quick=512, smoke=16)
+    shapes = [(k, k), (k,), (k, 2 * k), (2 * k,)]
     inits = [rng.standard_normal(s).astype(np.float32) for s in shapes]
     grads = tuple((rng.standard_normal(s) * 1024).astype(np.float32) for s in shapes)
     state = {}
@@ -185,5 +241,6 @@ register(Case(
     modes=("graph",),
     accuracy=_lso_accuracy,
     bar={"graph/fwd": 1.1},
+    bar_source="issue 6: loss-scale optimizer step at most 1.1x keras LossScaleOptimizer",
     extra={"params": "~0.8M float32 in 4 variables", "note": "finite gradients: full step"},
 ))

@@ -11,9 +11,12 @@ with like (the update ops still run: the cost does not depend on the rate).
 Accuracy: max |logit error| of each model's forward pass against a float64 copy of
 the float model (the QAT error is the int8 quantization error, by design).
 
-tfmot anchor: in full mode (or with SAFEOPS_BENCH_TFMOT=1) the same MLP is trained
-with tfmot's QAT on tf_keras in a subprocess (importing tfmot switches its process
-to legacy Keras) and its QAT/float step ratio is recorded in the case's extra.
+tfmot anchor: in quick and full mode, when the `tfmot` extra is installed, the same
+MLP is trained with tfmot's QAT on tf_keras in a subprocess (importing tfmot switches
+its process to legacy Keras, so it cannot flip Keras for the rest of the run) and its
+QAT/float step ratio is recorded in the case's extra. Quick mode uses batch 32 and 7
+repeats (about 15-25 s, mostly the subprocess's TF and tfmot imports); smoke mode skips
+it unless SAFEOPS_BENCH_TFMOT=1.
 """
 
 import json
@@ -25,7 +28,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from benchmarks.registry import Case, register
+from benchmarks.registry import Case, pick, register
 
 _STATE = {}
 
@@ -107,7 +110,8 @@ def _tfmot_anchor(batch, repeats):
         if out.returncode != 0:
             return {"tfmot": f"failed: {out.stderr.strip().splitlines()[-1][:200]}"}
         res = json.loads(out.stdout.strip().splitlines()[-1])
-        return {"tfmot_qat_over_float_step (tf_keras, subprocess, graph)": f"{res['ratio']:.3f}",
+        return {"tfmot_batch": str(batch),
+                "tfmot_qat_over_float_step (tf_keras, subprocess, graph)": f"{res['ratio']:.3f}",
                 "tfmot_float_step_s": f"{res['float_s']:.5f}",
                 "tfmot_qat_step_s": f"{res['qat_s']:.5f}"}
     except Exception as err:  # the anchor is optional
@@ -115,10 +119,10 @@ def _tfmot_anchor(batch, repeats):
 
 
 def _setup(kind, case):
-    def make_inputs(rng, quick):
+    def make_inputs(rng, size):
         import safeops as so
         keras.utils.set_random_seed(0)
-        batch = 128
+        batch = pick(size, full=128, quick=128, smoke=8)
         model = _build(kind)
         qmodel = so.quantization.quantize_model(model)
         ref = _build(kind, "float64")
@@ -131,8 +135,12 @@ def _setup(kind, case):
         # calibrate the activation ranges once (as after some QAT epochs)
         qmodel(x, training=True)
         case.extra["batch"] = batch
-        if kind == "mlp" and (not quick or os.environ.get("SAFEOPS_BENCH_TFMOT") == "1"):
-            case.extra.update(_tfmot_anchor(batch, 21 if not quick else 7))
+        if kind == "mlp":
+            if size != "smoke" or os.environ.get("SAFEOPS_BENCH_TFMOT") == "1":
+                case.extra.update(_tfmot_anchor(pick(size, full=128, quick=32, smoke=8),
+                                                pick(size, full=21, quick=7, smoke=3)))
+            else:
+                case.extra["tfmot"] = "skipped in smoke mode (SAFEOPS_BENCH_TFMOT=1 runs it)"
         return x, y
 
     def accuracy(inputs, outputs):
@@ -159,5 +167,6 @@ for _kind, _label in (("mlp", "mlp_784_256_256_10/b128"), ("cnn", "cnn_28x28_c32
         candidate_name="so.quantization QAT train step",
         grad=False,
         bar={"graph/fwd": 1.3, "xla/fwd": 1.3},
+        bar_source="issue 7: QAT train step at most 1.3x the float step",
         extra={"timed": "one full train step (fwd, loss, grads w.r.t. weights, SGD apply)"},
     )))
