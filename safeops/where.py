@@ -32,7 +32,8 @@ def safe_where(condition, true_fn, false_fn, *args, safe_value=1.0, name=None):
     only on input position i), the unselected branch cannot inject NaN or inf
     into the forward value or into any gradient, whatever it computes at
     `safe_value`. NaN or inf produced by the *selected* branch propagates (it is
-    the value asked for). Branches that capture variables are supported;
+    the value asked for), so NaN inputs at selected positions give NaN for
+    branches that propagate NaN. Branches that capture variables are supported;
     variable gradients use the upstream gradient masked to the branch's
     positions.
 
@@ -144,8 +145,15 @@ def smooth_where(x, threshold, if_above, if_below, temperature=1.0, name=None):
 
     Gradient: w.r.t. x ``w (1 - w) (if_above - if_below) / temperature``
     (continuous, 0 in the saturated tails, ``(a - b) / (4 T)`` at the
-    threshold); w.r.t. `if_above` ``w`` and `if_below` ``1 - w``; w.r.t.
-    `threshold` minus that of x.
+    threshold), computed as ``(w (1-w) a - w (1-w) b) / T`` in the working
+    precision: finite wherever ``(|a| + |b|) / (4 T)`` is at most x's
+    dtype's largest value (+-inf only beyond, where the exact value itself
+    may not be representable); w.r.t. `if_above` ``w`` and `if_below` ``1 -
+    w``; w.r.t. `threshold` minus that of x.
+
+    NaN: not guarded. NaN in x, threshold or temperature gives NaN; NaN in a
+    branch gives NaN even where that branch's weight is 0 (``0 * NaN``),
+    unlike `tf.where`; use `safe_where` for a hard selection.
 
     dtypes: float16, bfloat16, float32, float64 (x's dtype; the other arguments
     are converted to it); output has that dtype.
