@@ -302,3 +302,34 @@ def test_bad_input_raises():
         layers.Promote(built, dtype="float64")
     with pytest.raises(ValueError, match="SmoothSwitch.*'inputs'"):
         layers.SmoothSwitch()([np.ones(2, np.float32)] * 2)
+
+
+def test_promote_config_keeps_its_own_policy_and_promote_dtype(mixed_policy):
+    layer = layers.Promote(keras.layers.Dense(2), dtype="float32")
+    config = layer.get_config()
+    assert config["promote_dtype"] == "float32"
+    assert keras.dtype_policies.get(config["dtype"]).name == "mixed_float16"
+    clone = layers.Promote.from_config(copy.deepcopy(config))
+    assert (clone.promote_dtype, clone.dtype_policy.name) == ("float32", "mixed_float16")
+    assert clone.layer.dtype_policy.name == "float32"
+
+
+def test_promote_save_load_under_mixed_float16(tmp_path):
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        inp = keras.Input((5,))
+        out = layers.Promote(keras.layers.Dense(3), dtype="float32")(keras.layers.Dense(5)(inp))
+        model = keras.Model(inp, out)
+        x = _x()
+        expected = model(x)
+        assert expected.dtype == tf.float16  # computed in float32, cast to the policy's float16
+        path = tmp_path / "promote.keras"
+        model.save(path)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    loaded = keras.models.load_model(path)  # loaded under a float32 global policy
+    got = loaded(x)
+    assert got.dtype == tf.float16
+    assert loaded.layers[-1].promote_dtype == "float32"
+    assert loaded.layers[-1].layer.kernel.dtype == "float32"
+    np.testing.assert_array_equal(got.numpy(), expected.numpy())

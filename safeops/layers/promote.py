@@ -32,7 +32,11 @@ class Promote(keras.layers.Wrapper):
     `dtype` and each gradient is rounded once to its input's dtype.
 
     dtypes: `dtype` is one of float16, bfloat16, float32, float64. The layer
-    must not be built yet (its weights would already have another dtype).
+    must not be built yet (its weights would already have another dtype). The
+    wrapper's own dtype policy (the global one, e.g. ``mixed_float16``) decides
+    its output dtype; `get_config` stores it under ``"dtype"`` and the promote
+    dtype under ``"promote_dtype"``, so a saved model reloads with both, whatever
+    the global policy is at load time.
 
     Args:
       layer: an unbuilt `keras.layers.Layer`.
@@ -49,7 +53,12 @@ class Promote(keras.layers.Wrapper):
       >>> ln(x).dtype          # float16 out, computed in float32      # doctest: +SKIP
     """
 
-    def __init__(self, layer, dtype="float64", **kwargs):
+    def __init__(self, layer, dtype="float64", promote_dtype=None, **kwargs):
+        if promote_dtype is not None:
+            # From `get_config`: `promote_dtype` is the dtype to run `layer` in and `dtype`
+            # is this wrapper's own dtype policy (e.g. mixed_float16), kept as it was saved.
+            kwargs["dtype"] = dtype
+            dtype = promote_dtype
         if not isinstance(layer, keras.layers.Layer):
             raise TypeError(
                 f"safeops.layers.Promote: argument 'layer' must be a keras.layers.Layer; "
@@ -64,7 +73,6 @@ class Promote(keras.layers.Wrapper):
             raise ValueError(
                 "safeops.layers.Promote: argument 'layer' is already built with weights of "
                 f"another dtype; wrap it before it is called or built")
-        kwargs.pop("promote_dtype", None)
         super().__init__(layer, **kwargs)
         self.promote_dtype = name
         layer.dtype_policy = name
@@ -86,6 +94,6 @@ class Promote(keras.layers.Wrapper):
         return self.layer.compute_output_shape(input_shape)
 
     def get_config(self):
-        config = super().get_config()
-        config["dtype"] = self.promote_dtype
+        config = super().get_config()  # "dtype": this wrapper's own policy (output dtype)
+        config["promote_dtype"] = self.promote_dtype
         return config
