@@ -47,8 +47,10 @@ class NumericsMonitor(keras.callbacks.Callback):
     A failing step copies its batch to Python (a `tf.py_function` in the
     untaken branch of a `tf.cond`; XLA-compiled steps stay compiled inside).
     At the end of that batch the callback re-runs the batch eagerly, layer by
-    layer, and builds `report`: ``step`` (0-based global step), ``epoch``,
-    ``batch``, ``direction`` (``"forward"``, ``"backward"``, ``"input"`` for
+    layer, and builds `report`: ``step`` (0-based training step counted from
+    the start of this `fit`), ``epoch``, ``batch`` (index in the epoch),
+    ``steps`` and ``batches`` (first and last step / batch of the Keras call in
+    which the failure appeared, see below), ``direction`` (``"forward"``, ``"backward"``, ``"input"`` for
     non-finite data), ``layer`` and ``layer_class`` of the first culprit,
     ``where`` (its output, the gradient of its inputs or of its weights),
     ``nan`` and ``inf`` counts in that tensor, ``failed_checks`` and, if any
@@ -67,6 +69,15 @@ class NumericsMonitor(keras.callbacks.Callback):
     A NaN born in the backward pass is seen by ``check="loss"`` only one step
     later, as a forward NaN from weights it poisoned (``nonfinite_weights``
     says so); use ``check="gradients"`` to localise it at its origin.
+
+    With ``steps_per_execution=k > 1`` Keras runs k steps in one call and
+    calls the callback once per call, with the batch index of the last one.
+    Steps are counted from the batch indices Keras passes (never one per
+    callback call), so the report names the true steps; but which of the k
+    steps failed first is not visible between calls: ``steps`` is then the
+    range ``(first, last)`` of that call and ``step`` / ``batch`` are None
+    unless the call held one step. Use ``steps_per_execution=1`` while
+    hunting a NaN to get the exact step.
 
     Numerics of the monitored model are unchanged (no gradient of its own;
     works for any dtype policy).
@@ -103,6 +114,8 @@ class NumericsMonitor(keras.callbacks.Callback):
         self._inst = None
         self._step = 0
         self._epoch = 0
+        self._epoch_start = 0
+        self._first_batch = None
 
     def get_config(self):
         return {"mode": self.mode, "check": self.check}
@@ -119,15 +132,31 @@ class NumericsMonitor(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
+        self._epoch_start = self._step  # global index of the epoch's batch 0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._first_batch = batch
 
     def on_train_batch_end(self, batch, logs=None):
-        step = self._step
-        self._step += 1
+        # Keras passes the first batch index of the call to `on_train_batch_begin`
+        # and first + k - 1 to `on_train_batch_end` (steps_per_execution = k), even
+        # when the epoch's last call runs fewer batches: clip to the epoch's length.
+        first_batch = batch if self._first_batch is None else self._first_batch
+        n_batches = (self.params or {}).get("steps")
+        if n_batches:
+            batch = min(batch, n_batches - 1)
+        first = self._epoch_start + first_batch
+        last = self._epoch_start + batch
+        self._step = last + 1
+        self._first_batch = None
         inst = self._inst
         if inst is None or inst.captured is None or self.report is not None:
             return
         data, flags = inst.captured
-        report = {"step": step, "epoch": self._epoch, "batch": batch,
+        exact = last == first
+        report = {"step": first if exact else None, "epoch": self._epoch,
+                  "batch": batch if exact else None,
+                  "steps": (first, last), "batches": (first_batch, batch),
                   "failed_checks": [k for k, ok in flags.items() if not ok]}
         try:
             report.update(_probe.localise(self.model, data))
@@ -136,9 +165,15 @@ class NumericsMonitor(keras.callbacks.Callback):
                            "where": f"localisation failed: {type(err).__name__}: {err}",
                            "nan": None, "inf": None})
         self.report = report
+        if exact:
+            when = f"at step {first} (epoch {self._epoch}, batch {batch})"
+        else:
+            when = (f"in steps {first}-{last} (epoch {self._epoch}, batches {first_batch}-"
+                    f"{batch}, run in one call by steps_per_execution: which of them failed "
+                    f"first is not known)")
         message = (
-            f"safeops.NumericsMonitor: non-finite values at step {step} (epoch {self._epoch}, "
-            f"batch {batch}); checks failed: {', '.join(report['failed_checks'])}; first "
+            f"safeops.NumericsMonitor: non-finite values {when}; checks failed: "
+            f"{', '.join(report['failed_checks'])}; first "
             f"culprit in the {report['direction']} pass: layer {report['layer']!r} "
             f"({report['layer_class']}), {report['where']}: {report['nan']} NaN, "
             f"{report['inf']} inf")

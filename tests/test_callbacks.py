@@ -117,6 +117,44 @@ def test_two_replicas(two_cpu_strategy, where, position, check):
     assert all(np.isfinite(w).all() for w in model.get_weights())  # failing update zeroed
 
 
+def test_steps_per_execution_counts_true_steps(caplog):
+    """steps_per_execution=4: one callback call runs 4 steps; steps are not counted per call.
+
+    The NaN is armed before the second call, so it first appears at step 4
+    (batch 4). Counting one step per callback call reported "step 1, batch 7".
+    """
+    x, y = _data()
+    model, poison = _six_layer_model("forward", 3)
+    model.compile(keras.optimizers.SGD(0.01), "mse", steps_per_execution=4)
+    monitor, arm = callbacks.NumericsMonitor(), _Arm(poison, 1)  # _Arm counts calls
+    model.fit(x, y, batch_size=8, epochs=2, callbacks=[monitor, arm], verbose=0)
+    rep = monitor.report
+    assert rep["steps"] == (4, 7) and rep["batches"] == (4, 7) and rep["epoch"] == 0
+    # which of steps 4..7 failed first is not visible between calls: no false precision
+    assert rep["step"] is None and rep["batch"] is None
+    assert (rep["layer"], rep["direction"]) == ("poison", "forward")
+    assert arm.steps == 2  # fit stopped after the failing call
+    assert any("steps 4-7" in r.getMessage() for r in caplog.records)
+
+
+def test_steps_per_execution_across_epochs_and_short_calls():
+    """8 batches per epoch in calls of 3, 3, 2: global steps keep counting across epochs."""
+    x, y = _data()
+    model, poison = _six_layer_model("forward", 3)
+    model.compile(keras.optimizers.SGD(0.01), "mse", steps_per_execution=3)
+    monitor, arm = callbacks.NumericsMonitor(), _Arm(poison, 4)  # 5th call: epoch 1, batches 3-5
+    model.fit(x, y, batch_size=8, epochs=2, callbacks=[monitor, arm], verbose=0)
+    rep = monitor.report
+    assert (rep["epoch"], rep["batches"], rep["steps"]) == (1, (3, 5), (11, 13))
+    assert rep["layer"] == "poison"
+    # a call of one step is exact: the same model with steps_per_execution=1 names step 11
+    model, poison = _six_layer_model("forward", 3)
+    monitor, arm = callbacks.NumericsMonitor(), _Arm(poison, 11)
+    model.fit(x, y, batch_size=8, epochs=2, callbacks=[monitor, arm], verbose=0)
+    rep = monitor.report
+    assert (rep["step"], rep["epoch"], rep["batch"], rep["steps"]) == (11, 1, 3, (11, 11))
+
+
 def test_second_fit_reuses_instrumented_step():
     x, y = _data()
     model, poison = _six_layer_model("forward", 3)
