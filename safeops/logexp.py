@@ -89,6 +89,9 @@ def log1mexp(x, name=None):
     defined as 0 (the function is symmetric); it saturates at the largest finite
     value for tiny |x| where 1/expm1 overflows; 0 at +-inf.
 
+    dtypes: float16, bfloat16 (computed in float32), float32, float64; output in
+    the input dtype. Other dtypes: TypeError naming the op and argument.
+
     Args:
       x: float tensor (float16, bfloat16, float32, float64).
       name: optional name scope.
@@ -133,6 +136,11 @@ def logaddexp(x, y, name=None):
     Gradient: ``(sigmoid(x - y), sigmoid(y - x))``, exactly 0.5 each at x == y;
     (1, 0) for x = +inf and y finite, (0, 1) the other way round.
 
+    dtypes: float16, bfloat16 (computed in float32), float32 (computed in
+    float64, rounded once), float64; x and y must share the dtype (Python
+    numbers take the other's); output in that dtype. Integer or mismatched
+    dtypes: TypeError naming the op and arguments.
+
     Args:
       x: float tensor.
       y: float tensor of the same dtype, broadcastable with x.
@@ -156,15 +164,19 @@ def logaddexp(x, y, name=None):
 @tf.custom_gradient
 def _logaddexp(x, y):
     cx, cy = _up(x), _up(y)
-    eq = tf.equal(cx, cy)
     if x.dtype == tf.float64:
+        eq = tf.equal(cx, cy)
         d, e = _two_diff(cx, cy)
         s = tf.where(d < 0, -tf.ones_like(d), tf.ones_like(d))
         ed = tf.exp(-s * d) * (1.0 - s * e)  # exp(-|x - y|) with the exact difference
         ed = tf.where(tf.math.is_finite(e), ed, tf.exp(-tf.abs(d)))
+        out = tf.where(eq, cx + _LN2, tf.maximum(cx, cy) + tf.math.log1p(ed))
     else:
-        ed = tf.exp(-tf.abs(cx - cy))
-    out = tf.where(eq, cx + _LN2, tf.maximum(cx, cy) + tf.math.log1p(ed))
+        # x == y: ed = 1 exactly (and 0.5 / 0.5 gradients below); equal
+        # infinities (inf - inf = NaN) are sent to that case too
+        ad = tf.abs(cx - cy)
+        ed = tf.exp(-tf.where(tf.equal(cx, cy), tf.constant(0, cx.dtype), ad))
+        out = tf.maximum(cx, cy) + tf.math.log1p(ed)
 
     def grad(g):
         # sigmoid(x - y) and sigmoid(y - x) from the forward's ed = exp(-|x - y|)
@@ -172,9 +184,11 @@ def _logaddexp(x, y):
         big = 1.0 / (1.0 + ed)
         small = ed * big
         pos = cx >= cy
-        half = tf.constant(0.5, cx.dtype)
-        gx = tf.where(eq, half, tf.where(pos, big, small))
-        gy = tf.where(eq, half, tf.where(pos, small, big))
+        gx = tf.where(pos, big, small)
+        gy = tf.where(pos, small, big)
+        if x.dtype == tf.float64:
+            half = tf.constant(0.5, cx.dtype)
+            gx, gy = tf.where(eq, half, gx), tf.where(eq, half, gy)
         return (_unbroadcast(g * tf.cast(gx, x.dtype), x),
                 _unbroadcast(g * tf.cast(gy, y.dtype), y))
 
@@ -202,6 +216,11 @@ def logsubexp(x, y, name=None):
 
     Gradient: ``dx = 1 / (1 - exp(y - x))``, ``dy = -1 / expm1(x - y)``; at
     x == y both saturate at +-the largest finite value; (1, 0) when y = -inf.
+
+    dtypes: float16, bfloat16 (computed in float32), float32 (computed in
+    float64, rounded once), float64; x and y must share the dtype (Python
+    numbers take the other's); output in that dtype. Integer or mismatched
+    dtypes: TypeError naming the op and arguments.
 
     Args:
       x: float tensor.
@@ -283,6 +302,10 @@ def softplus(features, name=None):
     ``e = exp(-|x|)`` (<= 1 ulp; `tf.sigmoid` is up to 5 ulp off): 0 at -inf,
     1 at +inf, 0.5 at 0.
 
+    dtypes: float16, bfloat16 (computed in float32), float32, float64; output in
+    the input dtype. Other dtypes: TypeError naming the op and argument
+    (`tf.math.softplus` raises for integers too).
+
     Args:
       features: float tensor.
       name: optional name scope.
@@ -320,6 +343,10 @@ def log_sigmoid(x, name=None):
     The naive ``log(sigmoid(x))`` is -inf for x < -88 (float32).
 
     Gradient: ``sigmoid(-x) = 1 - sigmoid(x)``: 1 at -inf, 0 at +inf, 0.5 at 0.
+
+    dtypes: float16, bfloat16 (computed in float32), float32, float64; output in
+    the input dtype. Other dtypes: TypeError naming the op and argument
+    (`tf.math.log_sigmoid` raises for integers too).
 
     Args:
       x: float tensor.
@@ -362,6 +389,10 @@ def softplus_inverse(x, name=None):
 
     Gradient: ``1 / (1 - exp(-x)) = -1/expm1(-x)``: 1 at +inf; saturates at the
     largest finite value near and at 0.
+
+    dtypes: float16, bfloat16 and float32 (computed in float64, rounded once),
+    float64; output in the input dtype. Other dtypes: TypeError naming the op
+    and argument.
 
     Args:
       x: float tensor (positive values in the domain).
@@ -414,6 +445,10 @@ def log_cosh(x, name=None):
     <= 1 ulp; float64 a few ulp.
 
     Gradient: ``tanh(x)``: 0 at 0, +-1 at +-inf.
+
+    dtypes: float16, bfloat16 and float32 (computed in float64, rounded once),
+    float64; output in the input dtype. Other dtypes: TypeError naming the op
+    and argument.
 
     Args:
       x: float tensor.

@@ -39,6 +39,9 @@ def sqrt(x, name=None):
     value that keeps `sqrt(sum(x**2))`-style code trainable. 0 at +inf; NaN for
     x < 0 (where the value is NaN).
 
+    dtypes: float16, bfloat16, float32, float64 (TF's kernel in each); output in
+    the input dtype. Other dtypes: TypeError naming the op and argument.
+
     Args:
       x: float tensor (float16, bfloat16, float32, float64).
       name: optional name scope.
@@ -64,7 +67,8 @@ def _sqrt(x):
     y = tf.sqrt(x)
 
     def grad(g):
-        return g * tf.where(tf.equal(y, 0), tf.zeros_like(y), 0.5 / y)
+        # g / (2y), 0 where y == 0: one fused kernel (2y is exact: y <= sqrt(max))
+        return tf.math.divide_no_nan(g, y + y)
 
     return y, grad
 
@@ -100,6 +104,11 @@ def hypot(x, y, name=None):
 
     Gradient: ``(x / h, y / h)``; **(0, 0) at x == y == 0** (naive: NaN).
 
+    dtypes: float16, bfloat16 (computed in float32), float32 (computed in
+    float64), float64; x and y must share the dtype (Python numbers take the
+    other's); output in that dtype. Integer or mismatched dtypes: TypeError
+    naming the op and arguments.
+
     Args:
       x: float tensor.
       y: float tensor of the same dtype, broadcastable with x.
@@ -129,9 +138,9 @@ def _hypot(x, y):
         h = _scaled_hypot(cx, cy)
 
     def grad(g):
-        r = tf.where(tf.equal(h, 0), tf.zeros_like(h), 1.0 / h)
-        return (_unbroadcast(g * tf.cast(cx * r, x.dtype), x),
-                _unbroadcast(g * tf.cast(cy * r, y.dtype), y))
+        # x / h and y / h, one rounding each; (0, 0) where h == 0
+        return (_unbroadcast(g * tf.cast(tf.math.divide_no_nan(cx, h), x.dtype), x),
+                _unbroadcast(g * tf.cast(tf.math.divide_no_nan(cy, h), y.dtype), y))
 
     return tf.cast(h, x.dtype), grad
 
@@ -146,6 +155,9 @@ def log1m(x, name=None):
 
     Gradient: ``-1 / (1 - x)``; saturates at minus the largest finite value at
     x == 1 (where the value is -inf); NaN for x > 1 (value NaN).
+
+    dtypes: float16, bfloat16 (computed in float32), float32, float64; output in
+    the input dtype. Other dtypes: TypeError naming the op and argument.
 
     Args:
       x: float tensor (x <= 1 in the domain).
@@ -185,11 +197,18 @@ def safe_log(x, eps=None, name=None):
     Method: inputs below the floor ``eps`` (default: the smallest positive
     normal number of the dtype, 1.18e-38 in float32, so log(eps) = -87.3) are
     replaced by eps, including 0 and negative numbers; the log is TF's (float16/
-    bfloat16 computed in float32), <= 1 ulp (measured max 1 bit of error).
+    bfloat16 computed in float32), <= 1 ulp (measured max 1.6 bits of error
+    over 10 000 inputs from 0 and the subnormals up).
 
     Gradient: ``1 / x`` for x >= eps (at most 1/eps, finite), 0 below the floor
     (the floored function is constant there). NaN propagates in value and
     gradient.
+
+    dtypes: float16, bfloat16 (computed in float32), float32, float64; output in
+    the input dtype; a Python `eps` is converted directly to the compute dtype
+    (a float64 floor of 1e-300 stays 1e-300), and one below the smallest normal
+    number of the compute dtype is raised to it (CPU kernels flush subnormals to
+    0, whose log is -inf). Other dtypes: TypeError naming the op and argument.
 
     Args:
       x: float tensor.
@@ -239,7 +258,7 @@ def _safe_log(x, eps, sat=True):
         out = tf.math.log(cc)
 
         def grad(g):
-            d = tf.where(below, tf.zeros_like(c), 1.0 / cc)
+            d = tf.where(below, tf.constant(0, c.dtype), 1.0 / cc)
             return g * tf.cast(saturate(d, x.dtype) if sat else d, x.dtype)
 
         return tf.cast(out, x.dtype), grad
@@ -260,6 +279,9 @@ def safe_exp(x, name=None):
 
     Gradient: ``exp(x)`` where the value is not saturated; 0 where it is (the
     saturated function is constant there), so no inf * 0 = NaN downstream.
+
+    dtypes: float16, bfloat16 (computed in float32), float32, float64; output in
+    the input dtype. Other dtypes: TypeError naming the op and argument.
 
     Args:
       x: float tensor.
@@ -284,10 +306,11 @@ def _safe_exp(x):
     c = _native(x)
     e = tf.exp(c)
     big = tf.constant(max_finite(x.dtype), c.dtype)
-    sat = e > big
-    out = tf.where(sat, big, e)
+    out = tf.minimum(e, big)  # NaN stays NaN (TF's minimum propagates it)
 
     def grad(g):
-        return g * tf.cast(tf.where(sat, tf.zeros_like(e), e), x.dtype)
+        # exp(x) where not saturated, 0 where it is (e == inf, or above the
+        # float16/bfloat16 maximum)
+        return g * tf.cast(tf.where(e > big, tf.constant(0, c.dtype), e), x.dtype)
 
     return tf.cast(out, x.dtype), grad
