@@ -696,6 +696,11 @@ def run_modes(fn, *args):
     Returns:
       A dict ``{"eager": ..., "function": ..., "jit_compile": ...}`` of NumPy
       results (nested structures are kept).
+
+    Raises:
+      tf.errors.InvalidArgumentError: if XLA cannot compile `fn` (e.g. it holds
+        a `tf.numpy_function`): the third mode is really compiled, never a
+        silent fallback to the graph.
     """
     def to_np(structure):
         return tf.nest.map_structure(lambda t: t.numpy() if hasattr(t, "numpy") else t, structure)

@@ -251,6 +251,30 @@ def test_sample_floats_spreads_over_bit_patterns(dtype):
         assert (np.abs(finite) < smallest_normal).sum() > 50
 
 
+# exponent and stored-significand bits of each format
+_BITS = {"float16": (5, 10), "bfloat16": (8, 7), "float32": (8, 23), "float64": (11, 52)}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sample_floats_draws_subnormals_at_their_share(dtype):
+    """Subnormals appear in every dtype, as often as their share of the bit patterns."""
+    e, m = _BITS[dtype]
+    n = 200_000
+    x = T.sample_floats(dtype, n, -np.inf, np.inf, seed=11).astype(np.float64)  # exact casts
+    smallest_normal = 2.0 ** (2 - 2 ** (e - 1))
+    sub = x[(x != 0) & (np.abs(x) < smallest_normal)]
+    # Keys from -inf to +inf: 2 (2^e - 1) 2^m + 1 (+0 and -0 share one); nonzero
+    # subnormal patterns: 2 (2^m - 1). Uniform over keys -> binomial count.
+    p = 2 * (2**m - 1) / (2 * (2**e - 1) * 2**m + 1)
+    mean, sd = n * p, math.sqrt(n * p * (1 - p))
+    # 5 standard deviations: float64 expects ~98 of 200 000, float32/bfloat16 ~784
+    assert abs(len(sub) - mean) < 5 * sd, (len(sub), mean)
+    assert (sub < 0).any() and (sub > 0).any()
+    # they are genuine subnormals of the format: multiples of its smallest one
+    step = 2.0 ** (2 - 2 ** (e - 1) - m)
+    assert np.all(np.abs(sub) >= step) and np.all(np.mod(sub, step) == 0)
+
+
 def test_sample_floats_bounds_and_seed():
     x = T.sample_floats("float32", 1000, 1.0, 2.0, seed=4)
     assert x.min() >= 1.0 and x.max() <= 2.0
@@ -286,6 +310,27 @@ def test_check_gradients_flags_a_wrong_custom_gradient():
     assert T.check_gradients(slightly_wrong, np.linspace(0.1, 1, 5)) > 5e-5
 
 
+def test_check_gradients_delta_sets_the_truncation_error():
+    """A large `delta` on a curved function gives the central difference's truncation error.
+
+    For exp, (e^(x+h) - e^(x-h)) / 2h = e^x sinh(h)/h exactly, so the relative error
+    check_gradients reports is max_i (1 - h_i / sinh(h_i)) ~ h^2/6, with the steps
+    h_i = fl(x_i + delta x_i) - x_i it takes. Rounding adds ~eps/h ~ 1e-14 here.
+    """
+    x = np.linspace(1.0, 2.0, 5)
+    for delta in (1e-2, 1e-3):
+        h = (x + delta * x) - x
+        predicted = float(np.max(1.0 - h / np.sinh(h)))  # 6.7e-5 and 6.7e-7
+        err = T.check_gradients(tf.exp, x, delta=delta)
+        # rounding (~1e-14 absolute) is below 1e-6 of the prediction at both steps
+        assert abs(err - predicted) <= 1e-6 * predicted, (delta, err, predicted)
+    default = T.check_gradients(tf.exp, x)  # eps^(1/3): truncation ~ rounding ~ 1e-11
+    assert default < 1e-9
+    assert T.check_gradients(tf.exp, x, delta=1e-2) > 1e4 * default
+    # too small a step: rounding error eps |L| / h dominates (~3e-4 at delta = 1e-12)
+    assert T.check_gradients(tf.exp, x, delta=1e-12) > 100 * default
+
+
 def test_assert_finite_gradients():
     T.assert_finite_gradients(tf.sin, np.array([0.0, 1.0], np.float32))
     with pytest.raises(AssertionError, match="gradient"):
@@ -298,3 +343,26 @@ def test_run_modes_runs_three_ways():
     out = T.run_modes(lambda x: tf.reduce_sum(x * 2.0), tf.constant([1.0, 2.0]))
     assert set(out) == {"eager", "function", "jit_compile"}
     assert all(v == 6.0 for v in out.values())
+
+
+def test_run_modes_really_compiles_the_third_mode():
+    """A host-side op runs eagerly and in a graph but XLA cannot compile it.
+
+    If run_modes ignored jit_compile (or ran the function eagerly three times),
+    the same function would succeed in all three modes.
+    """
+    def host_op(x):
+        return tf.numpy_function(lambda a: a * 2.0, [x], tf.float32)
+
+    x = tf.constant([1.0, 2.0])
+    np.testing.assert_array_equal(host_op(x).numpy(), [2.0, 4.0])  # eager works
+    np.testing.assert_array_equal(tf.function(host_op)(x).numpy(), [2.0, 4.0])  # graph works
+    with pytest.raises(tf.errors.InvalidArgumentError, match="XLA|compile"):
+        T.run_modes(host_op, x)
+
+    # and the first two modes are what they say: eager, then a traced graph
+    def which(x):
+        return x * 0.0 + (0.0 if tf.executing_eagerly() else 1.0)
+
+    out = T.run_modes(which, x)
+    assert out["eager"][0] == 0.0 and out["function"][0] == 1.0 and out["jit_compile"][0] == 1.0
