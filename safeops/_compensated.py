@@ -7,6 +7,17 @@ recursive order, so its bound is the Sum2 bound with gamma_{ceil(log2 n)} in
 place of gamma_{n-1}:
 
     |fl(s + c) - sum x| <= eps |sum x| + gamma_{ceil(log2 n)}^2 sum |x|.
+
+An optional initial compensation c0 (same shape as x, e.g. the error terms of
+products, `safeops.dot`) is summed pairwise along with the TwoSum errors; it
+adds at most ``gamma_{ceil(log2 n)} sum |c0|`` to the bound.
+
+Under XLA the tree is compiled as written (no reassociation with fast-math
+off), but XLA:CPU contracts a multiply feeding an add into an FMA: if x is an
+*inexact* product computed in the same compiled cluster (``x = a * b``), the
+first level's TwoSum sees fl(a b) in one place and the exact a b in another,
+and the compensation is lost. Sum exact terms (as `safeops.dot` does) or
+products via `safeops.dot`.
 """
 
 import numpy as np
@@ -17,15 +28,18 @@ from safeops.eft import _two_sum
 __all__ = []
 
 
-def _axis_error(op, axis, rank):
+def _axis_error(op, axis, rank, graph_error=ValueError):
+    """The error TF raises for an out-of-range axis: InvalidArgumentError eagerly; in a graph,
+    `graph_error` (ValueError for reductions, whose shape function checks the axis;
+    tf.cumsum checks it only at run time, InvalidArgumentError)."""
     msg = f"{op}: axis {axis} is out of range for a tensor of rank {rank}"
-    if tf.executing_eagerly():
+    if tf.executing_eagerly() or graph_error is tf.errors.InvalidArgumentError:
         return tf.errors.InvalidArgumentError(None, None, msg)
-    return ValueError(msg)
+    return graph_error(msg)
 
 
-def _normalize_axes(op, axis, rank):
-    """Sorted non-negative axes; TF's error types for out-of-range (eager: InvalidArgument)."""
+def _normalize_axes(op, axis, rank, graph_error=ValueError):
+    """Sorted non-negative axes; TF's error types for out-of-range (see `_axis_error`)."""
     if axis is None:
         return list(range(rank))
     static = tf.get_static_value(axis)
@@ -35,7 +49,7 @@ def _normalize_axes(op, axis, rank):
     out = []
     for a in axes:
         if not -rank <= a < max(rank, 1):
-            raise _axis_error(op, a, rank)
+            raise _axis_error(op, a, rank, graph_error)
         out.append(a % max(rank, 1))
     return sorted(set(out))
 
@@ -65,19 +79,20 @@ def _restore(r, x, axes, kept_shape, keepdims):
     return tf.reshape(r, shape)
 
 
-def _tree_sum(x):
+def _tree_sum(x, c0=None):
     """Cascaded TwoSum tree along the last axis: (s, c) with s + c ~ sum (see module doc).
 
     s is the plain pairwise sum (differentiable, propagates NaN/inf as IEEE
-    addition); c is the accumulated rounding error (not differentiated).
+    addition); c is the accumulated rounding error plus the optional initial
+    compensation c0 (x's shape), summed pairwise (not differentiated).
     """
     n = x.shape[-1]
     if n is None:
-        return _tree_sum_dynamic(x)
+        return _tree_sum_dynamic(x, c0)
     if n == 0:
         z = tf.reduce_sum(x, -1)
         return z, tf.zeros_like(z)
-    c = None
+    c = None if c0 is None else tf.stop_gradient(c0)
     while n > 1:
         if n % 2:
             pad = [[0, 0]] * (x.shape.rank - 1) + [[0, 1]]
@@ -94,9 +109,11 @@ def _tree_sum(x):
     return s, tf.stop_gradient(c)
 
 
-def _tree_sum_dynamic(x):
+def _tree_sum_dynamic(x, c0=None):
     """`_tree_sum` for a last axis of unknown static length (graph mode only, not XLA)."""
     x = tf.concat([x, tf.zeros_like(x[..., :1])], -1)  # at least one element
+    c = tf.zeros_like(x) if c0 is None else tf.concat(
+        [tf.stop_gradient(c0), tf.zeros_like(x[..., :1])], -1)
 
     def body(v, c):
         n = tf.shape(v)[-1]
@@ -107,7 +124,7 @@ def _tree_sum_dynamic(x):
         s, e = _two_sum(v[..., :h], v[..., h:])
         return s, c[..., :h] + c[..., h:] + tf.stop_gradient(e)
 
-    s, c = tf.while_loop(lambda v, c: tf.shape(v)[-1] > 1, body, [x, tf.zeros_like(x)],
+    s, c = tf.while_loop(lambda v, c: tf.shape(v)[-1] > 1, body, [x, c],
                          shape_invariants=[tf.TensorShape(None), tf.TensorShape(None)])
     return s[..., 0], tf.stop_gradient(c[..., 0])
 

@@ -7,7 +7,8 @@ float16        products and accumulation in float32 (products exact)
 bfloat16       products and accumulation in float32 (products exact)
 float32        products and accumulation in float64 (products exact:
                24 + 24 bits <= 53), TF's kernels, one rounding back
-float64        Dot2: TwoProduct of every pair, TwoSum tree over the sum
+float64        Dot2: every product as an exact-partial double word
+               (bit-mask split, FMA-proof), TwoSum tree over the sum
 int*           delegated to TF
 complex, bool  TypeError naming the op and the argument
 =============  ==========================================================
@@ -17,7 +18,7 @@ import tensorflow as tf
 
 from safeops._compensated import _finish, _move_axes_last, _normalize_axes, _restore, _tree_sum
 from safeops._dtypes import accumulation_dtype, check_floating
-from safeops.eft import _two_prod
+from safeops.eft import _prod_dw
 
 __all__ = ["dot", "matmul"]
 
@@ -41,7 +42,14 @@ def _operands(op, names, values):
 
 
 def _dot2(op, x, y, axis, keepdims):
-    """float64 Dot2 over `axis` (after broadcasting): TwoProduct + TwoSum tree."""
+    """float64 Dot2 over `axis` (after broadcasting): exact-partial products + TwoSum tree.
+
+    Every product is the double word (p, e) of `safeops.eft._prod_dw`, built
+    from exact partial products only, so XLA:CPU's FMA contraction cannot
+    change the result; the p are summed by the TwoSum tree and the e join its
+    compensation. The value is not differentiable (bitcasts), so the gradient
+    is given explicitly: ``g * y`` for x and ``g * x`` for y.
+    """
     shape = tf.broadcast_static_shape(x.shape, y.shape)
     if shape.rank is None:
         raise ValueError(f"{op}: float64 inputs need a known rank")
@@ -49,13 +57,26 @@ def _dot2(op, x, y, axis, keepdims):
     x, y = tf.broadcast_to(x, dyn), tf.broadcast_to(y, dyn)
     x.set_shape(shape)
     y.set_shape(shape)
-    p, pe = _two_prod(x, y)  # p = x * y is differentiable; pe is not
     axes = _normalize_axes(op, axis, shape.rank)
-    pl, kept = _move_axes_last(p, axes)
-    s, c = _tree_sum(pl)
-    pe = tf.stop_gradient(tf.where(tf.math.is_finite(pe), pe, tf.zeros_like(pe)))
-    c = c + tf.reduce_sum(pe, axis=axes)
-    return _restore(_finish(s, c), p, axes, kept, keepdims)
+
+    @tf.custom_gradient
+    def impl(u, v):
+        p, pe = _prod_dw(u, v)
+        pl, kept = _move_axes_last(p, axes)
+        el, _ = _move_axes_last(pe, axes)
+        s, c = _tree_sum(pl, el)
+        out = _restore(_finish(s, c), p, axes, kept, keepdims)
+
+        def grad(g):
+            if not keepdims:
+                g = tf.reshape(g, tf.tensor_scatter_nd_update(
+                    tf.shape(u), [[a] for a in axes], tf.ones([len(axes)], tf.int32))
+                    if axes else tf.shape(u))
+            return g * v, g * u
+
+        return out, grad
+
+    return impl(x, y)
 
 
 def dot(x, y, axis=-1, keepdims=False, name=None):
@@ -63,15 +84,22 @@ def dot(x, y, axis=-1, keepdims=False, name=None):
 
     Method: float16/bfloat16 in float32 and float32 in float64, where every
     product is exact and the accumulation (TF's reduction) is in the wider
-    type, rounded once; float64 uses Dot2 (Ogita-Rump-Oishi 2005): TwoProduct
-    (Veltkamp/Dekker) of each pair and the cascaded TwoSum tree.
+    type, rounded once; float64 uses Dot2 (Ogita-Rump-Oishi 2005): each
+    product as a double word from the exact products of its bit-mask split
+    halves (Dekker) and the cascaded TwoSum tree.
 
-    Error bound: float64: ``|res - x.y| <= u|x.y| + gamma_{ceil(log2 2n)}^2
-    |x|.|y|``. float32: ``<= u|x.y| + gamma64_n |x|.|y|`` (worst case; the
-    realised error is ~log2(n) u64), within 1 ulp for condition numbers
-    ``2|x|.|y| / |x.y|`` up to 1e7 (tested; the naive float32 product fails).
-
-    Known gap: float64 under ``jit_compile=True`` -- see `matmul`.
+    Error bound: float64: ``|res - x.y| <= u|x.y| + gamma_{k+2}^2 |x|.|y|``
+    with ``k = ceil(log2 n)`` (Dot2 with a pairwise tree; the +2 covers the
+    product error terms, which are represented to ``4u^2 |x_i y_i|`` and
+    summed pairwise in the compensation). The same in every execution mode,
+    including ``jit_compile=True``: every multiply in the float64 path is
+    exact (bit-mask split), so XLA:CPU's FMA contraction cannot change the
+    result (tested on condition 1e12: eager, tf.function and XLA give the
+    same correctly rounded value; `tf.reduce_sum(x * y)` is ~1e11 ulp off).
+    float32: ``<= u|x.y| + gamma64_n |x|.|y|`` (worst case; guarantees 1 ulp
+    only for condition ``<~ 2**29 / n``); *measured* within 1 ulp for
+    condition numbers ``2|x|.|y| / |x.y|`` up to 1e7 at n = 2000 (tested;
+    the naive float32 product fails).
 
     Gradient: y * upstream for x and x * upstream for y (summed over broadcast
     dimensions), as TF's; the error terms are not differentiated.
@@ -118,16 +146,14 @@ def matmul(a, b, transpose_a=False, transpose_b=False, name=None):
     Method: float16/bfloat16 multiply in float32 and float32 in float64
     (exact products, accumulation in the wider type by TF's matmul kernel),
     rounded once. float64: Dot2 on every output element -- the products
-    ``a[..., i, k] * b[..., k, j]`` are formed with TwoProduct and summed with
-    the TwoSum tree. That materialises an ``[..., m, n, k]`` tensor: float64
+    ``a[..., i, k] * b[..., k, j]`` are formed as exact-partial double words
+    and summed with the TwoSum tree. That materialises an ``[..., m, n, k]`` tensor: float64
     memory and time are O(m n k); use it for moderate sizes.
 
-    Error bound: each element as `dot`: float32 within 1 ulp for condition up
-    to 1e7; float64 ``u|c_ij| + gamma_{ceil(log2 2k)}^2 sum_k |a_ik b_kj|``.
-
-    Known gap: under ``jit_compile=True`` XLA:CPU contracts the Veltkamp
-    split's multiply-add into an FMA, so float64 TwoProduct is no longer exact
-    there (measured up to 3 ulp instead of <= 1; float32 is unaffected).
+    Error bound: each element as `dot`: float32 measured within 1 ulp for
+    condition up to 1e7; float64 ``u|c_ij| + gamma_{ceil(log2 k)+2}^2
+    sum_k |a_ik b_kj|``, in every execution mode including
+    ``jit_compile=True`` (no inexact multiply for XLA to contract; see `dot`).
 
     Gradient: ``g @ b^T`` and ``a^T @ g`` (transposes as TF's), computed in the
     accumulation precision.

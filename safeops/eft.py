@@ -8,9 +8,10 @@ and are used by `safeops.summation`, `safeops.dot` and
 
 * `two_sum` -- Knuth's TwoSum, 6 flops, no condition on the inputs.
 * `fast_two_sum` -- Dekker's FastTwoSum, 3 flops, needs ``|a| >= |b|`` (or a == 0).
-* `two_prod` -- Dekker's TwoProduct with Veltkamp splitting (17 flops). TF has
-  no fused multiply-add op, so the product is split into halves whose partial
-  products are exact.
+* `two_prod` -- Dekker's TwoProduct. TF has no fused multiply-add op, so each
+  factor is split into two halves of at most ``p - ceil(p/2)`` bits by bit
+  masking (round to nearest at bit ``ceil(p/2)``), and the four partial
+  products of the halves are exact.
 
 References: D. E. Knuth, TAOCP vol. 2, Thm 4.2.2B; T. J. Dekker, "A
 floating-point technique for extending the available precision", Numer. Math.
@@ -26,9 +27,22 @@ CPU kernels flush subnormals to zero, so an error term below the normal
 range is lost (it is then below ``2**emin``, e.g. 1.2e-38 in float32).
 
 XLA: with fast-math off (XLA:CPU's default in TF 2.21) TwoSum is compiled as
-written (tested under ``jit_compile=True``). XLA:CPU may however contract a
-multiply followed by an add into an FMA, which breaks Veltkamp's split in
-float64 (`two_prod` measured inexact inside larger float64 XLA clusters).
+written (tested under ``jit_compile=True``). XLA:CPU does however contract a
+multiply followed by an add into an FMA, also after duplicating a product
+into several fused kernels (seen in the compiled code: ``vfmadd`` for
+``x * y`` summed by a TwoSum tree). A contracted *inexact* product breaks an
+EFT identity; a contracted *exact* product changes nothing. Hence:
+
+* the split uses integer bit masking, not Veltkamp's ``c = (2**s + 1) a;
+  hi = c - (c - a)`` (whose multiply-add XLA may contract);
+* `_prod_dw` (used by dot, matmul, mean, variance and std) represents
+  ``a * b`` as ``p + e`` from the exact partial products only, with no
+  rounded product in any addition, so its result does not depend on
+  contraction;
+* `two_prod` itself returns ``p = a * b``, which XLA could in principle
+  contract into Dekker's ``p - ah * bh`` if it duplicated the product into
+  that kernel; measured exact under ``jit_compile=True`` (tests/test_eft.py),
+  but the library's own ops do not rely on it.
 """
 
 import tensorflow as tf
@@ -37,12 +51,12 @@ from safeops._dtypes import convert_to_floating
 
 __all__ = ["fast_two_sum", "two_prod", "two_sum"]
 
-# Veltkamp splitter 2**ceil(p/2) + 1 for a p-bit significand.
-_SPLITTER = {
-    tf.float16: 2.0**6 + 1.0,  # p = 11
-    tf.bfloat16: 2.0**4 + 1.0,  # p = 8
-    tf.float32: 2.0**12 + 1.0,  # p = 24
-    tf.float64: 2.0**27 + 1.0,  # p = 53
+# Split point s = ceil(p/2) for a p-bit significand, and the integer type of the same width.
+_SPLIT = {
+    tf.float16: (tf.int16, 6),  # p = 11: hi 5 bits, lo <= 5 bits
+    tf.bfloat16: (tf.int16, 4),  # p = 8: hi 4 bits, lo <= 3 bits (or a power of two)
+    tf.float32: (tf.int32, 12),  # p = 24: hi 12 bits, lo <= 11 bits
+    tf.float64: (tf.int64, 27),  # p = 53: hi 26 bits, lo <= 26 bits
 }
 
 
@@ -71,19 +85,51 @@ def _fast_two_sum(a, b):
 
 
 def _split(a):
-    """Veltkamp's split: a = hi + lo exactly, each with at most ceil(p/2) bits."""
-    c = tf.constant(_SPLITTER[a.dtype], a.dtype) * a
-    hi = c - (c - a)
+    """a = hi + lo exactly, hi and lo with at most p - s bits each (s = ceil(p/2)).
+
+    hi is a rounded to nearest at bit s of the significand by integer
+    arithmetic on its bit pattern (add half of the dropped part, clear the
+    low s bits; a carry moves into the exponent as it should), so
+    ``|lo| <= 2**(s-1)`` ulp(a) and ``lo = a - hi`` is exact. No float
+    multiply is involved, so FMA contraction cannot change it (Veltkamp's
+    split can be broken that way under XLA). hi overflows to inf only for
+    |a| within a relative 2**-(p-s) of the largest finite value.
+    """
+    itype, s = _SPLIT[a.dtype]
+    bits = tf.bitcast(a, itype) + tf.constant(1 << (s - 1), itype)
+    hi = tf.bitcast(tf.bitwise.bitwise_and(bits, tf.constant(~((1 << s) - 1), itype)), a.dtype)
     return hi, a - hi
 
 
 def _two_prod(a, b):
-    """Dekker's TwoProduct: (p, e) with a * b = p + e."""
+    """Dekker's TwoProduct: (p, e) with a * b = p + e, p = fl(a * b)."""
     p = a * b
     ah, al = _split(a)
     bh, bl = _split(b)
     e = al * bl - (((p - ah * bh) - al * bh) - ah * bl)
     return p, e
+
+
+def _prod_dw(a, b):
+    """a * b as a double word (p, e) built from exact partial products only.
+
+    With the split halves, ``hh = ah bh``, ``ah bl``, ``al bh`` and
+    ``ll = al bl`` are exact, so XLA contracting any of them into an FMA
+    does not change a result. ``mid = fl(ah bl + al bh)``; ``(p, e1) =
+    TwoSum(hh, mid)``; ``e = fl(e1 + ll)``. Then ``|p - a b| <= 3u |a b|``
+    (``|e1| <= u|p|``, ``|ll| <= 2u|ab|``; p is usually fl(a b), not
+    always), ``|e| <= 3u |a b|`` and ``|p + e - a b| <= 4 u**2 |a b|``
+    (rounding of mid: u 2**-25 |ab|; of e: u (|e1| + |ll|) <= 3 u**2 |ab|).
+    Where p is not finite (inf/NaN inputs, or hh overflowing), p is TF's
+    ``a * b`` and e is 0, so non-finite values propagate as in TF.
+    Nothing here is differentiable (bitcast); callers supply the gradient.
+    """
+    ah, al = _split(a)
+    bh, bl = _split(b)
+    p, e1 = _two_sum(ah * bh, ah * bl + al * bh)
+    e = e1 + al * bl
+    fin = tf.math.is_finite(p)
+    return tf.where(fin, p, a * b), tf.where(fin, e, tf.zeros_like(e))
 
 
 def two_sum(a, b, name=None):
@@ -162,15 +208,21 @@ def fast_two_sum(a, b, name=None):
 def two_prod(a, b, name=None):
     """The rounded product ``p = fl(a * b)`` and its exact error ``e = a * b - p``.
 
-    New op (TF has no FMA). Method: Dekker's TwoProduct with Veltkamp's
-    splitting ``c = (2**s + 1) a; hi = c - (c - a); lo = a - hi`` with
-    ``s = ceil(p/2)`` for a p-bit significand (6, 4, 12, 27 for float16,
-    bfloat16, float32, float64); the four half-products are exact.
+    New op (TF has no FMA). Method: Dekker's TwoProduct,
+    ``e = al bl - (((p - ah bh) - al bh) - ah bl)``, with each factor split
+    by bit masking: hi is the factor rounded to nearest at bit
+    ``s = ceil(p/2)`` of its p-bit significand (s = 6, 4, 12, 27 for float16,
+    bfloat16, float32, float64) and ``lo = a - hi``; both halves have at most
+    ``p - s`` bits, so the four half-products are exact. (Veltkamp's
+    multiplicative split is not used: XLA:CPU may contract its multiply-add
+    into an FMA.)
 
     Error bound: exact (``a * b == p + e``) provided no overflow and no
-    underflow occurs: ``|a|, |b| <= max / 2**s`` (the split overflows above,
-    giving NaN in e) and ``|e|`` above the subnormal range (roughly
-    ``|a b| >= 2**(emin + p)``; below that e is only approximate).
+    underflow occurs: the split overflows (e NaN) only for |a| or |b| within
+    a relative ``2**-(p-s)`` of the largest finite value, and ``|e|`` must be
+    above the subnormal range (roughly ``|a b| >= 2**(emin + p)``; below that
+    e is only approximate). Tested exact eagerly, in `tf.function` and under
+    ``jit_compile=True`` (see the module doc for XLA).
 
     Gradient: p as ``a * b`` (b and a); e is not differentiated.
 

@@ -22,10 +22,10 @@ written (fast-math off, checked in tests/test_summation.py).
 
 import tensorflow as tf
 
-from safeops._compensated import (_finish, _move_axes_last, _normalize_axes, _restore,
-                                  _tree_sum)
+from safeops._compensated import (_axis_error, _finish, _move_axes_last, _normalize_axes,
+                                  _restore, _tree_sum)
 from safeops._dtypes import accumulation_dtype, check_floating
-from safeops.eft import _two_prod, _two_sum
+from safeops.eft import _prod_dw, _two_sum
 
 __all__ = ["cumsum", "reduce_mean", "reduce_std", "reduce_sum", "reduce_variance"]
 
@@ -54,9 +54,12 @@ def _sum_dd(op, x, axis, keepdims):
 
 
 def _dd_div(s, c, n):
-    """(s + c) / n as a double-word (q, r), q = fl(s / n), r its correction."""
+    """(s + c) / n as a double-word (q, r), q = fl(s / n), r its correction.
+
+    q * n is formed from exact partial products (`_prod_dw`), so XLA's FMA
+    contraction cannot change r."""
     q = s / n
-    p, pe = _two_prod(q, n)
+    p, pe = _prod_dw(q, n)
     r = ((s - p) - pe + c) / n
     return q, tf.stop_gradient(tf.where(tf.math.is_finite(r), r, tf.zeros_like(r)))
 
@@ -94,11 +97,16 @@ def reduce_sum(input_tensor, axis=None, keepdims=False, name=None):
       float64: ``|res - s| <= u|s| + gamma_{ceil(log2 n)}^2 sum|x|``
       (gamma_k = k u / (1 - k u)): as if computed in twice the precision.
       float32: ``|res - s| <= u|s| + gamma64_{n-1} sum|x|``, gamma64 in float64's
-      unit roundoff (2**-53). The worst case grows with n; TF's blocked
-      reduction makes the realised error ~log2(n) u64 sum|x|, so the result is
-      faithfully rounded (within 1 ulp) for condition numbers
-      ``sum|x| / |sum x|`` up to 1e8 at n up to 1e7 (tested). float16/bfloat16:
-      the same with float32's u, faithful for condition up to 1e3.
+      unit roundoff (2**-53). This worst case *guarantees* faithful rounding
+      (within 1 ulp) only while ``gamma64_{n-1} cond <= u`` (cond =
+      ``sum|x| / |sum x|``), i.e. ``cond <~ 2**29 / n`` (about 50 at n = 1e7).
+      Beyond that the claim is *measured*, not proven: TF's blocked reduction
+      adds in a tree-like order and float64 rounding errors largely cancel, so
+      the realised error is far below the bound, and the result was within
+      1 ulp for condition 1e8 at n = 1e5, 1e6 and 1e7 (tests/test_summation.py;
+      the n = 1e7 case is marked slow). float16/bfloat16: the same with
+      float32's u; guaranteed faithful for ``cond <~ 2**13 / n``, measured
+      faithful for condition 1e3 at n = 2000.
       `tf.reduce_sum` is off by ~15% at condition 1e8 in float32.
 
     Gradient: the upstream gradient broadcast to the input shape (ones), as
@@ -144,12 +152,13 @@ def reduce_mean(input_tensor, axis=None, keepdims=False, name=None):
 
     Method: the sum of `reduce_sum` (float16/bfloat16 in float32, float32 in
     float64, float64 as a double-word from the TwoSum tree) divided by n in the
-    accumulation precision (float64: double-word division with TwoProduct),
-    rounded once to the input dtype.
+    accumulation precision (float64: double-word division, q*n from exact
+    partial products), rounded once to the input dtype.
 
     Error bound: that of `reduce_sum` divided by n, plus one rounding:
-    ``|res - mean| <= u|mean| + (bound of reduce_sum) / n``; within 1 ulp
-    for condition numbers up to 1e8 (float32) as the sum.
+    ``|res - mean| <= u|mean| + (bound of reduce_sum) / n``; float32 measured
+    within 1 ulp for condition numbers up to 1e8 as the sum (a measurement,
+    not implied by the worst-case bound -- see `reduce_sum`).
 
     Gradient: upstream / n broadcast to the input shape, as TF's.
 
@@ -191,7 +200,7 @@ def _variance_dd(op, x, axis, keepdims):
     mh, ml = _dd_div(s, c, n)
     dh, dl = _two_sum(x, -mh)
     dl = dl - ml
-    p, pe = _two_prod(dh, dh)
+    p, pe = _prod_dw(dh, dh)  # exact partials: FMA contraction cannot change them
     rest = pe + 2.0 * dh * dl
     ss, sc, _ = _sum_dd(op, p, axis, keepdims)
     sc = sc + tf.reduce_sum(rest, axis=_normalize_axes(op, axis, x.shape.rank),
@@ -207,7 +216,7 @@ def _variance(op, x, axis, keepdims, std):
             vh, vl, mean, n = _variance_dd(op, v, axis, keepdims)
             if std:
                 r = tf.sqrt(vh)
-                p, pe = _two_prod(r, r)
+                p, pe = _prod_dw(r, r)
                 corr = ((vh - p) - pe + vl) / (2.0 * r)
                 out = r + tf.where((r > 0) & tf.math.is_finite(corr), corr, tf.zeros_like(r))
             else:
@@ -229,9 +238,9 @@ def _variance(op, x, axis, keepdims, std):
     xa = tf.cast(x, acc)
     d = xa - tf.reduce_mean(xa, axis, keepdims=True)
     var = tf.reduce_mean(d * d, axis, keepdims)
-    if std:  # double where: gradient 0 (not NaN) where the variance is 0
+    if std:  # double where: gradient 0 (not NaN) where the variance is 0; NaN stays NaN
         pos = var > 0
-        var = tf.where(pos, tf.sqrt(tf.where(pos, var, tf.ones_like(var))), tf.zeros_like(var))
+        var = tf.where(pos, tf.sqrt(tf.where(pos, var, tf.ones_like(var))), var)
     return tf.cast(var, x.dtype)
 
 
@@ -248,8 +257,8 @@ _VAR_DOC = """Accurate {what} across dimensions; drop-in for `tf.math.reduce_{tf
     the deviations ``d = x - mean`` and ``sum d**2`` in the accumulation
     precision (float16/bfloat16: float32; float32: float64, where the
     deviations and squares are exact to float64's rounding); float64 keeps the
-    mean as a double-word, forms d with TwoSum and d**2 with TwoProduct and
-    sums with the TwoSum tree (double-double). {extra}Rounded once to the
+    mean as a double-word, forms d with TwoSum and d**2 from exact partial
+    products and sums with the TwoSum tree (double-double). {extra}Rounded once to the
     input dtype.
 
     Error bound: within 4 ulp of the exact value (tested: 2 ulp observed) for
@@ -376,8 +385,9 @@ def cumsum(x, axis=0, exclusive=False, reverse=False, name=None):
 
     Raises:
       TypeError: if x is bool, string or not convertible.
-      tf.errors.InvalidArgumentError (eager) or ValueError (graph): axis out of
-        range.
+      tf.errors.InvalidArgumentError: axis out of range, in every mode (as
+        `tf.cumsum`, which checks it at run time; here it is raised when the
+        op is built).
 
     Example:
       >>> x = tf.fill([1000000], 0.1)
@@ -392,9 +402,11 @@ def cumsum(x, axis=0, exclusive=False, reverse=False, name=None):
         if t.shape.rank is None:
             raise ValueError(f"{op}: argument 'x' needs a known rank")
         rank = t.shape.rank
-        ax = _normalize_axes(op, axis, rank)
+        # tf.cumsum checks the axis only at run time: InvalidArgumentError in every mode
+        err = tf.errors.InvalidArgumentError
+        ax = _normalize_axes(op, axis, rank, graph_error=err)
         if len(ax) != 1 or rank == 0:
-            raise _axis_error_scalar(op, axis, rank)
+            raise _axis_error(op, axis, rank, graph_error=err)
         ax = ax[0]
 
         def scan(v):
@@ -407,7 +419,3 @@ def cumsum(x, axis=0, exclusive=False, reverse=False, name=None):
             return _complex_parts(scan, t)
         return scan(t)
 
-
-def _axis_error_scalar(op, axis, rank):
-    from safeops._compensated import _axis_error
-    return _axis_error(op, axis, rank)

@@ -125,11 +125,64 @@ def test_bad_input_raises(fn, name):
         fn(tf.constant([1.0]), tf.constant([1.0], tf.float64))
 
 
-def test_split_range_documented():
-    # Veltkamp's split needs |a| <= max / 2**12 in float32 (documented); exact just below it.
-    a = tf.constant([3.0e34, -1.0e34], tf.float32)
-    b = tf.constant([1.0 + 2.0**-3, 3.0 + 2.0**-20], tf.float32)
+def _exact_pairs(a, b, p, e, prec=300):
+    with mpmath.workprec(prec):
+        return [mpmath.mpf(float(x)) * mpmath.mpf(float(y)) == mpmath.mpf(float(pp))
+                + mpmath.mpf(float(ee)) for x, y, pp, ee in zip(a, b, _f64(p), _f64(e))]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_split_range_documented(dtype):
+    # The bit-mask split overflows only within a relative 2**-(p-s) of the largest finite
+    # value (documented); exact up to there, where Veltkamp's split (max / 2**s) was not.
+    big = {"float32": [3.0e38, -1.0e37], "float64": [1.5e308, -1.0e300]}[dtype]
+    a = tf.constant(big, dtype)
+    b = tf.constant([0.75 + 2.0**-20, 1.0 + 2.0**-9], dtype)
     p, e = so.two_prod(a, b)
-    with mpmath.workprec(200):
-        for x, y, pp, ee in zip(a.numpy(), b.numpy(), _f64(p), _f64(e)):
-            assert mpmath.mpf(float(x)) * mpmath.mpf(float(y)) == mpmath.mpf(pp) + mpmath.mpf(ee)
+    assert np.all(np.isfinite(_f64(e)))
+    assert all(_exact_pairs(a.numpy(), b.numpy(), p, e, prec=2200))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_two_prod_exact_inside_larger_xla_cluster(dtype):
+    # XLA:CPU contracts multiply-adds into FMAs; the bit-mask split has no multiply to
+    # contract. p and e feed further adds in the same compiled function, as in Dot2.
+    a = testing.sample_floats(dtype, 400, 1e-2, 1e2, seed=9)
+    b = -testing.sample_floats(dtype, 400, 1e-2, 1e2, seed=10)
+
+    def fn(x, y):
+        p, e = so.two_prod(x, y)
+        return p, e, tf.reduce_sum(p + e), tf.cumsum(e)
+
+    out = testing.run_modes(fn, a, b)
+    for mode in ("function", "jit_compile"):
+        for i in range(2):
+            np.testing.assert_array_equal(out[mode][i], out["eager"][i], err_msg=mode)
+    assert all(_exact_pairs(a, b, *out["jit_compile"][:2]))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_prod_dw_bound_in_every_mode(dtype):
+    # Private double-word product used by dot/matmul/mean/variance: built from exact partial
+    # products only, so identical in every mode; documented |p + e - ab| <= 4 u^2 |ab|.
+    from safeops.eft import _prod_dw
+    u = 2.0**-24 if dtype == "float32" else 2.0**-53
+    a = testing.sample_floats(dtype, 400, 1e-3, 1e3, seed=11)
+    b = testing.sample_floats(dtype, 400, 1e-3, 1e3, seed=12) * np.where(
+        np.arange(400) % 2, 1, -1).astype(dtype)
+    out = testing.run_modes(_prod_dw, tf.constant(a), tf.constant(b))
+    for mode in ("function", "jit_compile"):
+        np.testing.assert_array_equal(out[mode][0], out["eager"][0], err_msg=mode)
+        np.testing.assert_array_equal(out[mode][1], out["eager"][1], err_msg=mode)
+    p, e = out["eager"]
+    with mpmath.workprec(300):
+        for x, y, pp, ee in zip(a, b, p, e):
+            ab = mpmath.mpf(float(x)) * mpmath.mpf(float(y))
+            assert abs(mpmath.mpf(float(pp)) + mpmath.mpf(float(ee)) - ab) <= 4 * u**2 * abs(ab)
+            assert abs(mpmath.mpf(float(pp)) - ab) <= 3 * u * abs(ab)  # documented
+    nf = testing.run_modes(_prod_dw,
+                           tf.constant([np.inf, np.nan, 2.0], dtype),
+                           tf.constant([1.0, 1.0, -np.inf], dtype))
+    for mode, (pp, ee) in nf.items():  # non-finite products as TF's multiply, error term 0
+        np.testing.assert_array_equal(pp, [np.inf, np.nan, -np.inf], err_msg=mode)
+        np.testing.assert_array_equal(ee, [0.0, 0.0, 0.0], err_msg=mode)
