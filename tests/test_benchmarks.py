@@ -124,7 +124,7 @@ def test_smoke_progress_shows_eta(smoke):
 
 def test_flags_only_seed_repeats(smoke, tmp_path):
     _, _, doc0 = smoke
-    out = _run("--smoke", "--only=summation/reduce_sum/*,sum_error_vs_condition", "--seed=1",
+    out = _run("--smoke", "--only=summation/reduce_sum/*,sum_error_*", "--seed=1",
                "--repeats=2", "--output_dir", str(tmp_path))
     assert out.returncode == 0, out.stderr[-3000:]
     doc1 = _load(tmp_path / "results.json")

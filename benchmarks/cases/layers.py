@@ -35,8 +35,9 @@ def _make_ln(ratio):
 
     def make_inputs(rng, size):
         x = _rows(rng, size, ratio)
-        ours.build(x.shape)
-        theirs.build(x.shape)
+        for layer in (ours, theirs):  # make_inputs runs once per device: build once
+            if not layer.built:
+                layer.build(x.shape)
         return (x,)
 
     def accuracy(inputs, outputs):
@@ -127,9 +128,11 @@ def _monitor_case(check):
         n = pick(size, full=256, quick=256, smoke=16)
         x = rng.standard_normal((n, 256)).astype(np.float32)
         y = rng.standard_normal((n, 10)).astype(np.float32)
-        for m in (plain, watched):
-            m.build((None, 256))
-            m.optimizer.build(m.trainable_variables)
+        for m in (plain, watched):  # make_inputs runs once per device: build once
+            if not m.built:
+                m.build((None, 256))
+            if not m.optimizer.built:
+                m.optimizer.build(m.trainable_variables)
         monitor.set_model(watched)
         if "train_step" not in watched.__dict__:
             monitor.on_train_begin()  # installs the instrumented step (kept for the benchmark)
