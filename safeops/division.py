@@ -206,8 +206,10 @@ def divide_no_nan(x, y, name=None):
     wherever y != 0 (overflowing to +-inf only where that value is not
     representable, as the true derivative); exactly **0** for both x and y
     where y == 0, never NaN there, also when x is inf or NaN at y == 0; and 0
-    where the upstream gradient is 0 (TF's gradient gives ``0 * inf = NaN``
-    when ``x / y**2`` overflows).
+    w.r.t. y where the upstream gradient is 0 or the quotient is 0 (TF's
+    gradient gives ``0 * inf = NaN`` when ``x / y**2`` overflows; computed as
+    ``-(g / y) * q`` it would also be NaN for x = 0 over a float16 subnormal
+    y). Never NaN for non-NaN inputs.
 
     dtypes: float16, bfloat16, float32, float64 (same dtype for x and y);
     output has that dtype.
@@ -239,8 +241,11 @@ def divide_no_nan(x, y, name=None):
 
             def grad(g):
                 gx = tf.where(zero, tf.zeros_like(g), g / y)
-                # g == 0 gives exactly 0, also where x / y overflows (TF: 0 * inf = NaN).
-                gy = tf.where(tf.logical_or(zero, tf.equal(g, 0)), tf.zeros_like(g), -(gx * q))
+                # g == 0 gives exactly 0, also where x / y overflows (TF: 0 * inf = NaN);
+                # q == 0 (x = 0, or |x / y| below the dtype's range) too, also where
+                # g / y overflows (float16 subnormal y): the exact -q / y is (almost) 0.
+                skip = tf.logical_or(tf.logical_or(zero, tf.equal(g, 0)), tf.equal(q, 0))
+                gy = tf.where(skip, tf.zeros_like(g), -(gx * q))
                 return _reduce_to(gx, x), _reduce_to(gy, y)
 
             return q, grad

@@ -1,5 +1,6 @@
 """Tests of safeops.division: safe_divide, safe_reciprocal, divide_no_nan, relative_error."""
 
+import ml_dtypes
 import mpmath
 import numpy as np
 import pytest
@@ -16,6 +17,24 @@ TINY = {"float16": 2.0**-14, "bfloat16": 2.0**-126, "float32": 2.0**-126, "float
 
 def _np(dtype):
     return tf.as_dtype(dtype).as_numpy_dtype
+
+
+def _specials(dtype):
+    """0, -0, the smallest subnormal, the smallest normal, 1 and the largest value, both signs."""
+    info = ml_dtypes.finfo(_np(dtype))
+    v = [0.0, float(info.smallest_subnormal), float(info.tiny), 1.0, float(info.max)]
+    return v + [-a for a in v]
+
+
+def _extreme_floats(dtype, size):
+    """Hypothesis arrays of `dtype` of `size` + 10 values: any finite value
+    (hypothesis favours 0, subnormals and +-max), then every special value."""
+    big = float(tf.as_dtype(dtype).max)
+    width = {tf.float16: 16, tf.bfloat16: 32, tf.float32: 32, tf.float64: 64}[dtype]
+    elem = st.floats(width=width, allow_nan=False, allow_infinity=False)
+    # bfloat16: float32 values rounded, with those beyond bfloat16's max clamped to it
+    return st.lists(elem, min_size=size, max_size=size).map(
+        lambda v: np.clip(np.array(v + _specials(dtype), np.float64), -big, big).astype(_np(dtype)))
 
 
 def _grads(fn, *xs):
@@ -137,24 +156,44 @@ def test_graph_mode_dynamic_shapes_and_broadcasting():
 
 
 @settings(max_examples=15, deadline=None)
-@given(seed=st.integers(0, 2**30), dtype=st.sampled_from([tf.float32, tf.float64, tf.float16]))
-def test_no_nan_gradients(seed, dtype):
-    # Every finite x, y: 0, subnormals, huge values and their negatives.
-    big = float(tf.as_dtype(dtype).max)
-    x = testing.sample_floats(dtype, 64, -big, big, seed=seed)
-    y = testing.sample_floats(dtype, 64, -big, big, seed=seed + 7)
-    y[:8] = 0.0
-    x[:4] = big
-    y[8:12] = -0.0
-    testing.assert_finite_gradients(so.safe_divide, x, y)
+@given(data=st.data(), dtype=st.sampled_from(FLOATS), size=st.integers(0, 24))
+def test_no_nan_gradients(data, dtype, size):
+    # Every finite x, y drawn by hypothesis: 0, subnormals, huge values and
+    # their negatives, in every pairing (y = x[::-1] and y = x rolled, too).
+    x = data.draw(_extreme_floats(dtype, size), label="x")
+    y = data.draw(_extreme_floats(dtype, size), label="y")
+    for a, b in ((x, y), (x, x[::-1].copy()), (x, np.roll(x, 3))):
+        testing.assert_finite_gradients(so.safe_divide, a, b)
+        testing.assert_finite_gradients(so.relative_error, a, b)
+        # divide_no_nan keeps IEEE overflow (its documented forward), but its
+        # gradient is never NaN: 0 at y == 0, the true derivative elsewhere.
+        _, grads = _grads(lambda p, q: so.divide_no_nan(p, q) * tf.cast(q != 0, q.dtype), a, b)
+        assert not any(np.isnan(g.astype(np.float64)).any() for g in grads)
     testing.assert_finite_gradients(so.safe_reciprocal, y)
-    # divide_no_nan keeps IEEE overflow (its documented forward), but its
-    # gradient is never NaN: 0 at y == 0, the true derivative elsewhere.
-    _, grads = _grads(lambda a, b: so.divide_no_nan(a, b) * tf.cast(b != 0, b.dtype), x, y)
-    assert not any(np.isnan(g.astype(np.float64)).any() for g in grads)
-    testing.assert_finite_gradients(so.relative_error, x, y)
-    with pytest.raises(AssertionError):  # the naive op fails the same check
+    with pytest.raises(AssertionError):  # the naive op fails the same check (y holds 0)
         testing.assert_finite_gradients(lambda a, b: a / b, x, y)
+
+
+def test_nan_propagates():
+    # NaN in x or y gives NaN in every op and mode; the one documented guard is
+    # divide_no_nan's 0 at y == 0 (also for x = NaN there), as in TF.
+    nan = float("nan")
+    x = tf.constant([nan, 1.0, nan, 2.0, 3.0])
+    y = tf.constant([1.0, nan, 0.0, 0.0, 1e-30])
+    ops = {"safe_divide": (so.safe_divide, [1, 1, 1, 0, 0]),
+           "relative_error": (so.relative_error, [1, 1, 1, 0, 0]),
+           "divide_no_nan": (so.divide_no_nan, [1, 1, 0, 0, 0]),
+           "safe_reciprocal": (lambda a, b: so.safe_reciprocal(a), [1, 0, 1, 0, 0])}
+
+    def all_ops(a, b):
+        return {name: fn(a, b) for name, (fn, _) in ops.items()}
+
+    for mode, outs in testing.run_modes(all_ops, x, y).items():
+        for name, out in outs.items():
+            np.testing.assert_array_equal(np.isnan(out), np.array(ops[name][1], bool),
+                                          err_msg=f"{name} {mode}")
+    np.testing.assert_array_equal(so.divide_no_nan(x, y).numpy(),
+                                  tf.math.divide_no_nan(x, y).numpy())
 
 
 def test_execution_modes():
@@ -240,6 +279,12 @@ def test_divide_no_nan_gradient():
     np.testing.assert_array_equal(gy[:3], 0.0)
     assert gx[3] == 0.5 and gy[3] == -0.75  # true derivative, exact in binary
     assert gx[4] == 0.0 and gy[4] == 0.0
+    # x = 0 over the smallest float16 subnormal: 1 / y overflows, -x / y**2 = 0
+    # (found by test_no_nan_gradients: -(gx * q) was inf * 0 = NaN)
+    x16, y16 = tf.constant([0.0, 0.0], tf.float16), tf.constant([6e-8, -6e-8], tf.float16)
+    _, (gx16, gy16) = _grads(so.divide_no_nan, x16, y16)
+    np.testing.assert_array_equal(gy16, [0.0, 0.0])
+    np.testing.assert_array_equal(gx16, [np.inf, -np.inf])  # 1 / y: not representable
     _, (_, tgy) = _grads(lambda a, b: tf.math.divide_no_nan(a, b) * w, x, y)
     assert np.isnan(tgy[4])  # TF: 0 * inf
     xs, ys = _grad_pair(10, seed=11)
