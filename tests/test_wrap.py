@@ -62,7 +62,7 @@ def test_fully_masked_row_nan_in_original_finite_in_wrapped():
 
 
 def test_large_mean_layer_norm():
-    """|mean|/std = 1e5 (float32 input) and ~4e3 in float16 (the largest float16 represents)."""
+    """|mean|/std = 1e5 in float32: ours within 1e-4 of float64, Keras not."""
     seq = keras.Sequential([keras.Input((64,)), keras.layers.LayerNormalization(epsilon=1e-6)])
     new, report = so.wrap_model(seq)
     assert isinstance(new, keras.Sequential) and len(report.replaced) == 1
@@ -71,6 +71,60 @@ def test_large_mean_layer_norm():
     ours = new(x).numpy()
     assert np.all(np.isfinite(ours)) and np.max(np.abs(ours - ref)) < 1e-4
     assert np.max(np.abs(seq(x).numpy() - ref)) > 1e-4  # Keras fails the same check
+
+
+def _float16_rows(n=4096, rows=4, seed=3):
+    """float16 rows with |mean|/std = 1.2e5: 30000 everywhere, one entry 30016 (spacing 16)."""
+    x = np.full((rows, n), 30000.0, np.float16)
+    x[np.arange(rows), np.random.default_rng(seed).integers(0, n, rows)] = 30016.0
+    return x
+
+
+@pytest.mark.parametrize("config", ["dtype_float16", "mixed_float16", "mixed_float16_f32_input"])
+def test_layer_norm_half_precision_issue_case(config):
+    """The issue's case: LayerNormalization input with |mean|/std = 1e5 in float16.
+
+    What Keras 3.15 does (measured): it never gives NaN/inf here. Its
+    `ops.layer_normalization` upcasts float16 to float32 and takes the moments
+    with `tf.nn.moments` (two-pass, in float32); a mixed_float16 layer is not
+    handed float16-cast inputs either (a float32 input stays float32 inside).
+    Its error comes from ``x * inv + (-mean * inv)``, which cancels two float32
+    terms of size |mean|/std: measured 16 float16 ulps on every entry of the
+    float16 rows below, up to ~7600 ulps on the float32 input (outputs near 0).
+    So the strongest honest check is accuracy: finite, and within 1 ulp of a
+    float64 reference (the stable layer computes in float32 and rounds once;
+    its float32 error ~n u << 1/2 ulp of float16), where Keras is not.
+    """
+    if config == "dtype_float16":
+        policy, x, kw = "float32", _float16_rows(), {"dtype": "float16"}
+    elif config == "mixed_float16":
+        policy, x, kw = "mixed_float16", _float16_rows(), {}
+    else:
+        rng = np.random.default_rng(4)
+        policy, kw = "mixed_float16", {}
+        x = (np.float32(1e5) + 0.9 * rng.standard_normal((4, 256))).astype(np.float32)
+    eps = 1e-3
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        seq = keras.Sequential([keras.Input(x.shape[1:], dtype=x.dtype.name),
+                                keras.layers.LayerNormalization(epsilon=eps, **kw)])
+        new, _ = so.wrap_model(seq)
+        assert new.layers[-1].compute_dtype == "float16"
+        theirs, ours = seq(x).numpy(), new(x).numpy()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    x64 = x.astype(np.float64)
+    assert np.min(np.abs(x64.mean(-1)) / x64.std(-1)) > 1e5  # the issue's ratio
+    ref = _ln_ref(x, eps)
+    assert ours.dtype == theirs.dtype == np.float16
+    assert np.all(np.isfinite(ours))
+    assert np.max(so.testing.ulp_distance(ours, ref, "float16")) <= 1
+    assert np.all(np.isfinite(theirs))  # Keras 3.15: finite, but ...
+    assert np.max(so.testing.ulp_distance(theirs, ref, "float16")) > 8  # ... inaccurate
+
+
+def test_layer_norm_float16_small_rows():
+    """256 float16 features, 5% at +16 (|mean|/std ~ 9e3): within 1 ulp; Keras is not."""
     seq16 = keras.Sequential([keras.Input((256,), dtype="float16"),
                               keras.layers.LayerNormalization(dtype="float16")])
     new16, _ = so.wrap_model(seq16)
