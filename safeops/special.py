@@ -102,7 +102,9 @@ def hypot(x, y, name=None):
     for |x| > 1.8e19 and 0 for |x| < 1e-23 in float32. An infinite input gives
     +inf even when the other is NaN (IEEE 754 hypot).
 
-    Gradient: ``(x / h, y / h)``; **(0, 0) at x == y == 0** (naive: NaN).
+    Gradient: ``(x / h, y / h)`` from the rounded result (<= 1 ulp more);
+    **(0, 0) at x == y == 0** (naive: NaN), and (0, 0) where the value itself
+    overflows to inf (|h| > the dtype's largest finite value).
 
     dtypes: float16, bfloat16 (computed in float32), float32 (computed in
     float64), float64; x and y must share the dtype (Python numbers take the
@@ -138,11 +140,13 @@ def _hypot(x, y):
         h = _scaled_hypot(cx, cy)
 
     def grad(g):
-        # x / h and y / h, one rounding each; (0, 0) where h == 0
-        return (_unbroadcast(g * tf.cast(tf.math.divide_no_nan(cx, h), x.dtype), x),
-                _unbroadcast(g * tf.cast(tf.math.divide_no_nan(cy, h), y.dtype), y))
+        # x / h and y / h in the input precision from the rounded h (<= 1 ulp);
+        # (0, 0) where h == 0, and where h overflows the dtype (value inf)
+        return (_unbroadcast(g * tf.math.divide_no_nan(x, out), x),
+                _unbroadcast(g * tf.math.divide_no_nan(y, out), y))
 
-    return tf.cast(h, x.dtype), grad
+    out = tf.cast(h, x.dtype)
+    return out, grad
 
 
 def log1m(x, name=None):
