@@ -86,7 +86,8 @@ def clip_ste(x, lo, hi, name=None):
     Forward: exactly ``tf.clip_by_value(x, lo, hi)``. Gradient w.r.t. x: the
     upstream gradient where ``lo <= x <= hi`` (edges included), 0 outside; the
     bounds get no gradient (they are treated as constants, e.g. the fixed range
-    of a quantizer). Use it after `round_ste` to build a fake-quantizer whose
+    of a quantizer). NaN x gives NaN forward and gradient 0 (NaN is not inside
+    [lo, hi]). Use it after `round_ste` to build a fake-quantizer whose
     gradient vanishes outside the representable range.
 
     dtypes: float16, bfloat16, float32, float64; lo, hi converted to x's dtype.
