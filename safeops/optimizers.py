@@ -18,7 +18,9 @@ float16/bfloat16 variables, in the variable's dtype otherwise):
   ``|c_n| <= ulp(w_n) / 2`` (+ the rounding of c itself, 2**-8 |c| in
   bfloat16): about one ulp of the result, independent of n (plain summation:
   up to n / 2 ulps).
-* ``stochastic_rounding`` (bfloat16 variables only): ``w + delta`` is formed in
+* ``stochastic_rounding`` (bfloat16 variables only; float16 variables keep
+  the automatic Kahan summation, float32/float64 follow `kahan_summation`):
+  ``w + delta`` is formed in
   float32 and rounded to bfloat16 up or down with probabilities proportional
   to the distance, using 16 random bits from a stateless generator keyed on
   (`seed`, iteration, variable index): unbiased, ``E[w_n] = w_0 + sum delta_i``
@@ -142,8 +144,9 @@ class _Compensated:
         dtype = tf.as_dtype(variable.dtype)
         if self.stochastic_rounding and dtype == tf.bfloat16:
             return "stochastic"
-        if self.kahan_summation or (self.kahan_summation is None and dtype in _HALF
-                                    and not self.stochastic_rounding):
+        # stochastic_rounding covers bfloat16 only: float16 variables keep the automatic
+        # Kahan summation (kahan_summation=None), else they would get no compensation.
+        if self.kahan_summation or (self.kahan_summation is None and dtype in _HALF):
             return "kahan"
         return None
 
@@ -262,8 +265,11 @@ _COMMON_DOC = """
     (True: on for every variable; False: off). Error after n steps: about one
     ulp of the weight instead of up to n/2 ulps. `stochastic_rounding=True`
     rounds bfloat16 variables stochastically instead (unbiased in
-    expectation), seeded by `seed`. Variables without compensation follow the
-    Keras update exactly.
+    expectation), seeded by `seed`; float16 variables then still get Kahan
+    summation (unless `kahan_summation=False`). Variables without compensation
+    follow the Keras update exactly. `clipnorm`/`global_clipnorm` use
+    `safeops.clip_by_norm`/`clip_by_global_norm` (no NaN or zero step when the
+    squared gradient norm overflows).
 
     Gradient: not applicable (an optimizer). dtypes: float16, bfloat16, float32
     and float64 variables; compensation slots have the variable's dtype.
