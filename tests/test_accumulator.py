@@ -39,11 +39,18 @@ def test_million_adds(mode):
 
 
 def test_eager_adds_and_reset():
+    # Same eager loop for both: a total of 1 receiving 3000 increments of 1e-7 (below half
+    # an ulp of 1 in float32). The naive assign_add stalls at 1.0 (~1e3 ulp off).
     acc = so.KahanAccumulator(shape=[2])
+    naive = tf.Variable(tf.zeros([2]))
+    acc.add([1.0, 0.0])
+    naive.assign_add([1.0, 0.0])
     for _ in range(3000):
         acc.add([INC, 1.0])
-    ref = np.array([3000 * float(INC), 3000.0])
+        naive.assign_add([INC, 1.0])
+    ref = np.array([1.0 + 3000 * float(INC), 3000.0])  # exact in float64
     assert int(np.max(testing.ulp_distance(acc.value().numpy(), ref, "float32"))) <= 1
+    assert int(np.max(testing.ulp_distance(naive.numpy(), ref, "float32"))) > 1
     acc.reset()
     assert acc.value().numpy().tolist() == [0.0, 0.0]
 
