@@ -171,8 +171,10 @@ def evaluate_quantization(reference_model, candidate, x, y=None):
     `tf.lite.Interpreter`); differences are taken in float64. Per-layer weight
     SQNR compares each reference kernel with the kernel the candidate computes
     with: the fake-quantized kernel of a `QuantizeWrapper`, the cast kernel of
-    `cast_weights`, the dequantized int8 tensor of a TFLite model (found by
-    layer name and shape; layers not found are omitted).
+    `cast_weights`, the dequantized int8 tensor of a TFLite model (the converter
+    rewrites tensor names, so names are not used: among the int8 constants of
+    the kernel's shape in TFLite's layout, the one with the highest SQNR is
+    taken, each used once; layers with no such constant are omitted).
 
     Error bound / gradient: not applicable (a measurement). dtypes: any float
     model outputs; compared in float64.

@@ -123,9 +123,12 @@ def _quantize_weight(w, num_bits, per_channel, symmetric, channel_axis=-1):
     axis = channel_axis % rank
     axes = [d for d in range(rank) if d != axis] if per_channel else list(range(rank))
     if symmetric:
+        # |w| <= m, so |w * (n / m)| <= n (1 + 2u) rounds to at most n: no clip is needed.
+        # Multiplying by n / m (one division per channel, not per element) may differ from
+        # round(w / scale) only on exact ties, which the scale makes measure-zero.
         n = float(2 ** (num_bits - 1) - 1)
-        scale = tf.maximum(tf.reduce_max(tf.abs(wf), axis=axes, keepdims=True), _TINY) / n
-        q = tf.clip_by_value(tf.round(wf / scale), -n, n) * scale
+        m = tf.maximum(tf.reduce_max(tf.abs(wf), axis=axes, keepdims=True), _TINY)
+        q = tf.round(wf * (n / m)) * (m / n)
     else:
         levels = float(2 ** num_bits - 1)
         lo = tf.minimum(tf.reduce_min(wf, axis=axes, keepdims=True), 0.0)
@@ -175,12 +178,13 @@ class MovingAverageQuantizer(keras.layers.Layer):
     def build(self, input_shape):
         self.range_min = self.add_weight(name="range_min", shape=(), initializer=
                                          keras.initializers.Constant(-6.0), trainable=False,
-                                         dtype="float32")
+                                         dtype="float32", autocast=False)
         self.range_max = self.add_weight(name="range_max", shape=(), initializer=
                                          keras.initializers.Constant(6.0), trainable=False,
-                                         dtype="float32")
+                                         dtype="float32", autocast=False)
         self.batches_seen = self.add_weight(name="batches_seen", shape=(), initializer="zeros",
-                                            trainable=False, dtype="float32")
+                                            trainable=False, dtype="float32",
+                                            autocast=False)
 
     def call(self, inputs, training=None):
         if training:

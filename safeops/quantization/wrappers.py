@@ -135,8 +135,9 @@ class QuantizeWrapper(keras.layers.Wrapper):
             bias = tf.cast(layer.bias, y.dtype)
             if getattr(layer, "data_format", "channels_last") == "channels_first":
                 rank = y.shape.rank
-                bias = tf.reshape(bias, [1, -1] + [1] * (rank - 2))
-            y = y + bias
+                y = y + tf.reshape(bias, [1, -1] + [1] * (rank - 2))
+            else:  # BiasAdd: its gradient is one BiasAddGrad, not a broadcast Sum + Reshape
+                y = tf.nn.bias_add(y, bias)
         return y
 
     def call(self, inputs, training=None):
