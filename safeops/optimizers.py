@@ -53,6 +53,17 @@ def _compute_dtype(dtype):
     return tf.float32 if dtype in _HALF else dtype
 
 
+def _hyper_tensor(value, dtype):
+    """A hyperparameter in the update's compute dtype, Python numbers without a float32 detour.
+
+    ``tf.cast(0.999, tf.float64)`` converts through float32 first (0.99900001287...),
+    which put float64 updates 1e-5 (relative) away from Keras's.
+    """
+    if isinstance(value, (int, float)):
+        return tf.constant(value, dtype)
+    return tf.cast(value, dtype)
+
+
 def _stochastic_round_bf16(x32, seed):
     """Round float32 `x32` to bfloat16, up or down with probability by distance."""
     bits = tf.bitcast(x32, tf.uint32)
@@ -218,7 +229,7 @@ class _Compensated:
     def _slots(self, variable):
         raise NotImplementedError
 
-    def _hyper(self, variable):
+    def _hyper(self, variable, dtype):
         raise NotImplementedError
 
     def _static(self):
@@ -233,11 +244,12 @@ class _Compensated:
         comp = self._compensations[index]
         comp_value = tf.convert_to_tensor(comp) if comp is not None \
             else tf.zeros([], variable.dtype)
-        hyper = {"lr": tf.cast(learning_rate, tf.float32)}
-        hyper.update(self._hyper(variable))
+        cdt = _compute_dtype(variable.dtype)
+        hyper = {"lr": _hyper_tensor(learning_rate, cdt)}
+        hyper.update(self._hyper(variable, cdt))
         decay = self.weight_decay is not None and self._use_weight_decay(variable)
         if decay:
-            hyper["wd"] = tf.cast(self.weight_decay, tf.float32)
+            hyper["wd"] = _hyper_tensor(self.weight_decay, cdt)
         step = tf.cast(self.iterations, tf.int64)
         seed = tf.stack([tf.constant(self.seed, tf.int64),
                          step * len(self._trainable_variables) + index])
@@ -318,8 +330,8 @@ class SGD(_Compensated, keras.optimizers.SGD):
     def _slots(self, variable):
         return [self.momentums[self._get_variable_index(variable)]] if self.momentum != 0 else []
 
-    def _hyper(self, variable):
-        return {"momentum": tf.cast(self.momentum, tf.float32)}
+    def _hyper(self, variable, dtype):
+        return {"momentum": _hyper_tensor(self.momentum, dtype)}
 
     def _static(self):
         return {"nesterov": bool(self.nesterov)}
@@ -338,11 +350,11 @@ class _AdamSlots:
             slots.append(self._velocity_hats[i])
         return slots
 
-    def _hyper(self, variable):
-        return {"beta_1": tf.cast(self.beta_1, tf.float32),
-                "beta_2": tf.cast(self.beta_2, tf.float32),
-                "epsilon": tf.cast(self.epsilon, tf.float32),
-                "step": tf.cast(self.iterations + 1, tf.float32)}
+    def _hyper(self, variable, dtype):
+        return {"beta_1": _hyper_tensor(self.beta_1, dtype),
+                "beta_2": _hyper_tensor(self.beta_2, dtype),
+                "epsilon": _hyper_tensor(self.epsilon, dtype),
+                "step": tf.cast(self.iterations + 1, dtype)}
 
     def _static(self):
         return {"amsgrad": bool(self.amsgrad)}

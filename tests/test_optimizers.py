@@ -188,6 +188,46 @@ def test_parity_with_keras_float64(name, kwargs):
                                   _trajectory(theirs(**kwargs), "float32"))
 
 
+def _numpy_reference(name, kwargs, steps=20):
+    """The Keras update rules in float64 NumPy, hyperparameters exactly as given."""
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal(64)
+    grads = rng.standard_normal((steps, 64))
+    lr = float(np.float32(kwargs["learning_rate"]))  # Keras keeps the rate in a float32 variable
+    m = np.zeros(64)
+    v = np.zeros(64)
+    for t, g in enumerate(grads, start=1):
+        if name == "SGD":
+            m = m * kwargs["momentum"] - g * lr
+            w = w + m
+        else:
+            if name == "AdamW":
+                w = w - w * kwargs["weight_decay"] * lr
+            b1, b2, eps = 0.9, 0.999, 1e-7
+            m = m + (g - m) * (1 - b1)
+            v = v + (g * g - v) * (1 - b2)
+            alpha = lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+            w = w - (m * alpha) / (np.sqrt(v) + eps)
+    return w
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("SGD", dict(learning_rate=0.1, momentum=0.9)),
+    ("Adam", dict(learning_rate=0.01)),
+    ("AdamW", dict(learning_rate=0.01, weight_decay=0.05)),
+], ids=["sgd-momentum", "adam", "adamw"])
+def test_float64_hyperparameters_exact(name, kwargs):
+    # float64 weights with Kahan summation against the same rules in float64 NumPy with the
+    # hyperparameters exactly as given: each step's delta carries a few float64 roundings
+    # (|delta| <= ~lr) and the compensated weight add is exact to ~1 ulp, so 20 steps stay
+    # within 20 * 2**-52 * max|w| (~1e-14 here). A hyperparameter taking a float32 detour
+    # (tf.cast(0.999, tf.float64) = 0.99900001287...) is off by ~1e-5 relative in (1 - beta_2),
+    # ~1e-8 absolute in the weights after 20 steps: the bound below catches it.
+    got = _trajectory(getattr(O, name)(kahan_summation=True, **kwargs), "float64")
+    ref = _numpy_reference(name, kwargs)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=20 * 2.0 ** -52 * np.abs(ref).max())
+
+
 def test_large_variable_fused_path_matches_small_path():
     # >= 32768 elements use the XLA-fused kernel; compare with the unfused path elementwise.
     rng = np.random.default_rng(2)
