@@ -109,6 +109,13 @@ def reduce_sum(input_tensor, axis=None, keepdims=False, name=None):
       faithful for condition 1e3 at n = 2000.
       `tf.reduce_sum` is off by ~15% at condition 1e8 in float32.
 
+    XLA caveat (float64): under ``jit_compile=True`` XLA:CPU contracts a
+    multiply feeding an add into an FMA; if the input is an inexact product
+    computed in the same compiled function (``so.reduce_sum(x * y)``), the
+    TwoSum tree's compensation is lost (measured: the dot data of
+    tests/test_dot.py at condition 1e12 gives the same error as the naive
+    sum). Use ``so.dot(x, y)``, which is exact-product based and mode-proof.
+
     Gradient: the upstream gradient broadcast to the input shape (ones), as
     TF's; finite everywhere. The compensation term is not differentiated.
 
