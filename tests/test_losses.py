@@ -1,5 +1,8 @@
 """Tests for safeops.losses: logit recovery (eager and graph), parity with Keras, bad input,
-serialization, and the real-bug softmax classifier on sklearn's digits."""
+serialization, the real-bug softmax classifier on sklearn's digits, and the docstring examples."""
+
+import doctest
+import io
 
 import keras
 import numpy as np
@@ -148,3 +151,27 @@ def test_bad_input_names_shapes_and_arguments():
         L.categorical_crossentropy(tf.zeros([2, 2]), tf.ones([2, 2]) / 2, label_smoothing=-0.5)
     with pytest.raises(TypeError, match=r"categorical_crossentropy.*y_pred"):
         L.categorical_crossentropy([[0, 1]], tf.constant([[0, 1]]))
+
+
+def test_docstring_examples_run():
+    """Every example in safeops.losses' docstrings runs and prints the value it shows.
+
+    The expected outputs are rounded (`round`, `float`) so they do not depend on
+    NumPy's repr; a changed loss value, gradient or Keras behaviour fails here.
+    """
+    globs = {"so": so, "tf": tf, "np": np, "keras": keras}
+    tests = doctest.DocTestFinder(exclude_empty=True).find(L, "safeops.losses", globs=globs)
+    runner = doctest.DocTestRunner(
+        optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    out = io.StringIO()
+    with_examples = set()
+    for test in tests:
+        runner.run(test, out=out.write)
+        if test.examples:
+            with_examples.add(test.name)
+    failed, attempted = runner.summarize(verbose=False)
+    assert failed == 0, out.getvalue()
+    # the module doc and every public name carry a runnable example
+    expected = {"safeops.losses"} | {f"safeops.losses.{n}" for n in L.__all__}
+    assert expected <= with_examples, sorted(expected - with_examples)
+    assert attempted >= 30, attempted
