@@ -4,7 +4,7 @@ Accuracy claims use scikit-learn's bundled digits data (8x8 images, no download)
 with fixed seeds; models are small so the module stays well under two minutes.
 Thresholds are the issue's: QAT int8 Keras accuracy >= float - 0.5 point,
 int8 TFLite >= float - 1 point, int8 TFLite size <= 30% of float TFLite, and at
-4-bit weights QAT > post-training quantization of the same float model.
+4-bit (per-tensor) weights QAT > post-training quantization of the same float model.
 """
 
 import copy
@@ -72,36 +72,63 @@ def _acc(model, x, y):
     return float(np.mean(np.argmax(model.predict(x, verbose=0), -1) == y))
 
 
-_TRAINED = {}
+# Training schedule of the int8 models: 8 float epochs at 5e-3, then 2 more epochs at 1e-3
+# for both the float model and its QAT copy (so QAT gets no extra epochs). Measured over
+# seeds 0, 1, 2 (docs/quantization.md): every bar of issue 7 holds on each seed for both models.
+_EPOCHS, _LR, _FINE_EPOCHS, _FINE_LR = 8, 5e-3, 2, 1e-3
 
 
-def _float_and_qat(model, xtr, ytr, **options):
-    """(float model, QAT model) with the same total training: from `model`'s weights, 3 more
-    float epochs at 5e-4, and 3 QAT epochs at 5e-4 (same seed), so QAT gets no extra epochs."""
+def _float_and_qat(model, xtr, ytr, epochs, lr, seed, **options):
+    """(float model, QAT model) with the same total training: from `model`'s weights,
+    `epochs` more float epochs and `epochs` QAT epochs at `lr` (same seed, same batches)."""
     fine = keras.models.clone_model(model)
     fine.set_weights(model.get_weights())
-    _compile(fine, 5e-4)
-    keras.utils.set_random_seed(1)
-    fine.fit(xtr, ytr, epochs=3, batch_size=64, verbose=0)
-    qmodel = _compile(quantize_model(model, **options), 5e-4)
-    keras.utils.set_random_seed(1)
-    qmodel.fit(xtr, ytr, epochs=3, batch_size=64, verbose=0)
+    _compile(fine, lr)
+    keras.utils.set_random_seed(seed + 1)
+    fine.fit(xtr, ytr, epochs=epochs, batch_size=64, verbose=0)
+    qmodel = _compile(quantize_model(model, **options), lr)
+    keras.utils.set_random_seed(seed + 1)
+    qmodel.fit(xtr, ytr, epochs=epochs, batch_size=64, verbose=0)
     return fine, qmodel
 
 
-def _trained(kind, digits):
-    """Float model, its QAT fine-tune, and both TFLite exports (built once per kind)."""
-    if kind not in _TRAINED:
-        xtr, ytr, xte, yte = digits
-        xtr, xte = _reshape(kind, xtr), _reshape(kind, xte)
-        keras.utils.set_random_seed(0)
-        start = _compile(_build(kind), 3e-3)
-        start.fit(xtr, ytr, epochs=15, batch_size=64, verbose=0)
-        model, qmodel = _float_and_qat(start, xtr, ytr)
-        _TRAINED[kind] = dict(model=model, qmodel=qmodel, xtr=xtr, xte=xte, ytr=ytr, yte=yte,
-                              float_tflite=export_tflite(model, None, int8=False),
-                              int8_tflite=export_tflite(qmodel, xtr[:300]))
-    return _TRAINED[kind]
+def _train(kind, digits, seed=0):
+    """Float model, its QAT fine-tune, and both TFLite exports."""
+    xtr, ytr, xte, yte = digits
+    xtr, xte = _reshape(kind, xtr), _reshape(kind, xte)
+    keras.utils.set_random_seed(seed)
+    start = _compile(_build(kind), _LR)
+    start.fit(xtr, ytr, epochs=_EPOCHS, batch_size=64, verbose=0)
+    model, qmodel = _float_and_qat(start, xtr, ytr, _FINE_EPOCHS, _FINE_LR, seed)
+    return dict(model=model, qmodel=qmodel, xtr=xtr, xte=xte, ytr=ytr, yte=yte,
+                float_tflite=export_tflite(model, None, int8=False),
+                int8_tflite=export_tflite(qmodel, xtr[:300]))
+
+
+# Trained once per module and shared by every test that needs a trained model.
+@pytest.fixture(scope="module")
+def mlp(digits):
+    return _train("mlp", digits)
+
+
+@pytest.fixture(scope="module")
+def cnn(digits):
+    return _train("cnn", digits)
+
+
+def _four_bit(digits, seed=0):
+    """(float, PTQ, QAT) test accuracies at 4-bit per-tensor weights on a 64-24-24-10 MLP.
+
+    Fair: PTQ (`calibrate`) quantizes the float model after the same 15 + 3 epochs that
+    QAT gets (15 float + 3 QAT, same learning rates and batches)."""
+    xtr, ytr, xte, yte = digits
+    keras.utils.set_random_seed(seed)
+    start = _compile(_build("mlp", width=24), 3e-3)
+    start.fit(xtr, ytr, epochs=15, batch_size=64, verbose=0)
+    options = dict(weight_bits=4, per_channel=False)
+    model, qat = _float_and_qat(start, xtr, ytr, 3, 5e-4, seed, **options)
+    ptq = calibrate(quantize_model(model, **options), xtr)
+    return tuple(_acc(m, xte, yte) for m in (model, ptq, qat))
 
 
 # --------------------------------------------------------------------------- fake_quant op
@@ -252,8 +279,8 @@ def test_bad_input_raises():
 
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
-def test_qat_int8_accuracy_and_tflite(kind, digits):
-    t = _trained(kind, digits)
+def test_qat_int8_accuracy_and_tflite(kind, request):
+    t = request.getfixturevalue(kind)
     float_acc = _acc(t["model"], t["xte"], t["yte"])
     qat_acc = _acc(t["qmodel"], t["xte"], t["yte"])
     tfl = evaluate_quantization(t["model"], t["int8_tflite"], t["xte"], t["yte"])
@@ -275,24 +302,19 @@ def test_qat_int8_accuracy_and_tflite(kind, digits):
 
 
 def test_four_bit_qat_beats_post_training_quantization(digits):
-    # A narrow MLP (64-24-24-10): on the wide one 4-bit per-channel PTQ of digits is within
-    # one test sample of float, so "QAT > PTQ" would compare noise. Fair: PTQ quantizes the
-    # float model after the same 15 + 3 epochs that QAT gets (15 float + 3 QAT).
-    xtr, ytr, xte, yte = digits
-    keras.utils.set_random_seed(0)
-    start = _compile(_build("mlp", width=24), 3e-3)
-    start.fit(xtr, ytr, epochs=15, batch_size=64, verbose=0)
-    model, qat = _float_and_qat(start, xtr, ytr, weight_bits=4)
-    ptq = calibrate(quantize_model(model, weight_bits=4), xtr)
-    float_acc, ptq_acc, qat_acc = (_acc(m, xte, yte) for m in (model, ptq, qat))
-    print(f"\n4-bit weights (64-24-24-10, 15+3 epochs each): float {float_acc:.4f}  "
+    # Per-tensor 4-bit weights on a narrow MLP (64-24-24-10), where post-training
+    # quantization loses accuracy that QAT recovers. Over seeds 0..5 (docs/quantization.md):
+    # QAT > PTQ on every seed. Not per-channel: there 4-bit PTQ of digits stays within a
+    # sample or two of float, and QAT beat PTQ on only some seeds (noise, not a QAT effect).
+    float_acc, ptq_acc, qat_acc = _four_bit(digits, seed=0)
+    print(f"\n4-bit per-tensor weights (64-24-24-10, 15+3 epochs each): float {float_acc:.4f}  "
           f"PTQ {ptq_acc:.4f}  QAT {qat_acc:.4f}")
     assert float_acc > 0.9
-    assert qat_acc > ptq_acc
+    assert qat_acc > ptq_acc  # issue: at 4-bit weights QAT beats PTQ of the same float model
 
 
-def test_evaluate_quantization_against_independent_numbers(digits):
-    t = _trained("mlp", digits)
+def test_evaluate_quantization_against_independent_numbers(mlp):
+    t = mlp
     x, y = t["xte"], t["yte"]
     rep = evaluate_quantization(t["model"], t["qmodel"], x, y)
     ref = t["model"](x).numpy().astype(np.float64)
@@ -302,9 +324,11 @@ def test_evaluate_quantization_against_independent_numbers(digits):
     assert rep.argmax_agreement == np.mean(out.argmax(1) == ref.argmax(1))
     assert rep.candidate_accuracy == np.mean(out.argmax(1) == y)
     assert "| argmax agreement |" in str(rep)
-    # float16 weight cast: SQNR from a NumPy cast of the same kernels
+    # float16 weight cast: SQNR from a NumPy cast of the same kernels (independent of x).
+    # CPU float16 matmuls are emulated (~10 s for the whole split): 128 test samples suffice
+    # for the agreement check, which is not one of the issue's accuracy bars.
     half = cast_weights(t["model"])
-    rep16 = evaluate_quantization(t["model"], half, x, y)
+    rep16 = evaluate_quantization(t["model"], half, x[:128], y[:128])
     for layer in t["model"].layers:
         w = np.asarray(layer.kernel, np.float64)
         noise = np.sum((w - w.astype(np.float16).astype(np.float64)) ** 2)
@@ -341,8 +365,8 @@ def test_functional_add_concatenate_batchnorm_report_and_fit():
     np.testing.assert_allclose(q16(x, training=False), model(x, training=False), atol=2e-3)
 
 
-def test_save_load_saved_model_and_modes(digits, tmp_path):
-    t = _trained("cnn", digits)
+def test_save_load_saved_model_and_modes(cnn, tmp_path):
+    t = cnn
     q, x = t["qmodel"], t["xte"][:64]
     path = str(tmp_path / "qat.keras")
     q.save(path)
@@ -359,12 +383,14 @@ def test_save_load_saved_model_and_modes(digits, tmp_path):
     np.testing.assert_allclose(res["jit_compile"], res["eager"], atol=1e-4)
 
 
-def test_representative_data_forms(digits):
-    t = _trained("mlp", digits)
+def test_representative_data_forms_and_path(mlp, tmp_path):
+    t = mlp
     x = t["xtr"][:64]
     gen = lambda: (x[i:i + 8] for i in range(0, 64, 8))  # noqa: E731
+    path = tmp_path / "m.tflite"
     for data in (x, tf.data.Dataset.from_tensor_slices((x, t["ytr"][:64])).batch(16), gen):
-        blob = export_tflite(t["qmodel"], data)
+        blob = export_tflite(t["qmodel"], data, path=str(path))
+        assert path.read_bytes() == blob  # `path` gets exactly the returned bytes
         rep = evaluate_quantization(t["qmodel"], blob, t["xte"], t["yte"])
         assert rep.argmax_agreement >= 0.97
 
@@ -433,51 +459,60 @@ def test_qat_fit_under_mixed_float16():
         keras.mixed_precision.set_global_policy("float32")
 
 
-def test_export_writes_path(tmp_path, digits):
-    t = _trained("mlp", digits)
-    path = tmp_path / "m.tflite"
-    blob = export_tflite(t["qmodel"], t["xtr"][:50], path=str(path))
-    assert path.read_bytes() == blob
-
-
 # --------------------------------------------------------------------------- legacy path (subprocess)
 
 
 _ENV = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
 
+_LEGACY_CODE = (
+    "import os, numpy as np\n"
+    "import tf_keras\n"
+    "import safeops as so\n"
+    "m = tf_keras.Sequential([tf_keras.Input((8,)), tf_keras.layers.Dense(4, activation='relu'),"
+    " tf_keras.layers.Dense(2)])\n"
+    "q = so.quantization.quantize_model(m)\n"
+    "names = [type(l).__name__ for l in q.layers]\n"
+    "assert 'QuantizeLayer' in names and 'QuantizeWrapperV2' in names, names\n"
+    "q.compile('sgd', 'mse'); q.fit(np.ones((8, 8)), np.ones((8, 2)), verbose=0)\n"
+    "print('legacy', os.environ.get('TF_USE_LEGACY_KERAS'))\n"
+)
 
-def _run(code):
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=300, env=_ENV)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out.stdout
+_KERAS3_CODE = (
+    "import os, sys, numpy as np, keras\n"
+    "import safeops as so\n"
+    "m = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4), keras.layers.Dense(2)])\n"
+    "q = so.quantization.quantize_model(m); q.compile('sgd', 'mse')\n"
+    "q.fit(np.ones((8, 8), 'float32'), np.ones((8, 2), 'float32'), verbose=0)\n"
+    "so.quantization.export_tflite(q, np.ones((4, 8), 'float32'))\n"
+    "bad = [k for k in sys.modules if k.startswith(('tensorflow_model_optimization', 'tf_keras'))]\n"
+    "print('flag', os.environ.get('TF_USE_LEGACY_KERAS'), bad)\n"
+)
 
 
-def test_legacy_tfmot_path_in_subprocess():
-    code = (
-        "import os, numpy as np\n"
-        "import tf_keras\n"
-        "import safeops as so\n"
-        "m = tf_keras.Sequential([tf_keras.Input((8,)), tf_keras.layers.Dense(4, activation='relu'),"
-        " tf_keras.layers.Dense(2)])\n"
-        "q = so.quantization.quantize_model(m)\n"
-        "names = [type(l).__name__ for l in q.layers]\n"
-        "assert 'QuantizeLayer' in names and 'QuantizeWrapperV2' in names, names\n"
-        "q.compile('sgd', 'mse'); q.fit(np.ones((8, 8)), np.ones((8, 2)), verbose=0)\n"
-        "print('legacy', os.environ.get('TF_USE_LEGACY_KERAS'))\n"
-    )
-    assert "legacy 1" in _run(code)  # the documented side effect of importing tfmot
+@pytest.fixture(scope="module")
+def subprocesses():
+    """Both fresh-process checks, started together: each spends most of its time importing
+    TensorFlow, so running them side by side saves one import's wall time."""
+    procs = {name: subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True, env=_ENV)
+             for name, code in (("legacy", _LEGACY_CODE), ("keras3", _KERAS3_CODE))}
+    yield procs
+    for proc in procs.values():  # a test that failed early leaves its process running
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
-def test_keras3_process_never_sets_legacy_flag():
-    code = (
-        "import os, sys, numpy as np, keras\n"
-        "import safeops as so\n"
-        "m = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4), keras.layers.Dense(2)])\n"
-        "q = so.quantization.quantize_model(m); q.compile('sgd', 'mse')\n"
-        "q.fit(np.ones((8, 8), 'float32'), np.ones((8, 2), 'float32'), verbose=0)\n"
-        "so.quantization.export_tflite(q, np.ones((4, 8), 'float32'))\n"
-        "bad = [k for k in sys.modules if k.startswith(('tensorflow_model_optimization', 'tf_keras'))]\n"
-        "print('flag', os.environ.get('TF_USE_LEGACY_KERAS'), bad)\n"
-    )
-    assert "flag None []" in _run(code)
+def _stdout(proc):
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    return out
+
+
+def test_legacy_tfmot_path_in_subprocess(subprocesses):
+    # the documented side effect of importing tfmot
+    assert "legacy 1" in _stdout(subprocesses["legacy"])
+
+
+def test_keras3_process_never_sets_legacy_flag(subprocesses):
+    assert "flag None []" in _stdout(subprocesses["keras3"])
