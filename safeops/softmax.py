@@ -38,6 +38,8 @@ tests/test_softmax.py asserts mean <= 0.5, max <= 2 on 2000 rows (10 000 with
 -m slow) in float32 on [-100, 100] and float64 on [-1e4, 1e4].
 """
 
+import math
+
 import tensorflow as tf
 
 from safeops._dtypes import accumulation_dtype, convert_to_floating
@@ -45,6 +47,8 @@ from safeops._guards import _fused
 from safeops.eft import _two_sum
 
 __all__ = ["log_softmax", "reduce_logsumexp", "softmax"]
+
+_EXP_M64 = math.exp(-64.0)  # float64, within 1/2 ulp
 
 
 def _compute(dtype):
@@ -96,7 +100,17 @@ def _terms(x, axis, acc, need_s=True):
         return hi, lo, m, e, None, None, None
     top = tf.equal(hi, 0)
     k = tf.reduce_sum(tf.cast(top, acc), axis=axis, keepdims=True)
-    u = _row_sum(tf.where(top, tf.zeros_like(e), e), axis, acc)
+    if x.dtype == tf.float32 and acc == tf.float64:
+        # exp(hi) < 2**-126 for hi < -87.3 is flushed to 0 by FTZ kernels, yet a few such
+        # terms can sum to a normal float32 s (log_softmax of the max entry ~ -s): take
+        # them as exp(hi + 64) e**-64 (hi + 64 is exact for hi in [-128, -80] by Sterbenz;
+        # below -128 a term is < 1e-55 and cannot reach a float32 result)
+        low = hi < -80.0
+        e_low = tf.exp(tf.maximum(hi, -128.0) + 64.0) * (1 + lo)
+        e_acc = tf.where(low, tf.cast(e_low, acc) * tf.constant(_EXP_M64, acc), tf.cast(e, acc))
+        u = tf.reduce_sum(tf.where(top, tf.zeros_like(e_acc), e_acc), axis=axis, keepdims=True)
+    else:
+        u = _row_sum(tf.where(top, tf.zeros_like(e), e), axis, acc)
     s = u + tf.maximum(k - 1, 0)  # all -inf rows: k = 0, s = 0
     return hi, lo, m, e, top, k, s
 

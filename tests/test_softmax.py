@@ -267,3 +267,15 @@ def test_bad_input_raises_names_op_and_argument():
         so.softmax(tf.zeros([2, 3]), axis=2)
     with pytest.raises(ValueError, match=r"safeops\.log_softmax.*axis"):
         so.log_softmax(tf.zeros([2, 3]), axis=-3)
+
+
+@pytest.mark.parametrize("mode", ["eager", "function"])
+def test_log_softmax_sum_of_flushed_terms(mode):
+    # Each exp(x_i - m) ~ 8.7e-39 is below float32's smallest normal (FTZ kernels flush
+    # it), but their sum s ~ 2.6e-38 is normal, and log_softmax of the max entry is -s.
+    row = np.array([[1.4592832e-04, 87.64068, -4.4514082e-20, 5.5164321e-17]], np.float32)
+    ref = testing.reference(_ls_mp(1), *row.T, dtype="float32")
+    fn = so.log_softmax if mode == "eager" else tf.function(so.log_softmax)
+    out = fn(tf.constant(row)).numpy()[:, 1]
+    assert ref[0] < -np.finfo(np.float32).tiny          # a normal float32 result
+    assert testing.bits_of_error(out, ref, "float32").max() <= 2   # issue 5's bound
