@@ -29,12 +29,14 @@ __all__ = [
     "check_gradients",
     "exact_dot",
     "exact_sum",
+    "extreme_floats",
     "ill_conditioned_dot",
     "ill_conditioned_sum",
     "reference",
     "round_to_dtype",
     "run_modes",
     "sample_floats",
+    "special_floats",
     "ulp_distance",
 ]
 
@@ -578,6 +580,49 @@ def sample_floats(dtype, n, lo, hi, seed=0):
     mag = np.abs(draws).astype(np.uint64)
     bits = np.where(draws < 0, mag | sign, mag).astype(fmt.uint)
     return bits.view(fmt.np_type)
+
+
+def special_floats(dtype, extra=()):
+    """The edge values of `dtype`: 0, the smallest subnormal, the smallest normal, 1, the
+    largest finite value and any `extra` values, each with both signs (a Python list).
+
+    Args:
+      dtype: float16, bfloat16, float32 or float64.
+      extra: more magnitudes to include (e.g. 0.5 for rounding ops).
+
+    Returns:
+      A list of Python floats, exactly representable in `dtype`.
+    """
+    info = ml_dtypes.finfo(_format(dtype).np_type)
+    v = [0.0, float(info.smallest_subnormal), float(info.tiny), 1.0, float(info.max)]
+    v += [float(e) for e in extra]
+    return v + [-a for a in v]
+
+
+def extreme_floats(dtype, min_size=1, max_size=24, extra=()):
+    """A hypothesis strategy for property tests: NumPy arrays of `dtype` holding any finite
+    values (hypothesis favours 0, subnormals and +-max) followed by `special_floats`.
+
+    bfloat16 draws are float32 values rounded to bfloat16, those beyond bfloat16's largest
+    value clamped to it. Needs hypothesis (the `test` extra); it is imported here only.
+
+    Args:
+      dtype: float16, bfloat16, float32 or float64.
+      min_size, max_size: how many drawn values precede the special ones.
+      extra: passed to `special_floats`.
+
+    Returns:
+      A `hypothesis.strategies.SearchStrategy` of NumPy arrays of `dtype`.
+    """
+    from hypothesis import strategies as st
+
+    fmt = _format(dtype)
+    big = float(ml_dtypes.finfo(fmt.np_type).max)
+    width = {"float16": 16, "bfloat16": 32, "float32": 32, "float64": 64}[fmt.name]
+    elem = st.floats(width=width, allow_nan=False, allow_infinity=False)
+    specials = special_floats(dtype, extra)
+    return st.lists(elem, min_size=min_size, max_size=max_size).map(
+        lambda v: np.clip(np.array(v + specials, np.float64), -big, big).astype(fmt.np_type))
 
 
 # ---------------------------------------------------------------------------

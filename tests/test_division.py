@@ -1,6 +1,5 @@
 """Tests of safeops.division: safe_divide, safe_reciprocal, divide_no_nan, relative_error."""
 
-import ml_dtypes
 import mpmath
 import numpy as np
 import pytest
@@ -19,22 +18,6 @@ def _np(dtype):
     return tf.as_dtype(dtype).as_numpy_dtype
 
 
-def _specials(dtype):
-    """0, -0, the smallest subnormal, the smallest normal, 1 and the largest value, both signs."""
-    info = ml_dtypes.finfo(_np(dtype))
-    v = [0.0, float(info.smallest_subnormal), float(info.tiny), 1.0, float(info.max)]
-    return v + [-a for a in v]
-
-
-def _extreme_floats(dtype, size):
-    """Hypothesis arrays of `dtype` of `size` + 10 values: any finite value
-    (hypothesis favours 0, subnormals and +-max), then every special value."""
-    big = float(tf.as_dtype(dtype).max)
-    width = {tf.float16: 16, tf.bfloat16: 32, tf.float32: 32, tf.float64: 64}[dtype]
-    elem = st.floats(width=width, allow_nan=False, allow_infinity=False)
-    # bfloat16: float32 values rounded, with those beyond bfloat16's max clamped to it
-    return st.lists(elem, min_size=size, max_size=size).map(
-        lambda v: np.clip(np.array(v + _specials(dtype), np.float64), -big, big).astype(_np(dtype)))
 
 
 def _grads(fn, *xs):
@@ -160,8 +143,8 @@ def test_graph_mode_dynamic_shapes_and_broadcasting():
 def test_no_nan_gradients(data, dtype, size):
     # Every finite x, y drawn by hypothesis: 0, subnormals, huge values and
     # their negatives, in every pairing (y = x[::-1] and y = x rolled, too).
-    x = data.draw(_extreme_floats(dtype, size), label="x")
-    y = data.draw(_extreme_floats(dtype, size), label="y")
+    x = data.draw(testing.extreme_floats(dtype, size, size), label="x")
+    y = data.draw(testing.extreme_floats(dtype, size, size), label="y")
     for a, b in ((x, y), (x, x[::-1].copy()), (x, np.roll(x, 3))):
         testing.assert_finite_gradients(so.safe_divide, a, b)
         testing.assert_finite_gradients(so.relative_error, a, b)

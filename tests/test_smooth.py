@@ -16,23 +16,6 @@ BOUND = [(tf.float16, 1), (tf.bfloat16, 1), (tf.float32, 1), (tf.float64, 4)]
 FLOATS = [tf.float16, tf.bfloat16, tf.float32, tf.float64]
 
 
-def _specials(dtype):
-    """0, -0, the smallest subnormal, the smallest normal, 1 and the largest value, both signs."""
-    info = ml_dtypes.finfo(tf.as_dtype(dtype).as_numpy_dtype)
-    v = [0.0, float(info.smallest_subnormal), float(info.tiny), 1.0, float(info.max)]
-    return v + [-a for a in v]
-
-
-def _extreme_floats(dtype, max_size=24):
-    """Hypothesis arrays of `dtype`: any finite value (hypothesis favours 0,
-    subnormals and +-max), followed by every special value of `_specials`."""
-    np_t = tf.as_dtype(dtype).as_numpy_dtype
-    big = float(tf.as_dtype(dtype).max)
-    width = {tf.float16: 16, tf.bfloat16: 32, tf.float32: 32, tf.float64: 64}[dtype]
-    elem = st.floats(width=width, allow_nan=False, allow_infinity=False)
-    # bfloat16: float32 values rounded, with those beyond bfloat16's max clamped to it
-    return st.lists(elem, min_size=1, max_size=max_size).map(
-        lambda v: np.clip(np.array(v + _specials(dtype), np.float64), -big, big).astype(np_t))
 
 
 def _grads(fn, *xs):
@@ -252,7 +235,7 @@ _OPS = {
 def test_no_nan_gradients(data, dtype):
     # Values drawn by hypothesis over the whole finite range of the dtype,
     # always including 0, subnormals, the smallest normal and +-max.
-    x = data.draw(_extreme_floats(dtype), label="x")
+    x = data.draw(testing.extreme_floats(dtype), label="x")
     for name, fn in _OPS.items():
         try:
             testing.assert_finite_gradients(fn, x)

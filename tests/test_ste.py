@@ -1,6 +1,5 @@
 """Tests of safeops.ste: straight-through estimators."""
 
-import ml_dtypes
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -14,20 +13,6 @@ FLOATS = [tf.float16, tf.bfloat16, tf.float32, tf.float64]
 STE = [(so.round_ste, tf.round, np.round), (so.floor_ste, tf.floor, np.floor),
        (so.ceil_ste, tf.math.ceil, np.ceil), (so.sign_ste, tf.sign, np.sign)]
 
-
-def _extreme_floats(dtype, max_size=24):
-    """Hypothesis arrays of `dtype`: any finite value (hypothesis favours 0,
-    subnormals and +-max), then 0, the smallest subnormal and normal, 1, 0.5
-    and max with both signs."""
-    np_t = tf.as_dtype(dtype).as_numpy_dtype
-    info = ml_dtypes.finfo(np_t)
-    special = [0.0, float(info.smallest_subnormal), float(info.tiny), 0.5, 1.0, float(info.max)]
-    special += [-v for v in special]
-    big = float(info.max)
-    width = {tf.float16: 16, tf.bfloat16: 32, tf.float32: 32, tf.float64: 64}[dtype]
-    elem = st.floats(width=width, allow_nan=False, allow_infinity=False)
-    return st.lists(elem, min_size=1, max_size=max_size).map(
-        lambda v: np.clip(np.array(v + special, np.float64), -big, big).astype(np_t))
 
 
 def _grads(fn, *xs):
@@ -84,7 +69,7 @@ def test_clip_ste_forward_and_gradient():
 @settings(max_examples=20, deadline=None)
 @given(data=st.data(), dtype=st.sampled_from(FLOATS))
 def test_no_nan_gradients(data, dtype):
-    x = data.draw(_extreme_floats(dtype), label="x")
+    x = data.draw(testing.extreme_floats(dtype, extra=(0.5,)), label="x")
     for fn in (so.round_ste, so.floor_ste, so.ceil_ste, so.sign_ste,
                lambda v: so.clip_ste(v, -1.0, 1.0)):
         testing.assert_finite_gradients(fn, x)

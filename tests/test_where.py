@@ -1,6 +1,5 @@
 """Tests of safeops.where: safe_where (gradient-safe selection) and smooth_where."""
 
-import ml_dtypes
 import mpmath
 import numpy as np
 import pytest
@@ -18,22 +17,6 @@ def _np(dtype):
     return tf.as_dtype(dtype).as_numpy_dtype
 
 
-def _specials(dtype):
-    """0, -0, the smallest subnormal, the smallest normal, 1 and the largest value, both signs."""
-    info = ml_dtypes.finfo(_np(dtype))
-    v = [0.0, float(info.smallest_subnormal), float(info.tiny), 1.0, float(info.max)]
-    return v + [-a for a in v]
-
-
-def _extreme_floats(dtype, max_size=24):
-    """Hypothesis arrays of `dtype`: any finite value (hypothesis favours 0,
-    subnormals and +-max), followed by every special value of `_specials`."""
-    big = float(tf.as_dtype(dtype).max)
-    width = {tf.float16: 16, tf.bfloat16: 32, tf.float32: 32, tf.float64: 64}[dtype]
-    elem = st.floats(width=width, allow_nan=False, allow_infinity=False)
-    # bfloat16: float32 values rounded, with those beyond bfloat16's max clamped to it
-    return st.lists(elem, min_size=1, max_size=max_size).map(
-        lambda v: np.clip(np.array(v + _specials(dtype), np.float64), -big, big).astype(_np(dtype)))
 
 
 def _grads(fn, *xs):
@@ -137,7 +120,7 @@ def test_variables_in_branches():
 @settings(max_examples=25, deadline=None)
 @given(data=st.data(), dtype=st.sampled_from(FLOATS))
 def test_no_nan_gradients(data, dtype):
-    x = data.draw(_extreme_floats(dtype), label="x")
+    x = data.draw(testing.extreme_floats(dtype), label="x")
     # Both branches are NaN or inf where the other is selected (log(x <= 0),
     # log1p(-x) at x >= 1) and finite, with finite derivatives, where selected.
     two_sided = lambda v: so.safe_where(v >= 1, tf.math.log, lambda u: tf.math.log1p(-u), v)  # noqa: E731
