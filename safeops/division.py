@@ -253,19 +253,50 @@ def divide_no_nan(x, y, name=None):
         return fwd(x, y)
 
 
-def _relative_error(t, p, eps):
-    """Value (in the working dtype) of ``|t - p| / max(|t|, eps)``."""
+def _relative_error(t, p, eps, native):
+    """Value (in the working dtype) of ``|t - p| / max(|t|, eps)``; `native`:
+    the inputs are float64 (no wider working dtype)."""
+    den = tf.maximum(tf.abs(t), eps)
+    if not native:
+        # float32 (and float16/bfloat16) arrive here in float64 (float32): the
+        # difference of two values of half the precision rounds once (<= 2**-53
+        # relative), the quotient once more: no TwoSum needed for the 1 ulp bound.
+        return tf.abs(t - p) / den, den
     s, e = _two_sum(t, -p)
     num = tf.abs(s)
     e = tf.where(s < 0, -e, e)  # |s + e| = |s| + sign(s) e (|e| <= ulp(s)/2)
-    den = tf.maximum(tf.abs(t), eps)
     q = num / den
-    if t.dtype == tf.float64:
-        # One Newton correction in double-double: q + (num + e - q*den) / den.
-        ph, pl = _two_prod(q, den)
-        corr = (((num - ph) - pl) + e) / den
-        q = tf.where(tf.math.is_finite(corr), q + corr, q)
+    # One Newton correction in double-double: q + (num + e - q*den) / den.
+    ph, pl = _two_prod(q, den)
+    corr = (((num - ph) - pl) + e) / den
+    q = tf.where(tf.math.is_finite(corr), q + corr, q)
     return q, den
+
+
+def _re_forward(t, p, eps, big):
+    work = accumulation_dtype(t.dtype)
+    q, _ = _relative_error(tf.cast(t, work), tf.cast(p, work), tf.cast(eps, work),
+                           native=t.dtype == tf.float64)
+    return tf.cast(tf.minimum(q, tf.cast(big, work)), t.dtype)  # q >= 0; NaN stays NaN
+
+
+def _re_backward(g, t, p, eps, big):
+    work = accumulation_dtype(t.dtype)
+    tw, pw, ew = tf.cast(t, work), tf.cast(p, work), tf.cast(eps, work)
+    bw = tf.cast(big, work)
+    den = tf.maximum(tf.abs(tw), ew)
+    d = tw - pw
+    gd = tf.cast(g, work) / den
+    # d/dt = (sign(d) - [|t| >= eps] sign(t) q) / den; the bracket as a select so
+    # that q = inf (|d| / eps overflowing) never meets a 0.
+    factor = tf.where(tf.abs(tw) >= ew, tf.sign(d) - tf.sign(tw) * (tf.abs(d) / den), tf.sign(d))
+    gt = tf.clip_by_value(factor * gd, -bw, bw)
+    gp = tf.clip_by_value(-(tf.sign(d) * gd), -bw, bw)
+    return tf.cast(gt, t.dtype), tf.cast(gp, t.dtype)
+
+
+_re_forward_fused = _fused(_re_forward)
+_re_backward_fused = _fused(_re_backward)
 
 
 def relative_error(y_true, y_pred, eps=None, name=None):
@@ -279,7 +310,9 @@ def relative_error(y_true, y_pred, eps=None, name=None):
     float64: the difference as an exact double-double (TwoSum) and one Newton
     correction of the quotient with Dekker's TwoProduct: error <= 1 ulp. The
     result saturates at the dtype's largest finite value (|diff| / eps
-    overflowing), so it is finite for finite inputs.
+    overflowing), so it is finite for finite inputs. Inside a `tf.function`
+    the forward and the backward each run as one XLA-compiled loop (same
+    results as eager up to XLA's rounding of the same float64 operations).
 
     Gradient: w.r.t. y_pred ``-sign(y_true - y_pred) / den`` (0 where y_pred ==
     y_true); w.r.t. y_true ``sign(diff) / den - [|y_true| >= eps] * sign(y_true)
@@ -312,22 +345,14 @@ def relative_error(y_true, y_pred, eps=None, name=None):
         y_true, y_pred = _convert_pair(op, ("y_true", "y_pred"), y_true, y_pred)
         dtype = y_true.dtype
         eps, deps = _eps_param(op, eps, dtype)
-        work = accumulation_dtype(dtype)
-        big = tf.constant(_finfo(dtype)[0], work)
+        big = tf.constant(_finfo(dtype)[0], dtype)
 
         @tf.custom_gradient
         def fwd(t, p):
-            tw, pw = tf.cast(t, work), tf.cast(p, work)
-            q, den = _relative_error(tw, pw, tf.cast(eps, work))
-            out = tf.cast(_saturate(q, big), dtype)
+            out = _re_forward_fused(t, p, eps, big)
 
             def grad(g):
-                gw = tf.cast(g, work)
-                sd = tf.sign(tw - pw) * gw / den
-                active = tf.abs(tw) >= tf.cast(eps, work)
-                gt = sd - tf.where(active, tf.sign(tw) * q * gw / den, tf.zeros_like(q))
-                gt = tf.cast(_saturate(gt, big), dtype)
-                gp = tf.cast(_saturate(-sd, big), dtype)
+                gt, gp = _re_backward_fused(g, t, p, eps, big)
                 return _reduce_to(gt, t), _reduce_to(gp, p)
 
             return out, grad

@@ -11,7 +11,7 @@ temperature or eps) gives NaN.
 import tensorflow as tf
 
 from safeops._dtypes import accumulation_dtype, convert_to_floating
-from safeops._guards import _check_ordered, _scalar_param, _with_deps
+from safeops._guards import _check_ordered, _fused, _reduce_to, _scalar_param, _with_deps
 
 __all__ = ["smooth_step", "soft_abs", "soft_clip", "soft_maximum", "soft_minimum"]
 
@@ -150,14 +150,20 @@ def soft_abs(x, eps=1e-3, name=None):
 
     0 at x = 0, between ``|x| - eps`` and ``|x|``, infinitely differentiable.
 
-    Method: evaluated as ``|x| * (|x| / (r + eps))`` with ``r = hypot(x, eps)``
-    computed with scaling (``m * sqrt((|x|/m)**2 + (eps/m)**2)``, m = max(|x|,
-    eps)): no cancellation for small x, no overflow of ``x**2`` for huge x.
-    One precision up for float16/bfloat16/float32 (<= 1 ulp); float64 natively
-    (<= 4 ulp: about 7 roundings of 0.5 ulp).
+    Method: evaluated as ``|x| * (|x| / (r + eps))`` with ``r = hypot(x, eps)``:
+    no cancellation for small x. float16 and float32 work in float32 and
+    float64, where ``x**2 + eps**2`` neither overflows nor underflows to 0, so
+    r is ``sqrt(x*x + eps*eps)``; bfloat16 (in float32) and float64 scale it
+    (``m * sqrt((|x|/m)**2 + (eps/m)**2)``, m = max(|x|, eps)) so ``x**2`` cannot
+    overflow for huge x. One precision up for float16/bfloat16/float32 (<= 1
+    ulp); float64 natively (<= 4 ulp: about 7 roundings of 0.5 ulp). One
+    `tf.custom_gradient`; inside a `tf.function` the forward and the backward
+    each run as one XLA-compiled loop.
 
-    Gradient: ``x / sqrt(x**2 + eps**2)`` in (-1, 1); exactly 0 at x = 0,
-    tending to +-1 for large |x|.
+    Gradient: ``x / sqrt(x**2 + eps**2)`` in (-1, 1) (scaled as r for
+    bfloat16/float64, in the working precision, rounded once); exactly 0 at
+    x = 0, tending to +-1 for large |x| (exactly +-1 once ``(eps/x)**2`` is
+    below the working precision). W.r.t. eps: ``eps / r - 1 = -y / r``.
 
     dtypes: float16, bfloat16, float32, float64.
 
@@ -181,12 +187,55 @@ def soft_abs(x, eps=1e-3, name=None):
     with tf.name_scope(name or "soft_abs"):
         x = convert_to_floating(op, "x", x)
         eps, deps = _positive(op, "eps", eps, x.dtype)
-        xw, ew = _up(x), _up(eps)
-        ax = tf.abs(xw)
-        m = tf.maximum(ax, ew)
-        r = m * tf.sqrt(tf.square(ax / m) + tf.square(ew / m))
-        y = ax * (ax / (r + ew))
-        return _with_deps(deps, tf.cast(y, x.dtype))
+        return _with_deps(deps, _soft_abs(x, eps))
+
+
+def _hypot_parts(x, eps):
+    """(|x|, eps, sqrt(x**2 + eps**2)) in the working dtype. float32 and float16
+    (working in float64, float32) square without overflow or underflow to 0;
+    float64 and bfloat16 (whose range float32 shares) scale by max(|x|, eps)."""
+    xw, ew = _up(x), _up(eps)
+    ax = tf.abs(xw)
+    if x.dtype in (tf.float32, tf.float16):
+        return ax, ew, tf.sqrt(ax * ax + ew * ew)
+    m = tf.maximum(ax, ew)
+    return ax, ew, m * tf.sqrt(tf.square(ax / m) + tf.square(ew / m))
+
+
+def _soft_abs_forward(x, eps):
+    ax, ew, r = _hypot_parts(x, eps)
+    return tf.cast(ax * (ax / (r + ew)), x.dtype)
+
+
+def _soft_abs_backward(g, x, eps):
+    xw, ew = _up(x), _up(eps)
+    if x.dtype in (tf.float32, tf.float16):
+        slope = xw / tf.sqrt(xw * xw + ew * ew)
+    else:  # scaled: exactly +-1 where (eps / x)**2 underflows
+        m = tf.maximum(tf.abs(xw), ew)
+        slope = (xw / m) / tf.sqrt(tf.square(xw / m) + tf.square(ew / m))
+    return tf.cast(_up(g) * slope, x.dtype)
+
+
+_soft_abs_forward_fused = _fused(_soft_abs_forward)
+_soft_abs_backward_fused = _fused(_soft_abs_backward)
+
+
+def _soft_abs(x, eps):
+    @tf.custom_gradient
+    def fwd(x, eps):
+        y = _soft_abs_forward_fused(x, eps)
+
+        def grad(g):
+            gx = _soft_abs_backward_fused(g, x, eps)
+            # d/deps = eps / r - 1 = -y / r (plain ops: pruned unless asked for).
+            ax, ew, r = _hypot_parts(x, eps)
+            ge = tf.cast(-_up(g) * (ax * (ax / (r + ew))) / r, x.dtype)
+            return gx, _reduce_to(ge, eps)
+
+        return y, grad
+
+    return fwd(x, eps)
 
 
 def _soft_max(x, y, t):

@@ -391,3 +391,11 @@ def test_soft_clip_gradient_zero_exactly_where_documented(dtype):
     if zero.size:
         d = np.maximum(zero - hi, lo - zero)
         assert np.all(d > (-np.log(tiny) - 1.0) / s)
+
+
+def test_soft_abs_eps_gradient_matches_finite_differences():
+    # the hand-written d/deps = -y / r against float64 central differences (documented 1e-6)
+    xs = np.array([-2.0, -0.3, 0.0, 0.2, 1.7, 30.0])
+    for e in (0.5, 3.0):
+        err = testing.check_gradients(lambda v, ee: so.soft_abs(v, eps=ee), xs, np.float64(e))
+        assert err <= 1e-6
