@@ -25,9 +25,19 @@ through s to the whole row.
 
 Speed: inside a graph (`tf.function`) the forward and the backward pass of
 float16/bfloat16/float32 inputs are each one XLA-compiled function
-(`safeops._guards._fused`: one fused loop instead of a kernel per elementwise
+(`safeops._guards._fused`: fused loops instead of a kernel per elementwise
 op; traced once per shape and axis); float64 and eager calls run the same
-formulas as plain ops.
+formulas as plain ops. On CPU each XLA reduction is a pass over memory, and a
+float64 reduce is a serial chain of adds (2.5x a float32 one), so float64 row
+sums are dots with a vector of ones (vectorized; `_plain_sum`). softmax's
+forward returns p, the row max and the row sum only (returning e as well, a
+second full-size output, cost ~1 ms per 1M entries) and its backward recomputes
+e from x and the max. Measured, [1024, 1024] float32, graph, 2 shared CPU
+cores, median of interleaved pairs against TF (before -> after): softmax fwd
+2.2x -> 1.3-1.4x, fwd+bwd 2.4-2.5x -> 1.65-1.8x; log_softmax fwd+bwd 1.4x ->
+1.03x; reduce_logsumexp 1.56x -> 1.03x. softmax's backward stays in float64
+elementwise: from the float32 output p (rounded twice) the 4-ulp gradient test
+reaches 4 ulp (3000 rows), against 2-3 ulp now.
 
 Measured (bits of error = log2(1 + ulp distance) against mpmath, eager, 1000
 rows of 4 from `safeops.testing.sample_floats` on [-80, 80], every entry):

@@ -279,3 +279,65 @@ def test_log_softmax_sum_of_flushed_terms(mode):
     out = fn(tf.constant(row)).numpy()[:, 1]
     assert ref[0] < -np.finfo(np.float32).tiny          # a normal float32 result
     assert testing.bits_of_error(out, ref, "float32").max() <= 2   # issue 5's bound
+
+
+# --- the graph path's backward recomputes e from x and the row max (issue 5 speed) ------------
+
+def _softmax_vjp64(x, g, axis):
+    """p (g - sum(g p)) in float64 from float64 p, and the scale of its error terms."""
+    x = np.moveaxis(x.astype(np.float64), axis, -1)
+    g = np.moveaxis(g.astype(np.float64), axis, -1)
+    p = np.exp(x - x.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    c = np.take_along_axis(g, np.argmax(p, -1)[..., None], -1)  # the implementation's shift
+    d = g - c
+    vjp = p * (d - np.sum(d * p, -1, keepdims=True))
+    scale = p * (np.abs(d) + np.sum(np.abs(d) * p, -1, keepdims=True))
+    return np.moveaxis(vjp, -1, axis), np.moveaxis(scale, -1, axis)
+
+
+@pytest.mark.parametrize("shape,axis", [((6, 7), -1), ((6, 7), 0), ((3, 5, 4), 1), ((9,), 0)])
+def test_gradient_modes_and_axes(shape, axis):
+    # float32 in graph and XLA (the fused path, a dot with ones for the float64 sum along
+    # any axis) against the float64 vector-Jacobian product with a random upstream g.
+    # Bound: each p_i carries relative error <= 2 eps (e from exp(hi) (1 + lo), ~1 ulp,
+    # plus the rounded sum), so |error| <= 2 eps p_j (|d_j| + sum |d_i| p_i) from p,
+    # the same from the sum, plus the final rounding: 4 eps * scale + 1 ulp.
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal(shape) * 6).astype(np.float32)
+    g = rng.standard_normal(shape).astype(np.float32)
+    ref, scale = _softmax_vjp64(x, g, axis)
+    eps = np.finfo(np.float32).eps
+
+    def vjp(xt):
+        with tf.GradientTape() as t:
+            t.watch(xt)
+            y = so.softmax(xt, axis=axis)
+        return t.gradient(y, xt, output_gradients=tf.constant(g))
+
+    for mode, out in testing.run_modes(vjp, tf.constant(x)).items():
+        tol = 4 * eps * scale + np.spacing(np.abs(ref).astype(np.float32))
+        assert np.all(np.abs(out - ref) <= tol), mode
+
+
+def test_gradient_edge_rows_in_graph():
+    # masked, +inf and NaN rows through the fused backward: same values as eagerly
+    x = tf.constant([[NINF, NINF, NINF], [np.inf, 1.0, np.inf], [np.nan, 1.0, 2.0],
+                     [3.0, 1.0, 2.0]], tf.float32)
+    g = tf.constant([[1.0, 2.0, 3.0]] * 4)
+
+    def vjp(xt):
+        with tf.GradientTape() as t:
+            t.watch(xt)
+            y = so.softmax(xt)
+        return t.gradient(y, xt, output_gradients=g)
+
+    r = testing.run_modes(vjp, x)
+    assert np.all(r["eager"][0] == 0.0)                         # masked row: 0
+    assert np.all(np.isfinite(r["eager"][:2]))
+    # +inf row: p = [1/2, 0, 1/2], c = 3 (g at a max entry): p (g - c - sum((g - c) p))
+    np.testing.assert_array_equal(r["eager"][1], [-0.5, 0.0, 0.5])
+    assert np.isnan(r["eager"][2]).all()                        # NaN propagates
+    for m in ("function", "jit_compile"):
+        np.testing.assert_array_equal(r[m][:3], r["eager"][:3])
+        assert np.max(testing.ulp_distance(r[m][3], r["eager"][3], "float32")) <= 2
