@@ -29,13 +29,14 @@ float16/bfloat16/float32 inputs are each one XLA-compiled function
 op; traced once per shape and axis); float64 and eager calls run the same
 formulas as plain ops. On CPU each XLA reduction is a pass over memory, and a
 float64 reduce is a serial chain of adds (2.5x a float32 one), so float64 row
-sums are dots with a vector of ones (vectorized; `_plain_sum`). softmax's
-forward returns p, the row max and the row sum only (returning e as well, a
-second full-size output, cost ~1 ms per 1M entries) and its backward recomputes
-e from x and the max. Measured, [1024, 1024] float32, graph, 2 shared CPU
-cores, median of interleaved pairs against TF (before -> after): softmax fwd
-2.2x -> 1.3-1.4x, fwd+bwd 2.4-2.5x -> 1.65-1.8x; log_softmax fwd+bwd 1.4x ->
-1.03x; reduce_logsumexp 1.56x -> 1.03x. softmax's backward stays in float64
+sums are dots with a vector of ones (vectorized; `_plain_sum`). The forward
+passes return the result and row quantities only (returning e as well, a
+second full-size output, cost ~1 ms per 1M entries); the backward passes
+recompute e from x and the row max. Measured, [1024, 1024] float32, graph, 2
+shared CPU cores, median of >= 11 interleaved pairs against TF (before ->
+after; +-0.1 run to run): softmax fwd 2.2x -> 1.3-1.4x, fwd+bwd 2.1-2.5x ->
+1.6-1.8x; log_softmax fwd+bwd 1.4x -> 1.05-1.1x; reduce_logsumexp 1.2-1.6x ->
+1.04x. softmax's backward stays in float64
 elementwise: from the float32 output p (rounded twice) the 4-ulp gradient test
 reaches 4 ulp (3000 rows), against 2-3 ulp now.
 
@@ -153,11 +154,14 @@ def _lse_fwd(x, axis):
     finite = tf.math.is_finite(m_acc)
     out = tf.where(finite, m_acc + tf.math.log1p(s), m_acc)  # all -inf: -inf; +inf: +inf
     r = tf.cast(1 / (1 + s), c)
-    return tf.cast(out, x.dtype), e, r
+    return tf.cast(out, x.dtype), m, r
 
 
-def _lse_bwd(g, e, r):
-    return tf.cast(g, e.dtype) * (e * r)
+def _lse_bwd(g, x, m, r, axis):
+    # e recomputed from x and the row max (see _softmax_fwd)
+    c, acc = _compute(x.dtype), accumulation_dtype(x.dtype)
+    _, _, _, e, _, _, _ = _terms(tf.cast(x, c), axis, acc, need_s=False, m=m)
+    return tf.cast(g, c) * (e * r)
 
 
 def _softmax_fwd(x, axis):
@@ -194,17 +198,20 @@ def _softmax_bwd(g, x, m, total, axis):
 
 def _log_softmax_fwd(x, axis):
     c, acc = _compute(x.dtype), accumulation_dtype(x.dtype)
-    hi, lo, _, e, _, _, s = _terms(tf.cast(x, c), axis, acc)
+    hi, lo, m, _, _, _, s = _terms(tf.cast(x, c), axis, acc)
     # x - m - log1p(s), rounded once (float32: evaluated in float64)
     out = tf.cast(hi, acc) - (tf.math.log1p(s) - tf.cast(lo, acc))
     r = 1 / (1 + s)
-    return tf.cast(out, x.dtype), e, tf.cast(r, c), tf.cast(s * r, c)
+    return tf.cast(out, x.dtype), m, tf.cast(r, c), tf.cast(s * r, c)
 
 
-def _log_softmax_bwd(g, e, r, sr, axis):
+def _log_softmax_bwd(g, x, m, r, sr, axis):
     # g - p sum(g), p = e r; where e == 1 (a max entry, p = r): g (1 - r) - r (sum(g) - g)
-    # with 1 - r = s r exactly, so the gradient of the max entry does not cancel
-    g = tf.cast(g, e.dtype)
+    # with 1 - r = s r exactly, so the gradient of the max entry does not cancel.
+    # e recomputed from x and the row max (see _softmax_fwd)
+    cd, acc = _compute(x.dtype), accumulation_dtype(x.dtype)
+    _, _, _, e, _, _, _ = _terms(tf.cast(x, cd), axis, acc, need_s=False, m=m)
+    g = tf.cast(g, cd)
     total = tf.reduce_sum(g, axis=axis, keepdims=True)
     return tf.where(tf.equal(e, 1), g * sr - r * (total - g), g - e * (r * total))
 
@@ -221,10 +228,10 @@ def _call(fn, dtype, *args):
 def _logsumexp_keep(x, axis):
     @tf.custom_gradient
     def inner(x):
-        out, e, r = _call(_lse_fwd, x.dtype, x, axis)
+        out, m, r = _call(_lse_fwd, x.dtype, x, axis)
 
         def grad(g):
-            return tf.cast(_call(_lse_bwd, x.dtype, g, e, r), x.dtype)
+            return tf.cast(_call(_lse_bwd, x.dtype, g, x, m, r, axis), x.dtype)
 
         return out, grad
 
@@ -247,10 +254,10 @@ def _softmax(x, axis):
 def _log_softmax(x, axis):
     @tf.custom_gradient
     def inner(x):
-        out, e, r, sr = _call(_log_softmax_fwd, x.dtype, x, axis)
+        out, m, r, sr = _call(_log_softmax_fwd, x.dtype, x, axis)
 
         def grad(g):
-            return tf.cast(_call(_log_softmax_bwd, x.dtype, g, e, r, sr, axis), x.dtype)
+            return tf.cast(_call(_log_softmax_bwd, x.dtype, g, x, m, r, sr, axis), x.dtype)
 
         return out, grad
 

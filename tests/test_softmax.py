@@ -341,3 +341,28 @@ def test_gradient_edge_rows_in_graph():
     for m in ("function", "jit_compile"):
         np.testing.assert_array_equal(r[m][:3], r["eager"][:3])
         assert np.max(testing.ulp_distance(r[m][3], r["eager"][3], "float32")) <= 2
+
+
+@pytest.mark.parametrize("op", ["log_softmax", "reduce_logsumexp"])
+def test_gradient_edge_rows_in_graph_log_ops(op):
+    # their backward passes also recompute e from x and the row max in the fused path
+    fn = so.log_softmax if op == "log_softmax" else (lambda v: so.reduce_logsumexp(v, axis=-1))
+    x = tf.constant([[NINF, NINF, NINF], [np.inf, 1.0, np.inf], [3.0, 1.0, 2.0]], tf.float32)
+
+    def grad(xt):
+        with tf.GradientTape() as t:
+            t.watch(xt)
+            y = fn(xt)
+        g = tf.constant([1.0, 2.0, 3.0]) if op == "reduce_logsumexp" else tf.constant(
+            [[1.0, 2.0, 3.0]] * 3)
+        return t.gradient(y, xt, output_gradients=g)
+
+    r = testing.run_modes(grad, x)
+    assert np.all(np.isfinite(r["eager"]))
+    if op == "reduce_logsumexp":  # softmax times the upstream g: 0 / [1, 0, 1] / p
+        np.testing.assert_array_equal(r["eager"][:2], [[0.0, 0.0, 0.0], [1.0, 0.0, 1.0]])
+    else:  # masked row: softmax 0, gradient g
+        np.testing.assert_array_equal(r["eager"][0], [1.0, 2.0, 3.0])
+    for m in ("function", "jit_compile"):
+        np.testing.assert_array_equal(r[m][:2], r["eager"][:2])
+        assert np.max(testing.ulp_distance(r[m][2], r["eager"][2], "float32")) <= 2
