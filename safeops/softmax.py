@@ -31,14 +31,18 @@ formulas as plain ops. On CPU each XLA reduction is a pass over memory, and a
 float64 reduce is a serial chain of adds (2.5x a float32 one), so float64 row
 sums are dots with a vector of ones (vectorized; `_plain_sum`). The forward
 passes return the result and row quantities only (returning e as well, a
-second full-size output, cost ~1 ms per 1M entries); the backward passes
-recompute e from x and the row max. Measured, [1024, 1024] float32, graph, 2
-shared CPU cores, median of >= 11 interleaved pairs against TF (before ->
-after; +-0.1 run to run): softmax fwd 2.2x -> 1.3-1.4x, fwd+bwd 2.1-2.5x ->
-1.6-1.8x; log_softmax fwd+bwd 1.4x -> 1.05-1.1x; reduce_logsumexp 1.2-1.6x ->
-1.04x. softmax's backward stays in float64
-elementwise: from the float32 output p (rounded twice) the 4-ulp gradient test
-reaches 4 ulp (3000 rows), against 2-3 ulp now.
+second full-size output, cost softmax's forward ~1 ms per 1M entries; for
+log_softmax and reduce_logsumexp the change is within run-to-run noise, but the
+tape keeps a row vector alive instead of e); the backward passes recompute e
+from x and the row max. Measured, [1024, 1024] float32, graph, 2 CPU cores
+shared with other jobs (ratios move by +-0.1 run to run), median of >= 11
+interleaved pairs against TF, before -> after: softmax fwd 1.8-2.2x ->
+1.3-1.4x, fwd+bwd 2.1-2.5x -> 1.6-1.8x; log_softmax fwd+bwd 1.4-1.5x ->
+1.05-1.2x; reduce_logsumexp 1.5-1.6x -> 1.05-1.3x. softmax's backward stays
+in float64 elementwise: from the float32 output p (rounded twice) the 4-ulp
+gradient test reaches 4 ulp (3000 rows), against 2-3 ulp now. Its remaining
+cost is passes, not float64: the max-entry shift c is one more reduction
+(~1.5 ms of the ~6 ms backward), the float64 dot operand another.
 
 Measured (bits of error = log2(1 + ulp distance) against mpmath, eager, 1000
 rows of 4 from `safeops.testing.sample_floats` on [-80, 80], every entry):
