@@ -229,43 +229,31 @@ def _call(fn, dtype, *args):
     return (fn if dtype == tf.float64 else _FUSED[fn.__name__])(*args)
 
 
-def _logsumexp_keep(x, axis):
+def _fused_op(fwd, bwd, x, axis):
+    """``fwd(x, axis)`` = (out, *saved) with the hand-written backward
+    ``bwd(g, x, *saved, axis)``; each pass one XLA-fused loop (see `_call`)."""
     @tf.custom_gradient
     def inner(x):
-        out, m, r = _call(_lse_fwd, x.dtype, x, axis)
+        out, *saved = _call(fwd, x.dtype, x, axis)
 
         def grad(g):
-            return tf.cast(_call(_lse_bwd, x.dtype, g, x, m, r, axis), x.dtype)
+            return tf.cast(_call(bwd, x.dtype, g, x, *saved, axis), x.dtype)
 
         return out, grad
 
     return inner(x)
+
+
+def _logsumexp_keep(x, axis):
+    return _fused_op(_lse_fwd, _lse_bwd, x, axis)
 
 
 def _softmax(x, axis):
-    @tf.custom_gradient
-    def inner(x):
-        out, m, total = _call(_softmax_fwd, x.dtype, x, axis)
-
-        def grad(g):
-            return tf.cast(_call(_softmax_bwd, x.dtype, g, x, m, total, axis), x.dtype)
-
-        return out, grad
-
-    return inner(x)
+    return _fused_op(_softmax_fwd, _softmax_bwd, x, axis)
 
 
 def _log_softmax(x, axis):
-    @tf.custom_gradient
-    def inner(x):
-        out, m, r, sr = _call(_log_softmax_fwd, x.dtype, x, axis)
-
-        def grad(g):
-            return tf.cast(_call(_log_softmax_bwd, x.dtype, g, x, m, r, sr, axis), x.dtype)
-
-        return out, grad
-
-    return inner(x)
+    return _fused_op(_log_softmax_fwd, _log_softmax_bwd, x, axis)
 
 
 def reduce_logsumexp(input_tensor, axis=None, keepdims=False, name=None):
