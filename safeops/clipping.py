@@ -385,8 +385,9 @@ def clip_by_global_norm(t_list, clip_norm, use_norm=None, name=None, nonfinite="
             gn = tf.convert_to_tensor(use_norm)
             c = _clip_norm_tensor(op, clip_norm, gn.dtype)
             scale = tf.where(gn <= c, tf.ones_like(gn), c / gn)
-            # TF's convention: a non-finite norm poisons every output with NaN.
-            scale = tf.where(tf.math.is_finite(gn), scale, tf.constant(np.nan, gn.dtype))
+            if nonfinite == "propagate":
+                # TF's convention: a non-finite norm poisons every output with NaN.
+                scale = tf.where(tf.math.is_finite(gn), scale, tf.constant(np.nan, gn.dtype))
             outs = [t * tf.cast(scale, t.dtype) for t in cleaned]
         if nonfinite == "skip":
             outs = [tf.where(all_ok, o, tf.zeros_like(o)) for o in outs]

@@ -263,3 +263,14 @@ def test_dtypes_and_bad_input():
         so.clip_by_global_norm(tf.constant([1.0]), 1.0)
     with pytest.raises(TypeError, match="clip_by_norm"):
         so.clip_by_norm(tf.constant([1, 2]), 1.0)
+
+
+def test_use_norm_nonfinite_only_propagate_poisons():
+    # A non-finite `use_norm` gives NaN only under "propagate" (TF's convention); "zero" and
+    # "skip" clip by it: scale = c / max(inf, c) = 0, so the outputs are exact zeros.
+    t = [tf.constant([3.0, 4.0])]
+    out, _ = so.clip_by_global_norm(t, 1.0, use_norm=float("inf"))
+    assert np.isnan(out[0].numpy()).all()
+    for policy in ("zero", "skip"):
+        out, _ = so.clip_by_global_norm(t, 1.0, use_norm=float("inf"), nonfinite=policy)
+        np.testing.assert_array_equal(out[0].numpy(), [0.0, 0.0])

@@ -333,3 +333,11 @@ def test_promote_save_load_under_mixed_float16(tmp_path):
     assert loaded.layers[-1].promote_dtype == "float32"
     assert loaded.layers[-1].layer.kernel.dtype == "float32"
     np.testing.assert_array_equal(got.numpy(), expected.numpy())
+
+
+def test_promote_dtype_keyword_alone_keeps_the_global_policy():
+    # promote_dtype given without dtype: the wrapper keeps the global policy (it used to get
+    # the float64 default of `dtype` as its own policy).
+    layer = layers.Promote(keras.layers.Dense(2), promote_dtype="float32")
+    assert layer.promote_dtype == "float32"
+    assert layer.dtype_policy.name == keras.mixed_precision.global_policy().name

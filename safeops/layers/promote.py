@@ -41,6 +41,8 @@ class Promote(keras.layers.Wrapper):
     Args:
       layer: an unbuilt `keras.layers.Layer`.
       dtype: the dtype to run it in (string, default ``"float64"``).
+      promote_dtype: the same as `dtype`, under the name `get_config` saves it (there
+        `dtype` is this wrapper's own Keras dtype policy); given, it wins over `dtype`.
       **kwargs: base `keras.layers.Layer` arguments (``name``...).
 
     Raises:
@@ -53,12 +55,15 @@ class Promote(keras.layers.Wrapper):
       >>> ln(x).dtype          # float16 out, computed in float32      # doctest: +SKIP
     """
 
-    def __init__(self, layer, dtype="float64", promote_dtype=None, **kwargs):
+    def __init__(self, layer, dtype=None, promote_dtype=None, **kwargs):
         if promote_dtype is not None:
             # From `get_config`: `promote_dtype` is the dtype to run `layer` in and `dtype`
             # is this wrapper's own dtype policy (e.g. mixed_float16), kept as it was saved.
-            kwargs["dtype"] = dtype
+            if dtype is not None:
+                kwargs["dtype"] = dtype
             dtype = promote_dtype
+        elif dtype is None:
+            dtype = "float64"
         if not isinstance(layer, keras.layers.Layer):
             raise TypeError(
                 f"safeops.layers.Promote: argument 'layer' must be a keras.layers.Layer; "
