@@ -291,9 +291,11 @@ def test_bad_input_raises():
     for t in (0.0, -1.0, float("nan"), float("inf"), "x"):
         with pytest.raises(ValueError, match="SmoothSwitch.*'temperature'"):
             layers.SmoothSwitch(temperature=t)
-    for d in ("float128", "int32", "double", None):
+    for d in ("float128", "int32", "double"):
         with pytest.raises(ValueError, match="Promote.*'dtype'"):
             layers.Promote(keras.layers.Dense(2), dtype=d)
+    # None is the documented default (float64), as Keras' own dtype=None means "the default"
+    assert layers.Promote(keras.layers.Dense(2), dtype=None).promote_dtype == "float64"
     with pytest.raises(TypeError, match="Promote.*'layer'"):
         layers.Promote(lambda x: x)
     built = keras.layers.Dense(2)

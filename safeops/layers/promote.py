@@ -40,7 +40,7 @@ class Promote(keras.layers.Wrapper):
 
     Args:
       layer: an unbuilt `keras.layers.Layer`.
-      dtype: the dtype to run it in (string, default ``"float64"``).
+      dtype: the dtype to run it in (string; None or omitted: ``"float64"``).
       promote_dtype: the same as `dtype`, under the name `get_config` saves it (there
         `dtype` is this wrapper's own Keras dtype policy); given, it wins over `dtype`.
       **kwargs: base `keras.layers.Layer` arguments (``name``...).
