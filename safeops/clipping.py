@@ -34,11 +34,11 @@ import numpy as np
 import tensorflow as tf
 
 from safeops._dtypes import convert_to_floating
+from safeops.norms import _compute, _threshold
 
 __all__ = ["clip_by_global_norm", "clip_by_norm"]
 
 _POLICIES = ("propagate", "zero", "skip")
-_HALF = (tf.float16, tf.bfloat16)
 
 
 def _check_policy(op, nonfinite):
@@ -55,17 +55,8 @@ def _clip_norm_tensor(op, clip_norm, dtype):
     return tf.cast(tf.convert_to_tensor(clip_norm, dtype_hint=dtype), dtype)
 
 
-def _compute(dtype):
-    return tf.float32 if dtype in _HALF else dtype
-
-
 def _tiny(dtype):
     return float(np.finfo(dtype.as_numpy_dtype).tiny)
-
-
-def _threshold(dtype):
-    fi = np.finfo(dtype.as_numpy_dtype)
-    return float(fi.tiny) / float(fi.eps) ** 2
 
 
 def _fast_ok(ss, c):

@@ -21,7 +21,7 @@ would round to 0, is raised to it):
 import tensorflow as tf
 
 from safeops._dtypes import accumulation_dtype, convert_to_floating
-from safeops.eft import _two_prod, _two_sum
+from safeops.eft import _prod_dw, _two_sum
 from safeops._guards import (_convert_pair, _finfo, _fused, _is_negative, _reduce_to,
                              _scalar_param, _with_deps)
 
@@ -261,22 +261,23 @@ def _relative_error(t, p, eps, native):
         # float32 (and float16/bfloat16) arrive here in float64 (float32): the
         # difference of two values of half the precision rounds once (<= 2**-53
         # relative), the quotient once more: no TwoSum needed for the 1 ulp bound.
-        return tf.abs(t - p) / den, den
+        return tf.abs(t - p) / den
     s, e = _two_sum(t, -p)
     num = tf.abs(s)
     e = tf.where(s < 0, -e, e)  # |s + e| = |s| + sign(s) e (|e| <= ulp(s)/2)
     q = num / den
-    # One Newton correction in double-double: q + (num + e - q*den) / den.
-    ph, pl = _two_prod(q, den)
+    # One Newton correction in double-double: q + (num + e - q*den) / den, with q*den
+    # from exact partial products (XLA's FMA contraction cannot change them).
+    ph, pl = _prod_dw(q, den)
     corr = (((num - ph) - pl) + e) / den
     q = tf.where(tf.math.is_finite(corr), q + corr, q)
-    return q, den
+    return q
 
 
 def _re_forward(t, p, eps, big):
     work = accumulation_dtype(t.dtype)
-    q, _ = _relative_error(tf.cast(t, work), tf.cast(p, work), tf.cast(eps, work),
-                           native=t.dtype == tf.float64)
+    q = _relative_error(tf.cast(t, work), tf.cast(p, work), tf.cast(eps, work),
+                        native=t.dtype == tf.float64)
     return tf.cast(tf.minimum(q, tf.cast(big, work)), t.dtype)  # q >= 0; NaN stays NaN
 
 
@@ -290,7 +291,9 @@ def _re_backward(g, t, p, eps, big):
     # d/dt = (sign(d) - [|t| >= eps] sign(t) q) / den; the bracket as a select so
     # that q = inf (|d| / eps overflowing) never meets a 0.
     factor = tf.where(tf.abs(tw) >= ew, tf.sign(d) - tf.sign(tw) * (tf.abs(d) / den), tf.sign(d))
-    gt = tf.clip_by_value(factor * gd, -bw, bw)
+    # multiply_no_nan: where g / den flushes to 0 (den ~ max) while |d| / den overflowed
+    # (float64 |t - p| > max), the product is 0, not inf * 0 = NaN
+    gt = tf.clip_by_value(tf.math.multiply_no_nan(factor, gd), -bw, bw)
     gp = tf.clip_by_value(-(tf.sign(d) * gd), -bw, bw)
     return tf.cast(gt, t.dtype), tf.cast(gp, t.dtype)
 

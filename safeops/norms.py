@@ -1,7 +1,7 @@
 """`norm`: tf.norm without overflow, underflow or a NaN gradient at the zero vector.
 
-The private `_scaled_norm` (euclidean norm along axes, custom gradient) and
-`_global_norm` are shared with `safeops.clipping`.
+The private `_compute` and `_threshold` (fast-path limit) are shared with
+`safeops.clipping`, which builds its overflow-free clipping norm on them.
 
 Method of the euclidean norm: a fast path computes ``sum(x*x)`` as TF does (in
 float32 for float16/bfloat16); if every result is finite and above
@@ -72,25 +72,6 @@ def _scaled_norm(x, axes=None, keepdims=False):
         return tf.cast(out, x.dtype), grad
 
     return inner(x)
-
-
-def _global_norm(tensors):
-    """sqrt(sum of squares of every tensor) without overflow/underflow (compute dtype of t[0])."""
-    cs = [tf.cast(t, _compute(t.dtype)) for t in tensors]
-    dtype = cs[0].dtype
-    cs = [tf.cast(c, dtype) for c in cs]
-    ss = tf.add_n([tf.reduce_sum(c * c) for c in cs])
-    ok = tf.math.is_finite(ss) & (ss >= _threshold(dtype))
-
-    def scaled():
-        m = tf.reduce_max(tf.stack([tf.reduce_max(tf.abs(c)) for c in cs]))
-        good = tf.math.is_finite(m) & (m > 0)
-        m1 = tf.where(good, m, tf.ones_like(m))
-        s = tf.add_n([tf.reduce_sum(tf.square(c / m1)) for c in cs])
-        n = m1 * tf.sqrt(s)
-        return tf.where(tf.math.is_inf(m), m, tf.where(tf.equal(m, 0), tf.zeros_like(m), n))
-
-    return tf.cond(ok, lambda: tf.sqrt(ss), scaled)
 
 
 def _axes(x, axis):

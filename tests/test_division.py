@@ -311,3 +311,12 @@ def test_relative_error_gradient():
     # y_true = 0 < eps: d/dt = sign(t - p) / eps; y_pred == y_true: 0
     np.testing.assert_array_equal(gt, [-2.0, 0.0])
     np.testing.assert_array_equal(gp, [2.0, 0.0])
+
+
+def test_relative_error_gradient_where_difference_overflows_float64():
+    # float64 t = -max, p = 9.98e291: t - p overflows and g / |t| is subnormal (flushed to 0
+    # by the CPU kernels); the t-gradient was inf * 0 = NaN (found by the property test).
+    t = tf.constant([-np.finfo(np.float64).max, 1.0], tf.float64)
+    p = tf.constant([9.97920155e291, 2.0], tf.float64)
+    for fn in (so.relative_error, tf.function(so.relative_error)):
+        testing.assert_finite_gradients(fn, t, p)
