@@ -6,6 +6,7 @@ import numpy as np
 import tensorflow as tf
 
 from safeops import testing
+from safeops.doctor._graph import to_numpy
 from safeops.doctor._report import format_table
 
 __all__ = ["DeviceDifference", "compare_devices", "format_device_differences"]
@@ -77,7 +78,7 @@ def _runner(fn, mode, names):
 
 
 def _numpy(x):
-    return None if x is None else np.asarray(x.numpy() if hasattr(x, "numpy") else x)
+    return None if x is None else to_numpy(x)
 
 
 def compare_devices(fn, *inputs, devices=None, modes=MODES, threshold_ulp=4, verbose=True):

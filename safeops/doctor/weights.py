@@ -7,6 +7,7 @@ from typing import Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
+from safeops.doctor._graph import to_numpy
 from safeops.doctor._report import format_table
 
 __all__ = ["WeightStats", "format_weights_report", "weights_report"]
@@ -90,7 +91,7 @@ def _int8_sqnr(x):
 
 def _stats(layer, var):
     name = str(getattr(var, "path", None) or var.name)
-    raw = np.asarray(var.numpy() if hasattr(var, "numpy") else var)
+    raw = to_numpy(var)
     dtype = tf.as_dtype(var.dtype).name
     x = raw.astype(np.float64)
     finite = x[np.isfinite(x)]
