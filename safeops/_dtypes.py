@@ -26,6 +26,7 @@ __all__ = [
     "check_floating",
     "convert_to_floating",
     "dtype_name",
+    "scalar_in",
 ]
 
 FLOAT_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
@@ -42,6 +43,16 @@ _ACCUMULATION = {
 def dtype_name(dtype):
     """The TF name of a dtype-like object (``'float32'``)."""
     return tf.as_dtype(dtype).name
+
+
+def scalar_in(value, dtype):
+    """A scalar parameter (Python number, NumPy scalar or tensor) as a tensor of `dtype`.
+
+    Python numbers go straight to `dtype`: ``tf.cast(0.999, tf.float64)`` converts
+    through float32 first (0.99900001287...) and ``tf.cast(2.2e-308, tf.float64)``
+    gives 0.
+    """
+    return tf.cast(tf.convert_to_tensor(value, dtype_hint=dtype), dtype)
 
 
 def accumulation_dtype(dtype):

@@ -33,7 +33,7 @@ Non-finite inputs follow a policy, ``nonfinite=``:
 import numpy as np
 import tensorflow as tf
 
-from safeops._dtypes import convert_to_floating
+from safeops._dtypes import convert_to_floating, scalar_in
 from safeops.norms import _compute, _threshold
 
 __all__ = ["clip_by_global_norm", "clip_by_norm"]
@@ -50,9 +50,9 @@ def _check_policy(op, nonfinite):
 def _clip_norm_tensor(op, clip_norm, dtype):
     if isinstance(clip_norm, (int, float)) and not clip_norm >= 0:
         raise ValueError(f"{op}: argument 'clip_norm' must be >= 0; got {clip_norm}")
-    # dtype_hint: a Python float goes straight to float64 (tf.cast would round it to
-    # float32 first, clipping float64 tensors to a norm 1e-8 off).
-    return tf.cast(tf.convert_to_tensor(clip_norm, dtype_hint=dtype), dtype)
+    # a Python float goes straight to float64 (tf.cast would round it to float32 first,
+    # clipping float64 tensors to a norm 1e-8 off)
+    return scalar_in(clip_norm, dtype)
 
 
 def _tiny(dtype):

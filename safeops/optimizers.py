@@ -43,6 +43,8 @@ import random
 import keras
 import tensorflow as tf
 
+from safeops._dtypes import scalar_in
+
 __all__ = ["SGD", "Adam", "AdamW"]
 
 _HALF = (tf.float16, tf.bfloat16)
@@ -51,17 +53,6 @@ _MOMENT_SLOTS = ("momentum", "velocity", "velocity_hat")
 
 def _compute_dtype(dtype):
     return tf.float32 if dtype in _HALF else dtype
-
-
-def _hyper_tensor(value, dtype):
-    """A hyperparameter in the update's compute dtype, Python numbers without a float32 detour.
-
-    ``tf.cast(0.999, tf.float64)`` converts through float32 first (0.99900001287...),
-    which put float64 updates 1e-5 (relative) away from Keras's.
-    """
-    if isinstance(value, (int, float)):
-        return tf.constant(value, dtype)
-    return tf.cast(value, dtype)
 
 
 def _stochastic_round_bf16(x32, seed):
@@ -245,11 +236,11 @@ class _Compensated:
         comp_value = tf.convert_to_tensor(comp) if comp is not None \
             else tf.zeros([], variable.dtype)
         cdt = _compute_dtype(variable.dtype)
-        hyper = {"lr": _hyper_tensor(learning_rate, cdt)}
+        hyper = {"lr": scalar_in(learning_rate, cdt)}
         hyper.update(self._hyper(variable, cdt))
         decay = self.weight_decay is not None and self._use_weight_decay(variable)
         if decay:
-            hyper["wd"] = _hyper_tensor(self.weight_decay, cdt)
+            hyper["wd"] = scalar_in(self.weight_decay, cdt)
         step = tf.cast(self.iterations, tf.int64)
         seed = tf.stack([tf.constant(self.seed, tf.int64),
                          step * len(self._trainable_variables) + index])
@@ -331,7 +322,7 @@ class SGD(_Compensated, keras.optimizers.SGD):
         return [self.momentums[self._get_variable_index(variable)]] if self.momentum != 0 else []
 
     def _hyper(self, variable, dtype):
-        return {"momentum": _hyper_tensor(self.momentum, dtype)}
+        return {"momentum": scalar_in(self.momentum, dtype)}
 
     def _static(self):
         return {"nesterov": bool(self.nesterov)}
@@ -351,9 +342,9 @@ class _AdamSlots:
         return slots
 
     def _hyper(self, variable, dtype):
-        return {"beta_1": _hyper_tensor(self.beta_1, dtype),
-                "beta_2": _hyper_tensor(self.beta_2, dtype),
-                "epsilon": _hyper_tensor(self.epsilon, dtype),
+        return {"beta_1": scalar_in(self.beta_1, dtype),
+                "beta_2": scalar_in(self.beta_2, dtype),
+                "epsilon": scalar_in(self.epsilon, dtype),
                 "step": tf.cast(self.iterations + 1, dtype)}
 
     def _static(self):
