@@ -1,13 +1,14 @@
 # safeops: two commands a fresh machine with python3 and pip needs.
 #   make test   create .venv, install -e .[test,bench,tfmot,probability], run the default tests
 #   make bench  same install, then the benchmark suite's quick mode (report in bench-results/)
+#   (both first build the fused C++ kernels if a compiler is there: `make native`)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 EXTRAS := test,bench,tfmot,probability
 
-.PHONY: install test test-all bench bench-full clean
+.PHONY: install native test test-all bench bench-full clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -18,18 +19,24 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) native
 
-test: $(STAMP)
+# The fused C++ kernels (safeops/native.py): built once into ~/.cache/safeops, a no-op when
+# cached. Without a C++ compiler this fails and the ops use their pure-TF path (the leading
+# '-' keeps going; tests/test_native.py then skips its fused half, or fails if a compiler exists).
+native: $(STAMP)
+	-TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m safeops.native build
+
+test: $(STAMP) native
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q
 
-test-all: $(STAMP)
+test-all: $(STAMP) native
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q -m ""
 
-bench: $(STAMP)
+bench: $(STAMP) native
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m benchmarks --quick
 
-bench-full: $(STAMP)
+bench-full: $(STAMP) native
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m benchmarks --full
 
 clean:

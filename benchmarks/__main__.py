@@ -63,6 +63,15 @@ def _devices(tf, wanted):
     return [d for d in visible if d.device_type.lower() in wanted]
 
 
+def _fused_kernels(safeops):
+    """Whether safeops' fused C++ kernels run in this process (built now, before any timing)."""
+    lib = safeops.native.library()
+    st = safeops.native.status()
+    if lib is not None:
+        return f"loaded ({st['path']})"
+    return "disabled (SAFEOPS_NATIVE=0)" if not st["enabled"] else f"unavailable: {st['error']}"
+
+
 def _commit():
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -110,10 +119,11 @@ def main(argv):
         "cpu_count": os.cpu_count(),
         "devices": [d.name for d in devices],
         "tensor_float_32": "disabled while measuring",
+        "fused_kernels": _fused_kernels(safeops),
         "command": " ".join(["python -m benchmarks"] + sys.argv[1:]),
     }
     print(f"safeops benchmarks ({header['mode']}): {len(selected)} cases x {len(devices)} device(s); "
-          f"TF {tf.__version__}, TF32 disabled", flush=True)
+          f"TF {tf.__version__}, TF32 disabled; fused kernels {header['fused_kernels']}", flush=True)
     results = []
     start = time.time()
     total = len(selected) * len(devices)

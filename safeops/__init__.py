@@ -13,6 +13,7 @@ from safeops.eft import fast_two_sum, two_prod, two_sum
 from safeops.summation import cumsum, reduce_mean, reduce_std, reduce_sum, reduce_variance
 from safeops.dot import dot, matmul
 from safeops.accumulator import KahanAccumulator
+from safeops import native
 # -- division, where, smooth switches, straight-through estimators (issue 4) --
 from safeops.division import divide_no_nan, relative_error, safe_divide, safe_reciprocal
 from safeops.where import safe_where, smooth_where
@@ -45,7 +46,7 @@ __all__ = [
     # summation (issue 3)
     "two_sum", "fast_two_sum", "two_prod",
     "reduce_sum", "reduce_mean", "reduce_variance", "reduce_std", "cumsum",
-    "dot", "matmul", "KahanAccumulator",
+    "dot", "matmul", "KahanAccumulator", "native",
     # division, where, smooth switches, straight-through estimators (issue 4)
     "divide_no_nan", "relative_error", "safe_divide", "safe_reciprocal",
     "safe_where", "smooth_where",

@@ -79,6 +79,30 @@ def _restore(r, x, axes, kept_shape, keepdims):
     return tf.reshape(r, shape)
 
 
+def _as_3d(x, axes):
+    """x viewed as [outer, n, inner] with `axes` (sorted, non-empty) as the middle dimension,
+    and x's shape as a list (Python ints where static, scalar tensors where not).
+
+    Consecutive axes need only a reshape (no copy); others are transposed last first.
+    """
+    rank = x.shape.rank
+    static = x.shape.as_list()
+    shape = static if None not in static else tf.unstack(tf.shape(x), num=rank)
+
+    def prod(dims):
+        out = 1
+        for d in dims:
+            out = out * d
+        return out
+
+    kept = [shape[i] for i in range(rank) if i not in axes]
+    if axes != list(range(axes[0], axes[-1] + 1)):
+        y, _ = _move_axes_last(x, axes)
+        return tf.reshape(y, [prod(kept), -1, 1]), shape
+    a0, a1 = axes[0], axes[-1] + 1
+    return tf.reshape(x, [prod(shape[:a0]), prod(shape[a0:a1]), prod(shape[a1:])]), shape
+
+
 def _tree_sum(x, c0=None):
     """Cascaded TwoSum tree along the last axis: (s, c) with s + c ~ sum (see module doc).
 

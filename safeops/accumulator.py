@@ -2,11 +2,13 @@
 
 import tensorflow as tf
 
+from safeops import native
 from safeops._dtypes import check_floating
 from safeops.eft import _fast_two_sum, _two_sum
 
 __all__ = ["KahanAccumulator"]
 
+_WIDEN = (tf.float16, tf.bfloat16, tf.float32)  # dtypes the fused in-place add takes
 _STORAGE = {tf.float16: tf.float64, tf.bfloat16: tf.float64,
             tf.float32: tf.float64, tf.float64: tf.float64}
 
@@ -23,9 +25,10 @@ class KahanAccumulator(tf.Module):
     Method per dtype (chosen by measurement, see BUILD_NOTES.md):
       float16, bfloat16, float32: the total is kept in one float64 variable
       (float64's 29+ extra bits are the compensation); each increment is
-      exact in float64 and ``add`` is ``assign_add(cast(values, float64))``,
-      ~2x the cost of a float32 ``assign_add`` (a TwoSum double-word update
-      measured 6-9x).
+      exact in float64 and ``add`` is ``assign_add(cast(values, float64))``;
+      on the CPU outside XLA and distribution strategies the fused kernel
+      (`safeops.native`) widens and adds in place, without the float64 copy
+      of the increment (same arithmetic, same result).
       float64: a double-word (sum, compensation) in two float64 variables;
       ``add`` is TwoSum(sum, x), the error plus the compensation, then
       FastTwoSum to renormalise (Dekker's double-word + word addition), so the
@@ -123,6 +126,12 @@ class KahanAccumulator(tf.Module):
         if target is None or target != self._shape:
             raise ValueError(f"{op}: argument 'values' of shape {v.shape} does not broadcast "
                              f"to the accumulator's shape {self._shape}")
+        if self._comp is None and not tf.distribute.has_strategy():
+            lib = native._usable(v, _WIDEN)  # noqa: SLF001
+            if lib is not None:  # fused: widen and add in place, no float64 copy of v
+                op = lib.safeops_widen_assign_add(self._sum.handle,
+                                                  tf.broadcast_to(v, self._shape))
+                return self._sum._lazy_read(op)  # noqa: SLF001  (as assign_add returns)
         v = tf.broadcast_to(tf.cast(v, self._storage), self._shape)
         ctx = tf.distribute.get_replica_context()
         if ctx is not None and ctx.num_replicas_in_sync > 1:

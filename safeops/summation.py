@@ -7,23 +7,31 @@ input          method
 =============  ==========================================================
 float16        cast to float32, TF's reduction, one rounding back
 bfloat16       cast to float32, TF's reduction, one rounding back
-float32        cast to float64, TF's reduction, one rounding back
-float64        cascaded TwoSum tree (Sum2 in pairwise order), double-double
+float32        fused kernel (`safeops.native`): widened to double in
+               registers, TwoSum in double (Sum2), one rounding back;
+               pure-TF fallback: cast to float64, TF's reduction
+float64        fused kernel: Sum2 in double (TwoSum per element);
+               pure-TF fallback: cascaded TwoSum tree (Sum2 in pairwise
+               order), double-double
 int*, uint*    delegated to TF (integer sums are exact)
 complex        real and imaginary parts summed separately as above
                (reduce_sum, reduce_mean, cumsum); variance/std raise TypeError
 bool, string   TypeError naming the op and the argument
 =============  ==========================================================
 
-An accumulation in a wider type has no compensation term for XLA to
-reassociate away; the float64 tree uses TwoSum, which XLA:CPU compiles as
-written (fast-math off, checked in tests/test_summation.py).
+The fused kernel runs on the CPU outside XLA (see `safeops.native` for
+when it applies and how it is built); under ``jit_compile=True`` and on a
+GPU the pure-TF path runs. An accumulation in a wider type has no
+compensation term for XLA to reassociate away; the float64 tree uses
+TwoSum, which XLA:CPU compiles as written (fast-math off, checked in
+tests/test_summation.py).
 """
 
 import tensorflow as tf
 
-from safeops._compensated import (_axis_error, _finish, _move_axes_last, _normalize_axes,
-                                  _restore, _tree_sum)
+from safeops import native
+from safeops._compensated import (_as_3d, _axis_error, _finish, _move_axes_last,
+                                  _normalize_axes, _restore, _tree_sum)
 from safeops._dtypes import accumulation_dtype, check_floating
 from safeops.eft import _prod_dw, _two_sum
 
@@ -64,7 +72,27 @@ def _dd_div(s, c, n):
     return q, tf.stop_gradient(tf.where(tf.math.is_finite(r), r, tf.zeros_like(r)))
 
 
+def _fused_reduce(op, x, axis, keepdims, mean):
+    """The fused kernel's sum or mean (`safeops.native`), or None where it does not apply."""
+    rank = x.shape.rank
+    if not rank or (axis is not None and tf.get_static_value(axis) is None):
+        return None
+    lib = native._usable(x)  # noqa: SLF001
+    if lib is None:
+        return None
+    axes = _normalize_axes(op, axis, rank)
+    if not axes:
+        return None
+    y, shape = _as_3d(x, axes)
+    out = [1 if i in axes else d for i, d in enumerate(shape)] if keepdims else [
+        d for i, d in enumerate(shape) if i not in axes]
+    return tf.reshape(lib.safeops_compensated_sum(y, mean=mean), out)
+
+
 def _sum(op, x, axis, keepdims):
+    fused = _fused_reduce(op, x, axis, keepdims, mean=False)
+    if fused is not None:
+        return fused
     if x.dtype == tf.float64:
         s, c, _ = _sum_dd(op, x, axis, keepdims)
         return _finish(s, c)
@@ -73,6 +101,9 @@ def _sum(op, x, axis, keepdims):
 
 
 def _mean(op, x, axis, keepdims):
+    fused = _fused_reduce(op, x, axis, keepdims, mean=True)
+    if fused is not None:
+        return fused
     if x.dtype == tf.float64:
         s, c, n = _sum_dd(op, x, axis, keepdims)
         q, r = _dd_div(s, c, n)
@@ -88,25 +119,32 @@ def _complex_parts(fn, x):
 def reduce_sum(input_tensor, axis=None, keepdims=False, name=None):
     """Accurate sum of elements across dimensions; drop-in for `tf.math.reduce_sum`.
 
-    Method: float16/bfloat16 accumulate in float32 and float32 in float64 (TF's
-    own reduction on the cast tensor), rounded once to the input dtype; float64
-    uses a pairwise tree of TwoSum operations whose rounding errors are summed
-    separately and added at the end (Sum2, Ogita-Rump-Oishi 2005, pairwise).
+    Method: float32 and float64 on the CPU (outside XLA) run a fused C++
+    kernel (`safeops.native`): each element is widened to double in registers
+    and added with TwoSum into independent (sum, compensation) lanes, combined
+    in a fixed order (Ogita-Rump-Oishi 2005 Sum2 in double), and rounded once.
+    Elsewhere (XLA, GPU, no compiler): float32 accumulates in float64 (TF's
+    own reduction on the cast tensor) and float64 uses a pairwise tree of
+    TwoSum operations whose rounding errors are summed separately (Sum2,
+    pairwise). float16/bfloat16 accumulate in float32. One rounding to the
+    input dtype in every case.
 
-    Error bound (u = unit roundoff of the input dtype, n = reduced elements):
-      float64: ``|res - s| <= u|s| + gamma_{ceil(log2 n)}^2 sum|x|``
-      (gamma_k = k u / (1 - k u)): as if computed in twice the precision.
-      float32: ``|res - s| <= u|s| + gamma64_{n-1} sum|x|``, gamma64 in float64's
-      unit roundoff (2**-53). This worst case *guarantees* faithful rounding
-      (within 1 ulp) only while ``gamma64_{n-1} cond <= u`` (cond =
-      ``sum|x| / |sum x|``), i.e. ``cond <~ 2**29 / n`` (about 50 at n = 1e7).
-      Beyond that the claim is *measured*, not proven: TF's blocked reduction
-      adds in a tree-like order and float64 rounding errors largely cancel, so
-      the realised error is far below the bound, and the result was within
-      1 ulp for condition 1e8 at n = 1e5, 1e6 and 1e7 (tests/test_summation.py;
-      the n = 1e7 case is marked slow). float16/bfloat16: the same with
-      float32's u; guaranteed faithful for ``cond <~ 2**13 / n``, measured
-      faithful for condition 1e3 at n = 2000.
+    Error bound (u = unit roundoff of the input dtype, u64 = 2**-53, n =
+    reduced elements, gamma_k = k u / (1 - k u), cond = ``sum|x| / |sum x|``):
+      float64: ``|res - s| <= u|s| + gamma_{n-1}^2 sum|x|``: as if computed
+      in twice the precision (the pairwise fallback meets the tighter
+      ``gamma_{ceil(log2 n)}^2``).
+      float32, fused kernel: ``|res - s| <= u|s| + 2 u64 |s| + gamma64_{n-1}^2
+      sum|x|``, so the result is *guaranteed* faithful (within 1 ulp) while
+      ``gamma64_{n-1}^2 cond <~ u``: condition up to ~5e10 at n = 1e7.
+      float32, fallback: ``|res - s| <= u|s| + gamma64_{n-1} sum|x|``, which
+      guarantees faithful rounding only for ``cond <~ 2**29 / n``; beyond that
+      it is *measured*: within 1 ulp for condition 1e8 at n = 1e5, 1e6 and 1e7
+      (tests/test_summation.py and tests/test_native.py, where XLA and the
+      fallback run; the n = 1e7 case is marked slow).
+      float16/bfloat16: the fallback's bound with float32's accumulation;
+      guaranteed faithful for ``cond <~ 2**13 / n``, measured faithful for
+      condition 1e3 at n = 2000.
       `tf.reduce_sum` is off by ~15% at condition 1e8 in float32.
 
     XLA caveat (float64): under ``jit_compile=True`` XLA:CPU contracts a
@@ -158,15 +196,19 @@ def reduce_sum(input_tensor, axis=None, keepdims=False, name=None):
 def reduce_mean(input_tensor, axis=None, keepdims=False, name=None):
     """Accurate mean across dimensions; drop-in for `tf.math.reduce_mean`.
 
-    Method: the sum of `reduce_sum` (float16/bfloat16 in float32, float32 in
-    float64, float64 as a double-word from the TwoSum tree) divided by n in the
-    accumulation precision (float64: double-word division, q*n from exact
-    partial products), rounded once to the input dtype.
+    Method: the sum of `reduce_sum` (fused kernel: the double-word (s, c) of
+    Sum2; fallback: float16/bfloat16 in float32, float32 in float64, float64 as
+    a double-word from the TwoSum tree) divided by n in the accumulation
+    precision (float64: double-word division, the remainder s - q n exact by
+    FMA in the kernel or from exact partial products in TF), rounded once to
+    the input dtype.
 
     Error bound: that of `reduce_sum` divided by n, plus one rounding:
-    ``|res - mean| <= u|mean| + (bound of reduce_sum) / n``; float32 measured
-    within 1 ulp for condition numbers up to 1e8 as the sum (a measurement,
-    not implied by the worst-case bound -- see `reduce_sum`).
+    ``|res - mean| <= u|mean| + (bound of reduce_sum) / n``; float32
+    guaranteed faithful on the fused kernel in the range `reduce_sum` states,
+    and measured within 1 ulp for condition numbers up to 1e8 on the fallback.
+    float32's double accumulation does not overflow: the mean of
+    ``[max, max, -1]`` is finite (TF's is inf).
 
     Gradient: upstream / n broadcast to the input shape, as TF's.
 
@@ -362,12 +404,16 @@ def _cumsum(x, axis, exclusive, reverse):
 def cumsum(x, axis=0, exclusive=False, reverse=False, name=None):
     """Accurate cumulative sum; drop-in for `tf.math.cumsum`.
 
-    Method: float16/bfloat16 are scanned in float32, float32 in float64 and
-    float64 in float64, each with a telescoping correction: with c TF's
-    cumsum, ``e_j = (c_{j-1} + x_j) - c_j`` is computed exactly (TwoSum plus a
+    Method: float32 and float64 on the CPU (outside XLA) run a fused C++
+    kernel (`safeops.native`): a running TwoSum in double, each prefix
+    ``s + c`` rounded once; long scans are cut into fixed blocks whose
+    double-word offsets are summed first, so both cores scan. Elsewhere
+    float16/bfloat16 are scanned in float32, float32 in float64 and float64 in
+    float64, each with a telescoping correction: with c TF's cumsum,
+    ``e_j = (c_{j-1} + x_j) - c_j`` is computed exactly (TwoSum plus a
     Sterbenz-exact difference) and ``c + cumsum(e)`` is every prefix to about
-    twice the scan precision, whatever order TF's scan adds in. Rounded once to
-    the input dtype.
+    twice the scan precision, whatever order TF's scan adds in. Rounded once
+    to the input dtype.
 
     Error bound, per prefix P_j: ``|res_j - P_j| <= u|P_j| + O(j u_acc^2)
     sum_{i<=j} |x_i|`` (u_acc: unit roundoff of the scan dtype, float64 for
@@ -420,6 +466,11 @@ def cumsum(x, axis=0, exclusive=False, reverse=False, name=None):
         def scan(v):
             if v.shape[ax] == 0:
                 return v
+            lib = native._usable(v)  # noqa: SLF001
+            if lib is not None:
+                y, _ = _as_3d(v, [ax])
+                y = lib.safeops_compensated_cumsum(y, exclusive=exclusive, reverse=reverse)
+                return tf.reshape(y, tf.shape(v))
             acc = accumulation_dtype(v.dtype)
             return tf.cast(_cumsum(tf.cast(v, acc), ax, exclusive, reverse), v.dtype)
 

@@ -1,0 +1,460 @@
+// safeops fused CPU kernels for the compensated reductions (issue 3).
+//
+// Built from the installed package by safeops/_native.py with the compiler
+// flags TensorFlow reports (tf.sysconfig); loaded with tf.load_op_library.
+// Where it cannot be built or loaded, or the op runs under XLA or on a GPU,
+// safeops uses its pure-TF path instead (same error bounds).
+//
+// Arithmetic: every element is converted exactly to double and added with
+// TwoSum (Knuth) into one of kLanes independent (sum, compensation) pairs;
+// lanes, then fixed-size blocks, are combined with TwoSum in a fixed order.
+// The partition depends only on the shape, never on the thread count, so a
+// result is reproducible run to run. This is Ogita-Rump-Oishi Sum2 in double:
+//   |S - sum x| <= u64 |sum x| + gamma64_{n-1}^2 sum |x|,
+// then one rounding to the output dtype. Compile with -ffp-contract=off and
+// without -ffast-math: TwoSum must run exactly as written.
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/resource_mgr.h"
+#include "tensorflow/core/framework/resource_var.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/util/work_sharder.h"
+
+namespace safeops {
+namespace {
+
+using ::tensorflow::DEVICE_CPU;
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Status;
+using ::tensorflow::Tensor;
+using ::tensorflow::TensorShape;
+namespace shape_inference = ::tensorflow::shape_inference;
+
+constexpr int kLanes = 32;             // independent accumulators (latency, SIMD)
+constexpr int64_t kBlock = 1 << 15;    // elements per work unit
+constexpr int64_t kCols = 512;         // columns per unit when reducing a non-last axis
+
+struct DW {
+  double s;
+  double c;
+};
+
+// TwoSum: s + e == a + b exactly (round to nearest, no FMA involved).
+inline void TwoSum(double a, double b, double* s, double* e) {
+  const double x = a + b;
+  const double z = x - a;
+  *e = (a - (x - z)) + (b - z);
+  *s = x;
+}
+
+inline void Add(DW* acc, double v) {
+  double e;
+  TwoSum(acc->s, v, &acc->s, &e);
+  acc->c += e;
+}
+
+inline void Merge(DW* acc, const DW& o) {
+  double e;
+  TwoSum(acc->s, o.s, &acc->s, &e);
+  acc->c += e + o.c;
+}
+
+// The compensation is dropped where an EFT overflowed (inf - inf = NaN) while
+// the sum did not: NaN/inf then propagate exactly as in IEEE summation.
+inline double Finish(const DW& a) { return std::isfinite(a.c) ? a.s + a.c : a.s; }
+
+template <typename T>
+T Round(const DW& a, bool mean, double n);
+
+template <>
+float Round<float>(const DW& a, bool mean, double n) {
+  const double s = Finish(a);
+  return static_cast<float>(mean ? s / n : s);
+}
+
+template <>
+double Round<double>(const DW& a, bool mean, double n) {
+  if (!mean) return Finish(a);
+  // (s + c) / n as q + r: q = fl(s / n), s - q n exactly by FMA.
+  const double q = a.s / n;
+  if (!std::isfinite(q) || !std::isfinite(a.c)) return q;
+  const double rem = std::fma(-q, n, a.s);
+  const double r = (rem + a.c) / n;
+  return std::isfinite(r) ? q + r : q;
+}
+
+// kW doubles as one vector (GCC/Clang vector extensions): one AVX-512
+// register where the build enables it, split into AVX2/SSE2 parts otherwise;
+// TwoSum stays exact either way.
+constexpr int kW = 8;
+typedef double VD __attribute__((vector_size(8 * kW)));
+typedef float VF __attribute__((vector_size(4 * kW)));
+
+inline VD LoadW(const float* p) {
+#if defined(__AVX512F__)
+  return reinterpret_cast<VD>(_mm512_cvtps_pd(_mm256_loadu_ps(p)));  // one widening load
+#else
+  VF f;
+  std::memcpy(&f, p, sizeof(f));
+  return __builtin_convertvector(f, VD);
+#endif
+}
+
+inline VD LoadW(const double* p) {
+  VD d;
+  std::memcpy(&d, p, sizeof(d));
+  return d;
+}
+
+inline void TwoSumW(VD* s, VD* c, VD b) {
+  const VD a = *s;
+  const VD t = a + b;
+  const VD z = t - a;
+  *c += (a - (t - z)) + (b - z);
+  *s = t;
+}
+
+// Sum of a contiguous span in kLanes (kLanes / kW vectors) interleaved lanes.
+template <typename T>
+DW SumSpan(const T* x, int64_t n) {
+  constexpr int kVec = kLanes / kW;
+  VD s[kVec], c[kVec];
+  for (int k = 0; k < kVec; ++k) s[k] = c[k] = VD{};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int k = 0; k < kVec; ++k) TwoSumW(&s[k], &c[k], LoadW(x + i + kW * k));
+  }
+  DW r{0.0, 0.0};
+  for (; i < n; ++i) Add(&r, static_cast<double>(x[i]));
+  for (int k = 0; k < kVec; ++k) {
+    for (int l = 0; l < kW; ++l) Merge(&r, DW{s[k][l], c[k][l]});
+  }
+  return r;
+}
+
+// Column sums of rows [r0, r1) of a [rows, inner] row-major slab, for
+// columns [j0, j0 + m): (s, c) into out_s/out_c (length m).
+template <typename T>
+void SumColumns(const T* x, int64_t inner, int64_t r0, int64_t r1, int64_t j0, int64_t m,
+                double* out_s, double* out_c) {
+  VD s[kCols / kW], c[kCols / kW];
+  const int64_t m4 = m / kW;
+  for (int64_t k = 0; k < m4; ++k) s[k] = c[k] = VD{};
+  DW tail[kW] = {};
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* row = x + r * inner + j0;
+    for (int64_t k = 0; k < m4; ++k) TwoSumW(&s[k], &c[k], LoadW(row + kW * k));
+    for (int64_t j = kW * m4; j < m; ++j) Add(&tail[j - kW * m4], static_cast<double>(row[j]));
+  }
+  for (int64_t k = 0; k < m4; ++k) {
+    for (int l = 0; l < kW; ++l) {
+      out_s[kW * k + l] = s[k][l];
+      out_c[kW * k + l] = c[k][l];
+    }
+  }
+  for (int64_t j = kW * m4; j < m; ++j) {
+    out_s[j] = tail[j - kW * m4].s;
+    out_c[j] = tail[j - kW * m4].c;
+  }
+}
+
+void ParallelFor(OpKernelContext* ctx, int64_t units, int64_t cost,
+                 const std::function<void(int64_t, int64_t)>& fn) {
+  auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
+  ::tensorflow::Shard(workers->num_threads, workers->workers, units, cost, fn);
+}
+
+Status CheckRank3(OpKernelContext* ctx, const Tensor& x) {
+  if (x.dims() != 3) {
+    return ::tensorflow::errors::InvalidArgument("safeops kernel: input must be rank 3 "
+                                                 "[outer, n, inner]; got ",
+                                                 x.shape().DebugString());
+  }
+  return ::tensorflow::OkStatus();
+}
+
+// ---------------------------------------------------------------------------
+// SafeopsCompensatedSum: [outer, n, inner] -> [outer, inner], sum (or mean)
+// over n, compensated, rounded once.
+
+template <typename T>
+class CompensatedSumOp : public OpKernel {
+ public:
+  explicit CompensatedSumOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("mean", &mean_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& in = ctx->input(0);
+    OP_REQUIRES_OK(ctx, CheckRank3(ctx, in));
+    const int64_t outer = in.dim_size(0), n = in.dim_size(1), inner = in.dim_size(2);
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({outer, inner}), &out));
+    const T* x = in.flat<T>().data();
+    T* y = out->flat<T>().data();
+    if (outer * inner == 0) return;
+    const double dn = static_cast<double>(n);
+    if (inner == 1) {
+      const int64_t nb = n == 0 ? 1 : (n + kBlock - 1) / kBlock;
+      std::vector<DW> part(outer * nb);
+      ParallelFor(ctx, outer * nb, std::min(n, kBlock) * 6, [&](int64_t lo, int64_t hi) {
+        for (int64_t u = lo; u < hi; ++u) {
+          const int64_t o = u / nb, b = u % nb;
+          const int64_t start = b * kBlock, len = std::min(kBlock, n - start);
+          part[u] = len > 0 ? SumSpan(x + o * n + start, len) : DW{0.0, 0.0};
+        }
+      });
+      for (int64_t o = 0; o < outer; ++o) {
+        DW acc = part[o * nb];
+        for (int64_t b = 1; b < nb; ++b) Merge(&acc, part[o * nb + b]);
+        y[o] = Round<T>(acc, mean_, dn);
+      }
+      return;
+    }
+    const int64_t ncc = (inner + kCols - 1) / kCols;                 // column chunks
+    const int64_t rows = std::max<int64_t>(1, kBlock / std::min(inner, kCols));
+    const int64_t nb = n == 0 ? 1 : (n + rows - 1) / rows;           // row blocks
+    const int64_t units = outer * ncc * nb;
+    std::vector<double> ps(units * kCols), pc(units * kCols);
+    ParallelFor(ctx, units, rows * std::min(inner, kCols) * 6, [&](int64_t lo, int64_t hi) {
+      for (int64_t u = lo; u < hi; ++u) {
+        const int64_t b = u % nb, cc = (u / nb) % ncc, o = u / (nb * ncc);
+        const int64_t j0 = cc * kCols, m = std::min(kCols, inner - j0);
+        const int64_t r0 = b * rows, r1 = std::min(n, r0 + rows);
+        SumColumns(x + o * n * inner, inner, r0, r1, j0, m, &ps[u * kCols], &pc[u * kCols]);
+      }
+    });
+    ParallelFor(ctx, outer * ncc, nb * kCols * 8, [&](int64_t lo, int64_t hi) {
+      for (int64_t v = lo; v < hi; ++v) {
+        const int64_t o = v / ncc, cc = v % ncc;
+        const int64_t j0 = cc * kCols, m = std::min(kCols, inner - j0);
+        for (int64_t j = 0; j < m; ++j) {
+          DW acc{0.0, 0.0};
+          for (int64_t b = 0; b < nb; ++b) {
+            const int64_t u = v * nb + b;
+            Merge(&acc, DW{ps[u * kCols + j], pc[u * kCols + j]});
+          }
+          y[o * inner + j0 + j] = Round<T>(acc, mean_, dn);
+        }
+      }
+    });
+  }
+
+ private:
+  bool mean_;
+};
+
+// ---------------------------------------------------------------------------
+// SafeopsCompensatedCumsum: scan over n of [outer, n, inner]; every prefix is
+// (s + c) of a running TwoSum, rounded once.
+
+template <typename T>
+inline T Out(const DW& a) {
+  return static_cast<T>(Finish(a));
+}
+
+// Scan x[start .. start + len) (logical order; reverse walks backwards) from acc.
+template <typename T>
+void ScanSpan(const T* x, T* y, int64_t len, bool exclusive, bool reverse, DW acc) {
+  const int64_t step = reverse ? -1 : 1;
+  int64_t i = reverse ? len - 1 : 0;
+  for (int64_t k = 0; k < len; ++k, i += step) {
+    const double b = static_cast<double>(x[i]);
+    if (exclusive) y[i] = Out<T>(acc);
+    const double a = acc.s;
+    const double t = a + b;
+    const double z = t - a;
+    acc.c += (a - (t - z)) + (b - z);
+    acc.s = t;
+    if (!exclusive) y[i] = Out<T>(acc);
+  }
+}
+
+template <typename T>
+class CompensatedCumsumOp : public OpKernel {
+ public:
+  explicit CompensatedCumsumOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("exclusive", &exclusive_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("reverse", &reverse_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& in = ctx->input(0);
+    OP_REQUIRES_OK(ctx, CheckRank3(ctx, in));
+    const int64_t outer = in.dim_size(0), n = in.dim_size(1), inner = in.dim_size(2);
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, in.shape(), &out));
+    if (in.NumElements() == 0) return;
+    const T* x = in.flat<T>().data();
+    T* y = out->flat<T>().data();
+    if (inner == 1) {
+      // Pass 1: block totals; pass 2: block offsets in scan order; pass 3: scans.
+      const int64_t nb = (n + kBlock - 1) / kBlock;
+      std::vector<DW> tot(outer * nb), off(outer * nb);
+      if (nb > 1) {
+        ParallelFor(ctx, outer * nb, kBlock * 6, [&](int64_t lo, int64_t hi) {
+          for (int64_t u = lo; u < hi; ++u) {
+            const int64_t o = u / nb, b = u % nb;
+            const int64_t start = b * kBlock, len = std::min(kBlock, n - start);
+            tot[u] = SumSpan(x + o * n + start, len);
+          }
+        });
+      }
+      for (int64_t o = 0; o < outer; ++o) {
+        DW acc{0.0, 0.0};
+        for (int64_t k = 0; k < nb; ++k) {
+          const int64_t b = reverse_ ? nb - 1 - k : k;
+          off[o * nb + b] = acc;
+          if (nb > 1) Merge(&acc, tot[o * nb + b]);
+        }
+      }
+      ParallelFor(ctx, outer * nb, std::min(n, kBlock) * 10, [&](int64_t lo, int64_t hi) {
+        for (int64_t u = lo; u < hi; ++u) {
+          const int64_t o = u / nb, b = u % nb;
+          const int64_t start = b * kBlock, len = std::min(kBlock, n - start);
+          ScanSpan(x + o * n + start, y + o * n + start, len, exclusive_, reverse_, off[u]);
+        }
+      });
+      return;
+    }
+    const int64_t ncc = (inner + kCols - 1) / kCols;
+    ParallelFor(ctx, outer * ncc, n * std::min(inner, kCols) * 10, [&](int64_t lo, int64_t hi) {
+      double s[kCols];
+      double c[kCols];
+      for (int64_t v = lo; v < hi; ++v) {
+        const int64_t o = v / ncc, j0 = (v % ncc) * kCols, m = std::min(kCols, inner - j0);
+        for (int64_t j = 0; j < m; ++j) s[j] = c[j] = 0.0;
+        const T* xs = x + o * n * inner + j0;
+        T* ys = y + o * n * inner + j0;
+        for (int64_t k = 0; k < n; ++k) {
+          const int64_t r = reverse_ ? n - 1 - k : k;
+          const T* xr = xs + r * inner;
+          T* yr = ys + r * inner;
+          for (int64_t j = 0; j < m; ++j) {
+            const double b = static_cast<double>(xr[j]);
+            if (exclusive_) yr[j] = Out<T>(DW{s[j], c[j]});
+            const double a = s[j];
+            const double t = a + b;
+            const double z = t - a;
+            c[j] += (a - (t - z)) + (b - z);
+            s[j] = t;
+            if (!exclusive_) yr[j] = Out<T>(DW{s[j], c[j]});
+          }
+        }
+      }
+    });
+  }
+
+ private:
+  bool exclusive_;
+  bool reverse_;
+};
+
+// ---------------------------------------------------------------------------
+// SafeopsWidenAssignAdd: var (float64 resource) += float64(values), in place:
+// KahanAccumulator.add for float16/bfloat16/float32 without materialising the
+// widened increment. Same arithmetic as assign_add(cast(values, float64)).
+
+template <typename T>
+class WidenAssignAddOp : public OpKernel {
+ public:
+  explicit WidenAssignAddOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    ::tensorflow::core::RefCountPtr<::tensorflow::Var> var;
+    OP_REQUIRES_OK(ctx, ::tensorflow::LookupResource(ctx, ::tensorflow::HandleFromInput(ctx, 0),
+                                                     &var));
+    const Tensor& v = ctx->input(1);
+    ::tensorflow::mutex_lock lock(*var->mu());
+    Tensor* t = var->tensor();
+    OP_REQUIRES(ctx, t->dtype() == ::tensorflow::DT_DOUBLE,
+                ::tensorflow::errors::InvalidArgument("safeops: accumulator variable must be "
+                                                      "float64"));
+    OP_REQUIRES(ctx, t->shape() == v.shape(),
+                ::tensorflow::errors::InvalidArgument(
+                    "safeops: increment shape ", v.shape().DebugString(),
+                    " != variable shape ", t->shape().DebugString()));
+    if (!t->RefCountIsOne()) {  // copy on write: a reader still holds the buffer
+      Tensor fresh;
+      OP_REQUIRES_OK(ctx, ctx->allocate_temp(::tensorflow::DT_DOUBLE, t->shape(), &fresh));
+      std::memcpy(fresh.flat<double>().data(), t->flat<double>().data(),
+                  t->NumElements() * sizeof(double));
+      *t = fresh;
+    }
+    double* acc = t->flat<double>().data();
+    const T* inc = v.flat<T>().data();
+    const int64_t n = v.NumElements();
+    ParallelFor(ctx, (n + kBlock - 1) / kBlock, kBlock * 2, [&](int64_t lo, int64_t hi) {
+      const int64_t e = std::min(n, hi * kBlock);
+      for (int64_t i = lo * kBlock; i < e; ++i) acc[i] += static_cast<double>(inc[i]);
+    });
+  }
+};
+
+}  // namespace
+
+REGISTER_OP("SafeopsCompensatedSum")
+    .Input("x: T")
+    .Output("y: T")
+    .Attr("T: {float, double}")
+    .Attr("mean: bool = false")
+    .SetShapeFn([](shape_inference::InferenceContext* c) {
+      shape_inference::ShapeHandle x;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 3, &x));
+      c->set_output(0, c->MakeShape({c->Dim(x, 0), c->Dim(x, 2)}));
+      return ::tensorflow::OkStatus();
+    });
+
+REGISTER_OP("SafeopsCompensatedCumsum")
+    .Input("x: T")
+    .Output("y: T")
+    .Attr("T: {float, double}")
+    .Attr("exclusive: bool = false")
+    .Attr("reverse: bool = false")
+    .SetShapeFn([](shape_inference::InferenceContext* c) {
+      shape_inference::ShapeHandle x;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 3, &x));
+      c->set_output(0, x);
+      return ::tensorflow::OkStatus();
+    });
+
+REGISTER_OP("SafeopsWidenAssignAdd")
+    .Input("resource: resource")
+    .Input("values: T")
+    .Attr("T: {half, bfloat16, float}")
+    .SetIsStateful()
+    .SetShapeFn(shape_inference::NoOutputs);
+
+#define SAFEOPS_REGISTER(T)                                                          \
+  REGISTER_KERNEL_BUILDER(                                                           \
+      Name("SafeopsCompensatedSum").Device(DEVICE_CPU).TypeConstraint<T>("T"),       \
+      CompensatedSumOp<T>);                                                          \
+  REGISTER_KERNEL_BUILDER(                                                           \
+      Name("SafeopsCompensatedCumsum").Device(DEVICE_CPU).TypeConstraint<T>("T"),    \
+      CompensatedCumsumOp<T>);
+SAFEOPS_REGISTER(float)
+SAFEOPS_REGISTER(double)
+#undef SAFEOPS_REGISTER
+
+#define SAFEOPS_REGISTER_WIDEN(T)                                                    \
+  REGISTER_KERNEL_BUILDER(                                                           \
+      Name("SafeopsWidenAssignAdd").Device(DEVICE_CPU).TypeConstraint<T>("T"),       \
+      WidenAssignAddOp<T>);
+SAFEOPS_REGISTER_WIDEN(Eigen::half)
+SAFEOPS_REGISTER_WIDEN(Eigen::bfloat16)
+SAFEOPS_REGISTER_WIDEN(float)
+#undef SAFEOPS_REGISTER_WIDEN
+
+}  // namespace safeops
