@@ -98,7 +98,7 @@ def _as_3d(x, axes):
     kept = [shape[i] for i in range(rank) if i not in axes]
     if axes != list(range(axes[0], axes[-1] + 1)):
         y, _ = _move_axes_last(x, axes)
-        return tf.reshape(y, [prod(kept), -1, 1]), shape
+        return tf.reshape(y, [prod(kept), prod([shape[a] for a in axes]), 1]), shape
     a0, a1 = axes[0], axes[-1] + 1
     return tf.reshape(x, [prod(shape[:a0]), prod(shape[a0:a1]), prod(shape[a1:])]), shape
 

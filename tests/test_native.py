@@ -277,3 +277,48 @@ def test_compiler_lookup_honours_cxx(monkeypatch):
     assert native._compiler() == "/opt/some/c++"  # noqa: SLF001
     monkeypatch.delenv("CXX")
     assert native._compiler() in (shutil.which("c++"), shutil.which("g++"))  # noqa: SLF001
+
+
+def test_disabled_scope_keeps_custom_ops_out_of_a_graph(monkeypatch):
+    monkeypatch.delenv("SAFEOPS_NATIVE", raising=False)
+    if native.library() is None:
+        pytest.skip("kernels unavailable")
+    x = tf.constant([1e8, 1.0, -1e8])
+    with native.disabled():
+        with native.disabled():  # nests
+            pass
+        assert not native.status()["enabled"]
+        types = _op_types(lambda v: (so.reduce_sum(v), so.cumsum(v)), x)
+        assert float(so.reduce_sum(x)) == 1.0  # the pure-TF path, same bound
+    assert not {"SafeopsCompensatedSum", "SafeopsCompensatedCumsum"} & types
+    assert native.status()["enabled"]
+    assert "SafeopsCompensatedSum" in _op_types(so.reduce_sum, x)
+
+
+def test_saved_model_round_trip(tmp_path, monkeypatch):
+    """A SavedModel that holds the custom op loads where safeops has loaded the kernels."""
+    monkeypatch.delenv("SAFEOPS_NATIVE", raising=False)
+    if native.library() is None:
+        pytest.skip("kernels unavailable")
+    module = tf.Module()
+    module.f = tf.function(lambda v: so.reduce_sum(v, 1), input_signature=[
+        tf.TensorSpec([None, None], tf.float32)])
+    tf.saved_model.save(module, str(tmp_path))
+    x = np.array([[1e8, 1.0, -1e8], [2.0, 3.0, 4.0]], np.float32)
+    np.testing.assert_array_equal(tf.saved_model.load(str(tmp_path)).f(x).numpy(), [1.0, 9.0])
+
+
+def test_command_line():
+    import subprocess
+    import sys
+    if not _has_compiler():
+        pytest.skip("no C++ compiler")
+    for args, expect in ((["build"], "safeops fused kernels: "), (["status"], "'built': True")):
+        proc = subprocess.run([sys.executable, "-m", "safeops.native", *args], capture_output=True,
+                              text=True, check=False, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        assert expect in proc.stdout
+        assert "RuntimeWarning" not in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "safeops.native", "nonsense"],
+                          capture_output=True, text=True, check=False, timeout=300)
+    assert proc.returncode == 2 and "usage" in proc.stderr

@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from safeops import native
 from safeops.quantization import wrappers
 
 __all__ = ["export_tflite"]
@@ -120,7 +121,8 @@ def export_tflite(model, representative_data, *, int8=True, path=None):
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     wrappers._EXPORTING[0] = True
     try:
-        blob = converter.convert()
+        with native.disabled():  # TFLite has no kernel for safeops' custom ops
+            blob = converter.convert()
     finally:
         wrappers._EXPORTING[0] = False
     if path is not None:

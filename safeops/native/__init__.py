@@ -3,7 +3,7 @@
 TensorFlow's CPU kernels cannot widen float32 to float64 inside a reduction:
 ``tf.reduce_sum(tf.cast(x, tf.float64))`` writes the widened copy to memory
 first, which costs 4-7x ``tf.reduce_sum`` at 8M elements. The C++ kernels in
-``safeops/_kernels/compensated.cc`` read float32 (or float64) once, widen in
+``safeops/native/compensated.cc`` read float32 (or float64) once, widen in
 registers and add with TwoSum in double (Ogita-Rump-Oishi Sum2), so
 `so.reduce_sum`, `so.reduce_mean`, `so.cumsum` and `so.KahanAccumulator.add`
 cost about what the TF op does (figures in BUILD_NOTES.md).
@@ -27,6 +27,7 @@ Example:
   True
 """
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -42,19 +43,47 @@ import tensorflow as tf
 from tensorflow.python.eager import context
 from tensorflow.python.ops import control_flow_util
 
-__all__ = ["build", "library", "status"]
+__all__ = ["build", "disabled", "library", "status"]
 
-_SOURCE = Path(__file__).parent / "_kernels" / "compensated.cc"
+_SOURCE = Path(__file__).parent / "compensated.cc"
 _LOG = logging.getLogger("safeops")
 _LOCK = threading.Lock()
 _STATE = {"lib": None, "path": None, "error": None, "tried": False}
+_OFF = threading.local()  # depth of `disabled()` scopes in this thread
 # Tried in order: the first that compiles is used. GCC 12 cannot compile
 # Eigen's AVX512-FP16 packet code, hence -mno-avx512fp16 first.
 _ARCH_FLAGS = (["-march=native", "-mno-avx512fp16"], ["-march=native"], [])
 
 
 def _enabled():
+    if getattr(_OFF, "depth", 0):
+        return False
     return os.environ.get("SAFEOPS_NATIVE", "1").strip().lower() not in ("0", "false", "off", "no")
+
+
+@contextlib.contextmanager
+def disabled():
+    """Within this scope (this thread), ops take the pure-TF path, as with SAFEOPS_NATIVE=0.
+
+    For graphs that must not reference the custom ops: a SavedModel to be
+    served without safeops, a TFLite conversion (`so.quantization.export_tflite`
+    uses it). Results stay within the same documented bounds.
+
+    Args:
+      (none)
+
+    Yields:
+      None.
+
+    Example:
+      >>> with so.native.disabled():
+      ...     concrete = tf.function(so.reduce_sum).get_concrete_function(x)
+    """
+    _OFF.depth = getattr(_OFF, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _OFF.depth -= 1
 
 
 def _cache_dir():
@@ -203,7 +232,7 @@ def _usable(x, dtypes=(tf.float32, tf.float64)):
 
 
 def _register_gradient(op_type):
-    """`tf.RegisterGradient`, tolerating a second import (``python -m safeops.native``)."""
+    """`tf.RegisterGradient`, tolerating a second import of this module (a reload)."""
     def register(fn):
         try:
             tf.RegisterGradient(op_type)(fn)
@@ -225,26 +254,5 @@ def _sum_grad(op, grad):
 @_register_gradient("SafeopsCompensatedCumsum")
 def _cumsum_grad(op, grad):
     """The cumulative sum of the upstream gradient in the opposite direction, as TF's."""
-    return library().safeops_compensated_cumsum(
+    return _STATE["lib"].safeops_compensated_cumsum(  # loaded: the forward op ran
         grad, exclusive=op.get_attr("exclusive"), reverse=not op.get_attr("reverse"))
-
-
-def _main(argv):
-    if argv[1:2] == ["build"]:
-        try:
-            path = build(force="--force" in argv)
-        except RuntimeError as err:
-            print(err, file=sys.stderr)
-            return 1
-        tf.load_op_library(str(path))
-        print(f"safeops fused kernels: {path}")
-        return 0
-    if argv[1:2] == ["status"]:
-        print(status())
-        return 0
-    print("usage: python -m safeops.native build [--force] | status", file=sys.stderr)
-    return 2
-
-
-if __name__ == "__main__":
-    sys.exit(_main(sys.argv))
