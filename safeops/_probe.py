@@ -39,7 +39,8 @@ class StepInstrument:
     def __init__(self, model):
         self.model = model
         self.users = []          # callbacks using this instrument
-        self.captured = None     # (numpy data structure, flags dict) of the first failing batch
+        self.captured = None     # (numpy data, flags dict, step index or None): first failure
+        self.counter = None      # int64 variable: steps run since fit began (one replica only)
         self._saved_step = model.__dict__.get("train_step")
         self._local = threading.local()
         self._patched = False
@@ -132,6 +133,14 @@ class StepInstrument:
             model.train_step, model.train_function = cached[1], cached[2]
             return
         orig_step = self._saved_step or type(model).train_step.__get__(model)
+        strategy = getattr(model, "distribute_strategy", None)
+        if self.counter is None and getattr(strategy, "num_replicas_in_sync", 1) == 1:
+            # counts the steps inside the compiled function, so that the step of a failure
+            # is known exactly when Keras runs several steps per call (steps_per_execution)
+            with tf.init_scope():
+                self.counter = tf.Variable(0, dtype=tf.int64, trainable=False,
+                                           name="safeops_step_counter")
+        counter = self.counter if getattr(strategy, "num_replicas_in_sync", 1) == 1 else None
         want_weights = self._wants("weights")
         want_loss_out = self._wants("loss_output")
         instrument = self
@@ -166,22 +175,28 @@ class StepInstrument:
             ok = tf.logical_and(loss_ok, tf.logical_and(grads_ok, weights_ok))
             flat = tf.nest.flatten(data)
             pos = [i for i, t in enumerate(flat) if isinstance(t, tf.Tensor)]
+            index = []
+            if counter is not None:
+                index = [counter.read_value()]  # this step's index, then count it
+                counter.assign_add(1)
 
             def capture(*args):
                 arrays = [a.numpy() for a in args[:len(pos)]]
-                flags = [bool(a.numpy()) for a in args[len(pos):]]
+                flags = [bool(a.numpy()) for a in args[len(pos):len(pos) + 3]]
+                at = [int(a.numpy()) for a in args[len(pos) + 3:]]
                 if instrument.captured is None:
                     leaves = [None] * len(flat)
                     for i, a in zip(pos, arrays):
                         leaves[i] = a
                     instrument.captured = (
                         tf.nest.pack_sequence_as(data, leaves),
-                        dict(zip(("loss", "gradients", "weights"), flags)))
+                        dict(zip(("loss", "gradients", "weights"), flags)),
+                        at[0] if at else None)
                 return True
 
             def on_failure():
                 return tf.py_function(capture, [flat[i] for i in pos] +
-                                      [loss_ok, grads_ok, weights_ok], Tout=tf.bool)
+                                      [loss_ok, grads_ok, weights_ok] + index, Tout=tf.bool)
 
             tf.cond(ok, lambda: tf.constant(True), on_failure)
             if want_loss_out:
@@ -218,6 +233,8 @@ def attach(callback, model):
     if callback not in inst.users:
         inst.users.append(callback)
     inst.install()
+    if inst.counter is not None:
+        inst.counter.assign(0)  # steps are counted from the start of this fit
     return inst
 
 

@@ -73,11 +73,14 @@ class NumericsMonitor(keras.callbacks.Callback):
     With ``steps_per_execution=k > 1`` Keras runs k steps in one call and
     calls the callback once per call, with the batch index of the last one.
     Steps are counted from the batch indices Keras passes (never one per
-    callback call), so the report names the true steps; but which of the k
-    steps failed first is not visible between calls: ``steps`` is then the
-    range ``(first, last)`` of that call and ``step`` / ``batch`` are None
-    unless the call held one step. Use ``steps_per_execution=1`` while
-    hunting a NaN to get the exact step.
+    callback call), and ``steps`` / ``batches`` give the range ``(first,
+    last)`` of the failing call. Which of the k steps failed first is counted
+    inside the compiled function (an int64 step counter, reset at the start
+    of each fit), so ``step`` and ``batch`` are exact. Under a `tf.distribute`
+    strategy with several replicas the counter is not kept (a per-replica
+    variable would count each step once per replica): ``step`` / ``batch``
+    are then None unless the call held one step; use
+    ``steps_per_execution=1`` there while hunting a NaN.
 
     Numerics of the monitored model are unchanged (no gradient of its own;
     works for any dtype policy).
@@ -152,10 +155,11 @@ class NumericsMonitor(keras.callbacks.Callback):
         inst = self._inst
         if inst is None or inst.captured is None or self.report is not None:
             return
-        data, flags = inst.captured
-        exact = last == first
-        report = {"step": first if exact else None, "epoch": self._epoch,
-                  "batch": batch if exact else None,
+        data, flags, at = inst.captured
+        exact = last == first or at is not None
+        step = first if at is None else at
+        report = {"step": step if exact else None, "epoch": self._epoch,
+                  "batch": step - self._epoch_start if exact else None,
                   "steps": (first, last), "batches": (first_batch, batch),
                   "failed_checks": [k for k, ok in flags.items() if not ok]}
         try:
@@ -166,7 +170,7 @@ class NumericsMonitor(keras.callbacks.Callback):
                            "nan": None, "inf": None})
         self.report = report
         if exact:
-            when = f"at step {first} (epoch {self._epoch}, batch {batch})"
+            when = f"at step {step} (epoch {self._epoch}, batch {step - self._epoch_start})"
         else:
             when = (f"in steps {first}-{last} (epoch {self._epoch}, batches {first_batch}-"
                     f"{batch}, run in one call by steps_per_execution: which of them failed "

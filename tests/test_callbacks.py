@@ -130,11 +130,31 @@ def test_steps_per_execution_counts_true_steps(caplog):
     model.fit(x, y, batch_size=8, epochs=2, callbacks=[monitor, arm], verbose=0)
     rep = monitor.report
     assert rep["steps"] == (4, 7) and rep["batches"] == (4, 7) and rep["epoch"] == 0
-    # which of steps 4..7 failed first is not visible between calls: no false precision
-    assert rep["step"] is None and rep["batch"] is None
+    assert rep["step"] == 4 and rep["batch"] == 4
     assert (rep["layer"], rep["direction"]) == ("poison", "forward")
     assert arm.steps == 2  # fit stopped after the failing call
-    assert any("steps 4-7" in r.getMessage() for r in caplog.records)
+    assert any("at step 4 " in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_steps_per_execution_names_the_step_inside_a_call(jit):
+    """A NaN input in batch 6 (calls of 4 run steps 4-7): the step counted inside the compiled
+    function names step 6, not only the call's range; a first, healthy monitored fit shows the
+    counter starts again at each fit."""
+    x, y = _data()
+    x = x.copy()
+    x[6 * 8, 0] = np.nan  # batch 6 (batch_size 8, no shuffling)
+    model, _ = _six_layer_model("forward", 3)
+    model.compile(keras.optimizers.SGD(0.01), "mse", steps_per_execution=4, jit_compile=jit)
+    monitor = callbacks.NumericsMonitor(mode="warn")
+    x_ok = np.nan_to_num(x)
+    model.fit(x_ok, y, batch_size=8, epochs=1, shuffle=False, verbose=0,
+              callbacks=[callbacks.NumericsMonitor()])  # an earlier, healthy monitored fit
+    with pytest.warns(RuntimeWarning, match="at step 6 "):
+        model.fit(x, y, batch_size=8, epochs=1, shuffle=False, callbacks=[monitor], verbose=0)
+    rep = monitor.report
+    assert (rep["step"], rep["batch"], rep["steps"], rep["batches"]) == (6, 6, (4, 7), (4, 7))
+    assert (rep["direction"], rep["nan"]) == ("input", 1)  # the culprit is the input batch
 
 
 def test_steps_per_execution_across_epochs_and_short_calls():
