@@ -322,3 +322,32 @@ def test_command_line():
     proc = subprocess.run([sys.executable, "-m", "safeops.native", "nonsense"],
                           capture_output=True, text=True, check=False, timeout=300)
     assert proc.returncode == 2 and "usage" in proc.stderr
+
+
+_THREADS_SCRIPT = """
+import sys, numpy as np, tensorflow as tf
+tf.config.threading.set_intra_op_parallelism_threads(int(sys.argv[1]))
+import safeops as so
+assert so.native.library() is not None
+x, _, _ = so.testing.ill_conditioned_sum(300000, 1e8, "float32", seed=11)
+v = tf.constant(np.stack([x, x[::-1]]))
+out = [so.reduce_sum(v), so.reduce_sum(v, 1), so.reduce_sum(v, 0), so.cumsum(v, 1)[:, -7:],
+       so.reduce_sum(tf.cast(v, tf.float64), 1)]
+print(repr(np.concatenate([np.ravel(o.numpy()).astype(np.float64) for o in out]).tobytes().hex()))
+"""
+
+
+def test_result_does_not_depend_on_the_thread_count():
+    """The kernels cut the work into fixed blocks combined in a fixed order: 1 and 2 threads
+    give the same bits (each run in its own process: TF fixes its pool at start-up)."""
+    import subprocess
+    import sys
+    if not _has_compiler():
+        pytest.skip("no C++ compiler")
+    outs = []
+    for threads in (1, 2):
+        proc = subprocess.run([sys.executable, "-c", _THREADS_SCRIPT, str(threads)],
+                              capture_output=True, text=True, check=False, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        outs.append(proc.stdout.strip().splitlines()[-1])
+    assert outs[0] == outs[1]
