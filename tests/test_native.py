@@ -351,3 +351,113 @@ def test_result_does_not_depend_on_the_thread_count():
         assert proc.returncode == 0, proc.stderr[-2000:]
         outs.append(proc.stdout.strip().splitlines()[-1])
     assert outs[0] == outs[1]
+
+
+def test_softmax_kernel_used_for_float32_last_axis_only(monkeypatch):
+    monkeypatch.delenv("SAFEOPS_NATIVE", raising=False)
+    if native.library() is None:
+        pytest.skip("kernels unavailable")
+    x = tf.ones([4, 8])
+    for fn in (so.softmax, lambda v: so.reduce_logsumexp(v, -1)):
+        assert "SafeopsSoftmax" in _op_types(fn, x)
+        assert "SafeopsSoftmax" not in _op_types(fn, x, jit_compile=True)
+        assert "SafeopsSoftmax" not in _op_types(fn, tf.ones([4, 8], tf.float64))
+    assert "SafeopsSoftmax" not in _op_types(lambda v: so.softmax(v, axis=0), x)
+    assert "SafeopsSoftmax" not in _op_types(so.reduce_logsumexp, x)  # all axes
+    assert "SafeopsSoftmax" not in _op_types(so.log_softmax, x)  # measured faster in XLA
+
+
+@pytest.mark.parametrize("kind", ["softmax", "logsumexp"])
+def test_softmax_paths_agree(kind):
+    """The kernel and the pure-TF path on the same rows: both within the documented bounds of
+    a float64 reference (softmax 3 ulp, logsumexp 2 ulp), special rows equal."""
+    if native.library() is None:
+        pytest.skip("kernels unavailable")
+    rng = np.random.default_rng(12)
+    x = (rng.standard_normal((300, 37)) * 20).astype(np.float32)
+    x[0] = -np.inf
+    x[1, [2, 7]] = np.inf
+    x[2, 1] = np.nan
+    x[3] = 0.0
+    x[3, 3] = 30.0  # a dominant entry: s tiny
+    x[4, :] = -np.inf
+    x[4, 5] = 1.0   # one finite entry: s = 0 exactly
+    fn = {"softmax": so.softmax,
+          "logsumexp": lambda v: so.reduce_logsumexp(v, -1, keepdims=True)}[kind]
+    outs = {}
+    for mode in ("fused", "tf"):
+        with (native.disabled() if mode == "tf" else _nothing()):
+            with tf.GradientTape() as tape:
+                xt = tf.constant(x)
+                tape.watch(xt)
+                y = fn(xt)
+            outs[mode] = (y.numpy(), tape.gradient(y, xt, output_gradients=tf.ones_like(y)).numpy())
+    x64 = x[5:].astype(np.float64)
+    m = x64.max(1, keepdims=True)
+    e = np.exp(x64 - m)
+    top = (x64 == m) & (np.cumsum(x64 == m, 1) == 1)
+    s = np.where(top, 0.0, e).sum(1, keepdims=True)
+    ref = {"softmax": e / (1 + s), "logsumexp": m + np.log1p(s)}[kind].astype(np.float32)
+    bound = 3 if kind == "softmax" else 2
+    normal = np.abs(ref) >= np.finfo(np.float32).tiny  # CPU kernels flush subnormal results
+    for mode, (y, g) in outs.items():
+        assert _ulps(y[5:][normal], ref[normal], "float32") <= bound, mode
+        assert np.all(np.abs(y[5:][~normal]) < np.finfo(np.float32).tiny), mode
+        assert np.all(np.isfinite(g[[0, 3, 4]])), mode
+    np.testing.assert_array_equal(outs["fused"][0][:5], outs["tf"][0][:5])  # special rows
+    np.testing.assert_array_equal(np.isnan(outs["fused"][1]), np.isnan(outs["tf"][1]))
+    # gradients of ordinary rows: within 1e-5 relative of each other (both are ~ulp accurate)
+    np.testing.assert_allclose(outs["fused"][1][5:], outs["tf"][1][5:], rtol=1e-5, atol=1e-12)
+
+
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_softmax_second_order_gradient():
+    """Differentiating the kernel's backward (a Hessian-vector product) works and matches the
+    pure-TF path, which differentiates its own backward."""
+    if native.library() is None:
+        pytest.skip("kernels unavailable")
+    x0 = np.random.default_rng(13).standard_normal((3, 6)).astype(np.float32)
+    w = tf.constant(np.random.default_rng(14).standard_normal((3, 6)).astype(np.float32))
+    res = {}
+    for mode in ("fused", "tf"):
+        with (native.disabled() if mode == "tf" else _nothing()):
+            x = tf.constant(x0)
+            with tf.GradientTape() as outer:
+                outer.watch(x)
+                with tf.GradientTape() as inner:
+                    inner.watch(x)
+                    loss = tf.reduce_sum(w * tf.math.log(so.softmax(x)))
+                g = inner.gradient(loss, x)
+                gg = tf.reduce_sum(g * g)
+            res[mode] = outer.gradient(gg, x).numpy()
+    np.testing.assert_allclose(res["fused"], res["tf"], rtol=1e-4, atol=1e-6)
+
+
+def test_raw_kernel_gradients():
+    """The registered gradients of the raw op (so.reduce_logsumexp takes the XLA-fused
+    backward instead; the op's own stays correct): against float64 NumPy."""
+    lib = native.library()
+    if lib is None:
+        pytest.skip("kernels unavailable")
+    x = np.random.default_rng(15).standard_normal((5, 37)).astype(np.float32) * 5
+    w = np.random.default_rng(16).standard_normal((5, 37)).astype(np.float32)
+    x64 = x.astype(np.float64)
+    p = np.exp(x64 - x64.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    for kind, g_out, ref in (
+            ("logsumexp", w[:, :1], w[:, :1].astype(np.float64) * p),
+            ("softmax", w, p * (w - np.sum(w * p, 1, keepdims=True)))):
+        xt = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            y, _ = lib.safeops_softmax(xt, kind=kind)
+        got = tape.gradient(y, xt, output_gradients=tf.constant(g_out)).numpy()
+        # a few float32 roundings of quantities of size |g| max p: 1e-6 of the largest entry
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max())

@@ -1,4 +1,8 @@
-"""Tests for safeops.softmax: masked rows, +inf, accuracy vs mpmath, gradients, modes, dtypes."""
+"""Tests for safeops.softmax: masked rows, +inf, accuracy vs mpmath, gradients, modes, dtypes.
+
+Every test runs twice: with the fused C++ kernel that float32 rows along the last axis take on
+the CPU ("fused"), and with SAFEOPS_NATIVE=0 on the pure-TF path ("tf").
+"""
 
 import math
 
@@ -11,6 +15,15 @@ import safeops as so
 from safeops import testing
 
 NINF = float("-inf")
+
+
+@pytest.fixture(autouse=True, params=["fused", "tf"])
+def _path(request, monkeypatch):
+    if request.param == "tf":
+        monkeypatch.setenv("SAFEOPS_NATIVE", "0")
+    else:
+        monkeypatch.delenv("SAFEOPS_NATIVE", raising=False)
+    return request.param
 
 
 def _grad(fn, x, **kw):

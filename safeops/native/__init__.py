@@ -1,4 +1,4 @@
-"""Fused CPU kernels for the compensated reductions: built from the package, loaded lazily.
+"""Fused CPU kernels (compensated reductions, softmax rows): built from the package, lazily.
 
 TensorFlow's CPU kernels cannot widen float32 to float64 inside a reduction:
 ``tf.reduce_sum(tf.cast(x, tf.float64))`` writes the widened copy to memory
@@ -6,7 +6,9 @@ first, which costs 4-7x ``tf.reduce_sum`` at 8M elements. The C++ kernels in
 ``safeops/native/compensated.cc`` read float32 (or float64) once, widen in
 registers and add with TwoSum in double (Ogita-Rump-Oishi Sum2), so
 `so.reduce_sum`, `so.reduce_mean`, `so.cumsum` and `so.KahanAccumulator.add`
-cost about what the TF op does (figures in BUILD_NOTES.md).
+cost about what the TF op does (figures in BUILD_NOTES.md). ``softmax.cc``
+computes the float32 softmax (forward and backward) and logsumexp forward of
+`safeops.softmax` in one cached pass per row.
 
 Build: on first use the source is compiled with the C++ compiler (``$CXX``,
 else ``c++``) and the flags TensorFlow reports (``tf.sysconfig``), tuned for
@@ -45,7 +47,7 @@ from tensorflow.python.ops import control_flow_util
 
 __all__ = ["build", "disabled", "library", "status"]
 
-_SOURCE = Path(__file__).parent / "compensated.cc"
+_SOURCES = tuple(Path(__file__).parent / f for f in ("compensated.cc", "softmax.cc"))
 _LOG = logging.getLogger("safeops")
 _LOCK = threading.Lock()
 _STATE = {"lib": None, "path": None, "error": None, "tried": False}
@@ -111,7 +113,7 @@ def _cpu_id():
 def _target():
     """Cache path of the shared object for this source, TF, Python and CPU."""
     h = hashlib.sha256()
-    for part in (_SOURCE.read_bytes(), tf.__version__.encode(), sys.version.encode(),
+    for part in (*(f.read_bytes() for f in _SOURCES), tf.__version__.encode(), sys.version.encode(),
                  " ".join(tf.sysconfig.get_compile_flags() + tf.sysconfig.get_link_flags()).encode(),
                  platform.machine().encode(), _cpu_id().encode(), str(_compiler()).encode()):
         h.update(part)
@@ -145,7 +147,7 @@ def build(force=False):
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
         cmd = ([cxx] + base + arch + tf.sysconfig.get_compile_flags()
-               + [str(_SOURCE), "-o", tmp] + tf.sysconfig.get_link_flags())
+               + [str(f) for f in _SOURCES] + ["-o", tmp] + tf.sysconfig.get_link_flags())
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode == 0:
             os.replace(tmp, target)  # atomic: a concurrent builder sees old or new, never half
@@ -249,6 +251,35 @@ def _sum_grad(op, grad):
     if op.get_attr("mean"):
         grad = grad / tf.cast(shape[1], grad.dtype)
     return tf.broadcast_to(tf.expand_dims(grad, 1), shape)
+
+
+def _kind(op):
+    kind = op.get_attr("kind")
+    return kind.decode() if isinstance(kind, bytes) else kind
+
+
+@_register_gradient("SafeopsSoftmax")
+def _softmax_grad(op, grad, _):
+    """The hand-written backward of softmax / logsumexp rows (softmax.cc); the row
+    statistics output is not differentiated."""
+    return _STATE["lib"].safeops_softmax_grad(grad, op.inputs[0], *op.outputs, kind=_kind(op))
+
+
+@_register_gradient("SafeopsSoftmaxGrad")
+def _softmax_grad_grad(op, grad):
+    """Second order: the plain TF formulas of the backward, differentiated by a tape.
+
+    (No accuracy bound is claimed for second derivatives.)"""
+    g, x, _, _ = op.inputs  # forward outputs: their dependence on x is in p below
+    kind = _kind(op)
+    with tf.GradientTape() as tape:
+        tape.watch([g, x])
+        p = tf.nn.softmax(x)
+        if kind == "softmax":
+            dx = p * (g - tf.reduce_sum(g * p, -1, keepdims=True))
+        else:
+            dx = g * p
+    return tape.gradient(dx, [g, x], output_gradients=grad) + [None, None]
 
 
 @_register_gradient("SafeopsCompensatedCumsum")
