@@ -48,6 +48,7 @@ from tensorflow.python.ops import control_flow_util
 __all__ = ["build", "disabled", "library", "status"]
 
 _SOURCES = tuple(Path(__file__).parent / f for f in ("compensated.cc", "softmax.cc"))
+_HEADERS = (Path(__file__).parent / "common.h",)  # part of the cache key, not compiled alone
 _LOG = logging.getLogger("safeops")
 _LOCK = threading.Lock()
 _STATE = {"lib": None, "path": None, "error": None, "tried": False}
@@ -113,7 +114,7 @@ def _cpu_id():
 def _target():
     """Cache path of the shared object for this source, TF, Python and CPU."""
     h = hashlib.sha256()
-    for part in (*(f.read_bytes() for f in _SOURCES), tf.__version__.encode(), sys.version.encode(),
+    for part in (*(f.read_bytes() for f in _SOURCES + _HEADERS), tf.__version__.encode(), sys.version.encode(),
                  " ".join(tf.sysconfig.get_compile_flags() + tf.sysconfig.get_link_flags()).encode(),
                  platform.machine().encode(), _cpu_id().encode(), str(_compiler()).encode()):
         h.update(part)

@@ -30,9 +30,12 @@
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/util/work_sharder.h"
 
+#include "common.h"
+
 namespace safeops {
 namespace {
 
+using ::safeops_native::ParallelFor;
 using ::tensorflow::DEVICE_CPU;
 using ::tensorflow::OpKernel;
 using ::tensorflow::OpKernelConstruction;
@@ -168,12 +171,6 @@ void SumColumns(const T* x, int64_t inner, int64_t r0, int64_t r1, int64_t j0, i
     out_s[j] = tail[j - kW * m4].s;
     out_c[j] = tail[j - kW * m4].c;
   }
-}
-
-void ParallelFor(OpKernelContext* ctx, int64_t units, int64_t cost,
-                 const std::function<void(int64_t, int64_t)>& fn) {
-  auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
-  ::tensorflow::Shard(workers->num_threads, workers->workers, units, cost, fn);
 }
 
 Status CheckRank3(OpKernelContext* ctx, const Tensor& x) {
