@@ -126,7 +126,8 @@ class KahanAccumulator(tf.Module):
         if target is None or target != self._shape:
             raise ValueError(f"{op}: argument 'values' of shape {v.shape} does not broadcast "
                              f"to the accumulator's shape {self._shape}")
-        if self._comp is None and not tf.distribute.has_strategy():
+        if (self._comp is None and not tf.distribute.has_strategy()
+                and "GPU" not in self._sum.device.upper()):  # the kernel runs where the variable is
             lib = native._usable(v, _WIDEN)  # noqa: SLF001
             if lib is not None:  # fused: widen and add in place, no float64 copy of v
                 op = lib.safeops_widen_assign_add(self._sum.handle,
