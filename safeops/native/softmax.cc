@@ -57,8 +57,6 @@ inline VD Splat(double v) {
 
 typedef float VF16 __attribute__((vector_size(64)));
 typedef int32_t VI16 __attribute__((vector_size(64)));
-typedef double VD8 __attribute__((vector_size(64)));
-typedef float VF8 __attribute__((vector_size(32)));
 
 inline VF16 SplatF(float v) {
   VF16 r;
@@ -102,13 +100,13 @@ __attribute__((always_inline)) inline void Exp16(const float* x16, float m, doub
   const VF16 t = low > SplatF(0.0f) ? hc + SplatF(64.0f) : hi;  // exact (Sterbenz)
   const VF16 e = ExpF(t) * (SplatF(1.0f) + lo);
   for (int h = 0; h < 2; ++h) {
-    VF8 e8, low8, hi8;  // the h-th half of each
+    VF e8, low8, hi8;  // the h-th half of each
     std::memcpy(&e8, reinterpret_cast<const char*>(&e) + 32 * h, 32);
     std::memcpy(&low8, reinterpret_cast<const char*>(&low) + 32 * h, 32);
     std::memcpy(&hi8, reinterpret_cast<const char*>(&hi) + 32 * h, 32);
-    VD8 d = __builtin_convertvector(e8, VD8);
-    const VD8 lowd = __builtin_convertvector(low8, VD8);
-    const VD8 hid = __builtin_convertvector(hi8, VD8);
+    VD d = __builtin_convertvector(e8, VD);
+    const VD lowd = __builtin_convertvector(low8, VD);
+    const VD hid = __builtin_convertvector(hi8, VD);
     d = lowd > 0.0 ? d * 1.6038108905486379e-28 : d;  // e^-64
     d = hid < -128.0 ? 0.0 * d : d;
     std::memcpy(out + 8 * h, &d, sizeof(d));
