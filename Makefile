@@ -1,14 +1,14 @@
 # safeops: two commands a fresh machine with python3 and pip needs.
-#   make test   create .venv, install -e .[test,bench,tfmot,probability], run the default tests
+#   make test   create .venv, install -e .[test,bench,tfmot,probability,docs], run the default tests
 #   make bench  same install, then the benchmark suite's quick mode (report in bench-results/)
 #   (both first build the fused C++ kernels if a compiler is there: `make native`)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-EXTRAS := test,bench,tfmot,probability
+EXTRAS := test,bench,tfmot,probability,docs
 
-.PHONY: install native test test-all bench bench-full clean
+.PHONY: install native test test-all bench bench-full docs clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,5 +39,10 @@ bench: $(STAMP) native
 bench-full: $(STAMP) native
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m benchmarks --full
 
+# The documentation site (guides + API reference from the docstrings) into site/; strict:
+# a broken link or an undocumented public name fails the build.
+docs: $(STAMP)
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) docs/build.py --out site
+
 clean:
-	rm -rf $(VENV) bench-results .pytest_cache
+	rm -rf $(VENV) bench-results .pytest_cache site build/docs-src
