@@ -1,0 +1,121 @@
+"""Pieces shared by the element-wise ops: precision casts, saturation, sign bits,
+gradient un-broadcasting, XLA fusion of graph-mode bodies, and the delegation
+of inputs the ops do not compensate (integers, complex, composite tensors,
+rank beyond a kernel's limit).
+"""
+
+import tensorflow as tf
+
+from safeops._core.dtypes import HALF_DTYPES, compute_dtype, int_of, limits
+
+__all__ = [
+    "MAX_SELECT_RANK",
+    "flatten_call",
+    "fused",
+    "is_negative",
+    "map_values",
+    "native",
+    "reduce_to",
+    "saturate",
+    "up",
+]
+
+
+def up(x):
+    """`x` in its compute dtype (float16/bfloat16 -> float32, float32 -> float64)."""
+    return tf.cast(x, compute_dtype(x.dtype))
+
+
+def native(x):
+    """float16/bfloat16 -> float32; float32 and float64 unchanged (TF's kernels suffice)."""
+    return tf.cast(x, tf.float32) if x.dtype in HALF_DTYPES else x
+
+
+def saturate(x, dtype=None):
+    """Clip `x` to +-the largest finite value of `dtype` (default x's); NaN stays NaN.
+
+    TF's minimum and maximum propagate NaN, so ``clip_by_value`` keeps it.
+    """
+    big = tf.constant(limits(dtype or x.dtype).max, x.dtype)
+    return tf.clip_by_value(x, -big, big)
+
+
+def is_negative(y):
+    """``y < 0`` decided on the bits, so negative subnormals count as negative
+    even where the CPU treats denormals as zero (TF and XLA flush them); -0.0
+    is not negative; NaN with the sign bit set is."""
+    itype = int_of(y.dtype)
+    bits = tf.bitcast(y, itype)
+    return tf.logical_and(bits < 0, bits > itype.min)
+
+
+def reduce_to(grad, like):
+    """Sum `grad` over the axes along which `like` was broadcast; reshape to `like`'s shape.
+
+    The gradient of a broadcasting binary op with respect to one input.
+    """
+    if grad is None:
+        return None
+    if (like.shape.is_fully_defined() and grad.shape.is_fully_defined()
+            and like.shape == grad.shape):
+        return grad
+    shape = tf.shape(like)
+    axes, _ = tf.raw_ops.BroadcastGradientArgs(s0=shape, s1=tf.shape(grad))
+    return tf.reshape(tf.reduce_sum(grad, axis=axes), shape)
+
+
+def fused(fn):
+    """`fn` itself when executing eagerly; inside a graph, `fn` compiled with XLA.
+
+    A graph-mode (`tf.function`) caller otherwise runs every elementwise op of
+    `fn` as its own kernel, a full pass over memory each; the XLA version is one
+    fused loop. Under an outer ``jit_compile=True`` the call is inlined. The
+    compiled function is traced once per input signature (shape and dtype).
+    Eagerly nothing is looked up or compiled: `fn` runs op by op.
+    """
+    compiled = tf.function(fn, jit_compile=True, reduce_retracing=True, autograph=False)
+
+    def call(*args):
+        if tf.executing_eagerly():
+            return fn(*args)
+        return compiled(*args)
+
+    call.__name__ = getattr(fn, "__name__", "fused")
+    return call
+
+
+# TF's CPU kernels of SelectV2 (tf.where) and of broadcasting binary ops
+# stop at rank 8 (UnimplementedError beyond); XLA has no such limit.
+MAX_SELECT_RANK = 8
+
+
+def flatten_call(fn, *xs):
+    """``fn(*xs)`` for same-shaped `xs` of any rank: ranks above 8 are run as 1-d.
+
+    For element-wise bodies that use `tf.where` (rank-limited kernels).
+    Inputs of different shapes must be broadcast by the caller first.
+    """
+    rank = xs[0].shape.rank
+    if rank is not None and rank <= MAX_SELECT_RANK:
+        return fn(*xs)
+    # Unknown rank too: a reshape to 1-d and back costs no copy and serves every rank.
+    shape = tf.shape(xs[0])
+    outs = fn(*[tf.reshape(x, [-1]) for x in xs])
+    if isinstance(outs, (list, tuple)):
+        return type(outs)(tf.reshape(o, shape) for o in outs)
+    return tf.reshape(outs, shape)
+
+
+def map_values(fn, x):
+    """Apply an element-wise `fn` (zero-preserving where `x` is sparse) to a composite `x`.
+
+    SparseTensor and RaggedTensor keep their structure, as TF's element-wise
+    ops do under dispatch; IndexedSlices keep indices and dense_shape.
+    """
+    if isinstance(x, tf.SparseTensor):
+        return tf.SparseTensor(x.indices, fn(x.values), x.dense_shape)
+    if isinstance(x, tf.RaggedTensor):
+        return tf.ragged.map_flat_values(fn, x)
+    if isinstance(x, tf.IndexedSlices):
+        return tf.IndexedSlices(fn(x.values), x.indices, x.dense_shape)
+    return fn(x)
