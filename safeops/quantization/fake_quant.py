@@ -10,6 +10,7 @@ wrappers in `safeops.quantization.wrappers`.
 """
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from safeops._dtypes import check_floating, convert_to_floating
@@ -29,6 +30,24 @@ def _check_bits(op, arg, bits):
     return bits
 
 
+def _checked_range(op, lo, hi):
+    """Check ``lo <= hi`` and widen the range to contain 0."""
+    lo_v, hi_v = tf.get_static_value(lo), tf.get_static_value(hi)
+    message = f"{op}: argument 'min_value' must be <= argument 'max_value'"
+    if lo_v is not None and hi_v is not None:
+        if np.any(np.asarray(lo_v) > np.asarray(hi_v)):
+            raise ValueError(f"{message}; got min_value={lo_v} and max_value={hi_v}")
+    else:
+        with tf.control_dependencies([tf.debugging.assert_less_equal(lo, hi, message=message)]):
+            lo, hi = tf.identity(lo), tf.identity(hi)
+    return tf.minimum(lo, 0.0), tf.maximum(hi, 0.0)
+
+
+def _zero_where_empty(out, x, empty):
+    """0 (NaN kept) where the range is [0, 0]; `empty` broadcasts against the last axis."""
+    return tf.where(empty, tf.where(tf.math.is_nan(x), x, tf.zeros_like(x)), out)
+
+
 def fake_quant(inputs, min_value, max_value, num_bits=8, narrow_range=False, axis=None,
                name=None):
     """Quantize-dequantize `inputs` on a ``num_bits`` grid; straight-through gradient.
@@ -37,8 +56,12 @@ def fake_quant(inputs, min_value, max_value, num_bits=8, narrow_range=False, axi
     `tf.quantization.fake_quant_with_min_max_vars_per_channel` (``axis`` given,
     any axis rather than only the last), checking bits, dtypes and shapes.
 
-    Method: the range ``[min_value, max_value]`` is first widened to contain 0 and
-    nudged by TF so that 0 is exactly representable; with ``q_min = 1 if
+    Method: the range ``[min_value, max_value]`` is first widened to contain 0
+    (``[min(min_value, 0), max(max_value, 0)]``: ``[1, 2]`` becomes ``[0, 2]``,
+    where TF's kernel would shift it to ``[0, 1]`` and clamp every input to 1)
+    and nudged by TF so that 0 is exactly representable; equal bounds are
+    therefore valid (``[2, 2]`` becomes ``[0, 2]``), and ``[0, 0]`` maps every
+    non-NaN input to 0 (TF: NaN); with ``q_min = 1 if
     narrow_range else 0``, ``q_max = 2**num_bits - 1`` and ``scale = (max - min) /
     (q_max - q_min)`` each value is clamped to the range and rounded to
     ``min + scale * round((x - min) / scale)``. float16/bfloat16/float64 inputs
@@ -67,7 +90,10 @@ def fake_quant(inputs, min_value, max_value, num_bits=8, narrow_range=False, axi
 
     Raises:
       TypeError: ``inputs`` is not floating.
-      ValueError: ``num_bits`` outside 2..16, or ranges of the wrong shape.
+      ValueError: ``num_bits`` outside 2..16, ranges of the wrong shape, or
+        ``min_value > max_value`` (the message names both arguments; for
+        ranges only known when the graph runs, `tf.errors.InvalidArgumentError`
+        with the same message; XLA-compiled functions skip that check).
 
     Example:
       >>> so.quantization.fake_quant([0.0, 0.3, 1.0], 0.0, 1.0, num_bits=2).numpy()
@@ -81,12 +107,18 @@ def fake_quant(inputs, min_value, max_value, num_bits=8, narrow_range=False, axi
         xf = tf.cast(x, tf.float32) if dtype != tf.float32 else x
         lo = tf.stop_gradient(tf.cast(min_value, tf.float32))
         hi = tf.stop_gradient(tf.cast(max_value, tf.float32))
+        lo, hi = _checked_range(op, lo, hi)
+        # A [0, 0] range would give TF's kernel a zero scale (NaN): quantize on a
+        # unit range instead and map the result to 0 below.
+        empty = tf.equal(lo, hi)
+        hi = tf.where(empty, lo + 1.0, hi)
         if axis is None:
             if lo.shape.rank not in (None, 0) or hi.shape.rank not in (None, 0):
                 raise ValueError(f"{op}: 'min_value' and 'max_value' must be scalars when "
                                  f"axis is None; got shapes {lo.shape} and {hi.shape}")
             out = tf.quantization.fake_quant_with_min_max_vars(
                 xf, lo, hi, num_bits=num_bits, narrow_range=narrow_range)
+            out = _zero_where_empty(out, xf, empty)
         else:
             rank = xf.shape.rank
             axis = axis % rank
@@ -101,6 +133,7 @@ def fake_quant(inputs, min_value, max_value, num_bits=8, narrow_range=False, axi
                 xf = tf.transpose(xf, perm)
             out = tf.quantization.fake_quant_with_min_max_vars_per_channel(
                 xf, lo, hi, num_bits=num_bits, narrow_range=narrow_range)
+            out = _zero_where_empty(out, xf, empty)
             if perm is not None:
                 out = tf.transpose(out, [perm.index(d) for d in range(rank)])
         return tf.cast(out, dtype) if dtype != tf.float32 else out

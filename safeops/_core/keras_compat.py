@@ -1,0 +1,109 @@
+"""Every touchpoint of safeops with Keras internals, in one place.
+
+The Keras drop-ins (losses, metrics, optimizers, the loss-scale optimizer,
+`CompensatedDense`) need a few things Keras does not export: the mask and
+logits attributes Keras attaches to tensors, the per-sample reduction of its
+metrics, the optimizer's variable index, and the layer internals that
+`Dense.quantize` uses. They are reached only through the functions below, so
+that a Keras release that moves one of them breaks one module, and
+``tests/parity/test_keras_compat.py`` names which touchpoint moved.
+
+`TOUCHPOINTS` lists them (what is reached, for which drop-in); the test checks
+each against the installed Keras.
+"""
+
+import importlib
+
+import keras
+
+__all__ = [
+    "TOUCHPOINTS",
+    "check_touchpoints",
+    "get_keras_logits",
+    "get_keras_mask",
+    "optimizer_trainable_variables",
+    "optimizer_variable_index",
+    "optimizer_variable_key",
+    "overwrite_with_gradient",
+    "reduce_to_samplewise_values",
+    "set_keras_mask",
+]
+
+# (kind, target, used by). kind "module_attr": `target` is "module:attribute";
+# "class_attr": "keras.path.Class.attribute" reached on instances.
+TOUCHPOINTS = (
+    ("module_attr", "keras.src.backend:get_keras_mask", "losses (masks)"),
+    ("module_attr", "keras.src.backend:set_keras_mask", "losses (ignore_class)"),
+    ("module_attr", "keras.src.metrics.reduction_metrics:reduce_to_samplewise_values",
+     "metrics (sample weights)"),
+    ("class_attr", "keras.optimizers.Optimizer._get_variable_index", "optimizers"),
+    ("class_attr", "keras.optimizers.Optimizer._var_key", "optimizers"),
+    ("class_attr", "keras.optimizers.Optimizer._overwrite_variable_with_gradient",
+     "optimizers, mixed_precision"),
+    ("class_attr", "keras.layers.Dense._int8_build", "layers.CompensatedDense (quantize)"),
+    ("class_attr", "keras.layers.Dense._float8_build", "layers.CompensatedDense (quantize)"),
+    ("class_attr", "keras.layers.Dense._int4_build", "layers.CompensatedDense (quantize)"),
+)
+
+
+def _module_attr(target):
+    module, attr = target.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def get_keras_mask(x):
+    """The Keras mask attached to `x` (``x._keras_mask``), or None."""
+    return _module_attr("keras.src.backend:get_keras_mask")(x)
+
+
+def set_keras_mask(x, mask):
+    """Attach `mask` to `x` as Keras does (losses and layers read it back)."""
+    _module_attr("keras.src.backend:set_keras_mask")(x, mask)
+
+
+def get_keras_logits(x):
+    """The logits Keras attaches to sigmoid/softmax outputs (``_keras_logits``), or None."""
+    return getattr(x, "_keras_logits", None)
+
+
+def reduce_to_samplewise_values(values, sample_weight, reduce_fn, dtype):
+    """Keras's broadcasting of sample weights to per-sample values (metrics)."""
+    fn = _module_attr("keras.src.metrics.reduction_metrics:reduce_to_samplewise_values")
+    return fn(values, sample_weight, reduce_fn, dtype)
+
+
+def optimizer_variable_index(optimizer, variable):
+    """Index of `variable` in the optimizer's slot lists (Keras's private index)."""
+    return optimizer._get_variable_index(variable)
+
+
+def optimizer_variable_key(optimizer, variable):
+    """The key under which the optimizer indexes `variable`."""
+    return optimizer._var_key(variable)
+
+
+def optimizer_trainable_variables(optimizer):
+    """The variables the optimizer was built with."""
+    return optimizer._trainable_variables
+
+
+def overwrite_with_gradient(variable):
+    """Whether Keras overwrites `variable` with its "gradient" (float8 scales)."""
+    return bool(getattr(variable, "overwrite_with_gradient", False))
+
+
+def check_touchpoints():
+    """The touchpoints missing from the installed Keras: a list of messages (empty: all there)."""
+    missing = []
+    for kind, target, used_by in TOUCHPOINTS:
+        try:
+            if kind == "module_attr":
+                _module_attr(target)
+            else:
+                path, attr = target.rsplit(".", 1)
+                module, cls = path.rsplit(".", 1)
+                getattr(getattr(importlib.import_module(module), cls), attr)
+        except (ImportError, AttributeError) as err:
+            missing.append(f"{target} (used by safeops {used_by}) is gone from Keras "
+                           f"{keras.__version__}: {err}")
+    return missing
