@@ -15,6 +15,7 @@ import warnings
 import keras
 
 from safeops import _probe
+from safeops._core.registry import drop_in, new
 
 __all__ = ["NumericsMonitor", "SmoothedLoss"]
 
@@ -24,6 +25,12 @@ _CHECKS = {"loss": ("loss",), "gradients": ("loss", "gradients"),
            "all": ("loss", "gradients", "weights")}
 
 
+@drop_in("keras.callbacks.TerminateOnNaN",
+         "names the first layer whose output or gradient is non-finite, and the step (`report`)",
+         "skips the update of the failing step, so the weights stay finite (TerminateOnNaN lets "
+         "the NaN update through)",
+         "extra arguments mode ('stop'/'warn') and check ('loss'/'gradients'/'all'); "
+         "raise_error is the third positional argument (TerminateOnNaN: the first)")
 @keras.saving.register_keras_serializable(package="safeops")
 class NumericsMonitor(keras.callbacks.Callback):
     """Stop (or warn) on the first non-finite value and name the layer that produced it.
@@ -89,9 +96,17 @@ class NumericsMonitor(keras.callbacks.Callback):
       mode: ``"stop"`` (set ``model.stop_training`` at the failing step) or
         ``"warn"`` (log, warn and continue; only the first failure is reported).
       check: ``"loss"``, ``"gradients"`` or ``"all"`` (see above).
+      raise_error: as `keras.callbacks.TerminateOnNaN`'s: False stops
+        gracefully (``mode``); True raises a `RuntimeError` at the failing
+        batch, after the report is built and the model's training step is
+        restored, so that no later callback's ``on_train_end`` runs (Keras's
+        reason for the option). The message is the report's.
 
     Raises:
-      ValueError: if `mode` or `check` is not one of the values above.
+      ValueError: if `mode` or `check` is not one of the values above, or
+        ``raise_error=True`` with ``mode="warn"`` (contradictory).
+      RuntimeError: during `fit`, with ``raise_error=True``, at the first
+        non-finite step.
 
     Example:
       >>> monitor = so.callbacks.NumericsMonitor(check="gradients")
@@ -100,8 +115,15 @@ class NumericsMonitor(keras.callbacks.Callback):
       ('dense_3', 'forward')
     """
 
-    def __init__(self, mode="stop", check="loss"):
+    def __init__(self, mode="stop", check="loss", raise_error=False):
         super().__init__()
+        if raise_error not in (True, False):
+            raise ValueError("safeops.callbacks.NumericsMonitor: argument 'raise_error' must be "
+                             f"True or False; got {raise_error!r}")
+        if raise_error and mode == "warn":
+            raise ValueError("safeops.callbacks.NumericsMonitor: argument 'raise_error=True' "
+                             "cannot be combined with mode='warn'")
+        self.raise_error = bool(raise_error)
         if mode not in ("stop", "warn"):
             raise ValueError(
                 f"safeops.callbacks.NumericsMonitor: argument 'mode' must be 'stop' or 'warn'; "
@@ -121,7 +143,7 @@ class NumericsMonitor(keras.callbacks.Callback):
         self._first_batch = None
 
     def get_config(self):
-        return {"mode": self.mode, "check": self.check}
+        return {"mode": self.mode, "check": self.check, "raise_error": self.raise_error}
 
     def on_train_begin(self, logs=None):
         self.report = None
@@ -182,12 +204,18 @@ class NumericsMonitor(keras.callbacks.Callback):
             f"({report['layer_class']}), {report['where']}: {report['nan']} NaN, "
             f"{report['inf']} inf")
         _log.warning(message)
+        if self.raise_error:
+            # Keras does not call on_train_end after an exception: restore the step now.
+            _probe.detach(self, self.model)
+            self._inst = None
+            raise RuntimeError(message)
         if self.mode == "stop":
             self.model.stop_training = True
         else:
             warnings.warn(message, RuntimeWarning, stacklevel=2)
 
 
+@new("logs an exponential moving average of the raw batch loss next to Keras's running mean")
 @keras.saving.register_keras_serializable(package="safeops")
 class SmoothedLoss(keras.callbacks.Callback):
     """Log an exponential moving average of the batch loss next to the raw loss.

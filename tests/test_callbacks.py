@@ -267,3 +267,27 @@ def test_bad_input_raises():
         callbacks.NumericsMonitor(mode="halt")
     with pytest.raises(ValueError, match="NumericsMonitor.*'check'"):
         callbacks.NumericsMonitor(check="weights")
+
+
+def test_raise_error_raises_like_terminate_on_nan_and_restores_the_step():
+    x, y = _data()
+    # Keras's own: RuntimeError at the NaN batch.
+    model, poison = _six_layer_model("forward", 3)
+    with pytest.raises(RuntimeError, match="NaN or Inf"):
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0,
+                  callbacks=[keras.callbacks.TerminateOnNaN(raise_error=True), _Arm(poison, 2)])
+    model, poison = _six_layer_model("forward", 3)
+    monitor, arm = callbacks.NumericsMonitor(raise_error=True), _Arm(poison, 2)
+    with pytest.raises(RuntimeError, match="step 2.*'poison'"):
+        model.fit(x, y, batch_size=8, epochs=1, callbacks=[monitor, arm], verbose=0)
+    assert arm.steps == 3  # no batch ran after the failing one
+    assert monitor.report["layer"] == "poison"
+    assert "train_step" not in model.__dict__  # instrumentation removed before raising
+    assert all(np.isfinite(w).all() for w in model.get_weights())  # the NaN update was skipped
+    config = monitor.get_config()
+    assert config["raise_error"] is True
+    assert callbacks.NumericsMonitor(**config).raise_error is True
+    with pytest.raises(ValueError, match="raise_error"):
+        callbacks.NumericsMonitor(mode="warn", raise_error=True)
+    with pytest.raises(ValueError, match="raise_error"):
+        callbacks.NumericsMonitor(raise_error="yes")

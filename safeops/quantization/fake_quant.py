@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from safeops._core.registry import drop_in, new
 from safeops._dtypes import check_floating, convert_to_floating
 
 __all__ = ["MovingAverageQuantizer", "fake_quant"]
@@ -48,6 +49,12 @@ def _zero_where_empty(out, x, empty):
     return tf.where(empty, tf.where(tf.math.is_nan(x), x, tf.zeros_like(x)), out)
 
 
+@drop_in("tf.quantization.fake_quant_with_min_max_vars / "
+         "tf.quantization.fake_quant_with_min_max_vars_per_channel",
+         "the range is widened to contain 0 ([1, 2] quantizes on [0, 2]; TF shifts it to [0, 1])",
+         "equal bounds are valid and [0, 0] gives 0 (TF: NaN)",
+         "min_value > max_value raises ValueError naming both arguments (TF: a constant)",
+         "per-channel ranges on any axis (TF: the last only); float16/bfloat16/float64 inputs")
 def fake_quant(inputs, min_value, max_value, num_bits=8, narrow_range=False, axis=None,
                name=None):
     """Quantize-dequantize `inputs` on a ``num_bits`` grid; straight-through gradient.
@@ -178,6 +185,8 @@ def _quantize_weight(w, num_bits, per_channel, symmetric, channel_axis=-1):
     return straight_through(tf.convert_to_tensor(w))
 
 
+@new("activation fake-quantizer whose range is an exponential moving average while "
+     "training and frozen at inference")
 @keras.saving.register_keras_serializable(package="safeops")
 class MovingAverageQuantizer(keras.layers.Layer):
     """Fake-quantizes activations with a range tracked by an exponential moving average.
