@@ -43,6 +43,8 @@ import math
 import keras
 import tensorflow as tf
 
+from safeops._core import keras_compat
+from safeops._core.registry import drop_in, new
 from safeops._dtypes import convert_to_floating
 
 __all__ = [
@@ -68,6 +70,8 @@ def _positive_finite(op, arg, value):
     return value
 
 
+@new("a dynamic loss scale with a floor (min_scale), a ceiling (max_scale) and skip counters; "
+     "Keras 3 has none (its scale reaches 0.0 after ~300 consecutive overflows)")
 class DynamicLossScale:
     """A dynamic loss scale with a floor, a ceiling and skip counters.
 
@@ -238,6 +242,7 @@ def _scale_value(loss_scale, op):
     return tf.convert_to_tensor(loss_scale)
 
 
+@new("Keras 2's LossScaleOptimizer.get_scaled_loss, removed in Keras 3, as a function")
 def scale_loss(loss, loss_scale):
     """``loss * scale``: Keras 2's ``get_scaled_loss``, removed in Keras 3.
 
@@ -265,6 +270,7 @@ def scale_loss(loss, loss_scale):
     return loss * tf.cast(scale, loss.dtype)
 
 
+@new("Keras 2's LossScaleOptimizer.get_unscaled_gradients, removed in Keras 3, as a function")
 def unscale_gradients(grads, loss_scale):
     """Divide every gradient by the scale: Keras 2's ``get_unscaled_gradients``.
 
@@ -303,6 +309,7 @@ def unscale_gradients(grads, loss_scale):
     return tf.nest.map_structure(one, grads, expand_composites=False)
 
 
+@new("whether every element of every gradient is finite (one bool)")
 def all_finite(grads):
     """True iff every element of every (non-None) gradient is finite.
 
@@ -329,6 +336,14 @@ def all_finite(grads):
 
 
 
+@drop_in("keras.optimizers.LossScaleOptimizer",
+         "the scale has a floor (1) and a ceiling (2**24): it never reaches 0 and never overflows",
+         "extra arguments loss_scale (a DynamicLossScale or a fixed number) and "
+         "max_consecutive_skips (raise instead of stalling silently)",
+         "extra variables: the loss-scale state (scale, good steps, steps, skipped steps, "
+         "consecutive skips, last overflow step) replaces Keras's step_counter and dynamic_scale",
+         "get_config adds loss_scale and max_consecutive_skips (Keras's from_config refuses them)",
+         "under tf.distribute the finite flag is all-reduced, so every replica skips together")
 @keras.saving.register_keras_serializable(package="safeops")
 class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
     """A Keras 3 loss-scale optimizer whose scale has a floor and whose stalls raise.
@@ -356,18 +371,37 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
     Gradient: not applicable (an optimizer). dtypes: as the inner optimizer;
     the scale is float32; `scale_loss` casts it to the loss's dtype.
 
+    Variables whose ``overwrite_with_gradient`` is set (the float8 scale and
+    amax-history variables of Keras's ``quantize("float8")`` layers) receive
+    their new value as "gradient": it is passed to the inner optimizer
+    unscaled, as Keras's optimizer does.
+
     Args:
       inner_optimizer: the `keras.optimizers.Optimizer` to wrap.
-      loss_scale: None (a default `DynamicLossScale()`), a `DynamicLossScale`,
-        or a positive number (a fixed scale: steps with non-finite gradients
-        are still skipped).
+      initial_scale: as Keras's: the starting scale (default 2**15); a
+        `DynamicLossScale` given here is taken as `loss_scale`.
+      dynamic_growth_steps: as Keras's: finite steps before the scale doubles
+        (default 2000).
+      name: optimizer name.
+      loss_scale: None (a `DynamicLossScale` built from `initial_scale` and
+        `dynamic_growth_steps`, floor 1, ceiling 2**24), a `DynamicLossScale`
+        (or its config dict), or a positive number (a fixed scale: steps with
+        non-finite gradients are still skipped). When given, `initial_scale`
+        and `dynamic_growth_steps` may only repeat its values.
       max_consecutive_skips: None (never raise) or an int >= 0: the largest
         allowed number of consecutive skipped steps.
-      name: optimizer name.
+      **kwargs: as Keras's (``dynamic=False`` and non-default base optimizer
+        arguments are refused with Keras's ValueError).
+
+    Config: Keras's keys (``name``, ``inner_optimizer``, ``initial_scale``,
+    ``dynamic_growth_steps``) plus ``loss_scale`` and
+    ``max_consecutive_skips``; a config written by Keras's class loads.
 
     Raises:
       TypeError: `inner_optimizer` is not a Keras optimizer.
-      ValueError: bad `loss_scale` or `max_consecutive_skips`.
+      ValueError: bad `loss_scale`, `initial_scale`, `dynamic_growth_steps` or
+        `max_consecutive_skips`, or `initial_scale`/`dynamic_growth_steps`
+        contradicting `loss_scale`.
 
     Example:
       >>> opt = so.mixed_precision.LossScaleOptimizer(keras.optimizers.SGD(0.1),
@@ -377,18 +411,37 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
 
     _OP = "safeops.mixed_precision.LossScaleOptimizer"
 
-    def __init__(self, inner_optimizer, loss_scale=None, max_consecutive_skips=None,
-                 name=None, **kwargs):
+    def __init__(self, inner_optimizer, initial_scale=2.0**15, dynamic_growth_steps=2000,
+                 name=None, loss_scale=None, max_consecutive_skips=None, **kwargs):
         if not isinstance(inner_optimizer, keras.optimizers.Optimizer):
             raise TypeError(f"{self._OP}: argument 'inner_optimizer' must be a "
                             f"keras.optimizers.Optimizer; got {type(inner_optimizer).__name__}")
+        if isinstance(initial_scale, DynamicLossScale) and loss_scale is None:
+            # A DynamicLossScale in the second position (the former signature) is loss_scale.
+            loss_scale, initial_scale = initial_scale, 2.0**15
+        initial = _positive_finite(self._OP, "initial_scale", initial_scale)
+        if isinstance(dynamic_growth_steps, bool) or \
+                not float(dynamic_growth_steps).is_integer() or dynamic_growth_steps < 1:
+            raise ValueError(f"{self._OP}: argument 'dynamic_growth_steps' must be an integer "
+                             f">= 1; got {dynamic_growth_steps!r}")
         if loss_scale is None:
-            loss_scale = DynamicLossScale()
-        elif isinstance(loss_scale, dict):
-            loss_scale = DynamicLossScale.from_config(loss_scale)
-        elif not isinstance(loss_scale, DynamicLossScale):
-            fixed = _positive_finite(self._OP, "loss_scale", loss_scale)
-            loss_scale = DynamicLossScale(fixed, min_scale=fixed, max_scale=fixed)
+            loss_scale = DynamicLossScale(initial_scale=initial,
+                                          growth_interval=int(dynamic_growth_steps),
+                                          min_scale=min(1.0, initial),
+                                          max_scale=max(2.0**24, initial))
+        else:
+            if isinstance(loss_scale, dict):
+                loss_scale = DynamicLossScale.from_config(loss_scale)
+            elif not isinstance(loss_scale, DynamicLossScale):
+                fixed = _positive_finite(self._OP, "loss_scale", loss_scale)
+                loss_scale = DynamicLossScale(fixed, min_scale=fixed, max_scale=fixed)
+            for arg, value, default, own in (
+                    ("initial_scale", initial_scale, 2.0**15, loss_scale.initial_scale),
+                    ("dynamic_growth_steps", dynamic_growth_steps, 2000,
+                     loss_scale.growth_interval)):
+                if value != default and value != own:
+                    raise ValueError(f"{self._OP}: argument '{arg}' ({value!r}) contradicts "
+                                     f"'loss_scale' ({arg} {own!r}); pass one of them")
         if max_consecutive_skips is not None:
             if isinstance(max_consecutive_skips, bool) or \
                     not float(max_consecutive_skips).is_integer() or max_consecutive_skips < 0:
@@ -448,7 +501,11 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
 
     # -- the step ----------------------------------------------------------------
     def _stateful_handle_finite_grads(self, grads, trainable_variables):
-        grads = unscale_gradients(list(grads), self._loss_scale)
+        variables = trainable_variables or keras_compat.optimizer_trainable_variables(self)
+        unscaled = unscale_gradients(list(grads), self._loss_scale)
+        # A float8 scale's "gradient" is its new value: it must not be unscaled.
+        grads = [g if keras_compat.overwrite_with_gradient(v) else u
+                 for g, u, v in zip(grads, unscaled, variables)]
         self.inner_optimizer.apply(grads, trainable_variables=trainable_variables)
         self._loss_scale.update(True)
 
@@ -509,10 +566,12 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
                 self._stateful_handle_non_finite_grads)
 
     def get_config(self):
-        """Config with the inner optimizer, the loss-scale config and the skip limit."""
+        """Keras's keys plus the loss-scale config and the skip limit."""
         return {
             "name": self.name,
             "inner_optimizer": keras.saving.serialize_keras_object(self.inner_optimizer),
+            "initial_scale": self._loss_scale.initial_scale,
+            "dynamic_growth_steps": self._loss_scale.growth_interval,
             "loss_scale": self._loss_scale.get_config(),
             "max_consecutive_skips": self.max_consecutive_skips,
         }
