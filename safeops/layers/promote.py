@@ -3,6 +3,7 @@
 import keras
 import tensorflow as tf
 
+from safeops._core.registry import new
 from safeops.promote import promote
 
 __all__ = ["Promote"]
@@ -10,6 +11,7 @@ __all__ = ["Promote"]
 _DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
+@new("a wrapper that runs one layer with its weights and computation in a wider dtype and casts the outputs back")
 @keras.saving.register_keras_serializable(package="safeops")
 class Promote(keras.layers.Wrapper):
     """Run `layer` with its weights and computation in `dtype`; cast outputs back.

@@ -3,11 +3,13 @@
 import keras
 import tensorflow as tf
 
+from safeops._core.registry import new
 from safeops.where import smooth_where
 
 __all__ = ["SmoothSwitch"]
 
 
+@new("a layer form of so.smooth_where: a differentiable switch between two branches")
 @keras.saving.register_keras_serializable(package="safeops")
 class SmoothSwitch(keras.layers.Layer):
     """A smooth ``tf.where(x > threshold, if_above, if_below)`` layer (`so.smooth_where`).

@@ -1,63 +1,66 @@
-"""`StableSoftmax`: `keras.layers.Softmax` that never returns NaN for fully masked rows."""
+"""`StableSoftmax`: `keras.layers.Softmax` computed by `so.softmax` (fully masked rows give 0)."""
 
 import keras
 import tensorflow as tf
 
+from safeops._core.registry import drop_in
+from safeops.softmax import softmax as _so_softmax
+
 __all__ = ["StableSoftmax", "stable_softmax"]
 
-_HALF = (tf.float16, tf.bfloat16)
+_OP = "safeops.layers.StableSoftmax"
+
+
+def _check_mask(inputs, mask):
+    """Keras's own mask check (same messages, `ValueError`): broadcastable, no extra dims."""
+    if len(mask.shape) > len(inputs.shape):
+        raise ValueError(f"{_OP}: the `mask` must be broadcastable to `inputs` and must not "
+                         f"have more dimensions. Received: inputs.shape={inputs.shape}, "
+                         f"mask.shape={mask.shape}")
+    for m_dim, i_dim in zip(mask.shape[::-1], inputs.shape[::-1]):
+        if m_dim is not None and i_dim is not None and m_dim != 1 and m_dim != i_dim:
+            raise ValueError(f"{_OP}: the `mask` must be broadcastable to `inputs`. Each mask "
+                             "dimension must be 1 or match the corresponding input dimension. "
+                             f"Received: inputs.shape={inputs.shape}, mask.shape={mask.shape}")
 
 
 def _softmax(x, axis, mask=None):
-    """Softmax over `axis` (int or list) in at least float32; fully masked rows -> 0."""
-    out_dtype = x.dtype
-    if x.dtype in _HALF:
-        x = tf.cast(x, tf.float32)
+    """`so.softmax` over `axis` (an int or a list of ints); masked entries become -inf."""
     if mask is not None:
         mask = tf.convert_to_tensor(mask)
+        _check_mask(x, mask)
         if mask.dtype != tf.bool:
             mask = mask > tf.cast(0.5, mask.dtype)
         x = tf.where(mask, x, tf.constant(float("-inf"), x.dtype))
+    rank = x.shape.rank
     axes = [axis] if isinstance(axis, int) else list(axis)
+    axes = sorted({a % rank for a in axes})
     if len(axes) == 1:
-        y = _softmax_one_axis(x, axes[0])
-    else:
-        m = tf.reduce_max(x, axis=axes, keepdims=True)
-        dead = tf.equal(m, tf.constant(float("-inf"), x.dtype))
-        z = x - tf.stop_gradient(tf.where(dead, tf.zeros_like(m), m))
-        e = tf.exp(z)
-        s = tf.reduce_sum(e, axis=axes, keepdims=True)
-        y = e / tf.where(dead, tf.ones_like(s), s)
-    return tf.cast(y, out_dtype)
+        return _so_softmax(x, axis=axes[0])
+    # Several axes: move them to the end, flatten them into one, and take one softmax.
+    rest = [a for a in range(rank) if a not in axes]
+    perm = rest + axes
+    xt = tf.transpose(x, perm)
+    shape = tf.shape(xt)
+    flat = tf.reshape(xt, tf.concat([shape[:len(rest)], [-1]], 0))
+    y = tf.reshape(_so_softmax(flat, axis=-1), shape)
+    inverse = [perm.index(a) for a in range(rank)]
+    return tf.transpose(y, inverse)
 
 
-def _softmax_one_axis(x, axis):
-    """Fused `tf.nn.softmax`, fully -inf rows set to 0, with the gradient written from y."""
-
-    @tf.custom_gradient
-    def inner(x):
-        m = tf.reduce_max(x, axis=axis, keepdims=True)
-        live = tf.cast(tf.not_equal(m, tf.constant(float("-inf"), x.dtype)), x.dtype)  # NaN: 1
-        # multiply_no_nan(s, 0) is 0 even where s is NaN (TF's softmax of a dead row)
-        y = tf.math.multiply_no_nan(tf.nn.softmax(x, axis=axis), live)
-
-        def grad(g):
-            # d softmax: y * (g - sum(g * y)); y is 0 for -inf entries and dead rows,
-            # so their gradient is exactly 0 (TF's own gradient is NaN for a dead row).
-            return y * (g - tf.reduce_sum(g * y, axis=axis, keepdims=True))
-
-        return y, grad
-
-    return inner(x)
-
-
+@drop_in("keras.activations.softmax",
+         "a row that is all -inf gives 0 (Keras: NaN), gradient 0 there",
+         "computed by so.softmax: <= 3 ulp per entry (Keras: up to (|x_i - max| + n/2 + 2) ulp)",
+         name="safeops.layers.stable_softmax")
 @keras.saving.register_keras_serializable(package="safeops")
 def stable_softmax(x, axis=-1):
-    """Softmax activation that maps fully masked (all -inf) rows to 0 instead of NaN.
+    """Softmax activation computed by `so.softmax` (fully masked rows -> 0, not NaN).
 
-    Replaces `keras.activations.softmax` (used by `wrap_model` for
-    ``activation="softmax"`` inside Dense/Conv layers). Method, bound and
-    gradient: as `StableSoftmax`.
+    Replaces `keras.activations.softmax` (`wrap_model` uses it for
+    ``activation="softmax"`` inside Dense/Conv layers). The output carries its
+    logits (``_keras_logits``) as Keras's does, so cross-entropy losses given
+    these probabilities compute from the logits (no clipping at 1e-7). Method,
+    bound and gradient: `so.softmax`.
 
     Args:
       x: float tensor of logits.
@@ -73,32 +76,32 @@ def stable_softmax(x, axis=-1):
     return _softmax(tf.convert_to_tensor(x), axis)
 
 
+@drop_in("keras.layers.Softmax",
+         "a row of -inf logits (an additive -inf mask) gives 0 with gradient 0 (Keras: NaN)",
+         "computed by so.softmax: <= 3 ulp per entry; the output carries its logits, so "
+         "cross-entropy losses compute from them (Keras's layer output: the same)")
 @keras.saving.register_keras_serializable(package="safeops")
 class StableSoftmax(keras.layers.Softmax):
-    """Drop-in for `keras.layers.Softmax`: mask-aware, fully masked rows give zeros.
+    """Drop-in for `keras.layers.Softmax` computed by `so.softmax`.
 
-    Replaces `keras.layers.Softmax` (same arguments, an instance of it).
-    `tf.nn.softmax` of a row that is all -inf is NaN, and Keras's Softmax turns
-    masked entries into -1e9, so a row of -inf logits (e.g. an additive -inf
-    attention mask) still gives NaN.
+    Replaces `keras.layers.Softmax` (same arguments, an instance of it, the
+    same mask checks and `ValueError`). Keras turns masked entries into -1e9
+    and zeroes fully masked rows, but a row of -inf logits (an additive -inf
+    attention mask, or scores that overflowed) is still NaN, and NaN in its
+    gradient.
 
-    Method: masked entries (``mask`` False or <= 0.5) become -inf; the row
-    maximum ``m`` marks fully masked rows (``m = -inf``); the fused
-    `tf.nn.softmax` runs and fully masked rows are multiplied by 0 with
-    `tf.math.multiply_no_nan` (so the NaN TF computes there never reaches the
-    output). The gradient is written
-    by hand from the output (`tf.custom_gradient`), so no NaN from those rows
-    reaches it either. Several axes: max-shifted exp / sum with the same rule.
-    float16/bfloat16 inputs (mixed precision) are computed in float32 and
-    rounded once to the layer's compute dtype; float32/float64 natively.
+    Method: masked entries (``mask`` False or <= 0.5) become -inf, then
+    `so.softmax` runs along the axis (several axes: moved to the end and
+    flattened into one). `so.softmax` maps a row that is all -inf to 0, with
+    gradient 0, computes float16/bfloat16 in float32 and rounds once, and
+    attaches the logits to its output (single axis), as Keras's softmax does,
+    so that `so.losses` and Keras's losses compute cross-entropy from logits.
 
-    Error bound: that of `tf.nn.softmax` in the computation dtype (a few ulp
-    per entry, |err| <= (n + 2) u p_i in the worst case, u = 2**-24 for float32),
-    plus one rounding to float16/bfloat16 under mixed precision.
+    Error bound: that of `so.softmax`: <= 3 ulp per entry of the output dtype.
 
-    Gradient: ``p * (g - sum(g * p))`` (TF's), exactly 0 w.r.t. masked or -inf
-    entries and for fully masked rows (TF: NaN). NaN in a live row gives NaN;
-    a row containing +inf gives NaN, as in Keras.
+    Gradient: ``p * (g - sum(g * p))``, exactly 0 w.r.t. masked or -inf
+    entries and for fully masked rows. NaN in a live row gives NaN; a row
+    containing +inf gives 1/k on its k +inf entries (`so.softmax`).
 
     dtypes: any floating dtype; output in the layer's compute dtype.
 
@@ -112,7 +115,8 @@ class StableSoftmax(keras.layers.Softmax):
         keeps an entry.
 
     Raises:
-      ValueError: if the mask is not broadcastable to the inputs (as Keras).
+      ValueError: the mask has more dimensions than the inputs, or a dimension
+        that is neither 1 nor the input's (as Keras).
 
     Example:
       >>> x = np.array([[1.0, 2.0], [-np.inf, -np.inf]], np.float32)
@@ -121,6 +125,4 @@ class StableSoftmax(keras.layers.Softmax):
     """
 
     def call(self, inputs, mask=None):
-        if mask is not None and len(mask.shape) > len(inputs.shape):
-            return super().call(inputs, mask)  # Keras's own error message
         return _softmax(inputs, self.axis, mask)
