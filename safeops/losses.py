@@ -53,7 +53,11 @@ inf
 import keras
 import tensorflow as tf
 
+from safeops._core import keras_compat
+from safeops._core.dtypes import FLOAT_DTYPES, accumulation_dtype
+from safeops._core.registry import drop_in, new
 from safeops._dtypes import convert_to_floating
+from safeops.summation import reduce_sum as _accurate_sum
 
 __all__ = [
     "BinaryCrossentropy",
@@ -67,9 +71,16 @@ __all__ = [
 ]
 
 
+_RECOVERED = ("from_logits=False: the logits behind a sigmoid/softmax output are recovered also "
+              "through Identity ops in a graph (Keras clips there: loss capped at 16.12, "
+              "gradient 0)")
+_REDUCED = ("the batch reduction (every reduction, sample weights, masks, as Keras's) is "
+            "accumulated in float64 (float32 losses) with a compensated sum and rounded once")
+
+
 def _logits_of(p, op_type):
     """The logits behind probabilities `p` (see module doc), or None."""
-    z = getattr(p, "_keras_logits", None)
+    z = keras_compat.get_keras_logits(p)
     if z is not None:
         return z
     if tf.executing_eagerly() and not isinstance(p, tf.Tensor):
@@ -101,6 +112,8 @@ def _eps(dtype):
     return tf.constant(keras.config.epsilon(), dtype)
 
 
+@drop_in("keras.losses.binary_crossentropy",
+         _RECOVERED)
 def binary_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0, axis=-1):
     """Binary cross-entropy, mean over `axis`; drop-in for `keras.losses.binary_crossentropy`.
 
@@ -174,6 +187,8 @@ def binary_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0, 
     return tf.reduce_mean(ce, axis=axis)
 
 
+@drop_in("keras.losses.categorical_crossentropy",
+         _RECOVERED)
 def categorical_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0, axis=-1):
     """Categorical cross-entropy over `axis`; drop-in for `keras.losses.categorical_crossentropy`.
 
@@ -251,6 +266,8 @@ def categorical_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=
     return -tf.reduce_sum(y_true * tf.math.log(p), axis=axis)
 
 
+@drop_in("keras.losses.sparse_categorical_crossentropy", _RECOVERED,
+         "any class axis (Keras's TensorFlow backend: -1 only)")
 def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False, ignore_class=None,
                                     axis=-1):
     """Sparse categorical cross-entropy; drop-in for `keras.losses.sparse_categorical_crossentropy`.
@@ -260,7 +277,9 @@ def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False, ignore_cl
     ``logsumexp(z) - z[label]`` via `tf.nn.sparse_softmax_cross_entropy_with_logits`;
     otherwise Keras' formula, ``-log p[label]`` of the renormalised probabilities
     clipped to [eps, 1 - eps]. Entries whose label equals `ignore_class` get
-    loss 0 (their label is replaced by 0 before the lookup, then masked).
+    loss 0 and the result carries Keras's mask (``_keras_mask``) of the valid
+    entries, so the `Loss` classes (ours and Keras's) average over the valid
+    entries only, as Keras does.
 
     Error bound: as `categorical_crossentropy` with one-hot labels:
     <= (k + 2) u (1 + L) for k classes (measured <= 2.1 u (1 + L), float32,
@@ -282,7 +301,7 @@ def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False, ignore_cl
       y_pred: probabilities (or logits with from_logits=True).
       from_logits: whether y_pred are logits.
       ignore_class: optional label value to ignore.
-      axis: the class axis (-1 or the last axis).
+      axis: the class axis (any axis of y_pred).
 
     Returns:
       Loss tensor of y_true's shape, y_pred's dtype.
@@ -290,7 +309,7 @@ def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False, ignore_cl
     Raises:
       TypeError: non-float y_pred (message names the op and ``y_pred``).
       ValueError: label/prediction shapes that do not match (shapes in the
-        message), or axis not last.
+        message), or `axis` out of range.
       tf.errors.InvalidArgumentError: a label outside [0, k) (eager and
         `tf.function` on CPU, TF's behaviour); under XLA the loss is NaN.
 
@@ -310,20 +329,37 @@ def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False, ignore_cl
     op = "safeops.losses.sparse_categorical_crossentropy"
     y_pred = convert_to_floating(op, "y_pred", y_pred)
     rank = y_pred.shape.rank
-    if rank is not None and axis not in (-1, rank - 1):
-        raise ValueError(f"{op}: only the last axis is supported as class axis; got {axis}")
     y_true = tf.convert_to_tensor(y_true)
-    if rank is not None and y_true.shape.rank == rank and y_true.shape[-1] == 1:
-        y_true = tf.squeeze(y_true, -1)
+    if rank is None:
+        class_axis = axis
+    else:
+        if not -rank <= axis < rank:
+            raise ValueError(f"{op}: argument 'axis' ({axis}) is out of range for y_pred of "
+                             f"rank {rank}")
+        class_axis = axis % rank
+        if y_true.shape.rank == rank and y_true.shape[class_axis] == 1:
+            y_true = tf.squeeze(y_true, class_axis)
+        if class_axis != rank - 1:  # move the class axis last
+            perm = [d for d in range(rank) if d != class_axis] + [class_axis]
+            y_pred = tf.transpose(y_pred, perm)
     if not y_true.shape.is_compatible_with(y_pred.shape[:-1]):
         raise ValueError(f"{op}: y_true shape {y_true.shape} does not match y_pred shape "
                          f"{y_pred.shape} without its class axis")
-    labels = tf.cast(y_true, tf.int64)
-    mask = None
+    valid = None
     if ignore_class is not None:
-        mask = tf.not_equal(labels, ignore_class)
-        labels = tf.where(mask, labels, tf.zeros_like(labels))
+        # Compared before the int64 cast, as Keras does (labels may arrive as floats).
+        valid = tf.not_equal(y_true, tf.cast(ignore_class, y_true.dtype))
+    labels = tf.cast(y_true, tf.int64)
+    if valid is not None:
+        labels = tf.where(valid, labels, tf.zeros_like(labels))
     z = y_pred if from_logits else _logits_of(y_pred, "Softmax")
+    if valid is not None:
+        # Ignored entries must not reach the kernel: a NaN there would give a NaN
+        # gradient through the mask (0 * NaN).
+        keep = tf.expand_dims(valid, -1)
+        if z is not None:
+            z = tf.where(keep, tf.cast(z, y_pred.dtype), tf.zeros_like(y_pred))
+        y_pred = tf.where(keep, y_pred, tf.ones_like(y_pred))
     if z is not None:
         ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels,
                                                             logits=tf.cast(z, y_pred.dtype))
@@ -332,11 +368,14 @@ def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False, ignore_cl
         p = y_pred / tf.reduce_sum(y_pred, axis=-1, keepdims=True)
         p = tf.clip_by_value(p, eps, 1.0 - eps)
         ce = -tf.math.log(tf.gather(p, labels, axis=-1, batch_dims=labels.shape.rank))
-    if mask is not None:
-        ce = tf.where(mask, ce, tf.zeros_like(ce))
+    if valid is not None:
+        ce = tf.where(valid, ce, tf.zeros_like(ce))
+        # Keras's losses read this mask and average over the valid entries only.
+        keras_compat.set_keras_mask(ce, valid)
     return ce
 
 
+@new("relative error |y - p| / max(|y|, eps) as a loss, within 1 ulp")
 def relative_error(y_true, y_pred, eps=None):
     """Relative error loss; the loss form of `safeops.relative_error` (division issue).
 
@@ -374,11 +413,99 @@ def relative_error(y_true, y_pred, eps=None):
     return _rel(y_true, y_pred, eps=eps)
 
 
+def _squeeze_or_expand(x1, x2, expand_rank_1=True):
+    """Keras's rule: make ranks equal when they differ by a trailing axis of length 1."""
+    r1, r2 = x1.shape.rank, x2.shape.rank
+    if r1 is None or r2 is None or r1 == r2:
+        return x1, x2
+    if r1 == r2 + 1 and x1.shape[-1] == 1:
+        if r2 == 1 and expand_rank_1:
+            x2 = tf.expand_dims(x2, -1)
+        else:
+            x1 = tf.squeeze(x1, -1)
+    if r2 == r1 + 1 and x2.shape[-1] == 1:
+        if r1 == 1 and expand_rank_1:
+            x1 = tf.expand_dims(x1, -1)
+        else:
+            x2 = tf.squeeze(x2, -1)
+    return x1, x2
+
+
+def _reduce_weighted(values, sample_weight, mask, reduction, dtype):
+    """Keras's `reduce_weighted_values`, every product and the sum accumulated wide.
+
+    The same weights as Keras (a mask scales the valid entries by
+    ``total / valid`` for the mean reductions, so the mean is over the valid
+    entries only), but computed in the accumulation dtype (float32 -> float64,
+    float16/bfloat16 -> float32) with a compensated sum, and rounded once to
+    `dtype`: the reduced loss is within about 1 ulp of the exact weighted mean,
+    where Keras's float32 sum loses up to n/2 ulps.
+    """
+    values = tf.convert_to_tensor(values, dtype=dtype)
+    if reduction is None or reduction == "none" or values.shape.rank == 0 or \
+            tuple(values.shape) == (0,):
+        if sample_weight is None and mask is None:
+            return values
+    wide = accumulation_dtype(values.dtype) if values.dtype in FLOAT_DTYPES else values.dtype
+    v = tf.cast(values, wide)
+    weight = None
+    if sample_weight is not None:
+        weight = tf.cast(tf.convert_to_tensor(sample_weight, dtype=dtype), wide)
+    if mask is not None:
+        mask = tf.cast(mask, tf.bool)
+        if reduction in ("mean", "sum_over_batch_size"):
+            total = tf.cast(tf.size(mask), wide)
+            valid = tf.reduce_sum(tf.cast(mask, wide))
+            float_mask = tf.where(mask, tf.math.divide_no_nan(total, valid), tf.zeros([], wide))
+        else:
+            float_mask = tf.cast(mask, wide)
+        if weight is not None:
+            float_mask, weight = _squeeze_or_expand(float_mask, weight)
+            weight = weight * float_mask
+        else:
+            weight = float_mask
+    if weight is not None:
+        v, weight = _squeeze_or_expand(v, weight)
+        v = v * weight
+    if reduction is None or reduction == "none" or v.shape.rank == 0 or tuple(v.shape) == (0,):
+        return tf.cast(v, values.dtype)
+    loss = _accurate_sum(v)
+    if reduction in ("sum_over_batch_size", "mean", "mean_with_sample_weight"):
+        if reduction == "mean_with_sample_weight" and weight is not None:
+            divisor = _accurate_sum(weight)
+        else:
+            divisor = tf.cast(tf.size(v), wide)
+        loss = tf.math.divide_no_nan(loss, divisor)
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        if replicas > 1:
+            loss = loss / replicas
+    return tf.cast(loss, values.dtype)
+
+
 class _Base(keras.losses.Loss):
+    """Keras's `Loss.__call__` (mask, sample weight, reduction) with an accurate reduction."""
+
     _fn = None
     _keys = ()
 
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        in_mask = keras_compat.get_keras_mask(y_pred)
+        with keras.name_scope(self.name):
+            y_pred = tf.nest.map_structure(
+                lambda x: keras.ops.convert_to_tensor(x, dtype=self.dtype), y_pred)
+            y_true = tf.nest.map_structure(
+                lambda x: keras.ops.convert_to_tensor(x, dtype=self.dtype), y_true)
+            losses = self.call(y_true, y_pred)
+            out_mask = keras_compat.get_keras_mask(losses)
+            if in_mask is not None and out_mask is not None:
+                mask = tf.logical_and(tf.cast(in_mask, tf.bool), tf.cast(out_mask, tf.bool))
+            else:
+                mask = in_mask if in_mask is not None else out_mask
+            return _reduce_weighted(losses, sample_weight, mask, self.reduction, self.dtype)
+
     def call(self, y_true, y_pred):
+        y_true, y_pred = _squeeze_or_expand(tf.convert_to_tensor(y_true),
+                                            tf.convert_to_tensor(y_pred))
         return type(self)._fn(y_true, y_pred, **{k: getattr(self, k) for k in self._keys})
 
     def get_config(self):
@@ -387,6 +514,9 @@ class _Base(keras.losses.Loss):
         return config
 
 
+@drop_in("keras.losses.BinaryCrossentropy",
+         _RECOVERED,
+         _REDUCED)
 @keras.saving.register_keras_serializable(package="safeops")
 class BinaryCrossentropy(_Base):
     """Keras `Loss` for `binary_crossentropy`; drop-in for `keras.losses.BinaryCrossentropy`.
@@ -431,6 +561,9 @@ class BinaryCrossentropy(_Base):
         self.from_logits, self.label_smoothing, self.axis = from_logits, label_smoothing, axis
 
 
+@drop_in("keras.losses.CategoricalCrossentropy",
+         _RECOVERED,
+         _REDUCED)
 @keras.saving.register_keras_serializable(package="safeops")
 class CategoricalCrossentropy(_Base):
     """`Loss` for `categorical_crossentropy`; drop-in for `keras.losses.CategoricalCrossentropy`.
@@ -469,6 +602,11 @@ class CategoricalCrossentropy(_Base):
         self.from_logits, self.label_smoothing, self.axis = from_logits, label_smoothing, axis
 
 
+@drop_in("keras.losses.SparseCategoricalCrossentropy",
+         _RECOVERED,
+         _REDUCED,
+         "get_config adds axis (Keras's class accepts axis but does not save it)",
+         "any class axis (Keras's TensorFlow backend: -1 only)")
 @keras.saving.register_keras_serializable(package="safeops")
 class SparseCategoricalCrossentropy(_Base):
     """`Loss` for `sparse_categorical_crossentropy`; drop-in for
@@ -508,6 +646,7 @@ class SparseCategoricalCrossentropy(_Base):
         self.from_logits, self.ignore_class, self.axis = from_logits, ignore_class, axis
 
 
+@new("Keras Loss for relative_error; reduced as the other safeops losses")
 @keras.saving.register_keras_serializable(package="safeops")
 class RelativeError(_Base):
     """Keras `Loss` for `relative_error` (mean over the batch by default).
