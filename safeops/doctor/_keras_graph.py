@@ -96,6 +96,12 @@ def call_with_inference(layer, args, kwargs):
     return layer(*args, **kwargs)
 
 
+def layer_key(layer):
+    """The key of `layer` in a policy map: its path, or its name where Keras gives it no path
+    (layers without weights)."""
+    return layer.path or layer.name
+
+
 def split_policy(policy):
     """(float policy name, quantization mode or None) of a policy name or object."""
     if isinstance(policy, keras.dtype_policies.DTypePolicy):

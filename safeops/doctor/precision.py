@@ -294,6 +294,7 @@ class _Runner:
     def __init__(self, model, assign):
         """`assign(layer) -> (float policy, quantization mode or None)` for the profiled copies."""
         self.model = model
+        self._cache = {}
         self.graph = kg.functional_graph(model, _OP)
         self.nodes = kg.nodes(self.graph)
         self.labels, self.first_call = [], {}
@@ -301,6 +302,9 @@ class _Runner:
             k = self.first_call.setdefault(id(node.operation), 0)
             self.labels.append(kg.node_label(node, k))
             self.first_call[id(node.operation)] = k + 1
+        made_by = {id(x): i for i, node in enumerate(self.nodes) for x in node.outputs}
+        self.inputs_of = [[made_by[id(x)] for x in node.input_tensors if id(x) in made_by]
+                          for node in self.nodes]
         self.ref = self._copies(lambda layer: ("float64", None))
         self.set_assignment(assign)
 
@@ -318,11 +322,19 @@ class _Runner:
             op = node.operation
             if id(op) in copies or not isinstance(op, keras.layers.Layer):
                 continue
+            if op.quantization_mode is not None:
+                raise ValueError(f"{_OP}: layer {op.name!r} is already quantized "
+                                 f"({op.quantization_mode}); profile the float model and give "
+                                 "the quantization as the policy (e.g. 'int8')")
             policy, mode = assign(op)
             if mode is not None and not kg.quantizable(op, mode):
                 mode = None
+            key = (id(op), str(policy), mode)
+            if key in self._cache:
+                copies[id(op)] = self._cache[key]
+                continue
             try:
-                copies[id(op)] = kg.copy_layer(op, policy, mode)
+                copies[id(op)] = self._cache[key] = kg.copy_layer(op, policy, mode)
             except Exception as err:
                 raise ValueError(f"{_OP}: cannot copy layer {op.name!r} ({type(op).__name__}) "
                                  f"into policy {policy!r}"
@@ -450,12 +462,12 @@ def _resolve_loss(loss):
 def _assigner(policy, op=_OP):
     """`layer -> (float policy, quantization mode)` for `profile`'s `policy` argument."""
     if policy is None:
-        return lambda layer: kg.split_policy(layer.dtype_policy[layer.path] if isinstance(
+        return lambda layer: kg.split_policy(layer.dtype_policy[kg.layer_key(layer)] if isinstance(
             layer.dtype_policy, keras.dtype_policies.DTypePolicyMap) else layer.dtype_policy)
     if isinstance(policy, keras.dtype_policies.DTypePolicyMap):
-        return lambda layer: kg.split_policy(policy[layer.path])
+        return lambda layer: kg.split_policy(policy[kg.layer_key(layer)])
     if isinstance(policy, dict):
-        return lambda layer: kg.split_policy(policy.get(layer.path, policy.get(layer.name, layer.dtype_policy)))
+        return lambda layer: kg.split_policy(policy.get(kg.layer_key(layer), layer.dtype_policy))
     float_policy, mode = kg.split_policy(policy)
     try:
         keras.dtype_policies.get(float_policy)
