@@ -1,0 +1,599 @@
+"""Exact accumulation of floating-point values in integers, rounded once.
+
+Every finite float16/bfloat16/float32/float64 value is an integer mantissa
+``m`` times a power of two: ``x = m * 2**(pos + emin_sub)`` with ``emin_sub``
+the exponent of the dtype's smallest subnormal and ``0 <= pos``. The value is
+placed into a fixed-point integer whose digits are 32 bits wide (digit ``k``
+weighs ``2**(32 k + emin_sub)``): ``m << (pos % 32)`` is cut into 2 (float64:
+3) limbs of at most 32 bits that land in digits ``pos // 32``, ``+1``, ``+2``.
+Limbs are summed per digit in int64 (`tf.math.unsorted_segment_sum`): integer
+addition is associative, so the digit sums -- and everything computed from
+them -- are the same bits in any order, on any device, with any number of
+threads, under XLA or not, and for any split of the input into parts whose
+states are added (`combine_states`). With limbs below 2**32 in magnitude, up
+to 2**31 terms per output cannot overflow an int64 digit.
+
+A *state* is an int64 tensor ``[..., J + 5]``: ``J`` digits of the exact sum
+in two's complement (normalized: digits in ``[0, 2**32)``, the top one
+signed), then five counters: NaNs, +infs, -infs, negative zeros, and terms.
+States of disjoint parts add digit-wise (`combine_states`), which is how a
+sum split across replicas or batches is combined exactly.
+
+Rounding (`state_to_sum`, `state_to_mean`): the digits are normalized
+(carry propagation), the magnitude's top 62 bits are taken together with a
+sticky bit for everything below, and rounded to nearest-even at the output
+dtype's precision, with gradual underflow and overflow to inf as IEEE
+round-to-nearest gives; the float is assembled from its bit pattern, so a
+device that flushes subnormals (TensorFlow's CPU kernels do) cannot change
+it. The result is the *correctly rounded* exact sum. The mean divides the
+exact integer by the count (long division in 16-bit steps, remainder kept as
+sticky bit) before the one rounding: the mean is correctly rounded too.
+
+Non-finite terms follow IEEE addition in any order: NaN if any term is NaN or
+both infinities occur, else +-inf if one occurs; a sum of only negative
+zeros is -0.0; the empty sum is +0.0.
+
+Entry points take axes already normalized to sorted, non-negative Python
+ints (or None for all axes); argument checking is the public op's job.
+References: Kulisch's long accumulator; R. M. Neal, "Fast exact summation
+using small and large superaccumulators" (2015); S. Collange, D. Defour,
+S. Graillat, R. Iakymchuk, "Numerical reproducibility for the parallel
+reduction on multi- and many-core architectures" (2015).
+"""
+
+import collections
+import math
+
+import tensorflow as tf
+
+from safeops._core import dtypes
+
+__all__ = [
+    "combine_states",
+    "cross_replica_sum",
+    "exact_cumsum",
+    "exact_reduce_mean",
+    "exact_reduce_sum",
+    "exact_segment_state",
+    "num_digits",
+    "state_to_mean",
+    "state_to_sum",
+    "sum_state",
+]
+
+_MASK32 = (1 << 32) - 1
+_NCOUNT = 5  # NaN, +inf, -inf, -0.0, terms
+_NAN, _PINF, _NINF, _NEGZERO, _COUNT = range(5)
+
+_Format = collections.namedtuple(
+    "_Format", ["dtype", "bits_dtype", "width", "p", "ebits", "emin_sub", "limbs", "digits"])
+
+
+def _format(dtype):
+    """The binary format of a floating dtype, derived from the dtype policy's limits."""
+    dtype = tf.as_dtype(dtype)
+    lim = dtypes.limits(dtype)
+    p = 1 - int(round(math.log2(lim.eps)))  # significand bits, implicit bit included
+    emin_norm = int(round(math.log2(lim.tiny)))
+    emax = math.frexp(lim.max)[1] - 1
+    ebits = (emax + 1).bit_length()  # emax + 1 = 2**(ebits - 1)
+    emin_sub = emin_norm - (p - 1)
+    pos_max = (1 << ebits) - 3  # largest finite: biased exponent 2**ebits - 2, pos = biased - 1
+    limbs = 2 if p <= 32 else 3
+    # headroom: 2**62 times the largest term, plus a sign digit
+    digits = (pos_max + p + 64) // 32 + 1
+    bits_dtype = dtypes.int_of(dtype)
+    return _Format(dtype, bits_dtype, bits_dtype.size * 8, p, ebits, emin_sub, limbs, digits)
+
+
+def num_digits(dtype):
+    """J, the number of 32-bit digits of a state of `dtype` values (the state has J + 5)."""
+    return _format(dtype).digits
+
+
+# ----------------------------------------------------------------------------- decomposition
+
+def _decompose(x, fmt):
+    """Limbs [..., limbs] (int64), digit index [...] (int32) and slot class [...] of x.
+
+    Slot class: the digit index for finite values other than -0.0; J + c for
+    the counters (c = NaN, +inf, -inf, -0.0), whose limb 0 is 1.
+    """
+    bits = tf.bitcast(x, fmt.bits_dtype)
+    if fmt.width < 64:
+        bits = tf.cast(bits, tf.int32)
+        if fmt.width == 16:
+            bits = tf.bitwise.bitwise_and(bits, 0xFFFF)
+            neg = tf.bitwise.bitwise_and(bits, 0x8000) != 0
+            mag = tf.bitwise.bitwise_and(bits, 0x7FFF)
+        else:
+            neg = bits < 0
+            mag = tf.bitwise.bitwise_and(bits, 0x7FFFFFFF)
+    else:
+        neg = bits < 0
+        mag = tf.bitwise.bitwise_and(bits, tf.constant((1 << 63) - 1, tf.int64))
+    one = tf.ones([], mag.dtype)
+    fbits = fmt.p - 1
+    biased = tf.bitwise.right_shift(mag, tf.cast(fbits, mag.dtype))
+    frac = tf.bitwise.bitwise_and(mag, tf.constant((1 << fbits) - 1, mag.dtype))
+    emax_field = (1 << fmt.ebits) - 1
+    finite = biased < emax_field
+    normal = biased > 0
+    m = tf.where(normal, frac + tf.constant(1 << fbits, mag.dtype), frac)
+    pos = tf.maximum(biased, one) - one
+    j = tf.cast(tf.bitwise.right_shift(pos, tf.cast(5, pos.dtype)), tf.int32)
+    off = tf.cast(tf.bitwise.bitwise_and(pos, tf.cast(31, pos.dtype)), tf.int64)
+    m = tf.cast(tf.where(finite, m, tf.zeros_like(m)), tf.int64)
+    neg_zero = neg & tf.equal(mag, tf.zeros_like(mag))
+    mask = tf.constant(_MASK32, tf.int64)
+    s32 = tf.constant(32, tf.int64)
+    if fmt.limbs == 2:
+        v = tf.bitwise.left_shift(m, off)
+        v = tf.where(neg, -v, v)
+        limbs = [tf.bitwise.bitwise_and(v, mask), tf.bitwise.right_shift(v, s32)]
+    else:
+        a = tf.bitwise.left_shift(tf.bitwise.bitwise_and(m, mask), off)
+        b = tf.bitwise.left_shift(tf.bitwise.right_shift(m, s32), off)
+        a = tf.where(neg, -a, a)
+        b = tf.where(neg, -b, b)
+        mid = b + tf.bitwise.right_shift(a, s32)
+        limbs = [tf.bitwise.bitwise_and(a, mask), tf.bitwise.bitwise_and(mid, mask),
+                 tf.bitwise.right_shift(mid, s32)]
+    # counters: NaN, +inf, -inf, -0.0 go to slots J..J+3 with limb 0 = 1
+    is_nan = ~finite & tf.not_equal(frac, tf.zeros_like(frac))
+    is_inf = ~finite & tf.equal(frac, tf.zeros_like(frac))
+    J = fmt.digits
+    special = tf.where(is_nan, J + _NAN, tf.where(
+        is_inf & ~neg, J + _PINF, tf.where(is_inf, J + _NINF, J + _NEGZERO)))
+    is_special = ~finite | neg_zero
+    slot = tf.where(is_special, special, j)
+    limbs[0] = tf.where(is_special, tf.ones_like(limbs[0]), limbs[0])
+    return tf.stack(limbs, -1), slot
+
+
+# ----------------------------------------------------------------------------- states
+
+def _to_2d(x, axes):
+    """x as [outer, n] with the reduced axes last; and the output shapes (plain, keepdims)."""
+    if axes is None:
+        shape = tf.shape(x)
+        keep = tf.ones_like(shape)
+        return tf.reshape(x, [1, -1]), tf.zeros([0], tf.int32), keep
+    rank = x.shape.rank
+    kept = [i for i in range(rank) if i not in axes]
+    perm = kept + list(axes)
+    y = x if perm == list(range(rank)) else tf.transpose(x, perm)
+    static = x.shape.as_list()
+    shape = tf.shape(x)
+    dims = [static[i] if static[i] is not None else shape[i] for i in range(rank)]
+
+    def prod(ds):
+        out = 1
+        for d in ds:
+            out = out * d
+        return out
+
+    outer = prod([dims[i] for i in kept])
+    n = prod([dims[a] for a in axes])
+    y = tf.reshape(y, tf.stack([outer, n]) if any(isinstance(d, tf.Tensor) for d in (outer, n))
+                   else [outer, n])
+    plain = tf.stack([dims[i] for i in kept]) if kept else tf.zeros([0], tf.int32)
+    keep = tf.stack([1 if i in axes else dims[i] for i in range(rank)]) if rank else \
+        tf.zeros([0], tf.int32)
+    return y, tf.cast(plain, tf.int32), tf.cast(keep, tf.int32)
+
+
+def _accumulate(limbs, slot, group, num_groups, fmt):
+    """Scatter-add limbs into [num_groups, J + 4] digit/counter sums (rows with group < 0 dropped).
+
+    Limb l of a finite value goes to digit slot + l (one scatter of all limbs:
+    the accumulator needs J + 4 int64 per output, not (J + 4) * limbs).
+    """
+    width = fmt.digits + 4
+    ids = group * width + tf.cast(slot, group.dtype)
+    finite = tf.cast(slot < fmt.digits, group.dtype)  # counters: limbs 1.. are 0, kept in place
+    ids = tf.stack([ids + l * finite for l in range(fmt.limbs)], -1)
+    ids = tf.where((group < 0)[..., None], -tf.ones_like(ids), ids)
+    acc = tf.math.unsorted_segment_sum(tf.reshape(limbs, [-1]), tf.reshape(ids, [-1]),
+                                       num_groups * width)
+    return tf.reshape(acc, tf.stack([num_groups, width]) if isinstance(num_groups, tf.Tensor)
+                      else [num_groups, width])
+
+
+def _with_count(acc, count, fmt):
+    """[..., J + 4] sums and the term count -> a normalized state [..., J + 5]."""
+    count = tf.cast(count, tf.int64)
+    count = tf.broadcast_to(count, tf.shape(acc[..., 0]))
+    digits = _normalize(acc[..., :fmt.digits])
+    return tf.concat([digits, acc[..., fmt.digits:], count[..., None]], -1)
+
+
+def _sum_state_2d(x, axis):
+    """[outer, J + 5] states of x reduced over `axis`, and the plain and keepdims output shapes."""
+    fmt = _format(x.dtype)
+    y, plain, keep = _to_2d(x, None if axis is None else sorted(axis))
+    limbs, slot = _decompose(y, fmt)
+    static_outer = y.shape[0]
+    outer = static_outer if static_outer is not None else tf.shape(y)[0]
+    if static_outer == 1:
+        group = tf.zeros_like(slot)
+    else:
+        group = tf.broadcast_to(tf.range(outer, dtype=tf.int32)[:, None], tf.shape(slot))
+    acc = _accumulate(limbs, slot, group, outer, fmt)
+    return _with_count(acc, tf.shape(y)[1], fmt), plain, keep
+
+
+def sum_state(x, axis=None, keepdims=False):
+    """The exact state of ``reduce_sum(x, axis, keepdims)``: int64 ``out_shape + [J + 5]``.
+
+    Args:
+      x: a float16/bfloat16/float32/float64 tensor (up to 2**31 terms per output).
+      axis: None (all axes) or sorted, non-negative Python ints.
+      keepdims: keep reduced axes with length 1.
+
+    Returns:
+      The state; add states of parts with `combine_states`, round with
+      `state_to_sum` or `state_to_mean`.
+    """
+    state, plain, keep = _sum_state_2d(x, axis)
+    shape = keep if keepdims else plain
+    return tf.reshape(state, tf.concat([shape, [num_digits(x.dtype) + _NCOUNT]], 0))
+
+
+def combine_states(states, axis=None):
+    """Exact sum of states: a list of same-shape states, or one state tensor reduced over `axis`.
+
+    The digits of normalized states lie in ``[0, 2**32)``, so up to 2**31
+    states add without overflow; the sum is normalized again.
+
+    Args:
+      states: a list of states, or one int64 state tensor.
+      axis: with one tensor, the axes (not the last) to add over.
+
+    Returns:
+      The state of the union of the parts.
+    """
+    if isinstance(states, (list, tuple)):
+        total = tf.add_n(list(states)) if len(states) > 1 else states[0]
+    else:
+        total = tf.reduce_sum(states, axis=axis)
+    return normalize_state(total)
+
+
+def normalize_state(state):
+    """A state whose digits were added up, with its digits normalized again."""
+    j = state.shape[-1] - _NCOUNT
+    return tf.concat([_normalize(state[..., :j]), state[..., j:]], -1)
+
+
+def exact_segment_state(data, segment_ids, num_segments, counts):
+    """The state of each (segment, column) sum: ``[num_segments] + data.shape[ids.rank:] + [J+5]``.
+
+    Args:
+      data: float tensor whose leading dims match `segment_ids`.
+      segment_ids: int32/int64 ids; ids outside ``[0, num_segments)`` are dropped.
+      num_segments: int or scalar int tensor.
+      counts: the number of terms per segment, ``[num_segments]``.
+    """
+    fmt = _format(data.dtype)
+    ids_rank = segment_ids.shape.rank
+    static_inner = data.shape[ids_rank:].as_list()
+    inner = math.prod(static_inner) if None not in static_inner else tf.reduce_prod(
+        tf.shape(data)[ids_rank:])
+    y = tf.reshape(data, tf.stack([-1, inner]) if isinstance(inner, tf.Tensor) else [-1, inner])
+    ids = tf.reshape(segment_ids, [-1])
+    limbs, slot = _decompose(y, fmt)
+    big = not isinstance(inner, int) or not isinstance(num_segments, int) or \
+        num_segments * max(inner, 1) * (fmt.digits + 4) >= 2 ** 31
+    itype = tf.int64 if big else tf.int32
+    ids = tf.cast(ids, itype)
+    num = tf.cast(num_segments, itype) if isinstance(num_segments, tf.Tensor) else num_segments
+    valid = (ids >= 0) & (ids < num)
+    group = ids[:, None] * tf.cast(inner, itype) + tf.range(tf.cast(inner, itype), dtype=itype)
+    group = tf.where(valid[:, None], group, -tf.ones_like(group))
+    acc = _accumulate(limbs, slot, group, num * inner, fmt)
+    acc = tf.reshape(acc, tf.stack([tf.cast(num, tf.int64), tf.cast(inner, tf.int64),
+                                    tf.constant(fmt.digits + 4, tf.int64)]))
+    state = _with_count(acc, tf.cast(counts, tf.int64)[:, None], fmt)
+    out_shape = tf.concat([tf.reshape(tf.cast(num, tf.int32), [1]),
+                           tf.shape(data)[ids_rank:], [fmt.digits + _NCOUNT]], 0)
+    return tf.reshape(state, out_shape)
+
+
+# ----------------------------------------------------------------------------- normalization
+
+def _normalize(d):
+    """Carry-propagate [..., K] int64 digits (|d| < 2**62) to two's complement:
+    digits in [0, 2**32) with the top digit signed (and holding the carry)."""
+    cols = tf.unstack(d, axis=-1)
+    mask = tf.constant(_MASK32, tf.int64)
+    s32 = tf.constant(32, tf.int64)
+    out = []
+    carry = None
+    for k, c in enumerate(cols):
+        v = c if carry is None else c + carry
+        if k == len(cols) - 1:
+            out.append(v)
+        else:
+            out.append(tf.bitwise.bitwise_and(v, mask))
+            carry = tf.bitwise.right_shift(v, s32)
+    return tf.stack(out, -1)
+
+
+def _sign_magnitude(digits):
+    """Normalized two's complement digits -> (negative, magnitude digits in [0, 2**32))."""
+    neg = digits[..., -1] < 0
+    mag = tf.where(neg[..., None], _normalize(-digits), digits)
+    return neg, mag
+
+
+# ----------------------------------------------------------------------------- rounding
+
+def _bit_length(v):
+    """Bit length of int64 values in [1, 2**53): exact from the float64 exponent field."""
+    f = tf.bitcast(tf.cast(v, tf.float64), tf.int64)
+    return tf.bitwise.right_shift(f, tf.constant(52, tf.int64)) - 1022
+
+
+def _shift(v, s):
+    """v * 2**s for int64 v >= 0 and int64 shifts s of either sign (|s| < 63), truncating."""
+    zero = tf.zeros_like(s)
+    return tf.where(s >= 0, tf.bitwise.left_shift(v, tf.maximum(s, zero)),
+                    tf.bitwise.right_shift(v, tf.maximum(-s, zero)))
+
+
+def _round_bits(mag, base, sticky_in, fmt):
+    """Nearest-even rounding of sum_k mag_k 2**(32k + base) (+ a sticky bit below) to fmt.
+
+    Args:
+      mag: [..., K] int64 digits in [0, 2**32).
+      base: Python int, the exponent of digit 0's last bit.
+      sticky_in: [...] bool, a nonzero remainder below digit 0.
+
+    Returns:
+      [...] int64: the magnitude's bit pattern in fmt (inf where it overflows).
+    """
+    K = mag.shape[-1]
+    nz = tf.not_equal(mag, 0)
+    k = tf.range(K, dtype=tf.int64)
+    top = tf.reduce_max(tf.where(nz, k, -tf.ones_like(k)), -1)
+    low = tf.reduce_min(tf.where(nz, k, tf.fill(tf.shape(k), tf.constant(K, tf.int64))), -1)
+    zero = top < 0
+    t = tf.maximum(top, 0)
+    padded = tf.concat([tf.zeros_like(mag[..., :2]), mag], -1)  # digits -2, -1 are zero
+    d0 = tf.gather(padded, t + 2, batch_dims=mag.shape.rank - 1)
+    d1 = tf.gather(padded, t + 1, batch_dims=mag.shape.rank - 1)
+    d2 = tf.gather(padded, t, batch_dims=mag.shape.rank - 1)
+    bl = _bit_length(tf.maximum(d0, 1))
+    ksh = 62 - bl  # window: 62 bits, top bit at bit 61
+    s1 = ksh - 32
+    s2 = 64 - ksh
+    one = tf.constant(1, tf.int64)
+    w = (tf.bitwise.left_shift(d0, ksh) + _shift(d1, s1) + tf.bitwise.right_shift(d2, s2))
+    lost1 = tf.bitwise.bitwise_and(d1, tf.bitwise.left_shift(one, tf.maximum(-s1, 0)) - 1)
+    lost2 = tf.bitwise.bitwise_and(d2, tf.bitwise.left_shift(one, s2) - 1)
+    sticky = sticky_in | (low < t - 2) | (lost1 != 0) | (lost2 != 0)
+    e_top = 32 * t + base + bl - 1  # exponent of the top bit
+    p = fmt.p
+    lsb = tf.maximum(e_top - (p - 1), fmt.emin_sub)
+    drop = tf.minimum(lsb - (e_top - 61), 63)  # >= 62 - p >= 9
+    q = tf.bitwise.right_shift(w, drop)
+    rem = w - tf.bitwise.left_shift(q, drop)
+    half = tf.bitwise.left_shift(one, drop - 1)
+    odd = tf.bitwise.bitwise_and(q, one) != 0
+    up = (rem > half) | ((rem == half) & (sticky | odd))
+    q = q + tf.cast(up, tf.int64)
+    inf_bits = ((1 << fmt.ebits) - 1) << (p - 1)
+    exp_part = tf.minimum(lsb - fmt.emin_sub, (1 << fmt.ebits))  # no int64 overflow below
+    bits = tf.minimum(tf.bitwise.left_shift(exp_part, tf.constant(p - 1, tf.int64)) + q,
+                      tf.constant(inf_bits, tf.int64))
+    return tf.where(zero, tf.zeros_like(bits), bits)
+
+
+def _assemble(neg, mag_bits, counters, fmt, empty_bits=0):
+    """Bit patterns with sign and IEEE special cases -> tensor of fmt.dtype."""
+    p = fmt.p
+    inf_bits = ((1 << fmt.ebits) - 1) << (p - 1)
+    nan_bits = inf_bits | (1 << (p - 2))
+    n_nan, n_pinf, n_ninf, n_negzero, n = (counters[..., i] for i in range(_NCOUNT))
+    sign = neg
+    bits = mag_bits
+    all_negzero = (n > 0) & tf.equal(n_negzero, n)
+    sign = sign | all_negzero
+    is_nan = (n_nan > 0) | ((n_pinf > 0) & (n_ninf > 0))
+    bits = tf.where(n_ninf > 0, tf.fill(tf.shape(bits), tf.constant(inf_bits, tf.int64)), bits)
+    sign = tf.where(n_ninf > 0, tf.ones_like(sign), sign)
+    bits = tf.where(n_pinf > 0, tf.fill(tf.shape(bits), tf.constant(inf_bits, tf.int64)), bits)
+    sign = tf.where(n_pinf > 0, tf.zeros_like(sign), sign)
+    bits = tf.where(is_nan, tf.fill(tf.shape(bits), tf.constant(nan_bits, tf.int64)), bits)
+    sign = tf.where(is_nan, tf.zeros_like(sign), sign)
+    if empty_bits:
+        bits = tf.where(tf.equal(n, 0), tf.fill(tf.shape(bits), tf.constant(empty_bits, tf.int64)),
+                        bits)
+        sign = tf.where(tf.equal(n, 0), tf.zeros_like(sign), sign)
+    # the sign bit in the two's complement of the signed integer type of the width
+    signed = tf.where(sign, bits + tf.constant(-(1 << (fmt.width - 1)), tf.int64), bits)
+    return tf.bitcast(tf.cast(signed, fmt.bits_dtype), fmt.dtype)
+
+
+def state_to_sum(state, dtype):
+    """The correctly rounded sum of a `dtype` state (IEEE specials, -0.0 as IEEE addition).
+
+    Args:
+      state: int64 ``[..., J + 5]`` from `sum_state`/`combine_states`.
+      dtype: the dtype the state was made from (and the output dtype).
+    """
+    fmt = _format(dtype)
+    flat = tf.reshape(state, [-1, fmt.digits + _NCOUNT])
+    digits, counters = flat[:, :fmt.digits], flat[:, fmt.digits:]
+    neg, mag = _sign_magnitude(digits)
+    bits = _round_bits(mag, fmt.emin_sub, tf.zeros_like(neg), fmt)
+    return tf.reshape(_assemble(neg, bits, counters, fmt), tf.shape(state)[:-1])
+
+
+def _divide(mag, n):
+    """Long division of [..., K] 32-bit digits by n ([...], 1 <= n < 2**47), in 16-bit steps,
+    with two extra digits below: (quotient [..., K + 2], remainder != 0)."""
+    mask16 = tf.constant(0xFFFF, tf.int64)
+    s16 = tf.constant(16, tf.int64)
+    cols = tf.unstack(mag, axis=-1)
+    zero = tf.zeros_like(cols[0])
+    cols = [zero, zero] + cols
+    r = zero
+    q = []
+    for c in reversed(cols):  # most significant first
+        halves = []
+        for h in (tf.bitwise.right_shift(c, s16), tf.bitwise.bitwise_and(c, mask16)):
+            cur = tf.bitwise.left_shift(r, s16) + h
+            qh = tf.math.floordiv(cur, n)
+            r = cur - qh * n
+            halves.append(qh)
+        q.append(tf.bitwise.left_shift(halves[0], s16) + halves[1])
+    return tf.stack(q[::-1], -1), tf.not_equal(r, 0)
+
+
+def state_to_mean(state, dtype, empty="nan"):
+    """The correctly rounded mean (exact sum / count, rounded once) of a `dtype` state.
+
+    Args:
+      state: int64 ``[..., J + 5]``.
+      dtype: the dtype the state was made from.
+      empty: value for a state of no terms: "nan" (as `tf.reduce_mean`) or "zero"
+        (as `tf.math.segment_mean`).
+    """
+    fmt = _format(dtype)
+    flat = tf.reshape(state, [-1, fmt.digits + _NCOUNT])
+    digits, counters = flat[:, :fmt.digits], flat[:, fmt.digits:]
+    neg, mag = _sign_magnitude(digits)
+    n = tf.maximum(counters[..., _COUNT], 1)
+    quot, sticky = _divide(mag, n)
+    bits = _round_bits(quot, fmt.emin_sub - 64, sticky, fmt)
+    inf_bits = ((1 << fmt.ebits) - 1) << (fmt.p - 1)
+    empty_bits = (inf_bits | (1 << (fmt.p - 2))) if empty == "nan" else 0
+    return tf.reshape(_assemble(neg, bits, counters, fmt, empty_bits), tf.shape(state)[:-1])
+
+
+# ----------------------------------------------------------------------------- entry points
+
+def _check(x, op):
+    dtypes.check_floating(op, "input_tensor", x.dtype)
+
+
+def _broadcast_back(g, x, axis, keepdims):
+    """Upstream gradient of a reduction broadcast to x's shape."""
+    if not keepdims:
+        if axis is None:
+            g = tf.reshape(g, tf.ones_like(tf.shape(x)))
+        else:
+            shape = tf.tensor_scatter_nd_update(
+                tf.shape(x), [[a] for a in axis], tf.ones([len(axis)], tf.int32)) \
+                if axis else tf.shape(x)
+            g = tf.reshape(g, shape)
+    return tf.broadcast_to(g, tf.shape(x))
+
+
+def exact_reduce_sum(x, axis=None, keepdims=False):
+    """Correctly rounded sum of a float tensor over `axis` (sorted non-negative ints or None).
+
+    The exact sum of the inputs rounded once to x's dtype, so the bits
+    depend only on the multiset of values per output: not on order, shape,
+    device, thread count or compilation. Gradient: the upstream gradient
+    broadcast to x (as `tf.reduce_sum`). Empty reductions give +0.0.
+    """
+    _check(x, "exact_reduce_sum")
+
+    @tf.custom_gradient
+    def impl(v):
+        state, plain, keep = _sum_state_2d(v, axis)
+        out = tf.reshape(state_to_sum(state, v.dtype), keep if keepdims else plain)
+
+        def grad(g):
+            return _broadcast_back(g, v, axis, keepdims)
+
+        return out, grad
+
+    return impl(x)
+
+
+def exact_reduce_mean(x, axis=None, keepdims=False):
+    """Correctly rounded mean of a float tensor over `axis`: exact sum / count, rounded once.
+
+    Gradient: upstream / count broadcast to x, as `tf.reduce_mean`. Empty
+    reductions give NaN (as `tf.reduce_mean`).
+    """
+    _check(x, "exact_reduce_mean")
+
+    @tf.custom_gradient
+    def impl(v):
+        state, plain, keep = _sum_state_2d(v, axis)
+        out = tf.reshape(state_to_mean(state, v.dtype), keep if keepdims else plain)
+
+        def grad(g):
+            shape = tf.shape(v)
+            n = tf.reduce_prod(shape if axis is None else tf.gather(shape, list(axis)))
+            n = tf.cast(n, g.dtype)
+            return _broadcast_back(g / n, v, axis, keepdims)
+
+        return out, grad
+
+    return impl(x)
+
+
+def _prefix_states(y, fmt, exclusive, reverse):
+    """[outer, n] values -> [outer, n, J + 5] states of every prefix (exact int64 scans)."""
+    limbs, slot = _decompose(y, fmt)
+    width = fmt.digits + 4
+    dense = None
+    for l in range(fmt.limbs):  # limb l lands l digits up; counters have limbs 1.. zero
+        part = tf.one_hot(slot + l, width, dtype=tf.int64) * limbs[..., l:l + 1]
+        dense = part if dense is None else dense + part
+    dense = tf.cumsum(dense, axis=1, exclusive=exclusive, reverse=reverse)
+    ones = tf.ones_like(slot, tf.int64)
+    count = tf.cumsum(ones, axis=1, exclusive=exclusive, reverse=reverse)
+    digits = _normalize(dense[..., :fmt.digits])
+    return tf.concat([digits, dense[..., fmt.digits:], count[..., None]], -1)
+
+
+def exact_cumsum(x, axis, exclusive=False, reverse=False):
+    """Cumulative sum along `axis` (a non-negative int) with every prefix correctly rounded.
+
+    Each prefix's exact sum is an exact int64 scan of the per-element digits;
+    each is rounded once. Gradient: `exact_cumsum` of the upstream gradient
+    in the opposite direction (as `tf.cumsum`'s). Memory: J + 5 int64 per
+    element while it runs (J = `num_digits`: 4 for float16, 11 for bfloat16
+    and float32, 68 for float64).
+    """
+    _check(x, "exact_cumsum")
+    fmt = _format(x.dtype)
+
+    @tf.custom_gradient
+    def impl(v):
+        rank = v.shape.rank
+        perm = [i for i in range(rank) if i != axis] + [axis]
+        moved = v if perm == list(range(rank)) else tf.transpose(v, perm)
+        shape = tf.shape(moved)
+        y = tf.reshape(moved, tf.stack([-1, shape[-1]]))
+        states = _prefix_states(y, fmt, exclusive, reverse)
+        out = tf.reshape(state_to_sum(states, v.dtype), shape)
+        inv = [perm.index(i) for i in range(rank)]
+        out = out if perm == list(range(rank)) else tf.transpose(out, inv)
+
+        def grad(g):
+            return exact_cumsum(g, axis, exclusive=exclusive, reverse=not reverse)
+
+        return out, grad
+
+    return impl(x)
+
+
+def cross_replica_sum(x, axis=None, keepdims=False, replica_context=None):
+    """In a replica context: the correctly rounded sum over `axis` of x on all replicas together.
+
+    Each replica's exact state is all-reduced (int64 addition is exact and
+    associative), so the result is the same bits for any number of replicas
+    and any split of the global batch. `axis` as in `sum_state` (None: all).
+    """
+    ctx = replica_context or tf.distribute.get_replica_context()
+    state = sum_state(x, axis, keepdims)
+    total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, state)
+    return state_to_sum(normalize_state(total), x.dtype)
