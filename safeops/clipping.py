@@ -30,11 +30,16 @@ Non-finite inputs follow a policy, ``nonfinite=``:
   that holds a non-finite entry; the other slices are clipped as usual.
 """
 
+import functools
+
 import numpy as np
 import tensorflow as tf
 
-from safeops._dtypes import convert_to_floating, scalar_in
-from safeops.norms import _compute, _threshold
+from safeops._core import args
+from safeops._core.dtypes import limits, square_threshold, working_dtype
+from safeops._core.elementwise import MAX_SELECT_RANK
+from safeops._core.gradient import custom_gradient
+from safeops._core.registry import drop_in
 
 __all__ = ["clip_by_global_norm", "clip_by_norm"]
 
@@ -48,23 +53,23 @@ def _check_policy(op, nonfinite):
 
 
 def _clip_norm_tensor(op, clip_norm, dtype):
-    if isinstance(clip_norm, (int, float)) and not clip_norm >= 0:
-        raise ValueError(f"{op}: argument 'clip_norm' must be >= 0; got {clip_norm}")
-    # a Python float goes straight to float64 (tf.cast would round it to float32 first,
-    # clipping float64 tensors to a norm 1e-8 off)
-    return scalar_in(clip_norm, dtype)
+    # A Python float goes straight to float64 (tf.cast would round it to float32
+    # first, clipping float64 tensors to a norm 1e-8 off); tensors of any real
+    # dtype are cast, as TF does; a negative value raises (statically, else by
+    # an assert) where TF silently returns zeros.
+    return args.param(op, "clip_norm", clip_norm, dtype, "nonnegative", cast=True)
 
 
 def _tiny(dtype):
-    return float(np.finfo(dtype.as_numpy_dtype).tiny)
+    return limits(dtype).tiny
 
 
 def _fast_ok(ss, c):
     """Fast path: no square overflowed or mattered when underflowing, ``x * c`` cannot
     overflow where c < norm, and the scale c / norm is not subnormal."""
-    fi = np.finfo(ss.dtype.as_numpy_dtype)
-    return ((ss >= _threshold(ss.dtype)) & (ss <= float(fi.max) / 4)
-            & (c >= float(fi.tiny) * tf.sqrt(ss)))
+    lim = limits(ss.dtype)
+    return ((ss >= square_threshold(ss.dtype)) & (ss <= lim.max / 4)
+            & (c >= lim.tiny * tf.sqrt(ss)))
 
 
 def _pow2_floor(m):
@@ -128,44 +133,58 @@ def _norm_parts(x, axes, c):
     return ok, a, q, ss
 
 
+def _clip_forward(t, c, axes):
+    x = tf.cast(t, c.dtype)
+    ok, a, q, ss = _norm_parts(x, axes, c)
+    keep = a * q <= c  # not clipped; False for a NaN norm (NaN out, as TF)
+
+    def ours():
+        return tf.where(keep, x, _times_ratio(x, c, a, q))
+
+    def fast():
+        # a == 1. TF's (x * c) / norm, bit for bit, where x * c can neither
+        # overflow (_fast_ok) nor underflow while the result does not (c >= 1 or
+        # every norm >= 1); else x * (c / norm).
+        as_tf = (c >= 1) | (tf.reduce_min(ss) >= 1)
+        return tf.cond(as_tf, lambda: tf.where(keep, x, (x * c) / q), ours)
+
+    out = tf.cond(ok, fast, ours)
+    return tf.cast(out, t.dtype), (x, a, q, keep)
+
+
+def _clip_backward(g, t, c, x, a, q, keep, axes):
+    g = tf.cast(g, c.dtype)
+    # x / norm, 0 at the zero tensor. Not (x / a) / q: XLA folds that into x / (a * q),
+    # and a * q overflows when the norm does.
+    u = (x / a) * (1 / tf.where(q > 0, q, tf.ones_like(q)))
+    p = tf.reduce_sum(g * u, axis=axes, keepdims=True)
+    clipped = _times_ratio(g - u * p, c, a, q)  # (c / norm) (g - u <g, u>)
+    pos = tf.cast(c > 0, c.dtype)  # clip_norm 0: the output is 0, so is its gradient
+    gt = tf.where(keep, g * pos, clipped)
+    gc = tf.reduce_sum(tf.where(keep, tf.zeros_like(p), p))
+    return tf.cast(gt, t.dtype), gc
+
+
+@functools.lru_cache(maxsize=None)
+def _clip_op(axes):
+    return custom_gradient("ClipByNorm", functools.partial(_clip_forward, axes=axes),
+                           functools.partial(_clip_backward, axes=axes), saves=True,
+                           elementwise=False)
+
+
 def _clip_core(t, c, axes):
     """clip_by_norm of a (cleaned or not) tensor; c: scalar in the compute dtype."""
-
-    @tf.custom_gradient
-    def inner(t, c):
-        x = tf.cast(t, c.dtype)
-        ok, a, q, ss = _norm_parts(x, axes, c)
-        keep = a * q <= c  # not clipped; False for a NaN norm (NaN out, as TF)
-
-        def ours():
-            return tf.where(keep, x, _times_ratio(x, c, a, q))
-
-        def fast():
-            # a == 1. TF's (x * c) / norm, bit for bit, where x * c can neither
-            # overflow (_fast_ok) nor underflow while the result does not (c >= 1 or
-            # every norm >= 1); else x * (c / norm).
-            as_tf = (c >= 1) | (tf.reduce_min(ss) >= 1)
-            return tf.cond(as_tf, lambda: tf.where(keep, x, (x * c) / q), ours)
-
-        out = tf.cond(ok, fast, ours)
-
-        def grad(g):
-            g = tf.cast(g, c.dtype)
-            # x / norm, 0 at the zero tensor. Not (x / a) / q: XLA folds that into x / (a * q),
-            # and a * q overflows when the norm does.
-            u = (x / a) * (1 / tf.where(q > 0, q, tf.ones_like(q)))
-            p = tf.reduce_sum(g * u, axis=axes, keepdims=True)
-            clipped = _times_ratio(g - u * p, c, a, q)  # (c / norm) (g - u <g, u>)
-            pos = tf.cast(c > 0, c.dtype)  # clip_norm 0: the output is 0, so is its gradient
-            gt = tf.where(keep, g * pos, clipped)
-            gc = tf.reduce_sum(tf.where(keep, tf.zeros_like(p), p))
-            return tf.cast(gt, t.dtype), gc
-
-        return tf.cast(out, t.dtype), grad
-
-    return inner(t, c)
+    return _clip_op(None if axes is None else tuple(axes))(t, c)
 
 
+@drop_in("tf.clip_by_norm",
+         "the norm never overflows or underflows: finite inputs give the exact clipped "
+         "direction (TF: [0, 0] for [3e19, 4e19] in float32)",
+         "gradient written from the two-part norm: finite for finite inputs, the identity "
+         "at the zero tensor (TF: NaN for some clip norms)",
+         "a negative clip_norm raises ValueError (TF returns zeros)",
+         "any rank (TF's kernels stop at rank 8)",
+         "extra keyword argument nonfinite= ('propagate' as TF, 'zero', 'skip')")
 def clip_by_norm(t, clip_norm, axes=None, name=None, nonfinite="propagate"):
     """Clips `t` to a maximum L2 norm; drop-in for `tf.clip_by_norm`.
 
@@ -223,22 +242,47 @@ def clip_by_norm(t, clip_norm, axes=None, name=None, nonfinite="propagate"):
     op = "safeops.clip_by_norm"
     _check_policy(op, nonfinite)
     with tf.name_scope(name or "clip_by_norm"):
-        t = convert_to_floating(op, "t", t)
-        c = _clip_norm_tensor(op, clip_norm, _compute(t.dtype))
-        if axes is not None and not isinstance(axes, (list, tuple)):
-            axes = [axes]
-        axes = list(axes) if axes is not None else None
-        finite = None
-        if nonfinite != "propagate":
-            finite = tf.math.is_finite(t)
-            t_use = tf.where(finite, t, tf.zeros_like(t))
-        else:
-            t_use = t
-        out = _clip_core(t_use, c, axes)
-        if nonfinite == "skip":
-            ok = tf.reduce_all(finite, axis=axes, keepdims=True)
-            out = tf.where(ok, out, tf.zeros_like(out))
-        return out
+        if isinstance(t, tf.IndexedSlices):  # clipped through its values, as TF does
+            values = clip_by_norm(t.values, clip_norm, axes, None, nonfinite)
+            return tf.IndexedSlices(values, t.indices, t.dense_shape)
+        t = args.convert(op, "t", t)
+        c = _clip_norm_tensor(op, clip_norm, working_dtype(t.dtype))
+        if axes is not None:
+            axes = tf.get_static_value(axes) if tf.is_tensor(axes) else axes
+            axes = [int(a) for a in np.reshape(axes, [-1])]
+        rank = t.shape.rank
+        if rank is None and axes is None or rank is not None and rank > MAX_SELECT_RANK:
+            return _clip_high_rank(t, c, axes, nonfinite)
+        return _clip_by_norm(t, c, axes, nonfinite)
+
+
+def _clip_high_rank(t, c, axes, nonfinite):
+    """clip_by_norm beyond TF's rank-8 kernels: the norm axes moved last, as a matrix."""
+    shape = tf.shape(t)
+    if axes is None:
+        return tf.reshape(_clip_by_norm(tf.reshape(t, [-1]), c, None, nonfinite), shape)
+    rank = t.shape.rank
+    axes = sorted({a % rank for a in axes})
+    keep = [i for i in range(rank) if i not in axes]
+    perm = keep + axes
+    moved = tf.transpose(t, perm)
+    matrix = tf.reshape(moved, tf.stack([-1, tf.reduce_prod(tf.gather(shape, axes))]))
+    out = tf.reshape(_clip_by_norm(matrix, c, [1], nonfinite), tf.shape(moved))
+    return tf.transpose(out, np.argsort(perm))
+
+
+def _clip_by_norm(t, c, axes, nonfinite):
+    finite = None
+    if nonfinite != "propagate":
+        finite = tf.math.is_finite(t)
+        t_use = tf.where(finite, t, tf.zeros_like(t))
+    else:
+        t_use = t
+    out = _clip_core(t_use, c, axes)
+    if nonfinite == "skip":
+        ok = tf.reduce_all(finite, axis=axes, keepdims=True)
+        out = tf.where(ok, out, tf.zeros_like(out))
+    return out
 
 
 def _global_parts(xs, c):
@@ -255,49 +299,68 @@ def _global_parts(xs, c):
     return ok, a, q
 
 
-def _global_core(c, ts):
-    """(clipped list, global norm) of non-None tensors `ts`; c scalar in the compute dtype."""
+def _global_forward(c, *ts):
     dtype = c.dtype
-
-    @tf.custom_gradient
-    def inner(c, *ts):
-        xs = [tf.cast(t, dtype) for t in ts]
-        ok, a, q = _global_parts(xs, c)
-        n = a * q
-        keep = n <= c
-        # Fast path: TF's scale c * (1 / norm), bit for bit; scaled: (c / q) / a.
-        s = tf.where(keep, tf.ones_like(q), tf.where(ok, c * (1 / q), _div_pow2(c / q, a)))
-        s = tf.where(tf.math.is_finite(q), s, tf.constant(np.nan, dtype))  # TF: NaN for all
-        # One multiply per element (TF's cost) unless that scale is subnormal.
-        plain = keep | (s >= _tiny(dtype)) | tf.math.is_nan(s)
-        outs = tf.cond(plain, lambda: [x * s for x in xs],
-                       lambda: [_times_ratio(x, c, a, q) for x in xs])
-
-        def grad(*gs):
-            g_out, g_n = gs[:-1], gs[-1]
-            gs32 = [tf.zeros_like(x) if g is None else tf.cast(g, dtype)
-                    for g, x in zip(g_out, xs)]
-            g_n = tf.zeros([], dtype) if g_n is None else tf.cast(g_n, dtype)
-            qs = tf.where(q > 0, q, tf.ones_like(q))
-            us = [(x / a) * (1 / qs) for x in xs]  # x / norm (see _clip_core), 0 at zero
-
-            def unclipped():
-                pos = tf.cast(c > 0, dtype)  # clip_norm 0: outputs are 0, so are gradients
-                return [g * pos + g_n * u for g, u in zip(gs32, us)], tf.zeros([], dtype)
-
-            def clipped():
-                p = tf.add_n([tf.reduce_sum(g * u) for g, u in zip(gs32, us)])
-                return [_times_ratio(g - u * p, c, a, q) + g_n * u for g, u in zip(gs32, us)], p
-
-            gts, gc = tf.cond(keep, unclipped, clipped)
-            return [gc] + [tf.cast(g, t.dtype) for g, t in zip(gts, ts)]
-
-        return [tf.cast(o, t.dtype) for o, t in zip(outs, ts)] + [n], grad
-
-    res = inner(c, *ts)
-    return res[:-1], res[-1]
+    xs = [tf.cast(t, dtype) for t in ts]
+    ok, a, q = _global_parts(xs, c)
+    n = a * q
+    keep = n <= c
+    # Fast path: TF's scale c * (1 / norm), bit for bit; scaled: (c / q) / a.
+    s = tf.where(keep, tf.ones_like(q), tf.where(ok, c * (1 / q), _div_pow2(c / q, a)))
+    s = tf.where(tf.math.is_finite(q), s, tf.constant(np.nan, dtype))  # TF: NaN for all
+    # One multiply per element (TF's cost) unless that scale is subnormal.
+    plain = keep | (s >= _tiny(dtype)) | tf.math.is_nan(s)
+    outs = tf.cond(plain, lambda: [x * s for x in xs],
+                   lambda: [_times_ratio(x, c, a, q) for x in xs])
+    return [tf.cast(o, t.dtype) for o, t in zip(outs, ts)] + [n], (a, q, keep)
 
 
+def _global_backward(gs, c, *rest):
+    ts, (a, q, keep) = rest[:-3], rest[-3:]
+    dtype = c.dtype
+    xs = [tf.cast(t, dtype) for t in ts]
+    g_out, g_n = gs[:-1], gs[-1]
+    gs32 = [tf.zeros_like(x) if g is None else tf.cast(g, dtype) for g, x in zip(g_out, xs)]
+    g_n = tf.zeros([], dtype) if g_n is None else tf.cast(g_n, dtype)
+    qs = tf.where(q > 0, q, tf.ones_like(q))
+    us = [(x / a) * (1 / qs) for x in xs]  # x / norm (see _clip_backward), 0 at zero
+
+    def unclipped():
+        pos = tf.cast(c > 0, dtype)  # clip_norm 0: outputs are 0, so are gradients
+        return [g * pos + g_n * u for g, u in zip(gs32, us)], tf.zeros([], dtype)
+
+    def clipped():
+        p = tf.add_n([tf.reduce_sum(g * u) for g, u in zip(gs32, us)])
+        return [_times_ratio(g - u * p, c, a, q) + g_n * u for g, u in zip(gs32, us)], p
+
+    gts, gc = tf.cond(keep, unclipped, clipped)
+    return [gc] + [tf.cast(g, t.dtype) for g, t in zip(gts, ts)]
+
+
+_global_op = custom_gradient("ClipByGlobalNorm", _global_forward, _global_backward, saves=True,
+                             elementwise=False)
+
+
+def _global_core(c, ts):
+    """(clipped list, global norm) of non-None tensors `ts`; c scalar in the compute dtype.
+
+    Tensors of rank above 8 (or unknown rank) are clipped as vectors: TF's
+    select kernels stop at rank 8, and the global norm does not see shapes.
+    """
+    flat = [t.shape.rank is None or t.shape.rank > MAX_SELECT_RANK for t in ts]
+    shapes = [tf.shape(t) if f else None for t, f in zip(ts, flat)]
+    res = _global_op(c, *[tf.reshape(t, [-1]) if f else t for t, f in zip(ts, flat)])
+    outs = [tf.reshape(o, s) if f else o for o, s, f in zip(res[:-1], shapes, flat)]
+    return outs, res[-1]
+
+
+@drop_in("tf.clip_by_global_norm",
+         "the global norm never overflows or underflows (TF: NaN for [[3e19, 4e19]] in float32)",
+         "gradient written from the two-part norm: finite for finite inputs",
+         "a negative clip_norm raises ValueError",
+         "tensors of different floating dtypes are accepted (the norm in the first's working "
+         "dtype; TF raises)",
+         "extra keyword argument nonfinite= ('propagate' as TF, 'zero', 'skip')")
 def clip_by_global_norm(t_list, clip_norm, use_norm=None, name=None, nonfinite="propagate"):
     """Clips tensors by the ratio of the sum of their norms; drop-in for `tf.clip_by_global_norm`.
 
@@ -355,11 +418,14 @@ def clip_by_global_norm(t_list, clip_norm, use_norm=None, name=None, nonfinite="
         raise TypeError(f"{op}: argument 't_list' must be a list or tuple; got "
                         f"{type(t_list).__name__}")
     with tf.name_scope(name or "clip_by_global_norm"):
-        ts = [None if t is None else convert_to_floating(op, "t_list", t) for t in t_list]
+        # IndexedSlices are clipped through their values and rebuilt, as TF does
+        slices = [t if isinstance(t, tf.IndexedSlices) else None for t in t_list]
+        ts = [None if t is None else args.convert(op, "t_list", t.values if s is not None else t)
+              for t, s in zip(t_list, slices)]
         present = [t for t in ts if t is not None]
         if not present:
             return list(t_list), tf.constant(0.0)
-        dtype = _compute(present[0].dtype)
+        dtype = working_dtype(present[0].dtype)
         if nonfinite != "propagate":
             finite = [tf.math.is_finite(t) for t in present]
             all_ok = tf.reduce_all(tf.stack([tf.reduce_all(f) for f in finite]))
@@ -383,7 +449,10 @@ def clip_by_global_norm(t_list, clip_norm, use_norm=None, name=None, nonfinite="
         if nonfinite == "skip":
             outs = [tf.where(all_ok, o, tf.zeros_like(o)) for o in outs]
         it = iter(outs)
-        return [None if t is None else next(it) for t in ts], gn
+        res = [None if t is None else next(it) for t in ts]
+        res = [r if s is None else tf.IndexedSlices(r, s.indices, s.dense_shape)
+               for r, s in zip(res, slices)]
+        return res, gn
 
 
 def _clip_gradients(grads, clipnorm=None, global_clipnorm=None, nonfinite="propagate"):

@@ -20,54 +20,40 @@ would round to 0, is raised to it):
 
 import tensorflow as tf
 
-from safeops._dtypes import accumulation_dtype, convert_to_floating
-from safeops.eft import _prod_dw, _two_sum
-from safeops._guards import (_convert_pair, _finfo, _fused, _is_negative, _reduce_to,
-                             _scalar_param, _with_deps)
+from safeops._core import args
+from safeops._core.dtypes import accumulation_dtype, limits
+from safeops._core.eft import prod_dw, two_sum
+from safeops._core.elementwise import is_negative, saturate
+from safeops._core.gradient import custom_gradient
+from safeops._core.registry import drop_in, new
 
 __all__ = ["divide_no_nan", "relative_error", "safe_divide", "safe_reciprocal"]
 
 
 def _eps_param(op, eps, dtype):
     """The floor as a `dtype` tensor, never below the smallest normal number
-    (a 1e-8 given for float16 would otherwise round to 0)."""
-    tiny = _finfo(dtype)[1]
+    (a 1e-8 given for float16 would otherwise round to 0). A tensor `eps` is
+    checked like a number: > 0 (statically, else by an assert)."""
+    tiny = limits(dtype).tiny
     if eps is None:
-        return tf.constant(tiny, dtype), []
-    if not tf.is_tensor(eps):
-        try:
-            value = float(eps)
-        except (TypeError, ValueError):
-            raise TypeError(
-                f"{op}: argument 'eps' must be a positive number; got {eps!r}") from None
-        if not value > 0:
-            raise ValueError(f"{op}: argument 'eps' must be > 0; got {eps}")
-    eps, deps = _scalar_param(op, "eps", eps, dtype, lambda v: v >= 0, "must be > 0")
-    if deps:
-        deps = [tf.debugging.Assert(tf.reduce_all(eps > 0),
-                                    [f"{op}: argument 'eps' must be > 0", eps])]
-    return tf.maximum(eps, tf.constant(tiny, dtype)), deps
-
-
-def _saturate(t, big):
-    """Clamp to [-big, big]; NaN stays NaN (TF's min/max propagate NaN)."""
-    return tf.clip_by_value(t, -big, big)
+        return tf.constant(tiny, dtype)
+    return tf.maximum(args.param(op, "eps", eps, dtype, "positive"), tiny)
 
 
 def _floored(y, eps):
     """``sign(y) * max(|y|, eps)`` with sign(+-0) = +; NaN stays NaN."""
-    return tf.where(_is_negative(y), tf.minimum(y, -eps), tf.maximum(y, eps))
+    return tf.where(is_negative(y), tf.minimum(y, -eps), tf.maximum(y, eps))
 
 
-def _sd_forward(x, y, eps, big):
-    return _saturate(x / _floored(y, eps), big)
+def _sd_forward(x, y, eps):
+    return saturate(x / _floored(y, eps))
 
 
-def _sd_backward(g, x, y, eps, big):
+def _sd_backward(g, x, y, eps):
     # Recomputes d and q from x, y (cheap inside a fused loop) instead of
     # reading the stored q.
     d = _floored(y, eps)
-    gx = _saturate(g / d, big)
+    gx = saturate(g / d)
     # gy = -(gx * q), computed from ngx = -gx and nq = -q (bit for bit: negation
     # is exact and the clamp symmetric). Spelled with (-g) / d and (-x) / d so
     # that XLA cannot common up these divisions with g / d above and x / d of
@@ -77,32 +63,16 @@ def _sd_backward(g, x, y, eps, big):
     # x / y; 4M float32 fwd+bwd on CPU). Where |y| < eps the denominator is
     # the constant +-eps: d/dy = 0. ngx and nq are finite, so their product
     # is never 0 * inf.
-    ngx = _saturate((-g) / d, big)
-    nq = _saturate((-x) / d, big)
+    ngx = saturate((-g) / d)
+    nq = saturate((-x) / d)
     gy = tf.where(tf.equal(d, y), -(ngx * nq), tf.zeros_like(gx))
-    return gx, _saturate(gy, big)
+    return gx, saturate(gy)
 
 
-_sd_forward_fused = _fused(_sd_forward)
-_sd_backward_fused = _fused(_sd_backward)
+_safe_divide = custom_gradient("SafeDivide", _sd_forward, _sd_backward, n_inputs=2, fuse=True)
 
 
-def _safe_divide(x, y, eps):
-    big = tf.constant(_finfo(x.dtype)[0], x.dtype)
-
-    @tf.custom_gradient
-    def fwd(x, y):
-        q = _sd_forward_fused(x, y, eps, big)
-
-        def grad(g):
-            gx, gy = _sd_backward_fused(g, x, y, eps, big)
-            return _reduce_to(gx, x), _reduce_to(gy, y)
-
-        return q, grad
-
-    return fwd(x, y)
-
-
+@new("x / y with |y| floored at eps (default: smallest normal); finite for finite inputs")
 def safe_divide(x, y, eps=None, name=None):
     """Computes ``x / y`` with the denominator's magnitude floored at `eps`.
 
@@ -155,11 +125,11 @@ def safe_divide(x, y, eps=None, name=None):
     """
     op = "safeops.safe_divide"
     with tf.name_scope(name or "safe_divide"):
-        x, y = _convert_pair(op, ("x", "y"), x, y)
-        eps, deps = _eps_param(op, eps, x.dtype)
-        return _with_deps(deps, _safe_divide(x, y, eps))
+        x, y = args.convert_n(op, ("x", "y"), (x, y))
+        return _safe_divide(x, y, _eps_param(op, eps, x.dtype))
 
 
+@new("1 / y with |y| floored at eps; 0 gradient where the floor is active")
 def safe_reciprocal(y, eps=None, name=None):
     """Computes ``1 / y`` with ``|y|`` floored at `eps`; replaces `tf.math.reciprocal`.
 
@@ -191,11 +161,15 @@ def safe_reciprocal(y, eps=None, name=None):
     """
     op = "safeops.safe_reciprocal"
     with tf.name_scope(name or "safe_reciprocal"):
-        y = convert_to_floating(op, "y", y)
-        eps, deps = _eps_param(op, eps, y.dtype)
-        return _with_deps(deps, _safe_divide(tf.ones_like(y), y, eps))
+        y = args.convert(op, "y", y)
+        return _safe_divide(tf.ones_like(y), y, _eps_param(op, eps, y.dtype))
 
 
+@drop_in("tf.math.divide_no_nan",
+         "gradient exactly 0 where y == 0 and never NaN for non-NaN inputs (TF: 0 * inf = NaN "
+         "where x / y**2 overflows)",
+         "complex inputs: real and imaginary parts each within ~1 ulp (no cancellation, "
+         "overflow or underflow in the intermediate products)")
 def divide_no_nan(x, y, name=None):
     """Computes ``x / y``, 0 where ``y == 0``; drop-in for `tf.math.divide_no_nan`.
 
@@ -232,25 +206,122 @@ def divide_no_nan(x, y, name=None):
     """
     op = "safeops.divide_no_nan"
     with tf.name_scope(name or "divide_no_nan"):
-        x, y = _convert_pair(op, ("x", "y"), x, y)
+        composite = (tf.RaggedTensor,)
+        x, y = args.convert_n(op, ("x", "y"), (x, y), allowed=None, composite=composite,
+                              mismatch=TypeError)
+        if not (x.dtype.is_floating or x.dtype.is_complex):
+            return tf.math.divide_no_nan(x, y)  # integers: TF's float result; bool: TF's error
+        fn = _divide_no_nan if x.dtype.is_floating else _complex_divide_no_nan
+        if isinstance(x, tf.RaggedTensor) or isinstance(y, tf.RaggedTensor):
+            # TF's ragged broadcasting (multiplying by ones is exact), then the flat values
+            x, y = x * tf.ones_like(y), y * tf.ones_like(x)
+            return tf.ragged.map_flat_values(fn, x, y)
+        return fn(x, y)
 
-        @tf.custom_gradient
-        def fwd(x, y):
-            zero = tf.equal(y, 0)
-            q = tf.math.divide_no_nan(x, y)
 
-            def grad(g):
-                gx = tf.where(zero, tf.zeros_like(g), g / y)
-                # g == 0 gives exactly 0, also where x / y overflows (TF: 0 * inf = NaN);
-                # q == 0 (x = 0, or |x / y| below the dtype's range) too, also where
-                # g / y overflows (float16 subnormal y): the exact -q / y is (almost) 0.
-                skip = tf.logical_or(tf.logical_or(zero, tf.equal(g, 0)), tf.equal(q, 0))
-                gy = tf.where(skip, tf.zeros_like(g), -(gx * q))
-                return _reduce_to(gx, x), _reduce_to(gy, y)
+def _dnn_forward(x, y):
+    q = tf.math.divide_no_nan(x, y)
+    return q, (q,)
 
-            return q, grad
 
-        return fwd(x, y)
+def _dnn_backward(g, x, y, q):
+    zero = tf.equal(y, 0)
+    gx = tf.where(zero, tf.zeros_like(g), g / y)
+    # g == 0 gives exactly 0, also where x / y overflows (TF: 0 * inf = NaN);
+    # q == 0 (x = 0, or |x / y| below the dtype's range) too, also where
+    # g / y overflows (float16 subnormal y): the exact -q / y is (almost) 0.
+    skip = tf.logical_or(tf.logical_or(zero, tf.equal(g, 0)), tf.equal(q, 0))
+    gy = tf.where(skip, tf.zeros_like(g), -(gx * q))
+    return gx, gy
+
+
+_divide_no_nan = custom_gradient("DivNoNan", _dnn_forward, _dnn_backward, saves=True)
+
+
+def _pow2_exponent(m):
+    """The unbiased exponent of positive normal float64 `m` (int64), from its bits."""
+    return tf.bitwise.right_shift(tf.bitcast(m, tf.int64), 52) - 1023
+
+
+def _pow2(k):
+    """2**k as float64 for integer k in [-1022, 1023] (exact, from the bits)."""
+    return tf.bitcast(tf.bitwise.left_shift(k + 1023, 52), tf.float64)
+
+
+def _div_dd(nh, nl, dh, dl):
+    """(nh + nl) / (dh + dl) to about 2**-104 relative: one Newton step in double-double."""
+    q = nh / dh
+    p, pe = prod_dw(q, dh)
+    r = (((nh - p) - pe) + nl - q * dl) / dh
+    return q + r
+
+
+def _complex128_parts(a, b, c, d):
+    """Real and imaginary parts of (a + ib) / (c + id), each to ~1 ulp (float64).
+
+    Both operands are scaled by powers of two (exact) so that the products
+    cannot overflow or underflow; ``a c + b d``, ``b c - a d`` and ``c**2 +
+    d**2`` are formed as double-doubles from exact products (no cancellation
+    error), divided in double-double and scaled back in three exact steps.
+    """
+    big = tf.constant(2.0**-600, tf.float64)
+    ms = tf.maximum(tf.maximum(tf.abs(c), tf.abs(d)), big)
+    mt = tf.maximum(tf.maximum(tf.abs(a), tf.abs(b)), big)
+    ks, kt = _pow2_exponent(ms), _pow2_exponent(mt)
+    c, d = c * _pow2(-ks), d * _pow2(-ks)
+    a, b = a * _pow2(-kt), b * _pow2(-kt)
+    c2, c2e = prod_dw(c, c)
+    d2, d2e = prod_dw(d, d)
+    dh, dl = two_sum(c2, d2)
+    dl = dl + (c2e + d2e)
+
+    def num(p1, p2):
+        h1, e1 = prod_dw(*p1)
+        h2, e2 = prod_dw(*p2)
+        h, l = two_sum(h1, h2)
+        return h, l + (e1 + e2)
+
+    re = _div_dd(*num((a, c), (b, d)), dh, dl)
+    im = _div_dd(*num((b, c), (-a, d)), dh, dl)
+    k = kt - ks  # |k| <= 2 * 1623: applied in three exact steps
+    k1 = k // 3
+    k2 = (k - k1) // 2
+    k3 = k - k1 - k2
+    scale = [_pow2(tf.clip_by_value(j, -1022, 1023)) for j in (k1, k2, k3)]
+    return [((v * scale[0]) * scale[1]) * scale[2] for v in (re, im)]
+
+
+def _complex_forward(x, y):
+    zero = tf.equal(y, 0)
+    if x.dtype == tf.complex64:
+        # float32 parts in float64: the products are exact, each sum rounds once
+        a, b = tf.cast(tf.math.real(x), tf.float64), tf.cast(tf.math.imag(x), tf.float64)
+        c, d = tf.cast(tf.math.real(y), tf.float64), tf.cast(tf.math.imag(y), tf.float64)
+        den = c * c + d * d
+        re, im = (a * c + b * d) / den, (b * c - a * d) / den
+        q = tf.complex(tf.cast(re, tf.float32), tf.cast(im, tf.float32))
+        finite = tf.math.is_finite(den)
+    else:
+        a, b, c, d = tf.math.real(x), tf.math.imag(x), tf.math.real(y), tf.math.imag(y)
+        finite = tf.reduce_all(tf.math.is_finite(tf.stack([a, b, c, d])), axis=0)
+        ok = tf.logical_and(finite, tf.logical_not(zero))
+        one = tf.ones_like(a)
+        re, im = _complex128_parts(*[tf.where(ok, v, one) for v in (a, b, c, d)])
+        q = tf.complex(re, im)
+    # non-finite parts: TF's quotient (inf and NaN as TF gives them); 0 where y == 0
+    q = tf.where(finite, q, x / tf.where(zero, tf.ones_like(y), y))
+    return tf.where(zero, tf.zeros_like(q), q)
+
+
+def _complex_backward(g, x, y):
+    # TF's gradient of DivNoNan for complex inputs (conjugated quotient rule)
+    xc, yc = tf.math.conj(x), tf.math.conj(y)
+    gx = tf.math.divide_no_nan(g, yc)
+    gy = g * tf.math.divide_no_nan(tf.math.divide_no_nan(-xc, yc), yc)
+    return gx, gy
+
+
+_complex_divide_no_nan = custom_gradient("ComplexDivNoNan", _complex_forward, _complex_backward)
 
 
 def _relative_error(t, p, eps, native):
@@ -262,29 +333,30 @@ def _relative_error(t, p, eps, native):
         # difference of two values of half the precision rounds once (<= 2**-53
         # relative), the quotient once more: no TwoSum needed for the 1 ulp bound.
         return tf.abs(t - p) / den
-    s, e = _two_sum(t, -p)
+    s, e = two_sum(t, -p)
     num = tf.abs(s)
     e = tf.where(s < 0, -e, e)  # |s + e| = |s| + sign(s) e (|e| <= ulp(s)/2)
     q = num / den
     # One Newton correction in double-double: q + (num + e - q*den) / den, with q*den
     # from exact partial products (XLA's FMA contraction cannot change them).
-    ph, pl = _prod_dw(q, den)
+    ph, pl = prod_dw(q, den)
     corr = (((num - ph) - pl) + e) / den
     q = tf.where(tf.math.is_finite(corr), q + corr, q)
     return q
 
 
-def _re_forward(t, p, eps, big):
+def _re_forward(t, p, eps):
     work = accumulation_dtype(t.dtype)
     q = _relative_error(tf.cast(t, work), tf.cast(p, work), tf.cast(eps, work),
                         native=t.dtype == tf.float64)
-    return tf.cast(tf.minimum(q, tf.cast(big, work)), t.dtype)  # q >= 0; NaN stays NaN
+    big = tf.constant(limits(t.dtype).max, work)
+    return tf.cast(tf.minimum(q, big), t.dtype)  # q >= 0; NaN stays NaN
 
 
-def _re_backward(g, t, p, eps, big):
+def _re_backward(g, t, p, eps):
     work = accumulation_dtype(t.dtype)
     tw, pw, ew = tf.cast(t, work), tf.cast(p, work), tf.cast(eps, work)
-    bw = tf.cast(big, work)
+    bw = tf.constant(limits(t.dtype).max, work)
     den = tf.maximum(tf.abs(tw), ew)
     d = tw - pw
     gd = tf.cast(g, work) / den
@@ -298,10 +370,11 @@ def _re_backward(g, t, p, eps, big):
     return tf.cast(gt, t.dtype), tf.cast(gp, t.dtype)
 
 
-_re_forward_fused = _fused(_re_forward)
-_re_backward_fused = _fused(_re_backward)
+_relative_error_op = custom_gradient("RelativeError", _re_forward, _re_backward, n_inputs=2,
+                                     fuse=True)
 
 
+@new("|y_true - y_pred| / max(|y_true|, eps) within 1 ulp; finite for finite inputs")
 def relative_error(y_true, y_pred, eps=None, name=None):
     """Computes ``|y_true - y_pred| / max(|y_true|, eps)`` elementwise, stably.
 
@@ -345,19 +418,5 @@ def relative_error(y_true, y_pred, eps=None, name=None):
     """
     op = "safeops.relative_error"
     with tf.name_scope(name or "relative_error"):
-        y_true, y_pred = _convert_pair(op, ("y_true", "y_pred"), y_true, y_pred)
-        dtype = y_true.dtype
-        eps, deps = _eps_param(op, eps, dtype)
-        big = tf.constant(_finfo(dtype)[0], dtype)
-
-        @tf.custom_gradient
-        def fwd(t, p):
-            out = _re_forward_fused(t, p, eps, big)
-
-            def grad(g):
-                gt, gp = _re_backward_fused(g, t, p, eps, big)
-                return _reduce_to(gt, t), _reduce_to(gp, p)
-
-            return out, grad
-
-        return _with_deps(deps, fwd(y_true, y_pred))
+        y_true, y_pred = args.convert_n(op, ("y_true", "y_pred"), (y_true, y_pred))
+        return _relative_error_op(y_true, y_pred, _eps_param(op, eps, y_true.dtype))

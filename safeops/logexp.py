@@ -23,7 +23,11 @@ import math
 
 import tensorflow as tf
 
-from safeops._specialfn import binary_inputs, compute_dtype, convert, saturate
+from safeops._core import args
+from safeops._core.eft import two_sum
+from safeops._core.elementwise import map_values, native, saturate, up
+from safeops._core.gradient import custom_gradient
+from safeops._core.registry import drop_in, new
 
 __all__ = [
     "log1mexp",
@@ -42,13 +46,12 @@ _LN2_HI = 6.93147180369123816490e-01
 _LN2_LO = 1.90821492927058770002e-10
 
 
-def _up(x):
-    return tf.cast(x, compute_dtype(x.dtype))
+def _unary(op, arg, x, allowed_composite=()):
+    return args.convert(f"safeops.{op}", arg, x, composite=allowed_composite)
 
 
-def _native(x):
-    """float16/bfloat16 -> float32; float32/float64 stay (formula accurate in-precision)."""
-    return tf.cast(x, tf.float32) if x.dtype in (tf.float16, tf.bfloat16) else x
+def _binary(op, x, y):
+    return args.convert_n(f"safeops.{op}", ("x", "y"), (x, y))
 
 
 def _sigmoid(c, e=None):
@@ -62,17 +65,14 @@ def _sigmoid(c, e=None):
 
 
 def _two_diff(x, y):
-    """(d, e) with d = fl(x - y) and d + e = x - y exactly (Knuth's TwoSum).
+    """(d, e) with d = fl(x - y) and d + e = x - y exactly (TwoSum of x and -y).
 
     Used for float64 only: exp(-d) amplifies the rounding error of d (up to
     0.5 ulp of |x - y|, i.e. several ulp of the result for |x - y| ~ 10); the
     correction term e restores it. (float32 inputs are differenced in float64,
     where the rounding error is negligible at float32 precision.)
     """
-    d = x - y
-    yv = x - d
-    e = (x - (d + yv)) + (yv - y)
-    return d, e
+    return two_sum(x, -y)
 
 
 def _log1mexp_c(a, parts=False):
@@ -85,6 +85,7 @@ def _log1mexp_c(a, parts=False):
     return (out, em, ex) if parts else out
 
 
+@new("log(1 - exp(-|x|)) by Maechler's switch; the naive form is -inf for tiny |x|")
 def log1mexp(x, name=None):
     """Computes ``log(1 - exp(-|x|))`` without cancellation (new op; no TF equivalent).
 
@@ -116,22 +117,24 @@ def log1mexp(x, name=None):
       -18.420681
     """
     with tf.name_scope(name or "log1mexp"):
-        return _log1mexp(convert("safeops.log1mexp", "x", x))
+        return _log1mexp(_unary("log1mexp", "x", x))
 
 
-@tf.custom_gradient
-def _log1mexp(x):
-    c = _native(x)
+def _log1mexp_forward(x):
+    return tf.cast(_log1mexp_c(tf.abs(native(x))), x.dtype)
+
+
+def _log1mexp_backward(g, x):
+    c = native(x)
     a = tf.abs(c)
-    y = _log1mexp_c(a)
-
-    def grad(g):
-        d = tf.where(a == 0, tf.zeros_like(c), tf.sign(c) / tf.math.expm1(a))
-        return g * tf.cast(saturate(d, x.dtype), x.dtype)
-
-    return tf.cast(y, x.dtype), grad
+    d = tf.where(a == 0, tf.zeros_like(c), tf.sign(c) / tf.math.expm1(a))
+    return g * tf.cast(saturate(d, x.dtype), x.dtype)
 
 
+_log1mexp = custom_gradient("Log1mexp", _log1mexp_forward, _log1mexp_backward)
+
+
+@new("as numpy.logaddexp / tfp.math.log_add_exp; float32 correctly rounded (computed in float64)")
 def logaddexp(x, y, name=None):
     """Computes ``log(exp(x) + exp(y))`` without overflow (new op; as `numpy.logaddexp`).
 
@@ -166,15 +169,14 @@ def logaddexp(x, y, name=None):
       1000.6932
     """
     with tf.name_scope(name or "logaddexp"):
-        x, y = binary_inputs("safeops.logaddexp", x, y)
+        x, y = _binary("logaddexp", x, y)
         return _logaddexp(x, y)
 
 
-@tf.custom_gradient
-def _logaddexp(x, y):
-    cx, cy = _up(x), _up(y)
+def _logaddexp_forward(x, y):
+    cx, cy = up(x), up(y)
+    eq = tf.equal(cx, cy)
     if x.dtype == tf.float64:
-        eq = tf.equal(cx, cy)
         d, e = _two_diff(cx, cy)
         s = tf.where(d < 0, -tf.ones_like(d), tf.ones_like(d))
         ed = tf.exp(-s * d) * (1.0 - s * e)  # exp(-|x - y|) with the exact difference
@@ -184,37 +186,32 @@ def _logaddexp(x, y):
         # x == y: ed = 1 exactly (and 0.5 / 0.5 gradients below); equal
         # infinities (inf - inf = NaN) are sent to that case too
         ad = tf.abs(cx - cy)
-        ed = tf.exp(-tf.where(tf.equal(cx, cy), tf.constant(0, cx.dtype), ad))
+        ed = tf.exp(-tf.where(eq, tf.constant(0, cx.dtype), ad))
         out = tf.maximum(cx, cy) + tf.math.log1p(ed)
-
-    def grad(g):
-        # sigmoid(x - y) and sigmoid(y - x) from the forward's ed = exp(-|x - y|)
-        # (float64: with the exact difference, else exp(-|d|) is off by ~|d|/2 ulp)
-        # float32 and lower: in the input precision from ed rounded once
-        # (1/(1 + e): <= 1.5 ulp, e/(1 + e): <= 2.5 ulp; the bound is 4 ulp)
-        e32 = ed if x.dtype == tf.float64 else tf.cast(ed, x.dtype)
-        big = 1.0 / (1.0 + e32)
-        small = e32 * big
-        pos = x >= y
-        gx = tf.where(pos, big, small)
-        gy = tf.where(pos, small, big)
-        if x.dtype == tf.float64:
-            half = tf.constant(0.5, cx.dtype)
-            gx, gy = tf.where(eq, half, gx), tf.where(eq, half, gy)
-        return _unbroadcast(g * gx, x), _unbroadcast(g * gy, y)
-
-    return tf.cast(out, x.dtype), grad
+    return tf.cast(out, x.dtype), (ed, eq)
 
 
-def _unbroadcast(g, x):
-    """Sum `g` down to x's shape (gradients of broadcast binary ops)."""
-    if g.shape.is_fully_defined() and g.shape == x.shape:
-        return g
-    xs = tf.shape(x)
-    rx, _ = tf.raw_ops.BroadcastGradientArgs(s0=xs, s1=tf.shape(g))
-    return tf.reshape(tf.reduce_sum(g, axis=rx), xs)
+def _logaddexp_backward(g, x, y, ed, eq):
+    # sigmoid(x - y) and sigmoid(y - x) from the forward's ed = exp(-|x - y|)
+    # (float64: with the exact difference, else exp(-|d|) is off by ~|d|/2 ulp)
+    # float32 and lower: in the input precision from ed rounded once
+    # (1/(1 + e): <= 1.5 ulp, e/(1 + e): <= 2.5 ulp; the bound is 4 ulp)
+    e32 = ed if x.dtype == tf.float64 else tf.cast(ed, x.dtype)
+    big = 1.0 / (1.0 + e32)
+    small = e32 * big
+    pos = x >= y
+    gx = tf.where(pos, big, small)
+    gy = tf.where(pos, small, big)
+    if x.dtype == tf.float64:
+        half = tf.constant(0.5, x.dtype)
+        gx, gy = tf.where(eq, half, gx), tf.where(eq, half, gy)
+    return g * gx, g * gy
 
 
+_logaddexp = custom_gradient("Logaddexp", _logaddexp_forward, _logaddexp_backward, saves=True)
+
+
+@new("as tfp.math.log_sub_exp; no overflow, -inf at x == y, NaN for x < y")
 def logsubexp(x, y, name=None):
     """Computes ``log(exp(x) - exp(y))`` for x >= y without overflow (new op).
 
@@ -249,16 +246,16 @@ def logsubexp(x, y, name=None):
       999.5413
     """
     with tf.name_scope(name or "logsubexp"):
-        x, y = binary_inputs("safeops.logsubexp", x, y)
+        x, y = _binary("logsubexp", x, y)
         return _logsubexp(x, y)
 
 
-@tf.custom_gradient
-def _logsubexp(x, y):
-    cx, cy = _up(x), _up(y)
+def _logsubexp_forward(x, y):
+    cx, cy = up(x), up(y)
     d = cx - cy
     nan = tf.constant(float("nan"), cx.dtype)
     lme, em, ex = _log1mexp_c(tf.abs(d), parts=True)
+    e = tf.zeros_like(d)
     if x.dtype == tf.float64:  # first-order correction for the rounding of x - y
         _, e = _two_diff(cx, cy)
         corr = e / tf.math.expm1(tf.abs(d))
@@ -277,31 +274,40 @@ def _logsubexp(x, y):
         near = (tf.abs(a1) < 0.5) & (tf.abs(a2) < 0.5) & (d > 0)
         out = tf.where(near, tf.math.log1p(u), out)
     out = tf.where(tf.math.is_inf(cy) & (cy < 0), cx, out)
-
-    def grad(g):
-        ninf = tf.math.is_inf(cy) & (cy < 0)
-        # from the forward's em = expm1(-|d|), ex = exp(-|d|) (d >= 0 in the
-        # domain): -1/expm1(-d) = -1/em and -1/expm1(d) = ex/em; no new exp
-        gx = -1.0 / em
-        gy = ex / em
-        if x.dtype == tf.float64:
-            # first-order correction for the rounding of d = x - y (d + e exact):
-            # exp(+-d) amplifies it to ~|d| / 2 ulp (250 ulp at |d| ~ 500).
-            # 1/expm1(d + e) = (1/expm1(d)) (1 - e (1 + 1/expm1(d))), and the same
-            # for -d; NaN/inf corrections (d = 0, infinite inputs) keep gx, gy.
-            cgx = gx * (1.0 - e * (gx - 1.0))
-            cgy = gy * (1.0 - e * (1.0 - gy))
-            gx = tf.where(tf.math.is_finite(cgx), cgx, gx)
-            gy = tf.where(tf.math.is_finite(cgy), cgy, gy)
-        gx = tf.where(ninf, tf.ones_like(cx), gx)
-        gy = tf.where(ninf, tf.zeros_like(cx), gy)
-        gx = tf.cast(saturate(gx, x.dtype), x.dtype)
-        gy = tf.cast(saturate(gy, y.dtype), y.dtype)
-        return _unbroadcast(g * gx, x), _unbroadcast(g * gy, y)
-
-    return tf.cast(out, x.dtype), grad
+    return tf.cast(out, x.dtype), (em, ex, e)
 
 
+def _logsubexp_backward(g, x, y, em, ex, e):
+    cy = up(y)
+    ninf = tf.math.is_inf(cy) & (cy < 0)
+    # from the forward's em = expm1(-|d|), ex = exp(-|d|) (d >= 0 in the
+    # domain): -1/expm1(-d) = -1/em and -1/expm1(d) = ex/em; no new exp
+    gx = -1.0 / em
+    gy = ex / em
+    if x.dtype == tf.float64:
+        # first-order correction for the rounding of d = x - y (d + e exact):
+        # exp(+-d) amplifies it to ~|d| / 2 ulp (250 ulp at |d| ~ 500).
+        # 1/expm1(d + e) = (1/expm1(d)) (1 - e (1 + 1/expm1(d))), and the same
+        # for -d; NaN/inf corrections (d = 0, infinite inputs) keep gx, gy.
+        cgx = gx * (1.0 - e * (gx - 1.0))
+        cgy = gy * (1.0 - e * (1.0 - gy))
+        gx = tf.where(tf.math.is_finite(cgx), cgx, gx)
+        gy = tf.where(tf.math.is_finite(cgy), cgy, gy)
+    gx = tf.where(ninf, tf.ones_like(gx), gx)
+    gy = tf.where(ninf, tf.zeros_like(gy), gy)
+    gx = tf.cast(saturate(gx, x.dtype), x.dtype)
+    gy = tf.cast(saturate(gy, y.dtype), y.dtype)
+    return g * gx, g * gy
+
+
+_logsubexp = custom_gradient("Logsubexp", _logsubexp_forward, _logsubexp_backward, saves=True)
+
+
+@drop_in("tf.math.softplus",
+         "max(x, 0) + log1p(exp(-|x|)): <= 3 ulp everywhere; TF's kernel switches to exp(x) "
+         "below log(eps) + 2 and is off by several ulp there (float32 x near -14)",
+         "gradient sigmoid(x) from the forward's exp, <= 1 ulp (TF's gradient uses tf.sigmoid)",
+         "float16/bfloat16 computed in float32 and rounded once")
 def softplus(features, name=None):
     """Computes ``log(1 + exp(features))``; drop-in for `tf.math.softplus`.
 
@@ -334,21 +340,29 @@ def softplus(features, name=None):
       100.0
     """
     with tf.name_scope(name or "softplus"):
-        return _softplus(convert("safeops.softplus", "features", features))
+        features = _unary("softplus", "features", features, (tf.RaggedTensor,))
+        return map_values(_softplus, features)
 
 
-@tf.custom_gradient
-def _softplus(x):
-    c = _native(x)
+def _softplus_forward(x):
+    c = native(x)
     e = tf.exp(-tf.abs(c))
     out = tf.maximum(c, 0.0) + tf.math.log1p(e)
-
-    def grad(g):
-        return g * tf.cast(_sigmoid(c, e), x.dtype)  # reuses the forward's exp
-
-    return tf.cast(out, x.dtype), grad
+    return tf.cast(out, x.dtype), (c, e)
 
 
+def _softplus_backward(g, x, c, e):
+    return g * tf.cast(_sigmoid(c, e), x.dtype)  # reuses the forward's exp
+
+
+_softplus = custom_gradient("Softplus", _softplus_forward, _softplus_backward, saves=True)
+
+
+@drop_in("tf.math.log_sigmoid",
+         "min(x, 0) - log1p(exp(-|x|)): <= 3 ulp everywhere (TF: -softplus(-x) with the "
+         "kernel's exp switch, several ulp off near x = 14 in float32)",
+         "gradient sigmoid(-x) from the forward's exp, <= 1 ulp",
+         "float16/bfloat16 computed in float32 and rounded once")
 def log_sigmoid(x, name=None):
     """Computes ``log(sigmoid(x)) = -softplus(-x)``; drop-in for `tf.math.log_sigmoid`.
 
@@ -377,21 +391,26 @@ def log_sigmoid(x, name=None):
       -200.0
     """
     with tf.name_scope(name or "log_sigmoid"):
-        return _log_sigmoid(convert("safeops.log_sigmoid", "x", x))
+        x = _unary("log_sigmoid", "x", x, (tf.RaggedTensor,))
+        return map_values(_log_sigmoid, x)
 
 
-@tf.custom_gradient
-def _log_sigmoid(x):
-    c = _native(x)
+def _log_sigmoid_forward(x):
+    c = native(x)
     e = tf.exp(-tf.abs(c))
     out = tf.minimum(c, 0.0) - tf.math.log1p(e)
-
-    def grad(g):
-        return g * tf.cast(_sigmoid(-c, e), x.dtype)  # reuses the forward's exp
-
-    return tf.cast(out, x.dtype), grad
+    return tf.cast(out, x.dtype), (c, e)
 
 
+def _log_sigmoid_backward(g, x, c, e):
+    return g * tf.cast(_sigmoid(-c, e), x.dtype)  # reuses the forward's exp
+
+
+_log_sigmoid = custom_gradient("LogSigmoid", _log_sigmoid_forward, _log_sigmoid_backward,
+                               saves=True)
+
+
+@new("as tfp.math.softplus_inverse; exact split of log 2 near the zero at log 2")
 def softplus_inverse(x, name=None):
     """Computes ``log(exp(x) - 1)``, the inverse of softplus (new op; as TFP's).
 
@@ -424,12 +443,11 @@ def softplus_inverse(x, name=None):
       3.0
     """
     with tf.name_scope(name or "softplus_inverse"):
-        return _softplus_inverse(convert("safeops.softplus_inverse", "x", x))
+        return _softplus_inverse(_unary("softplus_inverse", "x", x))
 
 
-@tf.custom_gradient
-def _softplus_inverse(x):
-    c = _up(x)
+def _softplus_inverse_forward(x):
+    c = up(x)
     if x.dtype == tf.float64:
         t = (c - _LN2_HI) - _LN2_LO
         small = tf.math.log(tf.math.expm1(c))
@@ -443,18 +461,24 @@ def _softplus_inverse(x):
         # below 2^-57 relative, so the result is x.
         em = tf.math.expm1(tf.minimum(c, 40.0))
         out = tf.where(c < 40.0, tf.math.log(em), c)
-
-    def grad(g):
-        if x.dtype == tf.float64:
-            return g * saturate(-1.0 / tf.math.expm1(-c), x.dtype)
-        # 1 / (1 - exp(-x)) = 1 + 1/expm1(x) from the forward's expm1, in the
-        # input precision (2 roundings after the cast: <= 2 ulp); above 40 it
-        # is 1 + 4e-18 = 1; saturates at the largest finite value near 0
-        return g * saturate(1.0 + 1.0 / tf.cast(em, x.dtype), x.dtype)
-
-    return tf.cast(out, x.dtype), grad
+    return tf.cast(out, x.dtype)
 
 
+def _softplus_inverse_backward(g, x):
+    if x.dtype == tf.float64:
+        return g * saturate(-1.0 / tf.math.expm1(-x))
+    # 1 / (1 - exp(-x)) = 1 + 1/expm1(x) from expm1 in float64 (the forward's),
+    # in the input precision (2 roundings after the cast: <= 2 ulp); above 40
+    # it is 1 + 4e-18 = 1; saturates at the largest finite value near 0
+    em = tf.math.expm1(tf.minimum(up(x), 40.0))
+    return g * saturate(1.0 + 1.0 / tf.cast(em, x.dtype))
+
+
+_softplus_inverse = custom_gradient("SoftplusInverse", _softplus_inverse_forward,
+                                    _softplus_inverse_backward)
+
+
+@new("log(cosh(x)) without overflow (naive form inf for |x| > 89 in float32); gradient tanh(x)")
 def log_cosh(x, name=None):
     """Computes ``log(cosh(x))`` without overflow or cancellation (new op).
 
@@ -486,12 +510,11 @@ def log_cosh(x, name=None):
       999.3068
     """
     with tf.name_scope(name or "log_cosh"):
-        return _log_cosh(convert("safeops.log_cosh", "x", x))
+        return _log_cosh(_unary("log_cosh", "x", x))
 
 
-@tf.custom_gradient
-def _log_cosh(x):
-    c = _up(x)
+def _log_cosh_forward(x):
+    c = up(x)
     a = tf.abs(c)
     a2 = a * a
     # |x| < 0.05: Taylor series of log cosh (next term 2 x^12 / 467775 * ... < 1e-19 relative)
@@ -502,8 +525,11 @@ def _log_cosh(x):
     arg = tf.where(small, 2.0 * s * s, tf.exp(-2.0 * a))
     out = tf.math.log1p(arg) + tf.where(small, tf.zeros_like(a), a - _LN2)
     out = tf.where(a < 0.05, taylor, out)
+    return tf.cast(out, x.dtype)
 
-    def grad(g):
-        return g * tf.cast(tf.tanh(c), x.dtype)
 
-    return tf.cast(out, x.dtype), grad
+def _log_cosh_backward(g, x):
+    return g * tf.cast(tf.tanh(up(x)), x.dtype)
+
+
+_log_cosh = custom_gradient("LogCosh", _log_cosh_forward, _log_cosh_backward)

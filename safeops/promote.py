@@ -16,7 +16,8 @@ import functools
 import numpy as np
 import tensorflow as tf
 
-from safeops._dtypes import FLOAT_DTYPES, check_floating
+from safeops._core.dtypes import FLOAT_DTYPES, check_floating
+from safeops._core.registry import new
 
 __all__ = ["promote"]
 
@@ -38,6 +39,8 @@ def _widest(dtypes):
     return max(dtypes, key=lambda d: order[d])
 
 
+@new("runs a function in a wider floating dtype (float64 by default) and rounds its "
+     "results once back to the inputs' dtype")
 def promote(fn=None, *, dtype=tf.float64):
     """Run `fn` with its floating tensor arguments cast to `dtype`; cast results back.
 

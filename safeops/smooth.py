@@ -10,20 +10,16 @@ temperature or eps) gives NaN.
 
 import tensorflow as tf
 
-from safeops._dtypes import accumulation_dtype, convert_to_floating
-from safeops._guards import _check_ordered, _fused, _reduce_to, _scalar_param, _with_deps
+from safeops._core import args
+from safeops._core.elementwise import fused
+from safeops._core.elementwise import up as _up
+from safeops._core.gradient import custom_gradient
+from safeops._core.registry import new
 
 __all__ = ["smooth_step", "soft_abs", "soft_clip", "soft_maximum", "soft_minimum"]
 
 
-def _up(t):
-    return tf.cast(t, accumulation_dtype(t.dtype))
-
-
-def _positive(op, arg, value, dtype):
-    return _scalar_param(op, arg, value, dtype, lambda v: v > 0, "must be > 0")
-
-
+@new("Hermite smooth step (C1 cubic or C2 quintic) instead of a hard step")
 def smooth_step(x, edge0, edge1, order=1, name=None):
     """Hermite smooth step from 0 (x <= edge0) to 1 (x >= edge1).
 
@@ -64,19 +60,30 @@ def smooth_step(x, edge0, edge1, order=1, name=None):
     with tf.name_scope(name or "smooth_step"):
         if order not in (1, 2):
             raise ValueError(f"{op}: argument 'order' must be 1 or 2; got {order!r}")
-        x = convert_to_floating(op, "x", x)
-        e0 = convert_to_floating(op, "edge0", edge0, dtype=x.dtype)
-        e1 = convert_to_floating(op, "edge1", edge1, dtype=x.dtype)
-        deps = _check_ordered(op, "edge0", "edge1", e0, e1, strict=True)
+        x, e0, e1 = args.convert_n(op, ("x", "edge0", "edge1"), (x, edge0, edge1))
+        deps = args.check_ordered(op, "edge0", "edge1", e0, e1, strict=True)
+        step = _smooth_step_1 if order == 1 else _smooth_step_2
+        return args.with_deps(deps, step(x, e0, e1))
+
+
+def _smooth_step_forward(order):
+    def forward(x, e0, e1):
         xw, e0w, e1w = _up(x), _up(e0), _up(e1)
         t = tf.clip_by_value((xw - e0w) / (e1w - e0w), 0.0, 1.0)
         if order == 1:
             y = t * t * (3.0 - 2.0 * t)
         else:
             y = t * t * t * (t * (6.0 * t - 15.0) + 10.0)
-        return _with_deps(deps, tf.cast(y, x.dtype))
+        return tf.cast(y, x.dtype)
+    return forward
 
 
+# TF differentiates these (backward None); the template runs them at every rank.
+_smooth_step_1 = custom_gradient("SmoothStep", _smooth_step_forward(1), None)
+_smooth_step_2 = custom_gradient("SmoothStep", _smooth_step_forward(2), None)
+
+
+@new("a smooth, strictly increasing stand-in for tf.clip_by_value (softplus form, no cancellation)")
 def soft_clip(x, lo, hi, sharpness=1.0, name=None):
     """Smooth, strictly increasing clip of x into (lo, hi); replaces `tf.clip_by_value`.
 
@@ -129,22 +136,28 @@ def soft_clip(x, lo, hi, sharpness=1.0, name=None):
     """
     op = "safeops.soft_clip"
     with tf.name_scope(name or "soft_clip"):
-        x = convert_to_floating(op, "x", x)
-        lo = convert_to_floating(op, "lo", lo, dtype=x.dtype)
-        hi = convert_to_floating(op, "hi", hi, dtype=x.dtype)
-        s, deps = _positive(op, "sharpness", sharpness, x.dtype)
-        deps = deps + _check_ordered(op, "lo", "hi", lo, hi)
-        xw, low, hiw, sw = _up(x), _up(lo), _up(hi), _up(s)
-        sp = tf.math.softplus
-        upper = xw > 0.5 * low + 0.5 * hiw
-        a = tf.where(upper, hiw - xw, xw - low)   # distance to the near bound (signed)
-        b = tf.where(upper, low - xw, xw - hiw)   # distance to the far bound (signed)
-        base = tf.where(upper, hiw, low)
-        sign = tf.where(upper, -tf.ones_like(xw), tf.ones_like(xw))
-        y = base + sign * (sp(sw * a) - sp(sw * b)) / sw
-        return _with_deps(deps, tf.cast(y, x.dtype))
+        x, lo, hi = args.convert_n(op, ("x", "lo", "hi"), (x, lo, hi))
+        s = args.param(op, "sharpness", sharpness, x.dtype)
+        deps = args.check_ordered(op, "lo", "hi", lo, hi)
+        return args.with_deps(deps, _soft_clip(x, lo, hi, s))
 
 
+def _soft_clip_forward(x, lo, hi, s):
+    xw, low, hiw, sw = _up(x), _up(lo), _up(hi), _up(s)
+    sp = tf.math.softplus
+    upper = xw > 0.5 * low + 0.5 * hiw
+    a = tf.where(upper, hiw - xw, xw - low)   # distance to the near bound (signed)
+    b = tf.where(upper, low - xw, xw - hiw)   # distance to the far bound (signed)
+    base = tf.where(upper, hiw, low)
+    sign = tf.where(upper, -tf.ones_like(xw), tf.ones_like(xw))
+    y = base + sign * (sp(sw * a) - sp(sw * b)) / sw
+    return tf.cast(y, x.dtype)
+
+
+_soft_clip = custom_gradient("SoftClip", _soft_clip_forward, None)
+
+
+@new("sqrt(x**2 + eps**2) - eps without cancellation; inf at +-inf with gradient +-1")
 def soft_abs(x, eps=1e-3, name=None):
     """Smooth absolute value ``sqrt(x**2 + eps**2) - eps``; replaces `tf.abs`.
 
@@ -164,6 +177,7 @@ def soft_abs(x, eps=1e-3, name=None):
     bfloat16/float64, in the working precision, rounded once); exactly 0 at
     x = 0, tending to +-1 for large |x| (exactly +-1 once ``(eps/x)**2`` is
     below the working precision). W.r.t. eps: ``eps / r - 1 = -y / r``.
+    At x = +-inf the value is inf and the gradients are the limits, +-1 and -1.
 
     dtypes: float16, bfloat16, float32, float64.
 
@@ -185,9 +199,8 @@ def soft_abs(x, eps=1e-3, name=None):
     """
     op = "safeops.soft_abs"
     with tf.name_scope(name or "soft_abs"):
-        x = convert_to_floating(op, "x", x)
-        eps, deps = _positive(op, "eps", eps, x.dtype)
-        return _with_deps(deps, _soft_abs(x, eps))
+        x = args.convert(op, "x", x)
+        return _soft_abs(x, args.param(op, "eps", eps, x.dtype))
 
 
 def _hypot_parts(x, eps):
@@ -204,75 +217,66 @@ def _hypot_parts(x, eps):
 
 def _soft_abs_forward(x, eps):
     ax, ew, r = _hypot_parts(x, eps)
-    return tf.cast(ax * (ax / (r + ew)), x.dtype)
+    y = ax * (ax / (r + ew))
+    return tf.cast(tf.where(tf.math.is_inf(ax), ax, y), x.dtype)  # inf / inf above
 
 
-def _soft_abs_backward(g, x, eps):
+def _soft_abs_gx(g, x, eps):
     xw, ew = _up(x), _up(eps)
     if x.dtype in (tf.float32, tf.float16):
         slope = xw / tf.sqrt(xw * xw + ew * ew)
     else:  # scaled: exactly +-1 where (eps / x)**2 underflows
         m = tf.maximum(tf.abs(xw), ew)
         slope = (xw / m) / tf.sqrt(tf.square(xw / m) + tf.square(ew / m))
+    slope = tf.where(tf.math.is_inf(xw), tf.sign(xw), slope)  # the limit +-1 (inf / inf above)
     return tf.cast(_up(g) * slope, x.dtype)
 
 
-_soft_abs_forward_fused = _fused(_soft_abs_forward)
-_soft_abs_backward_fused = _fused(_soft_abs_backward)
+_soft_abs_gx_fused = fused(_soft_abs_gx)
 
 
-def _soft_abs(x, eps):
-    @tf.custom_gradient
-    def fwd(x, eps):
-        y = _soft_abs_forward_fused(x, eps)
-
-        def grad(g):
-            gx = _soft_abs_backward_fused(g, x, eps)
-            # d/deps = eps / r - 1 = -y / r (plain ops: pruned unless asked for).
-            ax, ew, r = _hypot_parts(x, eps)
-            ge = tf.cast(-_up(g) * (ax * (ax / (r + ew))) / r, x.dtype)
-            return gx, _reduce_to(ge, eps)
-
-        return y, grad
-
-    return fwd(x, eps)
+def _soft_abs_backward(g, x, eps):
+    gx = _soft_abs_gx_fused(g, x, eps)
+    # d/deps = eps / r - 1 = -y / r, -1 in the limit |x| -> inf (plain ops:
+    # pruned unless asked for).
+    ax, ew, r = _hypot_parts(x, eps)
+    ratio = tf.where(tf.math.is_inf(ax), tf.ones_like(ax), (ax * (ax / (r + ew))) / r)
+    return gx, tf.cast(-_up(g) * ratio, x.dtype)
 
 
-def _soft_max(x, y, t):
-    """``max(x, y) + t * softplus(-|x - y| / t)`` in the working dtype, own gradient."""
+_soft_abs = custom_gradient("SoftAbs", fused(_soft_abs_forward), _soft_abs_backward)
 
-    @tf.custom_gradient
-    def fwd(x, y):
-        # x == y (also both +inf or both -inf, where x - y is NaN) counts as
-        # d = 0: the value max + T log 2 (+-inf for infinities), gradients 0.5.
-        d = tf.where(tf.equal(x, y), tf.zeros_like(x), x - y)
-        out = tf.where(d >= 0, x, y) + t * tf.math.softplus(-tf.abs(d) / t)
-        out = tf.where(tf.math.is_nan(d), d, out)  # NaN in x or y
 
-        def grad(g):
-            wx = tf.sigmoid(d / t)
-            return g * wx, g * tf.sigmoid(-d / t)
+def _soft_max_forward(x, y, t):
+    """``max(x, y) + t * softplus(-|x - y| / t)`` in the working dtype."""
+    # x == y (also both +inf or both -inf, where x - y is NaN) counts as
+    # d = 0: the value max + T log 2 (+-inf for infinities), gradients 0.5.
+    d = tf.where(tf.equal(x, y), tf.zeros_like(x), x - y)
+    out = tf.where(d >= 0, x, y) + t * tf.math.softplus(-tf.abs(d) / t)
+    return tf.where(tf.math.is_nan(d), d, out), (d,)  # NaN in x or y
 
-        return out, grad
 
-    return fwd(x, y)
+def _soft_max_backward(g, x, y, t, d):
+    return g * tf.sigmoid(d / t), g * tf.sigmoid(-d / t)
+
+
+_soft_max = custom_gradient("SoftMaximum", _soft_max_forward, _soft_max_backward, n_inputs=2,
+                           saves=True)
 
 
 def _soft_max_op(op, x, y, temperature, name, negate):
     with tf.name_scope(name or op.split(".")[-1]):
-        x = convert_to_floating(op, "x", x)
-        y = convert_to_floating(op, "y", y, dtype=x.dtype)
-        t, deps = _positive(op, "temperature", temperature, x.dtype)
+        x, y = args.convert_n(op, ("x", "y"), (x, y))
+        t = args.param(op, "temperature", temperature, x.dtype)
         xw, yw, tw = _up(x), _up(y), _up(t)
-        xw, yw = tf.broadcast_to(xw, tf.broadcast_dynamic_shape(tf.shape(xw), tf.shape(yw))), yw
-        yw = tf.broadcast_to(yw, tf.shape(xw))
         if negate:
             out = -_soft_max(-xw, -yw, tw)
         else:
             out = _soft_max(xw, yw, tw)
-        return _with_deps(deps, tf.cast(out, x.dtype))
+        return tf.cast(out, x.dtype)
 
 
+@new("T * logaddexp(x / T, y / T), a smooth stand-in for tf.maximum; gradient 0.5 each at x == y")
 def soft_maximum(x, y, temperature=1.0, name=None):
     """Smooth maximum ``T * logaddexp(x / T, y / T)``; replaces `tf.maximum`.
 
@@ -310,6 +314,7 @@ def soft_maximum(x, y, temperature=1.0, name=None):
     return _soft_max_op("safeops.soft_maximum", x, y, temperature, name, negate=False)
 
 
+@new("-T * logaddexp(-x / T, -y / T), a smooth stand-in for tf.minimum")
 def soft_minimum(x, y, temperature=1.0, name=None):
     """Smooth minimum ``-T * logaddexp(-x / T, -y / T)``; replaces `tf.minimum`.
 

@@ -10,22 +10,22 @@ edges and gradients. Outputs keep the input dtype.
 
 import tensorflow as tf
 
-from safeops._specialfn import (binary_inputs, compute_dtype, convert, max_finite,
-                                  saturate, tiny)
-from safeops.logexp import _unbroadcast
+from safeops._core import args
+from safeops._core.dtypes import COMPLEX_DTYPES, FLOAT_DTYPES, limits
+from safeops._core.elementwise import map_values, native, saturate, up
+from safeops._core.gradient import custom_gradient
+from safeops._core.registry import drop_in, new
 
 __all__ = ["hypot", "log1m", "safe_exp", "safe_log", "sqrt"]
 
 
-def _up(x):
-    return tf.cast(x, compute_dtype(x.dtype))
+def _unary(op, x):
+    return args.convert(f"safeops.{op}", "x", x)
 
 
-def _native(x):
-    """float16/bfloat16 -> float32; float32 and float64 stay (TF's kernels are accurate)."""
-    return tf.cast(x, tf.float32) if x.dtype in (tf.float16, tf.bfloat16) else x
-
-
+@drop_in("tf.math.sqrt",
+         "gradient 0 at x == 0 (TF: inf, which becomes NaN times a zero upstream gradient)",
+         "complex inputs: TF's op and gradient unchanged")
 def sqrt(x, name=None):
     """Computes ``sqrt(x)`` with a finite gradient at 0; drop-in for `tf.sqrt`.
 
@@ -59,18 +59,24 @@ def sqrt(x, name=None):
       0.0
     """
     with tf.name_scope(name or "sqrt"):
-        return _sqrt(convert("safeops.sqrt", "x", x))
+        x = args.convert("safeops.sqrt", "x", x, allowed=FLOAT_DTYPES + COMPLEX_DTYPES,
+                         composite=(tf.SparseTensor, tf.RaggedTensor))
+        if x.dtype.is_complex:
+            return tf.math.sqrt(x)  # TF's kernel and gradient, composites included
+        return map_values(_sqrt, x)
 
 
-@tf.custom_gradient
-def _sqrt(x):
+def _sqrt_forward(x):
     y = tf.sqrt(x)
+    return y, (y,)
 
-    def grad(g):
-        # g / (2y), 0 where y == 0: one fused kernel (2y is exact: y <= sqrt(max))
-        return tf.math.divide_no_nan(g, y + y)
 
-    return y, grad
+def _sqrt_backward(g, x, y):
+    # g / (2y), 0 where y == 0: one fused kernel (2y is exact: y <= sqrt(max))
+    return tf.math.divide_no_nan(g, y + y)
+
+
+_sqrt = custom_gradient("Sqrt", _sqrt_forward, _sqrt_backward, saves=True)
 
 
 _SCALES = {  # compute dtype: (big threshold, its scale, small threshold, its scale)
@@ -92,6 +98,7 @@ def _scaled_hypot(cx, cy):
     return tf.where(inf, tf.constant(float("inf"), cx.dtype), h)
 
 
+@new("as numpy.hypot: no overflow or underflow of the squares; gradient (0, 0) at the origin")
 def hypot(x, y, name=None):
     """Computes ``sqrt(x**2 + y**2)`` without overflow or underflow (new op; `numpy.hypot`).
 
@@ -127,28 +134,30 @@ def hypot(x, y, name=None):
       5e+30
     """
     with tf.name_scope(name or "hypot"):
-        x, y = binary_inputs("safeops.hypot", x, y)
+        x, y = args.convert_n("safeops.hypot", ("x", "y"), (x, y))
         return _hypot(x, y)
 
 
-@tf.custom_gradient
-def _hypot(x, y):
-    cx, cy = _up(x), _up(y)
+def _hypot_forward(x, y):
+    cx, cy = up(x), up(y)
     if x.dtype == tf.float32:
         h = tf.sqrt(cx * cx + cy * cy)
     else:
         h = _scaled_hypot(cx, cy)
-
-    def grad(g):
-        # x / h and y / h in the input precision from the rounded h (<= 1 ulp);
-        # (0, 0) where h == 0, and where h overflows the dtype (value inf)
-        return (_unbroadcast(g * tf.math.divide_no_nan(x, out), x),
-                _unbroadcast(g * tf.math.divide_no_nan(y, out), y))
-
     out = tf.cast(h, x.dtype)
-    return out, grad
+    return out, (out,)
 
 
+def _hypot_backward(g, x, y, out):
+    # x / h and y / h in the input precision from the rounded h (<= 1 ulp);
+    # (0, 0) where h == 0, and where h overflows the dtype (value inf)
+    return g * tf.math.divide_no_nan(x, out), g * tf.math.divide_no_nan(y, out)
+
+
+_hypot = custom_gradient("Hypot", _hypot_forward, _hypot_backward, saves=True)
+
+
+@new("log(1 - x) as log1p(-x); gradient saturates at x == 1")
 def log1m(x, name=None):
     """Computes ``log(1 - x)`` accurately for small x (new op; = `log1p(-x)`).
 
@@ -178,20 +187,22 @@ def log1m(x, name=None):
       -1e-10
     """
     with tf.name_scope(name or "log1m"):
-        return _log1m(convert("safeops.log1m", "x", x))
+        return _log1m(_unary("log1m", x))
 
 
-@tf.custom_gradient
-def _log1m(x):
-    c = _native(x)
-    out = tf.math.log1p(-c)
-
-    def grad(g):
-        return g * tf.cast(saturate(-1.0 / (1.0 - c), x.dtype), x.dtype)
-
-    return tf.cast(out, x.dtype), grad
+def _log1m_forward(x):
+    return tf.cast(tf.math.log1p(-native(x)), x.dtype)
 
 
+def _log1m_backward(g, x):
+    c = native(x)
+    return g * tf.cast(saturate(-1.0 / (1.0 - c), x.dtype), x.dtype)
+
+
+_log1m = custom_gradient("Log1m", _log1m_forward, _log1m_backward)
+
+
+@new("log(max(x, eps)): never -inf or NaN for x <= 0; eps > 0 checked also for tensors")
 def safe_log(x, eps=None, name=None):
     """Computes ``log(max(x, eps))``: a log that is never -inf or NaN for x <= 0 (new op).
 
@@ -231,45 +242,39 @@ def safe_log(x, eps=None, name=None):
       >>> so.safe_log(0.).numpy()   # tf.math.log(0.) is -inf
       -87.33655
     """
+    op = "safeops.safe_log"
     with tf.name_scope(name or "safe_log"):
-        x = convert("safeops.safe_log", "x", x)
-        cdt = _native(x).dtype
+        x = _unary("safe_log", x)
+        cdt = native(x).dtype
+        tiny = limits(cdt).tiny
         if eps is None:
-            eps = tiny(x.dtype)
-        if isinstance(eps, (int, float)):
-            if not eps > 0:
-                raise ValueError(f"safeops.safe_log: argument 'eps' must be > 0; got {eps}")
-            # TF's CPU kernels flush subnormals to 0 (log would be -inf again):
-            # a subnormal floor is raised to the smallest normal number
-            eps = max(float(eps), tiny(cdt))
-            # the gradient 1/x <= 1/eps needs saturating only if 1/eps overflows
-            sat = 1.0 / eps > max_finite(x.dtype)
-            # straight to the compute dtype: tf.cast(1e-300, float64) would first
-            # make a float32 tensor and flush the floor to 0
-            eps = tf.constant(eps, cdt)
-        else:
-            sat = True
-            eps = tf.cast(eps, cdt)
-        return _safe_log(x, eps, sat)
+            eps = limits(x.dtype).tiny
+        # A Python floor goes straight to the compute dtype (1e-300 stays
+        # 1e-300 in float64); a tensor floor is validated as one (> 0, also
+        # when only known at run time). TF's CPU kernels flush subnormals to 0
+        # (log would be -inf again): a subnormal floor is raised to the
+        # smallest normal number.
+        eps = tf.maximum(args.param(op, "eps", eps, cdt, "positive", cast=True), tiny)
+        return _safe_log(x, eps)
 
 
-def _safe_log(x, eps, sat=True):
-    @tf.custom_gradient
-    def inner(x):
-        c = _native(x)
-        below = c < eps
-        cc = tf.where(below, eps, c)
-        out = tf.math.log(cc)
-
-        def grad(g):
-            d = tf.where(below, tf.constant(0, c.dtype), 1.0 / cc)
-            return g * tf.cast(saturate(d, x.dtype) if sat else d, x.dtype)
-
-        return tf.cast(out, x.dtype), grad
-
-    return inner(x)
+def _safe_log_forward(x, eps):
+    c = native(x)
+    return tf.cast(tf.math.log(tf.where(c < eps, eps, c)), x.dtype)
 
 
+def _safe_log_backward(g, x, eps):
+    c = native(x)
+    below = c < eps
+    d = tf.where(below, tf.constant(0, c.dtype), 1.0 / tf.where(below, eps, c))
+    # the gradient 1/x <= 1/eps overflows float16/bfloat16 for a small eps
+    return g * tf.cast(saturate(d, x.dtype), x.dtype)
+
+
+_safe_log = custom_gradient("SafeLog", _safe_log_forward, _safe_log_backward, n_inputs=1)
+
+
+@new("exp saturating at the largest finite value; gradient 0 where saturated")
 def safe_exp(x, name=None):
     """Computes ``exp(x)``, saturating at the largest finite value instead of inf (new op).
 
@@ -302,19 +307,22 @@ def safe_exp(x, name=None):
       3.4028235e+38
     """
     with tf.name_scope(name or "safe_exp"):
-        return _safe_exp(convert("safeops.safe_exp", "x", x))
+        return _safe_exp(_unary("safe_exp", x))
 
 
-@tf.custom_gradient
-def _safe_exp(x):
-    c = _native(x)
+def _safe_exp_forward(x):
+    c = native(x)
     e = tf.exp(c)
-    big = tf.constant(max_finite(x.dtype), c.dtype)
+    big = tf.constant(limits(x.dtype).max, c.dtype)
     out = tf.minimum(e, big)  # NaN stays NaN (TF's minimum propagates it)
+    return tf.cast(out, x.dtype), (e,)
 
-    def grad(g):
-        # exp(x) where not saturated, 0 where it is (e == inf, or above the
-        # float16/bfloat16 maximum)
-        return g * tf.cast(tf.where(e > big, tf.constant(0, c.dtype), e), x.dtype)
 
-    return tf.cast(out, x.dtype), grad
+def _safe_exp_backward(g, x, e):
+    # exp(x) where not saturated, 0 where it is (e == inf, or above the
+    # float16/bfloat16 maximum)
+    big = tf.constant(limits(x.dtype).max, e.dtype)
+    return g * tf.cast(tf.where(e > big, tf.constant(0, e.dtype), e), x.dtype)
+
+
+_safe_exp = custom_gradient("SafeExp", _safe_exp_forward, _safe_exp_backward, saves=True)

@@ -10,21 +10,25 @@ stop_gradient(op(x) - x)``, which turns inf into NaN and can round.
 
 import tensorflow as tf
 
-from safeops._dtypes import convert_to_floating
-from safeops._guards import _check_ordered, _reduce_to, _with_deps
+from safeops._core import args
+from safeops._core.gradient import custom_gradient
+from safeops._core.registry import new
 
 __all__ = ["ceil_ste", "clip_ste", "floor_ste", "round_ste", "sign_ste"]
 
 
+def _straight_through(g, x):
+    return g
+
+
+_STE = {fn: custom_gradient(name, fn, _straight_through)
+        for name, fn in (("RoundSTE", tf.round), ("FloorSTE", tf.floor),
+                         ("CeilSTE", tf.math.ceil), ("SignSTE", tf.sign))}
+
+
 def _identity_ste(op, tf_op, x, name):
     with tf.name_scope(name or op.split(".")[-1]):
-        x = convert_to_floating(op, "x", x)
-
-        @tf.custom_gradient
-        def fwd(x):
-            return tf_op(x), lambda g: g
-
-        return fwd(x)
+        return _STE[tf_op](args.convert(op, "x", x))
 
 
 _STE_DOC = """{what} with a straight-through (identity) gradient.
@@ -55,18 +59,22 @@ _STE_DOC = """{what} with a straight-through (identity) gradient.
     """
 
 
+@new("tf.round forward, straight-through (identity) gradient")
 def round_ste(x, name=None):
     return _identity_ste("safeops.round_ste", tf.round, x, name)
 
 
+@new("tf.floor forward, straight-through (identity) gradient")
 def floor_ste(x, name=None):
     return _identity_ste("safeops.floor_ste", tf.floor, x, name)
 
 
+@new("tf.math.ceil forward, straight-through (identity) gradient")
 def ceil_ste(x, name=None):
     return _identity_ste("safeops.ceil_ste", tf.math.ceil, x, name)
 
 
+@new("tf.sign forward, straight-through (identity) gradient")
 def sign_ste(x, name=None):
     return _identity_ste("safeops.sign_ste", tf.sign, x, name)
 
@@ -80,6 +88,7 @@ sign_ste.__doc__ = _STE_DOC.format(what="Sign", tf_name="tf.sign",
                                    note=" (sign(0) = 0, -1 or 1 elsewhere)", name="sign_ste")
 
 
+@new("tf.clip_by_value forward, upstream gradient inside [lo, hi] and 0 outside")
 def clip_ste(x, lo, hi, name=None):
     """Clips x to [lo, hi] with a straight-through gradient inside the interval.
 
@@ -111,19 +120,14 @@ def clip_ste(x, lo, hi, name=None):
     """
     op = "safeops.clip_ste"
     with tf.name_scope(name or "clip_ste"):
-        x = convert_to_floating(op, "x", x)
-        lo = convert_to_floating(op, "lo", lo, dtype=x.dtype)
-        hi = convert_to_floating(op, "hi", hi, dtype=x.dtype)
-        deps = _check_ordered(op, "lo", "hi", lo, hi)
+        x, lo, hi = args.convert_n(op, ("x", "lo", "hi"), (x, lo, hi))
+        deps = args.check_ordered(op, "lo", "hi", lo, hi)
+        return args.with_deps(deps, _clip_ste(x, lo, hi))
 
-        @tf.custom_gradient
-        def fwd(x):
-            out = tf.clip_by_value(x, lo, hi)
 
-            def grad(g):
-                inside = tf.logical_and(x >= lo, x <= hi)
-                return _reduce_to(tf.where(inside, g, tf.zeros_like(g)), x)
+def _clip_ste_backward(g, x, lo, hi):
+    inside = tf.logical_and(x >= lo, x <= hi)
+    return tf.where(inside, g, tf.zeros_like(g))
 
-            return out, grad
 
-        return _with_deps(deps, fwd(x))
+_clip_ste = custom_gradient("ClipSTE", tf.clip_by_value, _clip_ste_backward, n_inputs=1)

@@ -9,12 +9,17 @@ jump.
 
 import tensorflow as tf
 
-from safeops._dtypes import accumulation_dtype, convert_to_floating
-from safeops._guards import _reduce_to, _scalar_param, _with_deps
+from safeops._core.args import convert, convert_n, param
+from safeops._core.dtypes import accumulation_dtype
+from safeops._core.elementwise import reduce_to, select
+from safeops._core.registry import new
 
 __all__ = ["safe_where", "smooth_where"]
 
 
+@new("where(condition, true_fn(*args), false_fn(*args)) with the double-where trick built "
+     "in: the unselected branch cannot put NaN into the value or the gradient "
+     "(tf.where(c, f(x), g(x)) differentiates both branches)")
 def safe_where(condition, true_fn, false_fn, *args, safe_value=1.0, name=None):
     """``where(condition, true_fn(*args), false_fn(*args))`` without NaN leaking through.
 
@@ -73,28 +78,25 @@ def safe_where(condition, true_fn, false_fn, *args, safe_value=1.0, name=None):
             raise TypeError(f"{op}: arguments 'true_fn' and 'false_fn' must be callable")
         if not args:
             raise TypeError(f"{op}: needs at least one argument tensor in '*args'")
-        condition = tf.convert_to_tensor(condition)
-        if condition.dtype != tf.bool:
-            raise TypeError(f"{op}: argument 'condition' must have dtype bool; "
-                            f"got {condition.dtype.name}")
-        args = [tf.convert_to_tensor(a) for a in args]
+        condition = convert(op, "condition", condition, allowed=(tf.bool,))
+        args = [convert(op, "args", a, allowed=None) for a in args]
         safes = [tf.cast(safe_value, a.dtype) for a in args]
         differentiable = [a.dtype.is_floating or a.dtype.is_complex for a in args]
 
         @tf.custom_gradient
         def fwd(*xs):
-            t_in = [tf.where(condition, a, s) for a, s in zip(xs, safes)]
-            f_in = [tf.where(condition, s, a) for a, s in zip(xs, safes)]
+            t_in = [select(condition, a, s) for a, s in zip(xs, safes)]
+            f_in = [select(condition, s, a) for a, s in zip(xs, safes)]
             with tf.GradientTape(persistent=True) as tape:
                 tape.watch([a for a, d in zip(t_in + f_in, differentiable * 2) if d])
                 t_out = tf.convert_to_tensor(true_fn(*t_in))
                 f_out = tf.convert_to_tensor(false_fn(*f_in))
-            out = tf.where(condition, t_out, f_out)
+            out = select(condition, t_out, f_out)
 
             def grad(g, variables=None):
                 zero = tf.zeros_like(g)
                 if variables:
-                    g_t, g_f = tf.where(condition, g, zero), tf.where(condition, zero, g)
+                    g_t, g_f = select(condition, g, zero), select(condition, zero, g)
                 else:  # elementwise branches: the final select discards the rest
                     g_t = g_f = g
                 gt = tape.gradient(t_out, t_in, output_gradients=g_t)
@@ -108,9 +110,9 @@ def safe_where(condition, true_fn, false_fn, *args, safe_value=1.0, name=None):
                     at = tf.zeros((), a.dtype) if at is None else at
                     af = tf.zeros((), a.dtype) if af is None else af
                     shape = tf.broadcast_dynamic_shape(tf.shape(condition), tf.shape(a))
-                    grads.append(_reduce_to(tf.broadcast_to(tf.where(condition, at, af), shape)
-                                            if at.shape.rank == 0 and af.shape.rank == 0
-                                            else tf.where(condition, at, af), a))
+                    grads.append(reduce_to(tf.broadcast_to(select(condition, at, af), shape)
+                                           if at.shape.rank == 0 and af.shape.rank == 0
+                                           else select(condition, at, af), a))
                 if variables:
                     vt = tape.gradient(t_out, variables, output_gradients=g_t,
                                        unconnected_gradients=tf.UnconnectedGradients.ZERO)
@@ -124,6 +126,8 @@ def safe_where(condition, true_fn, false_fn, *args, safe_value=1.0, name=None):
         return fwd(*args)
 
 
+@new("a logistic blend of width temperature instead of the jump of "
+     "tf.where(x > threshold, if_above, if_below)")
 def smooth_where(x, threshold, if_above, if_below, temperature=1.0, name=None):
     """Smooth version of ``tf.where(x > threshold, if_above, if_below)``.
 
@@ -180,16 +184,13 @@ def smooth_where(x, threshold, if_above, if_below, temperature=1.0, name=None):
     """
     op = "safeops.smooth_where"
     with tf.name_scope(name or "smooth_where"):
-        x = convert_to_floating(op, "x", x)
+        x, threshold, if_above, if_below = convert_n(
+            op, ("x", "threshold", "if_above", "if_below"), (x, threshold, if_above, if_below))
         dtype = x.dtype
-        threshold = convert_to_floating(op, "threshold", threshold, dtype=dtype)
-        if_above = convert_to_floating(op, "if_above", if_above, dtype=dtype)
-        if_below = convert_to_floating(op, "if_below", if_below, dtype=dtype)
-        temperature, deps = _scalar_param(op, "temperature", temperature, dtype,
-                                          lambda v: v > 0, "must be > 0")
+        temperature = param(op, "temperature", temperature, dtype)
         work = accumulation_dtype(dtype)
         c = [tf.cast(t, work) for t in (x, threshold, if_above, if_below, temperature)]
         z = (c[0] - c[1]) / c[4]
         w_hi, w_lo = tf.sigmoid(z), tf.sigmoid(-z)
         out = w_hi * c[2] + w_lo * c[3]
-        return _with_deps(deps, tf.cast(out, dtype))
+        return tf.cast(out, dtype)

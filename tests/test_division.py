@@ -203,19 +203,35 @@ def test_execution_modes():
 
 
 @pytest.mark.parametrize("fn,args", [
-    (so.safe_divide, ("x", "y")), (so.divide_no_nan, ("x", "y")),
-    (so.relative_error, ("y_true", "y_pred")),
+    (so.safe_divide, ("x", "y")), (so.relative_error, ("y_true", "y_pred")),
 ])
 def test_bad_input_raises(fn, args):
     op = f"safeops.{fn.__name__}"
+    # A dtype the op does not take: TF's pair of errors (InvalidArgumentError
+    # eagerly, TypeError in graphs), one exception that is both.
+    for bad in (tf.constant([1, 2]), tf.constant([True, False])):
+        with pytest.raises(TypeError, match=rf"{op}: argument '{args[0]}'"):
+            fn(bad, bad)
+        with pytest.raises(tf.errors.InvalidArgumentError, match=op):
+            fn(bad, bad)
     with pytest.raises(TypeError, match=rf"{op}: argument '{args[0]}'"):
         fn(tf.constant([1, 2]), tf.constant([1.0, 2.0]))
-    with pytest.raises(TypeError, match=rf"{op}: argument '{args[1]}'"):
-        fn(tf.constant([1.0, 2.0]), tf.constant([True, False]))
-    with pytest.raises(TypeError, match=op):
+    with pytest.raises(TypeError, match=rf"{op}: arguments '{args[0]}' and '{args[1]}'"):
         fn(tf.constant([1.0]), tf.constant([1.0], tf.float64))
     with pytest.raises(tf.errors.InvalidArgumentError):
         fn(tf.constant([1.0, 2.0]), tf.constant([1.0, 2.0, 3.0]))
+
+
+def test_divide_no_nan_bad_input_raises_as_tf():
+    # TF raises TypeError itself for mixed and for bool dtypes (in both modes)
+    with pytest.raises(TypeError, match="safeops.divide_no_nan: arguments 'x' and 'y'"):
+        so.divide_no_nan(tf.constant([1.0]), tf.constant([1.0], tf.float64))
+    with pytest.raises(TypeError):
+        tf.math.divide_no_nan(tf.constant([True]), tf.constant([False]))
+    with pytest.raises(TypeError):
+        so.divide_no_nan(tf.constant([True]), tf.constant([False]))
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        so.divide_no_nan(tf.constant([1.0, 2.0]), tf.constant([1.0, 2.0, 3.0]))
 
 
 def test_bad_eps_raises():

@@ -130,9 +130,10 @@ def convert_n(op, names, values, allowed=FLOAT_DTYPES, composite=(), mismatch=DT
       A list of tensors of one dtype.
     """
     dtype = None
-    for v in values:
+    for name, v in zip(names, values):
         if tf.is_tensor(v):
             dtype = v.dtype.base_dtype
+            _check(op, name, dtype, allowed)  # before Python values are converted to it
             break
     out = []
     for name, v in zip(names, values):
@@ -157,7 +158,7 @@ _CHECKS = {
 }
 
 
-def param(op, arg, value, dtype, check="positive"):
+def param(op, arg, value, dtype, check="positive", cast=False):
     """A scalar parameter as a `dtype` tensor, validated.
 
     Python numbers go straight to `dtype` (no float32 detour: 1e-300 stays
@@ -169,6 +170,8 @@ def param(op, arg, value, dtype, check="positive"):
       value: Python number, NumPy scalar, or tensor.
       dtype: the dtype of the result.
       check: ``"positive"``, ``"nonnegative"`` or None.
+      cast: cast a floating tensor of another dtype too (for parameters TF
+        casts, like `clip_norm`), instead of raising `DTypeError`.
 
     Returns:
       The tensor. When the value is not known while the graph is built, it
@@ -197,7 +200,7 @@ def param(op, arg, value, dtype, check="positive"):
             tensor = tf.constant(value.astype(tf.as_dtype(dtype).as_numpy_dtype))
         else:
             tensor = tf.convert_to_tensor(value)
-            if tensor.dtype.is_integer:
+            if tensor.dtype.is_integer or (cast and tensor.dtype.is_floating):
                 tensor = tf.cast(tensor, dtype)
             elif tensor.dtype != dtype:
                 raise dtype_error(op, f"argument '{arg}' must have dtype "

@@ -17,6 +17,7 @@ __all__ = [
     "native",
     "reduce_to",
     "saturate",
+    "select",
     "up",
 ]
 
@@ -104,6 +105,17 @@ def flatten_call(fn, *xs):
     if isinstance(outs, (list, tuple)):
         return type(outs)(tf.reshape(o, shape) for o in outs)
     return tf.reshape(outs, shape)
+
+
+def select(condition, a, b):
+    """`tf.where(condition, a, b)` for every rank (TF's kernel stops at 8)."""
+    ranks = [t.shape.rank for t in (condition, a, b)]
+    if all(r is not None and r <= MAX_SELECT_RANK for r in ranks):
+        return tf.where(condition, a, b)
+    shape = tf.broadcast_dynamic_shape(
+        tf.broadcast_dynamic_shape(tf.shape(condition), tf.shape(a)), tf.shape(b))
+    flat = [tf.reshape(tf.broadcast_to(t, shape), [-1]) for t in (condition, a, b)]
+    return tf.reshape(tf.where(*flat), shape)
 
 
 def map_values(fn, x):

@@ -30,8 +30,8 @@ fails loudly.
 
 import tensorflow as tf
 
+from safeops._core.elementwise import MAX_SELECT_RANK, reduce_to
 from safeops._core.elementwise import fused as _fused
-from safeops._core.elementwise import reduce_to
 
 try:  # the tape API under tf.custom_gradient (TF 2.x)
     from tensorflow.python.eager import record as _record
@@ -54,7 +54,26 @@ def _as_list(x):
     return list(x) if isinstance(x, (list, tuple)) else [x]
 
 
-def custom_gradient(name, forward, backward, n_inputs=None, fuse=False, saves=False):
+def _flatten(args):
+    """(shape, 1-d args) when some argument has rank > 8 or unknown rank, else None.
+
+    TF's CPU kernels of `tf.where` and `tf.clip_by_value` stop at rank 8;
+    element-wise bodies run on the broadcast inputs as vectors instead (a
+    reshape copies nothing). Scalars stay scalars.
+    """
+    if all(a.shape.rank is not None and a.shape.rank <= MAX_SELECT_RANK for a in args):
+        return None
+    big = [a for a in args if a.shape.rank != 0]
+    shape = tf.shape(big[0])
+    for a in big[1:]:
+        shape = tf.broadcast_dynamic_shape(shape, tf.shape(a))
+    flat = [a if a.shape.rank == 0 else tf.reshape(tf.broadcast_to(a, shape), [-1])
+            for a in args]
+    return shape, flat
+
+
+def custom_gradient(name, forward, backward, n_inputs=None, fuse=False, saves=False,
+                    elementwise=True):
     """Wrap `forward`/`backward` (module doc) into one differentiable op.
 
     Args:
@@ -68,12 +87,15 @@ def custom_gradient(name, forward, backward, n_inputs=None, fuse=False, saves=Fa
       fuse: compile `forward` and `backward` with XLA inside graphs (their
         arguments and results must be tensors).
       saves: whether `forward` returns ``(out, saved)``.
+      elementwise: the op is element-wise (with broadcasting): inputs of rank
+        above 8 or of unknown rank run as vectors (`_flatten`). `backward`
+        None: no custom gradient (TF differentiates `forward`).
 
     Returns:
       ``op(*args)``.
     """
     fwd = _fused(forward) if fuse else forward
-    bwd = _fused(backward) if fuse else backward
+    bwd = _fused(backward) if fuse and backward is not None else backward
 
     def run_forward(args):
         res = fwd(*args)
@@ -88,11 +110,26 @@ def custom_gradient(name, forward, backward, n_inputs=None, fuse=False, saves=Fa
         def grad(*gs):
             g = gs[0] if len(gs) == 1 else list(gs)
             grads = _as_list(bwd(g, *args, *saved))
+            if not elementwise:
+                return grads
             return [reduce_to(gi, x) for gi, x in zip(grads, inputs)]
 
         return grad
 
     def op(*args):
+        if elementwise:
+            flat = _flatten(args)
+            if flat is not None:
+                shape, flat_args = flat
+                out = differentiable(*flat_args)
+                if isinstance(out, (list, tuple)):
+                    return [tf.reshape(o, shape) for o in out]
+                return tf.reshape(out, shape)
+        return differentiable(*args)
+
+    def differentiable(*args):
+        if backward is None:
+            return run_forward(args)[0]
         n = len(args) if n_inputs is None else n_inputs
         if tf.executing_eagerly() and _record is not None:
             if not _tape_active():
