@@ -97,9 +97,20 @@ def call_with_inference(layer, args, kwargs):
 
 
 def layer_key(layer):
-    """The key of `layer` in a policy map: its path, or its name where Keras gives it no path
-    (layers without weights)."""
-    return layer.path or layer.name
+    """The key of `layer` in the doctor's policy maps: its name (unique in a model; Keras
+    gives layers without weights no path, and a Sequential model's layers a path under
+    the model's name)."""
+    return layer.name
+
+
+def lookup(policy_map, layer):
+    """The policy of `layer` in a `DTypePolicyMap`: by path, then by name, then Keras's
+    own lookup (regular expressions, the default policy)."""
+    if layer.path and layer.path in policy_map:
+        return policy_map[layer.path]
+    if layer.name in policy_map:
+        return policy_map[layer.name]
+    return policy_map[layer.path or layer.name]
 
 
 def split_policy(policy):

@@ -24,10 +24,10 @@ class Advice:
     """What `advise` returns: a per-layer dtype policy map, quantization modes, and their check.
 
     Attributes:
-      policy_map: a `keras.dtype_policies.DTypePolicyMap` keyed by layer path
+      policy_map: a `keras.dtype_policies.DTypePolicyMap` keyed by layer name
         (``"mixed_float16"``, ``"mixed_bfloat16"`` or ``"float32"`` per layer;
         variables stay float32).
-      quantization: ``{layer path: "int8" | "float8"}``, Keras quantization of
+      quantization: ``{layer name: "int8" | "float8"}``, Keras quantization of
         those layers on top of their policy.
       budget: the relative error allowed.
       metric: ``"loss"`` (relative error of the mean loss) or ``"output"``
@@ -52,7 +52,7 @@ class Advice:
     steps: Tuple[str, ...]
 
     def policies(self):
-        """``{layer path: policy name}``, with quantized layers as ``"int8_from_<policy>"``."""
+        """``{layer name: policy name}``, with quantized layers as ``"int8_from_<policy>"``."""
         out = {}
         for path in self.policy_map:
             name = self.policy_map[path].name

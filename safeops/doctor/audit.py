@@ -3,6 +3,7 @@
 import dataclasses
 from typing import Optional, Tuple
 
+from safeops._core.registry import new
 from safeops.doctor import _graph, _hazards
 from safeops.doctor._report import format_table
 
@@ -79,6 +80,7 @@ def _short(path):
     return os.sep.join(parts[-2:])
 
 
+@new("traces a function, tf.function or Keras model and lists numerical hazards with the user's source line and the safeops replacement")
 def audit(target, *example_inputs, min_severity="low", verbose=True):
     """Find numerical hazards in a function, `tf.function` or Keras model on example inputs.
 

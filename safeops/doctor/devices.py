@@ -6,6 +6,7 @@ import numpy as np
 import tensorflow as tf
 
 from safeops import testing
+from safeops._core.registry import new
 from safeops.doctor._graph import to_numpy
 from safeops.doctor._report import format_table
 
@@ -81,6 +82,7 @@ def _numpy(x):
     return None if x is None else to_numpy(x)
 
 
+@new("runs a function and its gradient on every device and execution mode and reports ulp differences")
 def compare_devices(fn, *inputs, devices=None, modes=MODES, threshold_ulp=4, verbose=True):
     """Run `fn` and its gradient on every device and mode; report max ulp differences.
 

@@ -9,6 +9,7 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
+from safeops._core.registry import new
 from safeops.doctor import _graph
 from safeops.doctor._report import format_table
 
@@ -300,6 +301,7 @@ def _explain_nonfinite(v, name, trace, n_forward):
                          "the gradient is non-finite but no single op producing it was found")
 
 
+@new("explains every None, zero or non-finite gradient: the op and the source line that caused it")
 def explain_gradients(fn, variables, *inputs, verbose=True):
     """Compute d(sum of fn's outputs)/d(variables) and explain every None, zero or non-finite one.
 

@@ -462,12 +462,13 @@ def _resolve_loss(loss):
 def _assigner(policy, op=_OP):
     """`layer -> (float policy, quantization mode)` for `profile`'s `policy` argument."""
     if policy is None:
-        return lambda layer: kg.split_policy(layer.dtype_policy[kg.layer_key(layer)] if isinstance(
+        return lambda layer: kg.split_policy(kg.lookup(layer.dtype_policy, layer) if isinstance(
             layer.dtype_policy, keras.dtype_policies.DTypePolicyMap) else layer.dtype_policy)
     if isinstance(policy, keras.dtype_policies.DTypePolicyMap):
-        return lambda layer: kg.split_policy(policy[kg.layer_key(layer)])
+        return lambda layer: kg.split_policy(kg.lookup(policy, layer))
     if isinstance(policy, dict):
-        return lambda layer: kg.split_policy(policy.get(kg.layer_key(layer), layer.dtype_policy))
+        return lambda layer: kg.split_policy(
+            policy.get(layer.name, policy.get(layer.path, layer.dtype_policy)))
     float_policy, mode = kg.split_policy(policy)
     try:
         keras.dtype_policies.get(float_policy)

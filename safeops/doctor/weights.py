@@ -7,6 +7,7 @@ from typing import Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
+from safeops._core.registry import new
 from safeops.doctor._graph import to_numpy
 from safeops.doctor._report import format_table
 
@@ -153,6 +154,7 @@ def format_weights_report(stats):
     return "safeops.doctor.weights_report\n" + table + ("\n" + "\n".join(flagged) if flagged else "")
 
 
+@new("per-weight scale, NaN/inf and float16/bfloat16/int8 fitness of a Keras model")
 def weights_report(model, verbose=True):
     """Per layer and weight: dtype, range, std vs. the Glorot/He scale, NaN/inf, float16/bfloat16/int8 fitness.
 

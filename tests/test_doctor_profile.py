@@ -1,0 +1,331 @@
+"""Tests of `so.doctor.profile` (bits lost per layer against float64) and `so.doctor.advise`.
+
+References are computed here, independently of the profiler: float64 NumPy forward
+passes of the same weights, Keras layers built in the test, and the bits-lost formula
+written out again (docs/doctor.md, "Precision profile").
+"""
+
+import json
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from safeops.doctor import advise, profile
+from safeops.doctor.precision import bits_lost, rel_errors
+
+P16 = 11  # float16 precision in bits (u = 2^-11)
+
+
+def _bits(y, r, p):
+    """Bits lost (docs/doctor.md): clip(log2(|y - r| / max(|r|, rms(r)) / 2^-p), 0, p)."""
+    y = np.asarray(y, np.float64).ravel()
+    r = np.asarray(r, np.float64).ravel()
+    floor = np.sqrt(np.mean(r ** 2))
+    out = []
+    for yi, ri in zip(y, r):
+        if not math.isfinite(yi):
+            out.append(p)
+            continue
+        rel = abs(yi - ri) / max(abs(ri), floor)
+        out.append(0.0 if rel == 0 else min(max(math.log2(rel) + p, 0.0), p))
+    return np.array(out)
+
+
+def _planted(seed=0):
+    """Dense -> Dense whose output rows have |mean|/std ~ 1e4 -> LayerNormalization -> Dense."""
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((16,))
+    h = keras.layers.Dense(32, activation="relu", name="d1")(inp)
+    h = keras.layers.Dense(32, name="shift")(h)
+    h = keras.layers.LayerNormalization(name="ln")(h)
+    out = keras.layers.Dense(4, name="head")(h)
+    model = keras.Model(inp, out)
+    model.get_layer("shift").bias.assign(np.full(32, 1e4, np.float32))
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((64, 16)).astype(np.float32)
+    y = rng.standard_normal((64, 4)).astype(np.float32)
+    return model, x, y
+
+
+def _mlp(seed=0):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(64, activation="relu"),
+                              keras.layers.Dense(64, activation="relu"), keras.layers.Dense(4)])
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((128, 16)).astype(np.float32)
+    y = rng.standard_normal((128, 4)).astype(np.float32)
+    return model, x, y
+
+
+def _cnn(seed=0, n=64):
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((16, 16, 3))
+    h = keras.layers.Conv2D(8, 3, activation="relu")(inp)
+    h = keras.layers.BatchNormalization()(h)
+    h = keras.layers.MaxPooling2D()(h)
+    h = keras.layers.Conv2D(16, 3, activation="relu")(h)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    out = keras.layers.Dense(10)(h)
+    model = keras.Model(inp, out)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 16, 16, 3)).astype(np.float32)
+    y = rng.integers(0, 10, n)
+    return model, x, y
+
+
+def _twin(model, policy):
+    twin = keras.models.clone_model(
+        model, clone_function=lambda la: la.__class__.from_config({**la.get_config(), "dtype": policy}))
+    twin.set_weights(model.get_weights())
+    return twin
+
+
+def _float64_twin(model):
+    return _twin(model, "float64")
+
+
+def _eval_loss(model, x, y, loss):
+    pred = tf.cast(model(x, training=False), tf.float64)
+    yt = tf.cast(y, tf.float64) if np.issubdtype(np.asarray(y).dtype, np.floating) else y
+    return float(tf.reduce_mean(loss(yt, pred)))
+
+
+# ---------------------------------------------------------------- definitions
+
+def test_bits_lost_definition():
+    r = np.array([4.0, -2.0, 1.0, 0.0])
+    rms = math.sqrt((16 + 4 + 1) / 4)
+    y = r.copy()
+    y[0] = 4.0 + 16 * 2.0 ** -11     # |r| > rms: rel 2^-9, 2 bits of 11
+    y[2] = 1.0 + rms * 2.0 ** -10    # |r| < rms: measured against rms(r): 2^-10, 1 bit
+    y[3] = rms * 2.0 ** -12          # at 0: measured against rms(r), below u: 0 bits
+    rel = rel_errors(y, r)
+    np.testing.assert_allclose(rel, [2.0 ** -9, 0.0, 2.0 ** -10, 2.0 ** -12], rtol=1e-12)
+    np.testing.assert_allclose(bits_lost(rel, P16), [2.0, 0.0, 1.0, 0.0], atol=1e-12)
+    y[1] = np.inf                    # not finite where the reference is: every bit lost
+    assert bits_lost(rel_errors(y, r), P16)[1] == P16
+    assert bits_lost([10.0], P16)[0] == P16  # capped at p
+
+
+# ---------------------------------------------------------------- profile
+
+def test_planted_layernorm_is_worst_under_float16(tmp_path):
+    model, x, y = _planted()
+    prof = profile(model, (x, y), policy="float16", loss="mse", plot=str(tmp_path / "bits.png"),
+                   verbose=False)
+    assert prof.worst[0][0] == "ln"
+    assert prof.first_over == "ln"
+    ln = prof.layer("ln")
+    assert ln.local_bits_mean > 8.0
+    for name in ("d1", "shift", "head"):
+        assert prof.layer(name).local_bits_mean <= 3.0, name
+    assert "StableLayerNormalization" in prof.worst[0][2]
+
+    # The same figure from scratch: the float64 input of the LayerNormalization, rounded to
+    # float16 (what a float16 model feeds it), through a float16 Keras LayerNormalization.
+    w1, b1, w2, b2, gamma, beta = (w.astype(np.float64) for w in model.get_weights()[:6])
+    h = np.maximum(x.astype(np.float64) @ w1 + b1, 0.0) @ w2 + b2
+    mean = h.mean(-1, keepdims=True)
+    ref = (h - mean) / np.sqrt(((h - mean) ** 2).mean(-1, keepdims=True) + 1e-3) * gamma + beta
+    ln16 = keras.layers.LayerNormalization(dtype="float16")
+    ln16.build((None, 32))
+    ln16.set_weights([gamma, beta])
+    out16 = ln16(h.astype(np.float16)).numpy()
+    assert abs(ln.local_bits_mean - _bits(out16, ref, P16).mean()) < 0.05
+    assert (tmp_path / "bits.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_healthy_mlp_loses_few_bits():
+    model, x, y = _mlp()
+    ws = [w.astype(np.float64) for w in model.get_weights()]
+    ref = x.astype(np.float64)
+    for k in range(0, 6, 2):  # the float64 forward pass, in NumPy
+        ref = ref @ ws[k] + ws[k + 1]
+        ref = np.maximum(ref, 0.0) if k < 4 else ref
+    for policy, p in (("mixed_float16", 11), ("mixed_bfloat16", 8)):
+        prof = profile(model, (x, y), policy=policy, loss="mse", verbose=False)
+        assert prof.first_over is None
+        for e in prof.layers:
+            assert e.local_bits_mean <= 2.0 and e.bits_mean <= 3.0, (policy, e)
+            assert e.dtype == policy.split("_")[1]
+        low = _twin(model, policy)(x).numpy().astype(np.float64)
+        expected = np.linalg.norm(low - ref) / np.linalg.norm(ref)
+        assert prof.output_error == pytest.approx(expected, rel=1e-6)
+        assert 0 < prof.output_error < 2.0 ** -p * 16
+
+
+def test_float64_shadow_of_float64_model_loses_nothing():
+    model64 = _float64_twin(_cnn(n=16)[0])
+    _, x, y = _cnn(n=16)
+    prof = profile(model64, (x, y), policy=None,
+                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), verbose=False)
+    assert prof.output_error == 0.0 and prof.loss_error == 0.0
+    for e in prof.layers:
+        assert e.dtype == "float64"
+        assert (e.bits_mean, e.bits_max, e.local_bits_mean, e.local_bits_max) == (0, 0, 0, 0)
+        assert e.grad_bits_max == 0.0
+        assert e.weight_grad_bits_max in (0.0, None)
+
+
+def test_eager_and_graph_give_the_same_profile():
+    model, x, y = _cnn(n=16)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    eager = profile(model, (x, y), policy="mixed_float16", loss=loss, mode="eager", verbose=False)
+    graph = profile(model, (x, y), policy="mixed_float16", loss=loss, mode="graph", verbose=False)
+    a, b = eager.as_dict(), graph.as_dict()
+    assert a["worst"] == b["worst"] and a["first_over"] == b["first_over"]
+    assert a["output_error"] == b["output_error"] and a["loss"] == b["loss"]
+    # The profiled (16-bit) values are bit-identical; the float64 reference gradients may differ
+    # in their last bit (graph rewrites reorder float64 sums): 1e-16 relative is 1e-12 bits.
+    for la, lb in zip(a["layers"], b["layers"]):
+        assert la.keys() == lb.keys()
+        for key in la:
+            if isinstance(la[key], float):
+                assert la[key] == pytest.approx(lb[key], rel=1e-9, abs=1e-9), (la["name"], key)
+            else:
+                assert la[key] == lb[key], (la["name"], key)
+        for key in ("bits_mean", "bits_max", "local_bits_mean", "local_bits_max", "max_abs"):
+            assert la[key] == lb[key]
+
+
+def test_dict_table_and_loss_scale(capsys):
+    model, x, y = _planted()
+    prof = profile(model, (x, y), policy="mixed_float16", loss="mse", threshold=2.0)
+    out = capsys.readouterr().out
+    assert "worst: ln" in out and "first layer losing more than 2 bits" in out
+    d = prof.as_dict()
+    json.dumps(d)  # plain types only
+    assert [e["name"] for e in d["layers"]] == ["d1", "shift", "ln", "head"]
+    assert d["worst"][0]["layer"] == "ln" and d["threshold"] == 2.0
+    # float16 gradients are computed with a loss scale that keeps them finite
+    assert prof.loss_scale >= 1.0
+    assert all(e.grad_bits_max is not None for e in prof.layers)
+    assert d["loss"]["float64"] == pytest.approx(
+        _eval_loss(_float64_twin(model), x.astype(np.float64), y.astype(np.float64),
+                   keras.losses.mean_squared_error), rel=1e-12)
+
+
+def test_residual_shared_and_masked_model():
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6,), dtype="int32")
+    e = keras.layers.Embedding(20, 8, mask_zero=True, name="emb")(inp)
+    dense = keras.layers.Dense(8, name="shared")
+    h = keras.ops.tanh(dense(dense(e)) + e)
+    out = keras.layers.Dense(2, name="out")(keras.layers.GlobalAveragePooling1D(name="pool")(h))
+    model = keras.Model(inp, out)
+    rng = np.random.default_rng(0)
+    x = rng.integers(1, 20, (16, 6))
+    x[:, 4:] = 0
+    prof = profile(model, x, policy="mixed_bfloat16", verbose=False)
+    names = [e.name for e in prof.layers]
+    assert names[:3] == ["emb", "shared", "shared#1"] and "pool" in names
+    assert 0 < prof.output_error < 2.0 ** -8 * 8
+
+
+def test_int8_policy_quantizes_supported_layers():
+    model, x, _ = _cnn(n=16)
+    prof = profile(model, x, policy="int8", verbose=False)
+    quant = {e.class_name: e.quantization for e in prof.layers}
+    assert quant["Dense"] == "int8" and quant["Conv2D"] is None  # Keras quantizes Dense, not Conv
+    dense = next(e for e in prof.layers if e.class_name == "Dense")
+    assert dense.local_bits_mean > 4.0  # int8 against float32's 24 bits
+
+
+def test_bad_input_raises():
+    model, x, y = _mlp()
+
+    class Sub(keras.Model):
+        def call(self, z):
+            return z
+
+    with pytest.raises(TypeError, match="subclassed"):
+        profile(Sub(), x, verbose=False)
+    with pytest.raises(TypeError, match="keras.Model"):
+        profile(lambda z: z, x, verbose=False)
+    with pytest.raises(ValueError, match="policy"):
+        profile(model, x, policy="float17", verbose=False)
+    with pytest.raises(ValueError, match=r"data=\(x, y\)"):
+        profile(model, x, loss="mse", verbose=False)
+    with pytest.raises(ValueError, match="takes 1"):
+        profile(model, [x, x], verbose=False)
+    with pytest.raises(ValueError, match="mode"):
+        profile(model, x, mode="xla", verbose=False)
+    with pytest.raises(ValueError, match="budget"):
+        advise(model, x, budget=0.0, verbose=False)
+    with pytest.raises(ValueError, match="dtypes"):
+        advise(model, x, dtypes=("float8",), verbose=False)
+
+
+def test_keras_touchpoints():
+    """The Keras internals the profiler reads (safeops/doctor/_keras_graph.py) still exist."""
+    from keras.src.backend.common.masking import set_keras_mask  # noqa: F401
+
+    model, _, _ = _mlp()
+    graph = model._functional
+    assert isinstance(graph._nodes_by_depth, dict)
+    node = next(n for ns in graph._nodes_by_depth.values() for n in ns if not n.is_input)
+    assert node.operation is not None and node.outputs and node.input_tensors
+    args, _ = node.arguments.fill_in({id(t): 1.0 for t in node.input_tensors})
+    assert args == (1.0,)
+
+
+# ---------------------------------------------------------------- advise
+
+@pytest.mark.parametrize("make, loss", [
+    (_mlp, keras.losses.mean_squared_error),
+    (_cnn, keras.losses.SparseCategoricalCrossentropy(from_logits=True)),
+])
+def test_advise_keeps_loss_within_budget_with_16bit_flops(make, loss):
+    model, x, y = make()
+    budget = 1e-3
+    advice = advise(model, (x, y), budget=budget, loss=loss, quantize=(), verbose=False)
+    assert isinstance(advice.policy_map, keras.dtype_policies.DTypePolicyMap)
+    assert advice.within_budget and advice.error <= budget
+    applied = advice.apply(model)
+    ref = _eval_loss(_float64_twin(model), x.astype(np.float64), y, loss)
+    got = _eval_loss(applied, x, y, loss)
+    assert abs(got - ref) / abs(ref) <= budget
+    # FLOPs of the matrix layers (2 * kernel size * output positions), counted here
+    total = half = 0.0
+    for layer in applied.layers:
+        if not hasattr(layer, "kernel"):
+            continue
+        out = layer.output.shape
+        flops = 2.0 * np.prod(layer.kernel.shape) * np.prod(out[1:-1] or [1])
+        total += flops
+        half += flops if layer.compute_dtype in ("float16", "bfloat16") else 0.0
+    assert half / total >= 0.7
+    assert advice.low_precision_flops >= 0.7
+
+
+def test_advise_promotes_the_planted_bottleneck_and_its_input():
+    model, x, y = _planted()
+    advice = advise(model, (x, y), budget=1e-2, loss="mse", quantize=(), verbose=False)
+    policies = advice.policies()
+    assert policies["ln"] == "float32" and policies["shift"] == "float32"
+    assert policies["d1"] in ("mixed_float16", "mixed_bfloat16")
+    assert policies["head"] in ("mixed_float16", "mixed_bfloat16")
+    ref = _eval_loss(_float64_twin(model), x.astype(np.float64), y.astype(np.float64),
+                     keras.losses.mean_squared_error)
+    got = _eval_loss(advice.apply(model), x, y, keras.losses.mean_squared_error)
+    assert abs(got - ref) / ref <= 1e-2
+    # all 16-bit is far outside the budget
+    assert profile(model, (x, y), policy="mixed_float16", loss="mse", verbose=False).loss_error > 0.1
+
+
+def test_advise_int8_where_keras_quantizes():
+    model, x, y = _mlp()
+    budget = 1e-2
+    advice = advise(model, (x, y), budget=budget, loss="mse", quantize=("int8",), verbose=False)
+    assert advice.quantization  # at least one Dense layer takes int8 within this budget
+    applied = advice.apply(model)
+    for name, mode in advice.quantization.items():
+        assert applied.get_layer(name).quantization_mode == mode
+    ref = _eval_loss(_float64_twin(model), x.astype(np.float64), y.astype(np.float64),
+                     keras.losses.mean_squared_error)
+    got = _eval_loss(applied, x, y, keras.losses.mean_squared_error)
+    assert abs(got - ref) / ref <= budget
+    assert model.layers[0].quantization_mode is None  # the model passed is unchanged
