@@ -1,4 +1,7 @@
-"""Compensated Keras 3 optimizers (namespace ``so.optimizers``): SGD, Adam, AdamW.
+"""Compensated Keras 3 optimizers (namespace ``so.optimizers``).
+
+SGD, Adam, AdamW, RMSprop, Adagrad, Adamax, Nadam, Lion and Adafactor: each
+is the Keras optimizer of that name whose variable updates are compensated.
 
 The failure they fix: a bfloat16 weight of 1.0 that receives 1000 updates of
 +1e-3 stays at exactly 1.0 (exact: 2.0), because each update is below half an
@@ -7,8 +10,12 @@ updates below 2**-24 of their magnitude (one million updates of 1e-7 to 1.0
 end at 1.119 instead of 1.1). "Revisiting BFloat16 Training" (Zamirai et al.,
 2020) recovers the lost accuracy with Kahan summation or stochastic rounding.
 
-Methods, per variable (the update delta is always computed in float32 for
-float16/bfloat16 variables, in the variable's dtype otherwise):
+One mechanism serves every optimizer: Keras's own ``update_step`` runs
+unchanged, but for a compensated variable it is handed a working view of the
+variable (float32 for float16/bfloat16 variables, the variable's dtype
+otherwise), so Keras computes the step -- learning rate, gradient, moments,
+bias corrections -- in that dtype, and its final ``assign_add`` /
+``assign_sub`` / ``assign`` of the variable is intercepted and applied as:
 
 * ``kahan_summation`` (default: on for float16/bfloat16, off for
   float32/float64): one compensation slot c per variable, in the variable's
@@ -20,39 +27,59 @@ float16/bfloat16 variables, in the variable's dtype otherwise):
   up to n / 2 ulps).
 * ``stochastic_rounding`` (bfloat16 variables only; float16 variables keep
   the automatic Kahan summation, float32/float64 follow `kahan_summation`):
-  ``w + delta`` is formed in
-  float32 and rounded to bfloat16 up or down with probabilities proportional
-  to the distance, using 16 random bits from a stateless generator keyed on
-  (`seed`, iteration, variable index): unbiased, ``E[w_n] = w_0 + sum delta_i``
-  exactly, no extra slot, same draws on every replica.
+  ``w + delta`` is formed in float32 and rounded to bfloat16 up or down with
+  probabilities proportional to the distance, using 16 random bits from a
+  stateless generator keyed on (`seed`, iteration, variable index): unbiased,
+  ``E[w_n] = w_0 + sum delta_i`` exactly, no extra slot, same draws on every
+  replica.
 
-Moment slots (SGD momentum, Adam m, v, v_hat) of compensated float16/bfloat16
-variables are float32: a bfloat16 moving average with decay 0.999 stalls like
-the weights (measured: a bf16 MLP trained with compensated weights but bf16
-moments ended 30% above the float32 loss; with float32 moments, 0.05%).
+Sparse gradients (`tf.IndexedSlices`, e.g. from an `Embedding`): where Keras's
+step is sparse (SGD without momentum, Adagrad) the compensated update is too:
+duplicate indices are summed, then only the touched rows of the variable and
+of its compensation slot are read and written (a gather and two
+``scatter_update``). Optimizers whose Keras step is dense (moments decay on
+every row: Adam, RMSprop, ...) update densely, as Keras does.
 
-For variables of 32768 elements or more the compensated step is one
-XLA-fused kernel (a nested ``tf.function(jit_compile=True)``), which is why it
-costs about as much as the plain Keras step; smaller variables run the same
-ops unfused (an XLA call costs ~20 us). Gradients are not modified (same clipping and weight decay as
-Keras; with weight decay, the decay term is added to the compensated delta).
+Optimizer slots (moments, accumulators, Adafactor's factored statistics,
+Nadam's momentum product) of compensated float16/bfloat16 variables are
+float32: a bfloat16 moving average with decay 0.999 stalls like the weights
+(measured: a bf16 MLP trained with compensated weights but bf16 moments ended
+30% above the float32 loss; with float32 moments, 0.05%).
+
+Under ``mixed_bfloat16`` (or ``mixed_float16``) the model's variables are
+float32 and only the computation is in half precision: the default
+(``kahan_summation=None``) then compensates nothing and every step is Keras's
+float32 step, bit for bit; the half-precision rounding is in the gradients,
+which compensation does not touch. ``kahan_summation=True`` compensates the
+float32 weights (one float32 slot per variable), which matters only when
+updates fall below 2**-24 of the weights (long runs, tiny learning rates).
+
+For dense variables of 32768 elements or more the compensated add is one
+XLA-fused kernel (a nested ``tf.function(jit_compile=True)``); smaller ones run
+the same ops unfused (an XLA call costs ~20 us). Gradients are not modified
+(same clipping and weight decay as Keras; decay of a compensated variable is
+a compensated add of ``-lr * wd * w`` computed in the working dtype).
 """
 
+import inspect
 import random
 
 import keras
 import tensorflow as tf
 
+from safeops._core import keras_compat
+from safeops._core.dtypes import HALF_DTYPES
+from safeops._core.registry import drop_in
 from safeops._dtypes import scalar_in
 
-__all__ = ["SGD", "Adam", "AdamW"]
+__all__ = ["SGD", "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "Adamax", "Lion",
+           "Nadam", "RMSprop"]
 
-_HALF = (tf.float16, tf.bfloat16)
-_MOMENT_SLOTS = ("momentum", "velocity", "velocity_hat")
+_COMPENSATION = "kahan_compensation"
 
 
-def _compute_dtype(dtype):
-    return tf.float32 if dtype in _HALF else dtype
+def _working_dtype(dtype):
+    return tf.float32 if dtype in HALF_DTYPES else dtype
 
 
 def _stochastic_round_bf16(x32, seed):
@@ -65,64 +92,75 @@ def _stochastic_round_bf16(x32, seed):
     return tf.cast(tf.where(tf.math.is_finite(x32), out, x32), tf.bfloat16)  # exact cast
 
 
-def _sgd_math(grad, slots, hyper, static):
-    lr = hyper["lr"]
-    if not slots:
-        return (), -grad * lr
-    momentum = hyper["momentum"]
-    m = slots[0] * momentum - grad * lr
-    delta = m * momentum - grad * lr if static["nesterov"] else m
-    return (m,), delta
+def _add(w, comp, delta, seed, mode):
+    """``w + delta`` compensated; `w`, `delta` in the working dtype, `comp` in the variable's.
 
-
-def _adam_math(grad, slots, hyper, static):
-    b1, b2 = hyper["beta_1"], hyper["beta_2"]
-    m = slots[0] + (grad - slots[0]) * (1.0 - b1)
-    v = slots[1] + (tf.square(grad) - slots[1]) * (1.0 - b2)
-    new = (m, v)
-    if static["amsgrad"]:
-        v = tf.maximum(slots[2], v)
-        new = (m, new[1], v)
-    step = hyper["step"]
-    alpha = hyper["lr"] * tf.sqrt(1.0 - tf.pow(b2, step)) / (1.0 - tf.pow(b1, step))
-    return new, -(m * alpha) / (tf.sqrt(v) + hyper["epsilon"])
-
-
-_MATH = {"sgd": _sgd_math, "adam": _adam_math}
-
-
-def _step(var, comp, grad, slots, hyper, seed, static):
-    """One compensated update; returns (new var, new compensation, new slots)."""
-    dtype = var.dtype
-    cdt = _compute_dtype(dtype)
-    w = tf.cast(var, cdt)
-    hyper = {k: tf.cast(h, cdt) for k, h in hyper.items()}
-    cslots = tuple(tf.cast(s, cdt) for s in slots)
-    new_slots, delta = _MATH[static["kind"]](tf.cast(grad, cdt), cslots, hyper, static)
-    if static["decay"]:
-        delta = delta - w * hyper["wd"] * hyper["lr"]
-    if static["mode"] == "kahan":
-        y = delta - tf.cast(comp, cdt)
+    Returns (new variable value, new compensation), both in the variable's dtype.
+    """
+    dtype = comp.dtype
+    if mode == "kahan":
+        y = delta - tf.cast(comp, w.dtype)
         t = tf.cast(w + y, dtype)
-        new_comp = tf.cast((tf.cast(t, cdt) - w) - y, dtype)
-    else:  # stochastic rounding, bfloat16 only
-        t = _stochastic_round_bf16(w + delta, seed)
-        new_comp = comp
-    return t, new_comp, tuple(tf.cast(s, o.dtype) for s, o in zip(new_slots, slots))
+        return t, tf.cast((tf.cast(t, w.dtype) - w) - y, dtype)
+    return _stochastic_round_bf16(w + delta, seed), comp
 
 
-# Large variables: one fused XLA kernel (memory-bound, ~1 pass instead of ~15).
+# Large variables: one fused XLA kernel (memory-bound, ~1 pass instead of ~6).
 # Small ones: the same ops unfused, avoiding the ~20 us cost of an XLA call.
-_fused_step = tf.function(_step, jit_compile=True, reduce_retracing=True)
+_fused_add = tf.function(_add, jit_compile=True, reduce_retracing=True)
 _FUSE_MIN_SIZE = 1 << 15
 
 
+class _Working:
+    """A compensated variable as Keras's ``update_step`` sees it.
+
+    Reads give the variable's value in the working dtype (float32 for
+    float16/bfloat16), ``dtype`` is that dtype, and the optimizer indexes it
+    as the variable (same key). Writes reach the variable only through the
+    optimizer's intercepted ``assign*`` methods.
+    """
+
+    def __init__(self, variable, dtype, key, index):
+        self.variable = variable
+        self.dtype = dtype
+        self.shape = variable.shape
+        self.name = variable.name
+        self._unique_id = key
+        self.index = index
+
+    def __tf_tensor__(self, dtype=None, name=None):
+        return tf.cast(tf.convert_to_tensor(self.variable), dtype or self.dtype, name=name)
+
+
+def _tf_variable(v):
+    return v.value if isinstance(v, keras.Variable) else v
+
+
 class _Compensated:
-    """Mixin: Kahan / stochastic-rounding variable updates for a Keras optimizer."""
+    """Mixin: compensated variable updates for any Keras optimizer (see module doc)."""
 
-    _KIND = None
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # The signature a user sees: Keras's arguments, in Keras's order, then ours.
+        keras_cls = next(b for b in cls.__mro__[1:]
+                         if b.__module__.startswith("keras.") and b.__name__ == cls.__name__)
+        params = [p for p in inspect.signature(keras_cls.__init__).parameters.values()
+                  if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        ours = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d)
+                for n, d in (("kahan_summation", None), ("stochastic_rounding", False),
+                             ("seed", None))]
+        tail = [inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD)]
 
-    def _init_precision(self, kahan_summation, stochastic_rounding, seed):
+        def __init__(self, *args, **kwargs):
+            _Compensated.__init__(self, *args, **kwargs)
+
+        __init__.__signature__ = inspect.Signature(params + ours + tail)
+        __init__.__doc__ = f"Keras's {keras_cls.__name__} arguments, then ours (class doc)."
+        cls.__init__ = __init__
+
+    def __init__(self, *args, kahan_summation=None, stochastic_rounding=False, seed=None,
+                 **kwargs):
+        super().__init__(*args, **kwargs)
         op = f"safeops.optimizers.{type(self).__name__}"
         if kahan_summation not in (None, True, False):
             raise ValueError(f"{op}: argument 'kahan_summation' must be None, True or False; "
@@ -141,19 +179,25 @@ class _Compensated:
         self.stochastic_rounding = bool(stochastic_rounding)
         self.seed = int(seed)
 
-    def _mode(self, variable):
-        """'kahan', 'stochastic' or None for a variable."""
-        dtype = tf.as_dtype(variable.dtype)
+    # -- which variables, which slots ----------------------------------------------
+    def _mode_of_dtype(self, dtype):
+        dtype = tf.as_dtype(dtype)
         if self.stochastic_rounding and dtype == tf.bfloat16:
             return "stochastic"
         # stochastic_rounding covers bfloat16 only: float16 variables keep the automatic
         # Kahan summation (kahan_summation=None), else they would get no compensation.
-        if self.kahan_summation or (self.kahan_summation is None and dtype in _HALF):
+        if self.kahan_summation or (self.kahan_summation is None and dtype in HALF_DTYPES):
             return "kahan"
         return None
 
+    def _mode(self, variable):
+        """'kahan', 'stochastic' or None for a variable."""
+        if keras_compat.overwrite_with_gradient(variable):
+            return None
+        return self._mode_of_dtype(variable.dtype)
+
     def build(self, var_list):
-        """Create Keras' slots plus one compensation slot per Kahan-summed variable.
+        """Create Keras's slots plus one compensation slot per Kahan-summed variable.
 
         Args:
           var_list: the trainable variables (floating dtypes only).
@@ -169,20 +213,32 @@ class _Compensated:
                 raise TypeError(f"safeops.optimizers.{type(self).__name__}: argument 'var_list' "
                                 f"must hold float16, bfloat16, float32 or float64 variables; "
                                 f"got {dtype.name} for {v.name!r}")
-        super().build(var_list)
+        self._widen_slots = True
+        try:
+            super().build(var_list)
+        finally:
+            self._widen_slots = False
         self._compensations = [
-            self.add_variable_from_reference(v, name="kahan_compensation")
-            if self._mode(v) == "kahan" and not self._overwrite_variable_with_gradient(v)
-            else None
+            self.add_variable_from_reference(v, name=_COMPENSATION)
+            if self._mode(v) == "kahan" else None
             for v in var_list]
 
+    def add_variable(self, shape, initializer="zeros", dtype=None, aggregation="none",
+                     layout=None, name=None):
+        """Keras's factory; half-precision slots created while building are float32."""
+        if getattr(self, "_widen_slots", False) and dtype is not None and \
+                tf.as_dtype(dtype) in HALF_DTYPES and self._mode_of_dtype(dtype):
+            dtype = "float32"
+        return super().add_variable(shape=shape, initializer=initializer, dtype=dtype,
+                                    aggregation=aggregation, layout=layout, name=name)
+
     def add_variable_from_reference(self, reference_variable, name=None, initializer="zeros"):
-        """Keras' slot factory; moment slots of compensated half-precision variables are float32.
+        """Keras's slot factory; slots of compensated half-precision variables are float32.
 
         An exponential moving average stored in bfloat16 stalls exactly like the
         weights do (Adam's ``v += (g**2 - v) * 0.001`` is below half an ulp), so
-        the momentum/velocity slots of compensated float16/bfloat16 variables
-        are kept in float32; compensation slots keep the variable's dtype.
+        every slot of a compensated float16/bfloat16 variable is float32, except
+        the compensation slot, which keeps the variable's dtype.
 
         Args:
           reference_variable: the model variable.
@@ -190,19 +246,21 @@ class _Compensated:
           initializer: slot initializer.
         """
         dtype = tf.as_dtype(reference_variable.dtype)
-        if name in _MOMENT_SLOTS and dtype in _HALF and self._mode(reference_variable):
+        if name != _COMPENSATION and dtype in HALF_DTYPES and self._mode(reference_variable):
             path = getattr(reference_variable, "path", None) or \
                 str(reference_variable.name).replace(":", "_")
             ref = getattr(reference_variable, "value", reference_variable)
             with self._distribution_strategy.extended.colocate_vars_with(ref):
-                return self.add_variable(shape=reference_variable.shape, initializer=initializer,
-                                         dtype="float32", name=f"{path.replace('/', '_')}_{name}")
+                return keras.optimizers.Optimizer.add_variable(
+                    self, shape=reference_variable.shape, initializer=initializer,
+                    dtype="float32", name=f"{path.replace('/', '_')}_{name}")
         return super().add_variable_from_reference(reference_variable, name=name,
                                                    initializer=initializer)
 
+    # -- gradients and decay ------------------------------------------------------
     def _clip_gradients(self, grads):
         if self.clipnorm or self.global_clipnorm:
-            try:  # issue 11's NaN-free clipping, when present
+            try:  # the NaN-free clipping of safeops.clipping, when present
                 from safeops.clipping import _clip_gradients
             except ImportError:
                 _clip_gradients = None
@@ -212,198 +270,234 @@ class _Compensated:
         return super()._clip_gradients(grads)
 
     def _apply_weight_decay(self, variables):
-        # Decay of compensated variables is folded into their compensated delta.
         plain = [v for v in variables if self._mode(v) is None]
         if plain:
             super()._apply_weight_decay(plain)
+        if self.weight_decay is None:
+            return
+        for v in variables:
+            if self._mode(v) is not None and self._use_weight_decay(v):
+                work = self._working(_tf_variable(v))
+                cdt = work.dtype
+                lr = scalar_in(self.learning_rate, cdt)
+                wd = scalar_in(self.weight_decay, cdt)
+                self._compensated_assign(work, -(tf.convert_to_tensor(work) * wd * lr))
 
-    def _slots(self, variable):
-        raise NotImplementedError
-
-    def _hyper(self, variable, dtype):
-        raise NotImplementedError
-
-    def _static(self):
-        raise NotImplementedError
+    # -- the one mechanism ----------------------------------------------------------
+    def _working(self, variable):
+        index = keras_compat.optimizer_variable_index(self, variable)
+        key = keras_compat.optimizer_variable_key(self, variable)
+        return _Working(variable, _working_dtype(tf.as_dtype(variable.dtype)), key, index)
 
     def update_step(self, gradient, variable, learning_rate):
-        mode = self._mode(variable)
-        if mode is None:
+        if self._mode(variable) is None:
             return super().update_step(gradient, variable, learning_rate)
-        index = self._get_variable_index(variable)
-        slots = self._slots(variable)
-        comp = self._compensations[index]
-        comp_value = tf.convert_to_tensor(comp) if comp is not None \
-            else tf.zeros([], variable.dtype)
-        cdt = _compute_dtype(variable.dtype)
-        hyper = {"lr": scalar_in(learning_rate, cdt)}
-        hyper.update(self._hyper(variable, cdt))
-        decay = self.weight_decay is not None and self._use_weight_decay(variable)
-        if decay:
-            hyper["wd"] = scalar_in(self.weight_decay, cdt)
+        work = self._working(variable)
+        # Keras's step mixes Python-float hyperparameters into tensor code in two ways:
+        # ops.cast(beta, dtype), which goes through float32 (float64 0.999 becomes
+        # 0.99900001287...), and Python arithmetic such as 1 - beta, done in double
+        # while beta ** t is done in the variable's dtype (Adam's first float32 step
+        # is then off by 6e-6). NumPy scalars of the working dtype make both exact and
+        # consistent, and still compare as numbers (`if self.momentum > 0`).
+        scalar = work.dtype.as_numpy_dtype
+        saved = {k: v for k, v in vars(self).items()
+                 if type(v) is float and not k.startswith("_")}  # noqa: E721 (not bool/int)
+        try:
+            vars(self).update({k: scalar(v) for k, v in saved.items()})
+            return super().update_step(gradient, work, learning_rate)
+        finally:
+            vars(self).update(saved)
+
+    def assign(self, variable, value):
+        if isinstance(variable, _Working):
+            if isinstance(value, tf.IndexedSlices):
+                rows = tf.gather(tf.convert_to_tensor(variable), value.indices)
+                delta = tf.IndexedSlices(tf.cast(value.values, variable.dtype) - rows,
+                                         value.indices, value.dense_shape)
+            else:
+                delta = tf.cast(value, variable.dtype) - tf.convert_to_tensor(variable)
+            return self._compensated_assign(variable, delta)
+        return super().assign(variable, value)
+
+    def assign_add(self, variable, value):
+        if isinstance(variable, _Working):
+            return self._compensated_assign(variable, value)
+        return super().assign_add(variable, value)
+
+    def assign_sub(self, variable, value):
+        if isinstance(variable, _Working):
+            if isinstance(value, tf.IndexedSlices):
+                value = tf.IndexedSlices(-value.values, value.indices, value.dense_shape)
+            else:
+                value = -tf.convert_to_tensor(value)
+            return self._compensated_assign(variable, value)
+        return super().assign_sub(variable, value)
+
+    def _compensated_assign(self, work, delta):
+        """Add `delta` (dense or IndexedSlices, working dtype) to the variable, compensated."""
+        var = _tf_variable(work.variable)
+        mode = self._mode(var)
+        comp = self._compensations[work.index]
+        cdt = work.dtype
         step = tf.cast(self.iterations, tf.int64)
         seed = tf.stack([tf.constant(self.seed, tf.int64),
-                         step * len(self._trainable_variables) + index])
-        static = dict(self._static(), kind=self._KIND, mode=mode, decay=decay)
-        size = tf.TensorShape(variable.shape).num_elements()
-        step_fn = _fused_step if size is None or size >= _FUSE_MIN_SIZE else _step
-        new_var, new_comp, new_slots = step_fn(
-            tf.convert_to_tensor(variable), comp_value, tf.convert_to_tensor(gradient),
-            tuple(tf.convert_to_tensor(s) for s in slots), hyper, seed, static)
-        for slot, value in zip(slots, new_slots):
-            self.assign(slot, value)
-        if comp is not None:
-            self.assign(comp, new_comp)
-        self.assign(variable, new_var)
+                         step * len(keras_compat.optimizer_trainable_variables(self)) +
+                         work.index])
+        comp_var = _tf_variable(comp) if comp is not None else None
+        if isinstance(delta, tf.IndexedSlices):
+            indices, position = tf.unique(delta.indices)
+            values = tf.math.unsorted_segment_sum(tf.cast(delta.values, cdt), position,
+                                                  tf.size(indices))
+            w = tf.cast(tf.gather(var, indices), cdt)
+            c = tf.gather(comp_var, indices) if comp_var is not None else \
+                tf.zeros([], var.dtype)
+            new_w, new_c = _add(w, c, values, seed, mode)
+            var.scatter_update(tf.IndexedSlices(new_w, indices))
+            if comp_var is not None:
+                comp_var.scatter_update(tf.IndexedSlices(new_c, indices))
+            return
+        c = tf.convert_to_tensor(comp_var) if comp_var is not None else tf.zeros([], var.dtype)
+        size = tf.TensorShape(var.shape).num_elements()
+        add = _fused_add if size is None or size >= _FUSE_MIN_SIZE else _add
+        new_w, new_c = add(tf.cast(tf.convert_to_tensor(var), cdt), c,
+                           tf.cast(delta, cdt), seed, mode)
+        var.assign(new_w)
+        if comp_var is not None:
+            comp_var.assign(new_c)
 
-    def _precision_config(self, config):
+    def get_config(self):
+        config = super().get_config()
         config.update({"kahan_summation": self.kahan_summation,
                        "stochastic_rounding": self.stochastic_rounding, "seed": self.seed})
         return config
 
 
-_COMMON_DOC = """
-    Compensation (see the module docstring): `kahan_summation` None turns Kahan
-    summation on for float16/bfloat16 variables and off for float32/float64
-    (True: on for every variable; False: off). Error after n steps: about one
-    ulp of the weight instead of up to n/2 ulps. `stochastic_rounding=True`
-    rounds bfloat16 variables stochastically instead (unbiased in
-    expectation), seeded by `seed`; float16 variables then still get Kahan
-    summation (unless `kahan_summation=False`). Variables without compensation
-    follow the Keras update exactly. `clipnorm`/`global_clipnorm` use
-    `safeops.clip_by_norm`/`clip_by_global_norm` (no NaN or zero step when the
-    squared gradient norm overflows).
+def _doc(name, fixes=""):
+    return f"""Keras {name} whose variable updates are compensated (see the module doc).
 
-    Gradient: not applicable (an optimizer). dtypes: float16, bfloat16, float32
-    and float64 variables; compensation slots have the variable's dtype.
+    Replaces `keras.optimizers.{name}`: Keras's arguments, in Keras's order
+    and with Keras's defaults, then the keyword-only `kahan_summation`,
+    `stochastic_rounding` and `seed`. Keras's own ``update_step`` computes
+    the step (in float32 for float16/bfloat16 variables); the addition to the
+    variable is compensated.{fixes}
+
+    Compensation: `kahan_summation` None turns Kahan summation on for
+    float16/bfloat16 variables and off for float32/float64 (True: on for every
+    variable; False: off). Error after n steps: about one ulp of the weight
+    instead of up to n/2 ulps. `stochastic_rounding=True` rounds bfloat16
+    variables stochastically instead (unbiased in expectation), seeded by
+    `seed`; float16 variables then still get Kahan summation (unless
+    `kahan_summation=False`). Variables without compensation (float32 under a
+    mixed policy, by default) follow Keras's update bit for bit.
+    `clipnorm`/`global_clipnorm` use `safeops.clip_by_norm` /
+    `clip_by_global_norm` (no NaN or zero step when the squared gradient norm
+    overflows).
+
+    Gradient: not applicable (an optimizer). dtypes: float16, bfloat16,
+    float32 and float64 variables; compensation slots have the variable's
+    dtype, the other slots of compensated half-precision variables are float32.
     Serializable (`get_config`, registered as ``safeops>{name}``).
+
+    Args:
+      *args, **kwargs: those of `keras.optimizers.{name}`.
+      kahan_summation: None (auto by dtype), True or False.
+      stochastic_rounding: round bfloat16 variables stochastically.
+      seed: int seed of the stochastic rounding (None: drawn at random).
 
     Raises:
       TypeError: integer (non-floating) variables, at `build`/first `apply`.
       ValueError: `stochastic_rounding=True` with `kahan_summation=True`, or
-        a bad flag/seed; Keras' own argument checks.
-"""
-
-
-@keras.saving.register_keras_serializable(package="safeops")
-class SGD(_Compensated, keras.optimizers.SGD):
-    __doc__ = """Keras SGD (with momentum/Nesterov) whose variable updates are compensated.
-
-    Replaces `keras.optimizers.SGD`: same arguments and defaults, plus
-    `kahan_summation`, `stochastic_rounding` and `seed`. Fixes low-precision
-    weights that stop moving when ``lr * grad`` is below half an ulp.
-
-    Args:
-      learning_rate, momentum, nesterov: as `keras.optimizers.SGD`.
-      kahan_summation: None (auto by dtype), True or False.
-      stochastic_rounding: round bfloat16 variables stochastically.
-      seed: int seed of the stochastic rounding (None: drawn at random).
-      **kwargs: Keras' base optimizer arguments (weight_decay, clipnorm,
-        global_clipnorm, clipvalue, use_ema, ..., name).
+        a bad flag/seed; Keras's own argument checks.
 
     Example:
       >>> w = keras.Variable(1.0, dtype="bfloat16")
-      >>> opt = so.optimizers.SGD(learning_rate=1e-3)
-      >>> for _ in range(1000):
-      ...     opt.apply([tf.constant(-1.0, tf.bfloat16)], [w])
-      >>> float(w) >= 1.99   # keras.optimizers.SGD leaves it at 1.0
-      True
-    """ + _COMMON_DOC.format(name="SGD")
-
-    _KIND = "sgd"
-
-    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, kahan_summation=None,
-                 stochastic_rounding=False, seed=None, **kwargs):
-        super().__init__(learning_rate=learning_rate, momentum=momentum, nesterov=nesterov,
-                         **kwargs)
-        self._init_precision(kahan_summation, stochastic_rounding, seed)
-
-    def _slots(self, variable):
-        return [self.momentums[self._get_variable_index(variable)]] if self.momentum != 0 else []
-
-    def _hyper(self, variable, dtype):
-        return {"momentum": scalar_in(self.momentum, dtype)}
-
-    def _static(self):
-        return {"nesterov": bool(self.nesterov)}
-
-    def get_config(self):
-        return self._precision_config(super().get_config())
+      >>> opt = so.optimizers.{name}()
+      >>> opt.apply([tf.constant(-1.0, tf.bfloat16)], [w])
+    """
 
 
-class _AdamSlots:
-    _KIND = "adam"
-
-    def _slots(self, variable):
-        i = self._get_variable_index(variable)
-        slots = [self._momentums[i], self._velocities[i]]
-        if self.amsgrad:
-            slots.append(self._velocity_hats[i])
-        return slots
-
-    def _hyper(self, variable, dtype):
-        return {"beta_1": scalar_in(self.beta_1, dtype),
-                "beta_2": scalar_in(self.beta_2, dtype),
-                "epsilon": scalar_in(self.epsilon, dtype),
-                "step": tf.cast(self.iterations + 1, dtype)}
-
-    def _static(self):
-        return {"amsgrad": bool(self.amsgrad)}
-
-    def get_config(self):
-        return self._precision_config(super().get_config())
+_DIFFERENCES = (
+    "the addition of each step to a float16/bfloat16 variable is Kahan-compensated (one extra "
+    "slot per variable, kahan_compensation, in the variable's dtype): about 1 ulp after n "
+    "steps where Keras loses up to n/2 ulps or stalls",
+    "the step of a compensated float16/bfloat16 variable is computed in float32 and its other "
+    "slots are float32 (Keras: the variable's dtype)",
+    "keyword-only extra arguments kahan_summation, stochastic_rounding, seed (in get_config)",
+    "clipnorm/global_clipnorm do not overflow to NaN or a zero step",
+)
+_SPARSE = ("sparse (IndexedSlices) gradients update only the touched rows of the variable and "
+           "of its compensation slot",)
 
 
+@drop_in("keras.optimizers.SGD", *_DIFFERENCES, *_SPARSE)
 @keras.saving.register_keras_serializable(package="safeops")
-class Adam(_AdamSlots, _Compensated, keras.optimizers.Adam):
-    __doc__ = """Keras Adam whose variable updates are compensated.
-
-    Replaces `keras.optimizers.Adam`: same arguments and defaults, plus
-    `kahan_summation`, `stochastic_rounding` and `seed`.
-
-    Args:
-      learning_rate, beta_1, beta_2, epsilon, amsgrad: as `keras.optimizers.Adam`.
-      kahan_summation: None (auto by dtype), True or False.
-      stochastic_rounding: round bfloat16 variables stochastically.
-      seed: int seed of the stochastic rounding (None: drawn at random).
-      **kwargs: Keras' base optimizer arguments.
-
-    Example:
-      >>> opt = so.optimizers.Adam(1e-3, kahan_summation=True)  # also for float32
-    """ + _COMMON_DOC.format(name="Adam")
-
-    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
-                 amsgrad=False, kahan_summation=None, stochastic_rounding=False, seed=None,
-                 **kwargs):
-        super().__init__(learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2,
-                         epsilon=epsilon, amsgrad=amsgrad, **kwargs)
-        self._init_precision(kahan_summation, stochastic_rounding, seed)
+class SGD(_Compensated, keras.optimizers.SGD):
+    __doc__ = _doc("SGD", " Sparse gradients without momentum update only the touched rows.")
 
 
+@drop_in("keras.optimizers.Adam", *_DIFFERENCES)
 @keras.saving.register_keras_serializable(package="safeops")
-class AdamW(_AdamSlots, _Compensated, keras.optimizers.AdamW):
-    __doc__ = """Keras AdamW (decoupled weight decay) whose variable updates are compensated.
+class Adam(_Compensated, keras.optimizers.Adam):
+    __doc__ = _doc("Adam")
 
-    Replaces `keras.optimizers.AdamW`: same arguments and defaults
-    (``weight_decay=0.004``), plus `kahan_summation`, `stochastic_rounding`
-    and `seed`. For compensated variables the decay ``-lr * wd * w`` is added
-    to the compensated delta instead of being applied as a separate rounding.
 
-    Args:
-      learning_rate, weight_decay, beta_1, beta_2, epsilon, amsgrad: as
-        `keras.optimizers.AdamW`.
-      kahan_summation: None (auto by dtype), True or False.
-      stochastic_rounding: round bfloat16 variables stochastically.
-      seed: int seed of the stochastic rounding (None: drawn at random).
-      **kwargs: Keras' base optimizer arguments.
+@drop_in("keras.optimizers.AdamW", *_DIFFERENCES,
+         "the decay -lr * wd * w of a compensated variable is a compensated add")
+@keras.saving.register_keras_serializable(package="safeops")
+class AdamW(_Compensated, keras.optimizers.AdamW):
+    __doc__ = _doc("AdamW", " The decoupled decay of a compensated variable is a compensated "
+                            "add too.")
 
-    Example:
-      >>> opt = so.optimizers.AdamW(1e-3, weight_decay=0.01)
-    """ + _COMMON_DOC.format(name="AdamW")
 
-    def __init__(self, learning_rate=0.001, weight_decay=0.004, beta_1=0.9, beta_2=0.999,
-                 epsilon=1e-7, amsgrad=False, kahan_summation=None, stochastic_rounding=False,
-                 seed=None, **kwargs):
-        super().__init__(learning_rate=learning_rate, weight_decay=weight_decay, beta_1=beta_1,
-                         beta_2=beta_2, epsilon=epsilon, amsgrad=amsgrad, **kwargs)
-        self._init_precision(kahan_summation, stochastic_rounding, seed)
+@drop_in("keras.optimizers.RMSprop", *_DIFFERENCES)
+@keras.saving.register_keras_serializable(package="safeops")
+class RMSprop(_Compensated, keras.optimizers.RMSprop):
+    __doc__ = _doc("RMSprop")
+
+
+@drop_in("keras.optimizers.Adagrad", *_DIFFERENCES, *_SPARSE)
+@keras.saving.register_keras_serializable(package="safeops")
+class Adagrad(_Compensated, keras.optimizers.Adagrad):
+    __doc__ = _doc("Adagrad", " Sparse gradients update only the touched rows.")
+
+
+@drop_in("keras.optimizers.Adadelta", *_DIFFERENCES)
+@keras.saving.register_keras_serializable(package="safeops")
+class Adadelta(_Compensated, keras.optimizers.Adadelta):
+    __doc__ = _doc("Adadelta")
+
+
+@drop_in("keras.optimizers.Adamax", *_DIFFERENCES)
+@keras.saving.register_keras_serializable(package="safeops")
+class Adamax(_Compensated, keras.optimizers.Adamax):
+    __doc__ = _doc("Adamax")
+
+
+@drop_in("keras.optimizers.Nadam", *_DIFFERENCES,
+         "the momentum product (u_product) is float32 when half-precision variables are "
+         "compensated (Keras: the first variable's dtype)")
+@keras.saving.register_keras_serializable(package="safeops")
+class Nadam(_Compensated, keras.optimizers.Nadam):
+    __doc__ = _doc("Nadam", " The momentum product is kept in float32.")
+
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        if var_list and tf.as_dtype(self._u_product.dtype) in HALF_DTYPES and \
+                self._mode_of_dtype(self._u_product.dtype):
+            self._u_product = keras.Variable(1.0, dtype="float32", trainable=False,
+                                             name="u_product")
+
+
+@drop_in("keras.optimizers.Lion", *_DIFFERENCES)
+@keras.saving.register_keras_serializable(package="safeops")
+class Lion(_Compensated, keras.optimizers.Lion):
+    __doc__ = _doc("Lion")
+
+
+@drop_in("keras.optimizers.Adafactor", *_DIFFERENCES)
+@keras.saving.register_keras_serializable(package="safeops")
+class Adafactor(_Compensated, keras.optimizers.Adafactor):
+    __doc__ = _doc("Adafactor", " Its factored second-moment statistics of compensated "
+                                "half-precision variables are float32.")
