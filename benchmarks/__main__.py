@@ -1,4 +1,8 @@
-"""Entry point: ``python -m benchmarks [--quick|--full] [--only=PATTERN] ...``."""
+"""Entry point: ``python -m benchmarks [--quick|--full|--smoke] [--only=PATTERN] ...``.
+
+On every device: the A/A check, the machine's bandwidth, the selected cases, the A/A check
+again; then the accuracy sweeps; then the report (`benchmarks.report`).
+"""
 
 import fnmatch
 import hashlib
@@ -20,8 +24,9 @@ flags.DEFINE_bool("full", False, "Full sizes and more repeats.")
 flags.DEFINE_bool("smoke", False, "Check the suite runs: tiny sizes, graph (and eager) mode "
                   "only, forward+backward only, one repeat (used by the tests; its timings "
                   "mean nothing).")
-flags.DEFINE_string("only", None, "fnmatch pattern(s), comma separated, on case names; "
-                    "a bare word matches as *word*.")
+flags.DEFINE_string("only", None, "fnmatch pattern(s), comma separated, on case names "
+                    "without their size (summation/reduce_sum); a bare word matches as *word*. "
+                    "The A/A checks and the bandwidth measurement always run.")
 flags.DEFINE_list("devices", None, "Device types to measure (cpu,gpu); default every visible one.")
 flags.DEFINE_string("output_dir", "bench-results", "Where results.json and report.md go.")
 flags.DEFINE_integer("repeats", None, "Timed rounds per measurement (default 7 quick, 21 full).")
@@ -30,10 +35,13 @@ flags.DEFINE_integer("seed", 0, "Seed for every case's inputs.")
 
 
 def _selected(cases, only):
+    """The cases whose name (without its size) matches one of the patterns in `only`."""
     if not only:
         return cases
     pats = [p if any(c in p for c in "*?[") else f"*{p}*" for p in only.split(",")]
-    return [c for c in cases if any(fnmatch.fnmatch(c.name, p) for p in pats)]
+    # "family/op/*" also selects "family/op": a name carries its size only once it has run
+    return [c for c in cases
+            if any(fnmatch.fnmatch(c.name, p) or fnmatch.fnmatch(c.name + "/", p) for p in pats)]
 
 
 def _input_digest(inputs):
@@ -96,12 +104,13 @@ def main(argv):
 
     import safeops
     from benchmarks import harness, report
-    from benchmarks.registry import cases, sweeps
+    from benchmarks.registry import cases, size_label, sweeps
     import benchmarks.cases  # noqa: F401  (registers every family)
 
     selected = [c for c in _selected(cases(), FLAGS.only) if c.quick or size == "full"]
     selected_sweeps = _selected(sweeps(), FLAGS.only)
-    if FLAGS.only and not selected and not selected_sweeps:
+    aa_only = bool(_selected([harness.AA_CASE], FLAGS.only)) if FLAGS.only else False
+    if FLAGS.only and not selected and not selected_sweeps and not aa_only:
         raise app.UsageError(f"--only={FLAGS.only} matches no case and no sweep")
     header = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -124,36 +133,54 @@ def main(argv):
     }
     print(f"safeops benchmarks ({header['mode']}): {len(selected)} cases x {len(devices)} device(s); "
           f"TF {tf.__version__}, TF32 disabled; fused kernels {header['fused_kernels']}", flush=True)
-    results = []
+    results, aa_checks, bandwidth = [], [], {}
     start = time.time()
-    total = len(selected) * len(devices)
+    total = (len(selected) + 2) * len(devices)
     done = 0
+
+    def run_case(case, device, position=None):
+        nonlocal done
+        t0 = time.time()
+        rng = np.random.default_rng(FLAGS.seed)
+        digest, label = None, "?"
+        try:
+            inputs = case.make_inputs(rng, size)
+            digest = _input_digest(inputs)
+            label = (case.size_label or size_label)(inputs)
+            measured = harness.measure_case(
+                case, inputs, device, repeats, warmup,
+                modes=("graph", "eager") if FLAGS.smoke else None,
+                last_direction_only=FLAGS.smoke)
+        except Exception as err:  # one broken case must not sink the report
+            measured = {"timings": [], "accuracy": None,
+                        "error": f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"}
+        done += 1
+        elapsed = time.time() - start
+        eta = elapsed / done * (total - done)
+        result = {"case": f"{case.name}/{label}", "family": case.family, "device": device.name,
+                  "baseline_name": case.baseline_name, "candidate_name": case.candidate_name,
+                  "bar_source": case.bar_source or "none stated", "inputs_sha1": digest,
+                  "extra": {k: str(v) for k, v in case.extra.items()}, **measured}
+        if position:
+            result["position"] = position
+        print(report.progress_line(result, done, total, time.time() - t0, elapsed, eta)
+              + (f" [A/A check, {position}]" if position else ""), flush=True)
+        return result
+
     for device in devices:
+        aa_checks.append(run_case(harness.AA_CASE, device, "first"))
+        t0 = time.time()
+        try:
+            bandwidth[device.name] = harness.measure_bandwidth(device, size, repeats, warmup)
+        except Exception as err:  # reported, not fatal
+            bandwidth[device.name] = {"error": f"{type(err).__name__}: {err}"[:300]}
+        bw = bandwidth[device.name]
+        print(f"[bandwidth] {device.name.split('device:')[-1]}: " + ", ".join(
+            f"{k} {bw[k]['gbps']:.1f} GB/s" if "gbps" in bw.get(k, {}) else f"{k} failed"
+            for k in ("copy", "read")) + f" ({time.time() - t0:.1f} s)", flush=True)
         for case in selected:
-            t0 = time.time()
-            rng = np.random.default_rng(FLAGS.seed)
-            digest = None
-            try:
-                inputs = case.make_inputs(rng, size)
-                digest = _input_digest(inputs)
-                measured = harness.measure_case(
-                    case, inputs, device, repeats, warmup,
-                    modes=("graph", "eager") if FLAGS.smoke else None,
-                    last_direction_only=FLAGS.smoke)
-            except Exception as err:  # one broken case must not sink the report
-                measured = {"timings": [], "accuracy": None,
-                            "error": f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"}
-            done += 1
-            elapsed = time.time() - start
-            eta = elapsed / done * (total - done)
-            results.append({"case": case.name, "family": case.family, "device": device.name,
-                            "baseline_name": case.baseline_name,
-                            "candidate_name": case.candidate_name,
-                            "bar_source": case.bar_source or "none stated",
-                            "inputs_sha1": digest,
-                            "extra": {k: str(v) for k, v in case.extra.items()}, **measured})
-            print(report.progress_line(results[-1], done, total, time.time() - t0, elapsed, eta),
-                  flush=True)
+            results.append(run_case(case, device))
+        aa_checks.append(run_case(harness.AA_CASE, device, "last"))
     sweep_results = []
     for sw in selected_sweeps:
         t0 = time.time()
@@ -166,8 +193,11 @@ def main(argv):
         sweep_results.append(entry)
         print(f"[sweep] {sw.name}: {'ERROR ' + entry['error'] if 'error' in entry else 'ok'} "
               f"({time.time() - t0:.1f} s; elapsed {time.time() - start:.0f} s)", flush=True)
-    out = report.write(FLAGS.output_dir, header, results, sweep_results)
+    header = report.finalize_header(header, aa_checks)
+    out = report.write(FLAGS.output_dir, header, results, sweep_results, aa_checks, bandwidth)
     print(report.markdown_table(results))
+    for line in report.status_banner(header):
+        print(line)
     print(f"wrote {', '.join(out)} in {time.time() - start:.0f} s", flush=True)
 
 

@@ -1,4 +1,4 @@
-"""Doctor speed (issue 10): ``python -m benchmarks.doctor_time``.
+"""Doctor speed: ``python -m benchmarks.doctor_time``.
 
 Times `so.doctor.audit` on a 6-layer MLP (784-256x5-10) and a small CNN (3 conv + 2 dense,
 32x32x3), batch 32, three calls each, then saves both models and times the command line

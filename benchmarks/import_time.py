@@ -1,7 +1,7 @@
 """Import cost of safeops over TensorFlow: ``python -m benchmarks.import_time``.
 
 Fresh interpreters import `tensorflow` and `safeops` alternately (A B A B ...);
-the median wall time of each and their difference are printed. The bar (issue 2):
+the median wall time of each and their difference are printed. The target:
 `import safeops` costs at most 0.5 s more than `import tensorflow`.
 """
 

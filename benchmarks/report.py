@@ -1,9 +1,21 @@
-"""Writing results: results.json (schema in benchmarks/README.md), report.md, plots."""
+"""Writing results: results.json (schema in benchmarks/README.md), report.md, plots.
+
+The report is built so that it cannot be read wrongly: the A/A checks (the same op on both
+sides, first and last) decide whether the timings count, and a run whose checks fail, or a
+smoke run, states so in its header and does not judge any target; the memory-bound cases'
+bytes per second stand next to the machine's bandwidth from the same run; what each swap
+fixes (its error figure and non-finite counts next to the baseline's) stands next to what
+it costs.
+"""
 
 import json
 import os
 
-__all__ = ["bar_summary", "markdown_table", "progress_line", "write"]
+__all__ = ["aa_verdict", "annotate_bandwidth", "bar_summary", "finalize_header", "fixes_text",
+           "judge_bars",
+           "markdown_table", "progress_line", "status_banner", "target_text", "write"]
+
+SCHEMA = 2
 
 
 def _fmt_time(s):
@@ -24,6 +36,10 @@ def _fmt_err(v):
     return str(v)
 
 
+def _dev(result):
+    return result["device"].split("device:")[-1]
+
+
 def progress_line(result, done, total, case_s, elapsed, eta):
     parts = []
     for row in result["timings"]:
@@ -35,46 +51,222 @@ def progress_line(result, done, total, case_s, elapsed, eta):
             parts.append(f"{row['mode']}/{row['direction']} failed")
     if result.get("error"):
         parts.append("ERROR " + result["error"])
-    return (f"[{done}/{total}] {result['case']} on {result['device'].split('device:')[-1]}: "
+    return (f"[{done}/{total}] {result['case']} on {_dev(result)}: "
             f"{', '.join(parts)} ({case_s:.1f} s; elapsed {elapsed:.0f} s, "
             f"about {eta:.0f} s left)")
 
 
-def _bar_text(row):
+# -- the A/A gate and the judging of targets ---------------------------------------------------
+
+def aa_verdict(aa_results, low=0.9, high=1.1):
+    """Whether the A/A checks pass: ``(reliable, reasons)``.
+
+    Every timing row of every A/A result must have its median ratio within [low, high];
+    a check that is missing, failed or has no timed row also makes the timings unreliable.
+    `reasons` says which check and row failed, and by how much.
+    """
+    reasons = []
+    positions = [r.get("position", "?") for r in aa_results]
+    for needed in ("first", "last"):
+        if needed not in positions:
+            reasons.append(f"the A/A check did not run {needed}")
+    for r in aa_results:
+        where = f"A/A check ({r.get('position', '?')}, {_dev(r)})"
+        if r.get("error"):
+            reasons.append(f"{where} failed: {r['error']}")
+            continue
+        rows = [t for t in r["timings"] if "ratio" in t]
+        if not rows:
+            reasons.append(f"{where} has no timed row")
+        for t in r["timings"]:
+            if "error" in t:
+                reasons.append(f"{where} {t['mode']}/{t['direction']} failed: {t['error']}")
+        for t in rows:
+            m = t["ratio"]["median"]
+            if not low <= m <= high:
+                reasons.append(f"{where} {t['mode']}/{t['direction']}: {m:.2f}x, outside "
+                               f"{low:g}-{high:g}x (the same op timed against itself)")
+    return not reasons, reasons
+
+
+def judge_bars(results, judged):
+    """Set ``meets_bar`` on every row with a target when `judged`; remove it otherwise."""
+    for r in results:
+        for t in r["timings"]:
+            t.pop("meets_bar", None)
+            if not judged or "error" in t:
+                continue
+            if t.get("bar") is not None and "ratio" in t:
+                t["meets_bar"] = t["ratio"]["median"] <= t["bar"]
+            elif t.get("bar_s") is not None and "safeops" in t:
+                t["meets_bar"] = t["safeops"]["median_s"] <= t["bar_s"]
+
+
+def target_text(row, baseline_name):
+    """The target named by what it is: "target: <= 1.5x tf.reduce_sum" (and met / NOT MET
+    where the run judged it)."""
     if row.get("bar") is not None:
-        return f"<= {row['bar']:g}x {'met' if row['meets_bar'] else 'NOT MET'}"
-    if row.get("bar_s") is not None:
-        return f"< {row['bar_s']:g} s {'met' if row['meets_bar'] else 'NOT MET'}"
-    return "-"
+        text = f"target: <= {row['bar']:g}x {baseline_name}"
+    elif row.get("bar_s") is not None:
+        text = f"target: < {row['bar_s']:g} s"
+    else:
+        return "-"
+    if "meets_bar" in row:
+        return f"{text}: {'met' if row['meets_bar'] else 'NOT MET'}"
+    return f"{text} (not judged)"
 
 
-def bar_summary(results):
-    """Markdown lines: bars met / not met / without a bar, and each case's bar and source."""
+def status_banner(header):
+    """Bold lines that open the report (and mark the plots) when its timings mean nothing."""
+    lines = []
+    if header.get("mode") == "smoke":
+        lines.append("SMOKE RUN: tiny sizes and one repeat; the timings, ratios and bandwidths "
+                     "mean nothing and no target is judged (the run only checks that every "
+                     "case works).")
+    if not header.get("timings_reliable", True):
+        lines.append("TIMINGS UNRELIABLE: " + "; ".join(header.get(
+            "timings_unreliable_because", [])) + ". Something other than the ops moved the "
+                     "timings (a busy machine, a changing clock"
+                     + (", compilation inside the timed calls of a run without warm-up"
+                        if header.get("warmup") == 0 else "")
+                     + "): no ratio below is evidence, and the targets are not judged.")
+    return lines
+
+
+# -- bandwidth ---------------------------------------------------------------------------------
+
+def _limit_kind(nbytes):
+    """The STREAM-like kernel a case is held to: "read" when it writes little (a
+    reduction), "copy" otherwise."""
+    return "read" if nbytes["written"] * 8 < nbytes["read"] else "copy"
+
+
+def annotate_bandwidth(results, bandwidth):
+    """Add ``row["bandwidth"]`` to every timed row that declares its bytes.
+
+    `bandwidth` maps a device name to `harness.measure_bandwidth`'s result. The entry
+    holds the achieved GB/s of each side (declared bytes / median time), the limit's kind
+    and GB/s, and ``over_limit``: the safeops time over the time the limit allows (1.0 is
+    the machine's bandwidth; the target for a sum is <= 1.3).
+    """
+    for r in results:
+        bw = bandwidth.get(r["device"], {})
+        for t in r["timings"]:
+            nbytes = t.get("bytes")
+            if not nbytes or "safeops" not in t:
+                continue
+            total = nbytes["read"] + nbytes["written"]
+            entry = {"bytes": total,
+                     "safeops_gbps": total / t["safeops"]["median_s"] / 1e9}
+            if "baseline" in t:
+                entry["baseline_gbps"] = total / t["baseline"]["median_s"] / 1e9
+            kind = _limit_kind(nbytes)
+            limit = bw.get(kind, {})
+            if limit.get("gbps"):
+                entry["limit"] = kind
+                entry["limit_gbps"] = limit["gbps"]
+                entry["over_limit"] = limit["gbps"] / entry["safeops_gbps"]
+            t["bandwidth"] = entry
+
+
+def _bandwidth_text(row):
+    b = row.get("bandwidth")
+    if not b:
+        return "-"
+    text = f"{b['safeops_gbps']:.1f} GB/s"
+    if "baseline_gbps" in b:
+        text += f" (baseline {b['baseline_gbps']:.1f})"
+    if "limit" in b:
+        text += f"; {b['over_limit']:.2f}x the {b['limit']} limit {b['limit_gbps']:.1f} GB/s"
+    return text
+
+
+# -- what a swap fixes -------------------------------------------------------------------------
+
+def _pairs(acc):
+    """Side-by-side extras of an accuracy dict: {"nonfinite grad": (baseline, safeops)}."""
+    out = {}
+    for k in acc:
+        if k.startswith("baseline_"):
+            what = k[len("baseline_"):]
+            out[what.replace("_", " ")] = (acc[k], acc.get(f"safeops_{what}"))
+        elif k.startswith("safeops_") and f"baseline_{k[len('safeops_'):]}" not in acc:
+            out[k[len("safeops_"):].replace("_", " ")] = (None, acc[k])
+    return out
+
+
+def _paired_keys(acc):
+    keys = {"metric", "baseline", "safeops"}
+    for k in acc:
+        if k.startswith(("baseline_", "safeops_")):
+            keys.add(k)
+    return keys
+
+
+def fixes_text(acc):
+    """'what it fixes': the baseline's and safeops's error figure (and non-finite counts)
+    side by side, "metric: baseline -> safeops"."""
+    if not acc:
+        return "-"
+    metric = acc.get("metric", "-")
+    if metric.startswith("n/a"):
+        return metric
+    if "baseline" in acc:
+        parts = [f"{metric}: {_fmt_err(acc['baseline'])} -> {_fmt_err(acc.get('safeops'))}"]
+    else:
+        parts = [f"{metric}: safeops {_fmt_err(acc.get('safeops'))}"]
+    for what, (b, s) in _pairs(acc).items():
+        parts.append(f"{what}: {_fmt_err(b)} -> {_fmt_err(s)}")
+    return "; ".join(parts)
+
+
+# -- markdown ----------------------------------------------------------------------------------
+
+def bar_summary(results, judged=True, why_not=""):
+    """Markdown lines: the summary of the targets (or why it is withheld), and one line per
+    case with its targets."""
     met, missed, failed, nobar = [], [], [], []
     per_case = []
     for r in results:
-        dev = r["device"].split("device:")[-1]
-        barred = [t for t in r["timings"] if "meets_bar" in t]
+        dev = _dev(r)
+        barred = [t for t in r["timings"]
+                  if t.get("bar") is not None or t.get("bar_s") is not None]
         for t in r["timings"]:
             if "error" in t:
                 failed.append(f"{r['case']} [{dev}] {t['mode']}/{t['direction']}: {t['error']}")
         if r.get("error"):
             failed.append(f"{r['case']} [{dev}]: {r['error']}")
         for t in barred:
-            value = (f"{t['ratio']['median']:.2f}x" if "bar" in t
+            if "meets_bar" not in t:
+                continue
+            value = (f"{t['ratio']['median']:.2f}x" if t.get("bar") is not None
                      else f"{t['safeops']['median_s']:.2f} s")
-            item = f"{r['case']} [{dev}] {t['mode']}/{t['direction']}: {value} vs {_bar_text(t)}"
+            item = (f"{r['case']} [{dev}] {t['mode']}/{t['direction']}: {value}; "
+                    f"{target_text(t, r.get('baseline_name', 'baseline'))}")
             (met if t["meets_bar"] else missed).append(item)
         if not barred and not r.get("error"):
             nobar.append(f"{r['case']} [{dev}]")
-        state = ("no bar" if not barred else "met" if all(t["meets_bar"] for t in barred)
-                 else "NOT MET")
-        per_case.append(f"- {r['case']} [{dev}]: bar: {r.get('bar_source', 'none stated')} "
-                        f"-> {state}"
-                        + "".join(f"; {t['mode']}/{t['direction']} {_bar_text(t)}" for t in barred))
-    lines = ["## Summary: speed bars", "",
-             f"{len(met)} bar(s) met, {len(missed)} not met, {len(failed)} case(s)/row(s) "
-             f"failed to run, {len(nobar)} case(s) without a stated bar.", ""]
+        if not barred:
+            state = "no target"
+        elif not judged:
+            state = "not judged"
+        else:
+            state = "met" if all(t.get("meets_bar") for t in barred) else "NOT MET"
+        note = r.get("bar_source") or "none stated"
+        per_case.append(f"- {r['case']} [{dev}]: {note} -> {state}" + "".join(
+            f"; {t['mode']}/{t['direction']} {target_text(t, r.get('baseline_name', 'baseline'))}"
+            for t in barred))
+    lines = ["## Summary: speed targets", ""]
+    if not judged:
+        lines += [f"**Withheld: no target is judged in this run ({why_not}).** The ratios below "
+                  "are listed for inspection only.", "",
+                  f"{len(failed)} case(s)/row(s) failed to run, {len(nobar)} case(s) without a "
+                  "stated target.", ""]
+        if failed:
+            lines += ["Failed to run:", ""] + [f"- {m}" for m in failed] + [""]
+        return lines, per_case
+    lines += [f"{len(met)} target(s) met, {len(missed)} not met, {len(failed)} case(s)/row(s) "
+              f"failed to run, {len(nobar)} case(s) without a stated target.", ""]
     lines += ["Not met:", ""] + ([f"- {m}" for m in missed] or ["- none"]) + [""]
     if failed:
         lines += ["Failed to run:", ""] + [f"- {m}" for m in failed] + [""]
@@ -82,22 +274,29 @@ def bar_summary(results):
     return lines, per_case
 
 
+TABLE_COLUMNS = ("case", "device", "mode", "direction", "baseline", "safeops",
+                 "ratio (min-max)", "target", "bandwidth (safeops; limit)",
+                 "what it fixes (baseline -> safeops)")
+
+
 def markdown_table(results):
-    lines = [
-        "| case | device | mode | direction | baseline | safeops | ratio (min-max) | bar | "
-        "error metric | error baseline | error safeops |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    """One row per case, device, mode and direction; the case's 'what it fixes' on its
+    first row."""
+    n = len(TABLE_COLUMNS)
+    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|---" * n + "|"]
     for r in results:
-        acc = r.get("accuracy") or {}
-        metric = acc.get("metric", "-")
-        dev = r["device"].split("device:")[-1]
+        dev = _dev(r)
+        fixes = fixes_text(r.get("accuracy"))
+        base_name = r.get("baseline_name", "baseline")
         if r.get("error"):
-            lines.append(f"| {r['case']} | {dev} | - | - | - | - | ERROR: {r['error']} | | | | |")
+            lines.append(f"| {r['case']} | {dev} | - | - | - | - | ERROR: {r['error']} | | | "
+                         f"{fixes} |")
+            fixes = ""
         for row in r["timings"]:
             if "error" in row:
-                lines.append(f"| {r['case']} | {dev} | {row['mode']} | {row['direction']} | - | - |"
-                             f" failed: {row['error']} | | | | |")
+                lines.append(f"| {r['case']} | {dev} | {row['mode']} | {row['direction']} | - |"
+                             f" - | failed: {row['error']} | | | {fixes} |")
+                fixes = ""
                 continue
             ratio = row.get("ratio")
             ratio_s = "-" if ratio is None else (
@@ -105,12 +304,17 @@ def markdown_table(results):
             lines.append(
                 f"| {r['case']} | {dev} | {row['mode']} | {row['direction']} | "
                 f"{_fmt_time(row['baseline']['median_s']) if 'baseline' in row else '-'} | "
-                f"{_fmt_time(row['safeops']['median_s'])} | {ratio_s} | {_bar_text(row)} | "
-                f"{metric} | {_fmt_err(acc.get('baseline'))} | {_fmt_err(acc.get('safeops'))} |")
+                f"{_fmt_time(row['safeops']['median_s'])} | {ratio_s} | "
+                f"{target_text(row, base_name)} | {_bandwidth_text(row)} | {fixes} |")
+            fixes = ""
+        if fixes:  # a case without a timed row still says what it fixes
+            lines.append(f"| {r['case']} | {dev} | - | - | - | - | - | - | - | {fixes} |")
     return "\n".join(lines)
 
 
 def _anchor_lines(results):
+    """Anchors (timed references such as TFP's Kahan sum), other references' errors and
+    case facts; the baseline/safeops figures are in the main table."""
     lines = []
     for r in results:
         acc = r.get("accuracy") or {}
@@ -118,7 +322,7 @@ def _anchor_lines(results):
         for row in r["timings"]:
             for name, s in row.get("anchors", {}).items():
                 anchors[name] = s["median_s"]
-        extra = {k: v for k, v in acc.items() if k not in ("metric", "baseline", "safeops")}
+        extra = {k: v for k, v in acc.items() if k not in _paired_keys(acc)}
         if anchors or extra or r.get("extra"):
             base = next((row["baseline"]["median_s"] for row in r["timings"]
                          if row.get("mode") == "graph" and row.get("direction") == "fwd"
@@ -131,35 +335,110 @@ def _anchor_lines(results):
     return lines
 
 
-def write(output_dir, header, results, sweeps=()):
-    """Write results.json, report.md and the PNG plots; return the paths."""
+def _bandwidth_lines(bandwidth):
+    lines = ["## Machine bandwidth (STREAM-like, measured in this run)", "",
+             "copy: `DeepCopy` of a float32 buffer, bytes read + bytes written (as STREAM "
+             "counts them); read: `reduce_max` of the same buffer, bytes read. A memory-bound "
+             "case is held to the read limit when it writes less than 1/8 of what it reads (a "
+             "reduction), to the copy limit otherwise; its 'x the limit' is its time over the "
+             "time its declared bytes take at that bandwidth (1.00x = at the machine's limit).",
+             ""]
+    for device, bw in bandwidth.items():
+        parts = []
+        for kind in ("copy", "read"):
+            k = bw.get(kind, {})
+            if "gbps" in k:
+                parts.append(f"{kind} {k['gbps']:.1f} GB/s ({k['bytes'] / 2 ** 20:.0f} MiB in "
+                             f"{_fmt_time(k['median_s'])})")
+            elif "error" in k:
+                parts.append(f"{kind} failed: {k['error']}")
+        if "error" in bw:
+            parts.append(f"failed: {bw['error']}")
+        lines.append(f"- {device}: " + "; ".join(parts))
+    return lines + [""]
+
+
+def _aa_lines(aa_results, reliable, reasons):
+    lines = ["## A/A checks (tf.reduce_sum against itself, first and last)", "",
+             "Each must give 0.9-1.1x in every mode; otherwise the run's timings are unreliable "
+             "and no target is judged.", ""]
+    for r in aa_results:
+        rows = [f"{t['mode']}/{t['direction']} "
+                + (f"{t['ratio']['median']:.2f}x" if "ratio" in t else "failed")
+                for t in r["timings"]]
+        lines.append(f"- {r.get('position', '?')} on {_dev(r)}: "
+                     + (", ".join(rows) or r.get("error", "no row")))
+    lines += ["", "Verdict: " + ("pass" if reliable else "FAIL: " + "; ".join(reasons)), ""]
+    return lines
+
+
+def finalize_header(header, aa_checks):
+    """`header` plus the run's verdict: ``timings_reliable`` and why not (the A/A checks),
+    ``bars_judged`` and why not (a smoke run, unreliable timings)."""
+    reliable, reasons = aa_verdict(list(aa_checks))
+    header = dict(header, timings_reliable=reliable, timings_unreliable_because=reasons)
+    why_not = []
+    if header.get("mode") == "smoke":
+        why_not.append("smoke run: tiny sizes, one repeat")
+    if not reliable:
+        why_not.append("timings unreliable: the A/A check failed")
+    header["bars_judged"] = not why_not
+    header["bars_not_judged_because"] = "; ".join(why_not) or None
+    return header
+
+
+def write(output_dir, header, results, sweeps=(), aa_checks=(), bandwidth=None):
+    """Write results.json, report.md and the PNG plots; return the paths.
+
+    Decides, from the header's mode and the A/A checks, whether the targets are judged
+    (`finalize_header`), records the verdict in the header, and sets each memory-bound
+    row's bandwidth figures.
+    """
+    bandwidth = bandwidth or {}
+    aa_checks = list(aa_checks)
+    header = finalize_header(header, aa_checks)
+    reliable = header["timings_reliable"]
+    reasons = header["timings_unreliable_because"]
+    smoke = header.get("mode") == "smoke"
+    judged = header["bars_judged"]
+    judge_bars(results, judged)
+    annotate_bandwidth(results, bandwidth)
+    annotate_bandwidth(aa_checks, bandwidth)
+
     os.makedirs(output_dir, exist_ok=True)
     paths = []
     json_path = os.path.join(output_dir, "results.json")
     with open(json_path, "w") as f:
-        json.dump({"schema": 1, "header": header, "results": results, "sweeps": list(sweeps)},
+        json.dump({"schema": SCHEMA, "header": header, "aa_checks": aa_checks,
+                   "bandwidth": bandwidth, "results": results, "sweeps": list(sweeps)},
                   f, indent=1, default=str)
     paths.append(json_path)
-    summary, per_case = bar_summary(results)
-    md = ["# safeops benchmark report", ""]
+    summary, per_case = bar_summary(results, judged, header["bars_not_judged_because"] or "")
+    md = ["# safeops benchmark report" + (" (SMOKE RUN)" if smoke else ""), ""]
+    md += [f"**{line}**" for line in status_banner(header)]
+    md += [""] if status_banner(header) else []
     md += [f"- {k}: {v}" for k, v in header.items()]
     md += [""]
-    if header.get("mode") == "smoke":
-        md += ["**Smoke mode: tiny sizes and one repeat; the timings and bars below mean nothing "
-               "(the run only checks that every case works).**", ""]
+    md += _aa_lines(aa_checks, reliable, reasons)
+    md += _bandwidth_lines(bandwidth)
     md += summary
     md += ["## Results", "",
            "Ratio = safeops time / baseline time, median of pairwise ratios (interleaved A/B). "
-           "Bar: the op issue's speed bar for that mode and direction, and whether the median "
-           "ratio meets it. Errors are against safeops.testing exact references (or float64 / "
-           "mpmath where stated in the metric); 'n/a: ...' says why a case has no accuracy.", "",
+           "Target: the speed target for that mode and direction, named by what it is, and "
+           "whether the median ratio meets it (only in a run whose A/A checks pass, never at "
+           "smoke sizes). Bandwidth: the memory-bound cases' declared bytes over the median "
+           "time, next to the machine's limit above. What it fixes: the baseline's and "
+           "safeops's error against safeops.testing exact references (or float64 / mpmath "
+           "where the metric says so), with non-finite output and gradient counts; "
+           "'n/a: ...' says why a case has none. The size in each case's name is the size "
+           "that ran.", "",
            markdown_table(results), ""]
-    md += ["## Bars per case (source: the op issues)", ""] + per_case + [""]
+    md += ["## Targets per case", ""] + per_case + [""]
     anchors = _anchor_lines(results)
     if anchors:
-        md += ["## Anchors, references and case facts", ""] + anchors + [""]
+        md += ["## Anchors, other references and case facts", ""] + anchors + [""]
     for sw in sweeps:
-        md += [f"## {sw['title']}", ""]
+        md += [f"## {sw['title']}" + (" (smoke run: tiny sizes)" if smoke else ""), ""]
         if sw.get("error"):
             md += [f"failed: {sw['error']}", ""]
             continue
@@ -177,5 +456,6 @@ def write(output_dir, header, results, sweeps=()):
     paths.append(md_path)
     from benchmarks import plots
 
-    paths += plots.write_plots(output_dir, results, sweeps)
+    paths += plots.write_plots(output_dir, results, sweeps, banner=status_banner(header),
+                               judged=judged)
     return paths

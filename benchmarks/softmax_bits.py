@@ -1,4 +1,4 @@
-"""Bits of error of the softmax family (issue 5): ``python -m benchmarks.softmax_bits``.
+"""Bits of error of the softmax family: ``python -m benchmarks.softmax_bits``.
 
 10 000 rows of 4 from `safeops.testing.sample_floats` per dtype, scored exactly as
 tests/test_softmax.py scores them (its mpmath references and its subnormal rules are

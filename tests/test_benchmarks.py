@@ -1,7 +1,8 @@
-"""Smoke tests of the benchmark suite: every registered case and sweep runs on tiny sizes, the
-JSON validates against the documented schema, every timing row ran, the required plots exist by
-name, progress shows an ETA, and the flags (--only, --devices, --repeats, --seed, --full) do
-what they say. Timings in smoke mode mean nothing; only that everything runs is checked."""
+"""The benchmark suite: smoke runs (every registered case and sweep runs on tiny sizes, the JSON
+validates against the documented schema, every timing row ran, the required plots exist by name,
+progress shows an ETA, the flags do what they say) and unit tests of the report's logic (the A/A
+gate, smoke marking, sizes in names, the overhead plot's legend and labels, the "what it fixes"
+and bandwidth columns). Timings in smoke mode mean nothing; no test reads one as a speed."""
 
 import json
 import os
@@ -95,9 +96,9 @@ def test_smoke_plots_and_report(smoke):
             assert "error" not in sweeps[name], sweeps[name]
         assert (out_dir / f"{name}.png").stat().st_size > 1000, name
     report = (out_dir / "report.md").read_text()
-    assert "## Summary: speed bars" in report
-    assert report.index("## Summary: speed bars") < report.index("## Results")
-    assert "## Bars per case" in report
+    assert "## Summary: speed targets" in report
+    assert report.index("## Summary: speed targets") < report.index("## Results")
+    assert "## Targets per case" in report
     for r in doc["results"]:  # every case states its bar (or that there is none)
         assert f"- {r['case']} [" in report, r["case"]
 
@@ -116,10 +117,13 @@ def test_smoke_missing_tf_op_is_absent_not_zero(smoke):
 
 def test_smoke_progress_shows_eta(smoke):
     out, _, doc = smoke
-    n = len(doc["results"])
-    assert re.search(rf"^\[1/{n}\] \S+ on \S+: .*elapsed \d+ s, about \d+ s left\)$",
-                     out.stdout, re.M), out.stdout[:2000]
-    assert re.search(rf"^\[{n}/{n}\] .*about 0 s left\)$", out.stdout, re.M)
+    n = len(doc["results"]) + 2  # the cases and the A/A check, first and last
+    assert re.search(rf"^\[1/{n}\] harness/aa_check_reduce_sum/1K on \S+: .*elapsed \d+ s, "
+                     rf"about \d+ s left\) \[A/A check, first\]$", out.stdout, re.M), \
+        out.stdout[:2000]
+    assert re.search(rf"^\[2/{n}\] \S+ on \S+: .*elapsed \d+ s, about \d+ s left\)$",
+                     out.stdout, re.M)
+    assert re.search(rf"^\[{n}/{n}\] .*about 0 s left\) \[A/A check, last\]$", out.stdout, re.M)
 
 
 def test_flags_only_seed_repeats(smoke, tmp_path):
@@ -128,10 +132,11 @@ def test_flags_only_seed_repeats(smoke, tmp_path):
                "--repeats=2", "--output_dir", str(tmp_path))
     assert out.returncode == 0, out.stderr[-3000:]
     doc1 = _load(tmp_path / "results.json")
-    assert [r["case"] for r in doc1["results"]] == ["summation/reduce_sum/8M"]
+    assert [r["case"] for r in doc1["results"]] == ["summation/reduce_sum/4K"]
+    assert [r["position"] for r in doc1["aa_checks"]] == ["first", "last"]
     assert [s["name"] for s in doc1["sweeps"]] == ["sum_error_vs_condition"]
     assert doc1["header"]["seed"] == 1 and doc1["header"]["repeats"] == 2
-    r0 = next(r for r in doc0["results"] if r["case"] == "summation/reduce_sum/8M")
+    r0 = next(r for r in doc0["results"] if r["case"] == "summation/reduce_sum/4K")
     assert doc1["results"][0]["inputs_sha1"] != r0["inputs_sha1"]  # --seed changed the inputs
     s0 = next(s for s in doc0["sweeps"] if s["name"] == "sum_error_vs_condition")
     assert doc1["sweeps"][0]["data"] != s0["data"]
@@ -167,10 +172,303 @@ def test_flag_devices_gpu_without_gpu_fails_clearly(tmp_path):
 
 
 def test_flag_full_is_accepted(tmp_path):
-    # full sizes only for the harness's own A/A case (1M values, fast), one repeat
+    # full sizes for the A/A check alone (1M values, fast) and the bandwidth, one repeat
     out = _run("--full", "--only=harness", "--repeats=1", "--output_dir", str(tmp_path))
     assert out.returncode == 0, out.stderr[-3000:]
     doc = _load(tmp_path / "results.json")
-    assert doc["header"]["mode"] == "full"
-    assert {(t["mode"], t["direction"]) for t in doc["results"][0]["timings"]} == {
-        ("graph", "fwd"), ("graph", "fwd+bwd"), ("xla", "fwd"), ("xla", "fwd+bwd")}
+    assert doc["header"]["mode"] == "full" and doc["results"] == []
+    for aa in doc["aa_checks"]:
+        assert aa["case"] == "harness/aa_check_reduce_sum/1M"
+        assert {(t["mode"], t["direction"]) for t in aa["timings"]} == {
+            ("graph", "fwd"), ("graph", "fwd+bwd"), ("xla", "fwd"), ("xla", "fwd+bwd")}
+    (bw,) = doc["bandwidth"].values()
+    assert bw["n"] == 1 << 25 and bw["copy"]["bytes"] == 2 * 4 * bw["n"]
+
+
+def test_smoke_run_is_marked_and_judges_nothing(smoke):
+    _, out_dir, doc = smoke
+    header = doc["header"]
+    assert header["bars_judged"] is False
+    assert header["bars_not_judged_because"].startswith("smoke run")
+    rows = [t for r in doc["results"] for t in r["timings"]]
+    assert any("bar" in t for t in rows)  # targets are recorded...
+    assert not any("meets_bar" in t for t in rows)  # ...and none is judged
+    report = (out_dir / "report.md").read_text()
+    head = report[:report.index("## A/A checks")]
+    assert "**SMOKE RUN: tiny sizes" in head
+    summary = report[report.index("## Summary"):report.index("## Results")]
+    assert "Withheld" in summary and "target(s) met" not in summary
+    assert not re.search(r": (met|NOT MET)\b", report)
+    assert "(not judged)" in report
+
+
+def test_smoke_names_carry_the_size_run(smoke):
+    _, _, doc = smoke
+    names = {r["case"] for r in doc["results"]}
+    # smoke sizes (4K vectors, 1K special-function inputs, 64x64 axis sums), not 8M/4M/4096
+    for expected in ("summation/reduce_sum/4K", "division/safe_divide/4K",
+                     "summation/reduce_sum_axis0/64x64", "special/softplus/1K",
+                     "clipping/clip_by_global_norm/10x409",
+                     "end_to_end/train_step_mlp_64_256_256_10/b8"):
+        assert expected in names, sorted(names)
+    stale = [n for n in names if re.search(r"/(8M|4M|4096x4096|1024x4096|b128)(/|$)", n)]
+    assert not stale, stale
+
+
+def test_smoke_bandwidth_and_aa_checks_recorded(smoke):
+    _, out_dir, doc = smoke
+    assert [a["position"] for a in doc["aa_checks"]] == ["first", "last"]
+    (bw,) = doc["bandwidth"].values()
+    assert set(bw) >= {"copy", "read", "n"}
+    sums = next(r for r in doc["results"] if r["case"] == "summation/reduce_sum/4K")
+    row = sums["timings"][0]
+    n = 1 << 12
+    # fwd+bwd: read x; write the float32 sum and the gradient dx
+    assert row["bytes"] == {"read": 4 * n, "written": 4 + 4 * n}
+    assert row["bandwidth"]["limit"] == "copy"
+    report = (out_dir / "report.md").read_text()
+    assert "## Machine bandwidth (STREAM-like, measured in this run)" in report
+
+
+# -- unit tests of the report logic (synthetic results, no timing) ------------------------------
+
+def _timing(mode, direction, base_s, ours_s, bar=None, nbytes=None):
+    t = {"mode": mode, "direction": direction, "anchors": {},
+         "baseline": {"median_s": base_s, "min_s": base_s, "max_s": base_s},
+         "safeops": {"median_s": ours_s, "min_s": ours_s, "max_s": ours_s},
+         "ratio": {"median": ours_s / base_s, "min": ours_s / base_s, "max": ours_s / base_s}}
+    if bar is not None:
+        t["bar"] = bar
+    if nbytes is not None:
+        t["bytes"] = nbytes
+    return t
+
+
+def _result(case, timings, accuracy=None, baseline_name="x / y"):
+    return {"case": case, "family": case.split("/")[0], "device": "/device:CPU:0",
+            "baseline_name": baseline_name, "candidate_name": "so.op", "bar_source": "note",
+            "inputs_sha1": "0", "extra": {}, "timings": timings, "accuracy": accuracy}
+
+
+def _aa(first, last):
+    return [dict(_result("harness/aa_check_reduce_sum/1M",
+                         [_timing("graph", "fwd", 1e-3, 1e-3 * ratio)]), position=pos)
+            for pos, ratio in (("first", first), ("last", last))]
+
+
+_HEADER = {"date": "d", "commit": "c", "mode": "quick", "repeats": 7, "warmup": 2,
+           "tensorflow": "t", "keras": "k", "devices": ["/device:CPU:0"],
+           "tensor_float_32": "disabled while measuring", "command": "python -m benchmarks"}
+
+_BW = {"/device:CPU:0": {"n": 8, "copy": {"bytes": 64, "median_s": 1.0, "min_s": 1.0,
+                                          "max_s": 1.0, "gbps": 10.0},
+                         "read": {"bytes": 32, "median_s": 1.0, "min_s": 1.0, "max_s": 1.0,
+                                  "gbps": 20.0}}}
+
+
+def _cases():
+    return [
+        _result("division/safe_divide/4M",
+                [_timing("graph", "fwd+bwd", 1e-3, 3e-3, bar=1.5,
+                         nbytes={"read": 8_000_000, "written": 12_000_000})],
+                accuracy={"metric": "max ulp vs exact x/y", "baseline": 1.0, "safeops": 0.5,
+                          "baseline_nonfinite_grad": 128, "safeops_nonfinite_grad": 0}),
+        _result("summation/reduce_sum/8M",
+                [_timing("graph", "fwd", 1e-3, 1e-3, bar=2.0,
+                         nbytes={"read": 8_000_000, "written": 4})],
+                accuracy={"metric": "ulp vs exact sum", "baseline": 41, "safeops": 0,
+                          "math.fsum (accuracy only)": 0},
+                baseline_name="tf.reduce_sum"),
+    ]
+
+
+def _write(tmp_path, aa, mode="quick"):
+    from benchmarks import report
+
+    results = _cases()
+    report.write(str(tmp_path), dict(_HEADER, mode=mode), results, (), aa, _BW)
+    doc = _load(tmp_path / "results.json")
+    return doc, (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.parametrize("first,last", [(2.5, 1.0), (1.0, 0.85), (1.0, 1.12)])
+def test_failed_aa_check_withholds_the_targets(tmp_path, first, last):
+    doc, md = _write(tmp_path, _aa(first, last))
+    assert doc["header"]["timings_reliable"] is False
+    assert doc["header"]["bars_judged"] is False
+    bad = first if not 0.9 <= first <= 1.1 else last
+    (reason,) = doc["header"]["timings_unreliable_because"]
+    assert f"{bad:.2f}x, outside 0.9-1.1x" in reason
+    assert "first" in reason if bad == first else "last" in reason
+    assert md.startswith("# safeops benchmark report\n\n**TIMINGS UNRELIABLE: A/A check")
+    assert not any("meets_bar" in t for r in doc["results"] for t in r["timings"])
+    summary = md[md.index("## Summary"):md.index("## Results")]
+    assert "Withheld" in summary and "target(s) met" not in summary
+    assert not re.search(r": (met|NOT MET)\b", md)
+
+
+def test_passing_aa_checks_judge_the_targets(tmp_path):
+    doc, md = _write(tmp_path, _aa(1.02, 0.97))
+    assert doc["header"]["timings_reliable"] is True and doc["header"]["bars_judged"] is True
+    divide, sums = doc["results"]
+    assert divide["timings"][0]["meets_bar"] is False  # 3.0x against a 1.5x target
+    assert sums["timings"][0]["meets_bar"] is True  # 1.0x against 2.0x
+    assert "UNRELIABLE" not in md and "SMOKE" not in md
+    assert "1 target(s) met, 1 not met" in md
+    assert "target: <= 1.5x x / y: NOT MET" in md
+    assert "target: <= 2x tf.reduce_sum: met" in md
+
+
+def test_missing_aa_check_is_unreliable():
+    from benchmarks import report
+
+    ok, reasons = report.aa_verdict(_aa(1.0, 1.0)[:1])
+    assert not ok and reasons == ["the A/A check did not run last"]
+    failed = dict(_aa(1.0, 1.0)[1], timings=[{"mode": "graph", "direction": "fwd",
+                                              "error": "RuntimeError: x"}])
+    ok, reasons = report.aa_verdict(_aa(1.0, 1.0)[:1] + [failed])
+    assert not ok and any("failed: RuntimeError: x" in r for r in reasons)
+
+
+def test_smoke_mode_withholds_targets_even_with_good_aa_checks(tmp_path):
+    doc, md = _write(tmp_path, _aa(1.0, 1.0), mode="smoke")
+    assert doc["header"]["timings_reliable"] is True and doc["header"]["bars_judged"] is False
+    assert md.startswith("# safeops benchmark report (SMOKE RUN)\n\n**SMOKE RUN: tiny sizes")
+    assert "Withheld: no target is judged in this run (smoke run" in md
+    assert not re.search(r": (met|NOT MET)\b", md)
+
+
+def test_schema_rejects_a_judged_target_in_a_smoke_run(tmp_path):
+    doc, _ = _write(tmp_path, _aa(1.0, 1.0), mode="smoke")
+    doc["results"][0]["timings"][0]["meets_bar"] = False
+    with pytest.raises(ValueError, match="judged"):
+        schema.validate(doc)
+    doc, _ = _write(tmp_path, _aa(1.0, 1.0), mode="smoke")
+    doc["aa_checks"] = doc["aa_checks"][:1]
+    with pytest.raises(ValueError, match="first and last"):
+        schema.validate(doc)
+
+
+def test_what_it_fixes_column(tmp_path):
+    from benchmarks import report
+
+    _, md = _write(tmp_path, _aa(1.0, 1.0))
+    header = next(ln for ln in md.splitlines() if ln.startswith("| case |"))
+    assert "| what it fixes (baseline -> safeops) |" in header
+    row = next(ln for ln in md.splitlines() if ln.startswith("| division/safe_divide/4M |"))
+    assert row.endswith("| max ulp vs exact x/y: 1 -> 0.5; nonfinite grad: 128 -> 0 |")
+    # the paired figures left the anchors section; other references stay there
+    anchors = md[md.index("## Anchors"):]
+    assert "nonfinite" not in anchors and "math.fsum (accuracy only) error 0" in anchors
+    assert report.fixes_text({"metric": "n/a: overhead only"}) == "n/a: overhead only"
+    assert report.fixes_text(None) == "-"
+
+
+def test_bandwidth_column(tmp_path):
+    doc, md = _write(tmp_path, _aa(1.0, 1.0))
+    divide, sums = doc["results"]
+    # 20 MB read + written in 3 ms: 6.67 GB/s, against the copy limit of 10 GB/s
+    b = divide["timings"][0]["bandwidth"]
+    assert b["limit"] == "copy" and b["bytes"] == 20_000_000
+    assert b["safeops_gbps"] == pytest.approx(20e6 / 3e-3 / 1e9)
+    assert b["baseline_gbps"] == pytest.approx(20e6 / 1e-3 / 1e9)
+    assert b["over_limit"] == pytest.approx(10.0 / (20e6 / 3e-3 / 1e9))
+    # a reduction (writes < 1/8 of its reads) is held to the read limit: 8 GB/s of 20
+    b = sums["timings"][0]["bandwidth"]
+    assert b["limit"] == "read" and b["over_limit"] == pytest.approx(20.0 / 8.000004)
+    row = next(ln for ln in md.splitlines() if ln.startswith("| summation/reduce_sum/8M |"))
+    assert "| 8.0 GB/s (baseline 8.0); 2.50x the read limit 20.0 GB/s |" in row
+    assert "- /device:CPU:0: copy 10.0 GB/s" in md
+
+
+def test_traffic_declarations():
+    from benchmarks.registry import elementwise_traffic, memory_traffic, reduction_traffic
+
+    x = np.zeros(1000, np.float32)
+    assert reduction_traffic()((x,)) == {"fwd": {"read": 4000, "written": 4},
+                                         "fwd+bwd": {"read": 4000, "written": 4004}}
+    m = np.zeros((10, 100), np.float32)
+    assert reduction_traffic(axis=1)((m,))["fwd"] == {"read": 4000, "written": 40}
+    assert elementwise_traffic()((x, x)) == {"fwd": {"read": 8000, "written": 4000},
+                                             "fwd+bwd": {"read": 8000, "written": 12000}}
+    labels = np.zeros(1000, np.int32)  # integer inputs are read but get no gradient
+    assert memory_traffic((x, labels), 4)["fwd+bwd"] == {"read": 8000, "written": 4004}
+
+
+def test_names_carry_the_size_run():
+    from benchmarks.registry import base_name, size_label
+
+    assert size_label((np.zeros(1 << 23, np.float32),)) == "8M"
+    assert size_label((np.zeros(1 << 12), np.zeros(3))) == "4K"
+    assert size_label((np.zeros((64, 4096)), np.zeros((64, 4096)))) == "64x4096"
+    assert size_label((np.zeros(1000),)) == "1000"
+    # a size written into a registered name is dropped: the name shows the size that ran
+    for name, base in (("summation/reduce_sum/8M", "summation/reduce_sum"),
+                       ("layers/CompensatedDense/Nx1024", "layers/CompensatedDense"),
+                       ("clipping/clip_by_global_norm/100x", "clipping/clip_by_global_norm"),
+                       ("quantization/qat_train_step/mlp/b128", "quantization/qat_train_step/mlp"),
+                       ("layers/StableSoftmax/masked_rows", "layers/StableSoftmax/masked_rows"),
+                       ("doctor/audit/mlp6", "doctor/audit/mlp6"),
+                       ("layers/NumericsMonitor/loss", "layers/NumericsMonitor/loss")):
+        assert base_name(name) == base, name
+
+
+def _overhead(judged, banner=()):
+    from benchmarks import plots, report
+
+    results = _cases()
+    report.judge_bars(results, judged)
+    plt = plots._plt()
+    return plt, plots.overhead_figure(plt, results, banner, judged)
+
+
+@pytest.mark.parametrize("judged", [True, False])
+def test_overhead_plot_has_a_legend_and_unclipped_labels(judged):
+    plt, fig = _overhead(judged)
+    try:
+        ax = fig.axes[0]
+        legend = ax.get_legend()
+        assert legend is not None
+        labels = [t.get_text() for t in legend.get_texts()]
+        assert "target (max ratio)" in labels and "1.0x: same cost as baseline" in labels
+        if judged:
+            assert {"within its target", "over its target", "no target"} <= set(labels)
+        else:
+            assert labels[0] == "not judged (see the report header)"
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        page = fig.bbox
+        for artist in [ax.xaxis.label, *ax.get_yticklabels(), ax.title]:
+            box = artist.get_window_extent(renderer)
+            assert page.x0 - 1 <= box.x0 and box.x1 <= page.x1 + 1, artist.get_text()
+            assert page.y0 - 1 <= box.y0 and box.y1 <= page.y1 + 1, artist.get_text()
+        for tick in ax.get_yticklabels():
+            assert tick.get_fontsize() >= 7
+    finally:
+        plt.close(fig)
+
+
+def test_overhead_plot_marks_a_smoke_run():
+    from benchmarks import report
+
+    banner = report.status_banner({"mode": "smoke", "timings_reliable": True})
+    plt, fig = _overhead(False, banner)
+    try:
+        assert "SMOKE RUN" in fig.axes[0].get_title()
+        assert any("SMOKE RUN" in t.get_text() for t in fig.texts)  # the stamp across it
+    finally:
+        plt.close(fig)
+
+
+def test_no_tracker_references_in_the_benchmark_package():
+    pkg = os.path.join(ROOT, "benchmarks")
+    found = []
+    for folder, _, files in os.walk(pkg):
+        for name in files:
+            if name.endswith((".py", ".md")):
+                path = os.path.join(folder, name)
+                with open(path) as f:
+                    for i, line in enumerate(f, 1):
+                        if re.search(r"\bissues?\s*#?\d+|\bissue's\b|\bthe issue\b", line, re.I):
+                            found.append(f"{os.path.relpath(path, ROOT)}:{i}: {line.strip()}")
+    assert not found, found

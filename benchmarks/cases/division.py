@@ -1,27 +1,26 @@
-"""Issue 4: safe division, gradient-safe and smooth where against the naive unsafe TF code.
+"""Safe division, gradient-safe and smooth where against the naive unsafe TF code.
 
-Bars (forward+backward, 4M float32, CPU): graph mode <= 1.5x and
-``jit_compile=True`` <= 1.1x the naive code. Inputs contain exact zeros (1 in
-64), where the naive code's output or gradient is inf/NaN; the accuracy entry
-records the ulp error against the exact reference and those non-finite counts.
-Sizes: 4M in full and quick mode (the size the bar is stated for), 4K in smoke.
+Targets (forward+backward, 4M float32, CPU): graph mode <= 1.5x and ``jit_compile=True``
+<= 1.1x the naive code. Inputs contain exact zeros (1 in 64), where the naive code's output
+or gradient is inf/NaN; the accuracy entry records the ulp error against the exact reference
+and those non-finite counts. Sizes: 4M in full and quick mode (the size the targets are
+stated for), 4K in smoke. Every case is element-wise and declares the bytes it moves.
 """
 
 import numpy as np
 import tensorflow as tf
 
 import safeops as so
-from benchmarks.registry import Case, pick, register
+from benchmarks.registry import Case, elementwise_traffic, pick, register
 from safeops import testing
 
 _TINY = float(np.finfo(np.float32).tiny)
 _BARS = {"graph/fwd+bwd": 1.5, "xla/fwd+bwd": 1.1}
-BAR_SOURCE = ("issue 4: fwd+bwd, 4M float32, CPU: graph <= 1.5x, jit_compile <= 1.1x the naive "
-              "unsafe TF code")
+BAR_SOURCE = "stated for fwd+bwd on 4M float32, CPU: graph <= 1.5x, jit_compile <= 1.1x"
 
 
 def n_elements(size):
-    """4M elements (issue 4's size) in full and quick mode, 4K in smoke mode."""
+    """4M elements (the targets' size) in full and quick mode, 4K in smoke mode."""
     return pick(size, full=1 << 22, quick=1 << 22, smoke=1 << 12)
 
 
@@ -89,7 +88,7 @@ def _log_accuracy(inputs, outputs):
 
 
 register(Case(
-    name="division/safe_divide/4M",
+    name="division/safe_divide",
     family="division",
     make_inputs=_divide_inputs,
     baseline=_naive_divide,
@@ -99,11 +98,12 @@ register(Case(
     accuracy=_divide_accuracy,
     bar=dict(_BARS),
     bar_source=BAR_SOURCE,
-    extra={"n": "4M", "zeros in y": "1/64"},
+    bytes_moved=elementwise_traffic(),
+    extra={"zeros in y": "1/64"},
 ))
 
 register(Case(
-    name="division/safe_where_log/4M",
+    name="division/safe_where_log",
     family="division",
     make_inputs=_log_inputs,
     baseline=_naive_where_log,
@@ -113,7 +113,8 @@ register(Case(
     accuracy=_log_accuracy,
     bar=dict(_BARS),
     bar_source=BAR_SOURCE,
-    extra={"n": "4M", "zeros in x": "1/64"},
+    bytes_moved=elementwise_traffic(),
+    extra={"zeros in x": "1/64"},
 ))
 
 
@@ -138,11 +139,11 @@ def _dnn_accuracy(inputs, outputs):
 
 
 register(Case(
-    name="division/divide_no_nan/4M", family="division", make_inputs=_dnn_inputs,
+    name="division/divide_no_nan", family="division", make_inputs=_dnn_inputs,
     baseline=tf.math.divide_no_nan, candidate=so.divide_no_nan,
     baseline_name="tf.math.divide_no_nan", candidate_name="so.divide_no_nan",
     accuracy=_dnn_accuracy, bar=dict(_BARS), bar_source=BAR_SOURCE,
-    extra={"n": "4M", "zeros in y": "1/64", "inf in x": "1/97"}))
+    bytes_moved=elementwise_traffic(), extra={"zeros in y": "1/64", "inf in x": "1/97"}))
 
 
 # -- safe_reciprocal vs 1 / y ----------------------------------------------------------------
@@ -165,11 +166,11 @@ def _recip_accuracy(inputs, outputs):
 
 
 register(Case(
-    name="division/safe_reciprocal/4M", family="division", make_inputs=_recip_inputs,
+    name="division/safe_reciprocal", family="division", make_inputs=_recip_inputs,
     baseline=lambda y: 1.0 / y, candidate=so.safe_reciprocal,
     baseline_name="1 / y", candidate_name="so.safe_reciprocal",
     accuracy=_recip_accuracy, bar=dict(_BARS), bar_source=BAR_SOURCE,
-    extra={"n": "4M", "zeros in y": "1/64"}))
+    bytes_moved=elementwise_traffic(), extra={"zeros in y": "1/64"}))
 
 
 # -- relative_error vs the hand-written |t - p| / (|t| + 1e-8) --------------------------------
@@ -204,11 +205,11 @@ def _relerr_accuracy(inputs, outputs):
 
 
 register(Case(
-    name="division/relative_error/4M", family="division", make_inputs=_relerr_inputs,
+    name="division/relative_error", family="division", make_inputs=_relerr_inputs,
     baseline=_naive_relerr, candidate=lambda t, p: so.relative_error(t, p, eps=_RE_EPS),
     baseline_name="|t - p| / (|t| + 1e-8)", candidate_name=f"so.relative_error(eps={_RE_EPS:g})",
     accuracy=_relerr_accuracy, bar=dict(_BARS), bar_source=BAR_SOURCE,
-    extra={"n": "4M", "|t|": "1e-12 .. 1e3, zeros 1/64"}))
+    bytes_moved=elementwise_traffic(), extra={"|t|": "1e-12 .. 1e3, zeros 1/64"}))
 
 
 # -- smooth_where vs the naive sigmoid blend -----------------------------------------------------
@@ -236,9 +237,9 @@ def _sw_accuracy(inputs, outputs):
 
 
 register(Case(
-    name="division/smooth_where/4M", family="division", make_inputs=_sw_inputs,
+    name="division/smooth_where", family="division", make_inputs=_sw_inputs,
     baseline=_naive_smooth_where,
     candidate=lambda x, a, b: so.smooth_where(x, 0.0, a, b, temperature=1.0),
     baseline_name="w = sigmoid(x); w * a + (1 - w) * b", candidate_name="so.smooth_where",
     accuracy=_sw_accuracy, bar=dict(_BARS), bar_source=BAR_SOURCE,
-    extra={"n": "4M", "x": "30 N(0,1); below = 1e3 N(0,1)"}))
+    bytes_moved=elementwise_traffic(), extra={"x": "30 N(0,1); below = 1e3 N(0,1)"}))

@@ -1,6 +1,6 @@
-"""Precision control (issue 6): compensated Adam step, `promote`, loss-scale optimizer step.
+"""Precision control: compensated Adam step, `promote`, loss-scale optimizer step.
 
-Bars (issue 6, CPU graph mode): Adam step with ``kahan_summation=True`` on 4M
+Targets (CPU graph mode): Adam step with ``kahan_summation=True`` on 4M
 float32 parameters <= 1.3x Keras Adam; `so.promote` around a small function
 <= 1.2x the same function run natively in float64; loss-scale optimizer step
 <= 1.1x `keras.optimizers.LossScaleOptimizer`.
@@ -82,7 +82,7 @@ def _adam_accuracy(inputs, outputs):
 
 
 register(Case(
-    name="precision/adam_kahan_step/4M",
+    name="precision/adam_kahan_step",
     family="precision",
     make_inputs=_adam_inputs,
     baseline=_step_fn("adam", "baseline"),
@@ -93,8 +93,9 @@ register(Case(
     modes=("graph",),
     accuracy=_adam_accuracy,
     bar={"graph/fwd": 1.3},
-    bar_source="issue 6: Adam step with kahan_summation=True, 4M float32, at most 1.3x Keras Adam",
-    extra={"params": "4M float32", "note": "one optimizer step per call"},
+    bar_source="stated for 4M float32 parameters, graph mode",
+    extra={"params": "float32, as many as the gradient",
+           "note": "one optimizer step per call"},
 ))
 
 
@@ -130,7 +131,7 @@ def _adamw(kind, lr=1e-3):
 for _key, _make_opt, _label, _lr in (("sgd", _sgd, "SGD(momentum=0.9)", 1e-9),
                                      ("adamw", _adamw, "AdamW", 1e-7)):
     register(Case(
-        name=f"precision/{_key}_kahan_step/4M",
+        name=f"precision/{_key}_kahan_step",
         family="precision",
         make_inputs=_opt_inputs(_key, lambda m=_make_opt: (m("keras"), m("so"))),
         baseline=_step_fn(_key, "baseline"),
@@ -140,8 +141,9 @@ for _key, _make_opt, _label, _lr in (("sgd", _sgd, "SGD(momentum=0.9)", 1e-9),
         grad=False,
         modes=("graph",),
         accuracy=_displacement_accuracy(_make_opt, _lr),
-        bar_source="none stated (issue 6 bars the Adam step only: 1.3x)",
-        extra={"params": "4M float32", "note": "one optimizer step per call"},
+        bar_source="none stated (the target is set for the Adam step)",
+        extra={"params": "float32, as many as the gradient",
+               "note": "one optimizer step per call"},
     ))
 
 
@@ -172,7 +174,7 @@ def _promote_accuracy(inputs, outputs):
 
 
 register(Case(
-    name="precision/promote_logsumexp/Nx1024",
+    name="precision/promote_logsumexp",
     family="precision",
     make_inputs=_promote_inputs,
     baseline=lambda x32, x64: _lse(x64),
@@ -182,10 +184,8 @@ register(Case(
     accuracy=_promote_accuracy,
     accuracy_only={"tf_float32": lambda x32, x64: tf.reduce_logsumexp(x32, -1).numpy()},
     bar={"graph/fwd": 1.2, "graph/fwd+bwd": 1.2, "xla/fwd": 1.2, "xla/fwd+bwd": 1.2},
-    bar_source="issue 6: so.promote around a small function at most 1.2x the function run "
-               "natively in float64",
-    extra={"quick rows": 128, "full rows": 512,
-           "note": "fwd+bwd: each side also returns a zero gradient for its unused input"},
+    bar_source="so.promote around a small function vs the function run natively in float64",
+    extra={"note": "fwd+bwd: each side also returns a zero gradient for its unused input"},
 ))
 
 
@@ -230,7 +230,7 @@ def _loop_graph(opt, var, grad, n):
 
 
 register(Case(
-    name="precision/loss_scale_optimizer_step/1M",
+    name="precision/loss_scale_optimizer_step",
     family="precision",
     make_inputs=_lso_inputs,
     baseline=_step_fn("lso", "baseline"),
@@ -241,6 +241,8 @@ register(Case(
     modes=("graph",),
     accuracy=_lso_accuracy,
     bar={"graph/fwd": 1.1},
-    bar_source="issue 6: loss-scale optimizer step at most 1.1x keras LossScaleOptimizer",
-    extra={"params": "~0.8M float32 in 4 variables", "note": "finite gradients: full step"},
+    bar_source="stated for one optimizer step, graph mode",
+    size_label=lambda inputs: f"{sum(np.size(g) for g in inputs)}_params",
+    extra={"params": "float32 in 4 variables (the size: their total)",
+           "note": "finite gradients: full step"},
 ))

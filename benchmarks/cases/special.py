@@ -1,4 +1,7 @@
-"""Special functions, softmax family, norm and losses (issue 5): speed vs TF / naive, bits of error."""
+"""Special functions, softmax family, norm and losses: speed vs TF / naive, bits of error.
+
+The element-wise functions, the softmax family and the norm are memory-bound and declare the
+bytes they move; the losses do not (a softmax and a reduction per row)."""
 
 import keras
 import numpy as np
@@ -6,12 +9,12 @@ import tensorflow as tf
 
 import safeops as so
 from benchmarks import bits_of_error as boe
-from benchmarks.registry import Case, pick, register
+from benchmarks.registry import (Case, elementwise_traffic, pick, reduction_traffic,
+                                 register)
 from safeops import testing
 
-_TF_BAR = ("issue 5: fwd+bwd, graph, CPU: at most 1.2x TF's own op (tf.norm, "
-           "tf.reduce_logsumexp, tf.math.softplus, tf.nn.log_softmax, Keras losses)")
-_NAIVE_BAR = "issue 5: fwd+bwd, graph, CPU: new ops at most 1.5x the naive formula"
+_TF_BAR = "stated for fwd+bwd, graph, CPU: a drop-in at most 1.2x TF's (or Keras's) own op"
+_NAIVE_BAR = "stated for fwd+bwd, graph, CPU: a new op at most 1.5x the naive formula"
 
 
 def _n(size):
@@ -45,8 +48,8 @@ def _bits_accuracy(name):
 
 for _name in boe.SPECS:
     _arity, _dom, _mp, _naive, _tf, _ours = boe.SPECS[_name]
-    # issue 5: drop-ins for a TF op at most 1.2x that op; new ops at most 1.5x the
-    # naive formula (the TF/TFP function, where one exists, is timed as an anchor)
+    # drop-ins for a TF op at most 1.2x that op; new ops at most 1.5x the naive formula
+    # (the TF/TFP function, where one exists, is timed as an anchor)
     if _name in ("sqrt", "softplus", "log_sigmoid"):
         _base, _bname, _bar, _anchors = _tf, "tf", 1.2, {}
     else:
@@ -54,12 +57,12 @@ for _name in boe.SPECS:
         _anchors = {} if _tf is None or _name in ("log1mexp", "logsubexp", "softplus_inverse",
                                                   "log_cosh") else {"tf": _tf}
     register(Case(
-        name=f"special/{_name}/1M", family="special",
+        name=f"special/{_name}", family="special",
         make_inputs=_elementwise_inputs(_name), baseline=_base, candidate=_ours,
         baseline_name=_bname, candidate_name=f"so.{_name}",
         accuracy=_bits_accuracy(_name), bar={"graph/fwd+bwd": _bar}, anchors=_anchors,
-        bar_source=_TF_BAR if _bar == 1.2 else _NAIVE_BAR,
-        extra={"n": "1M (quick: 64K), inputs sampled over the op's domain"}))
+        bar_source=_TF_BAR if _bar == 1.2 else _NAIVE_BAR, bytes_moved=elementwise_traffic(),
+        extra={"inputs": "sampled over the op's domain"}))
 
 
 def _rows(rng, size):
@@ -83,28 +86,32 @@ def _ulp_accuracy(ref_fn, what):
     return accuracy
 
 
-register(Case(name="special/reduce_logsumexp/1Mx", family="special", make_inputs=_rows,
+register(Case(name="special/reduce_logsumexp", family="special", make_inputs=_rows,
               baseline=lambda x: tf.reduce_logsumexp(x, axis=-1),
               candidate=lambda x: so.reduce_logsumexp(x, axis=-1),
               baseline_name="tf.reduce_logsumexp", candidate_name="so.reduce_logsumexp",
               accuracy=_ulp_accuracy(lambda x: _lse64(x)[..., 0], "logsumexp"),
-              bar={"graph/fwd+bwd": 1.2}, bar_source=_TF_BAR))
-register(Case(name="special/log_softmax/1Mx", family="special", make_inputs=_rows,
+              bar={"graph/fwd+bwd": 1.2}, bar_source=_TF_BAR,
+              bytes_moved=reduction_traffic(axis=-1)))
+register(Case(name="special/log_softmax", family="special", make_inputs=_rows,
               baseline=tf.nn.log_softmax, candidate=so.log_softmax,
               baseline_name="tf.nn.log_softmax", candidate_name="so.log_softmax",
               accuracy=_ulp_accuracy(lambda x: x - _lse64(x), "log_softmax"),
-              bar={"graph/fwd+bwd": 1.2}, bar_source=_TF_BAR))
-register(Case(name="special/softmax/1Mx", family="special", make_inputs=_rows,
+              bar={"graph/fwd+bwd": 1.2}, bar_source=_TF_BAR,
+              bytes_moved=elementwise_traffic()))
+register(Case(name="special/softmax", family="special", make_inputs=_rows,
               baseline=tf.nn.softmax, candidate=so.softmax,
               baseline_name="tf.nn.softmax", candidate_name="so.softmax",
               accuracy=_ulp_accuracy(lambda x: np.exp(x - _lse64(x)), "softmax"),
-              bar={"graph/fwd+bwd": 1.2}, bar_source=_TF_BAR))
-register(Case(name="special/norm/1M", family="special",
+              bar={"graph/fwd+bwd": 1.2}, bar_source=_TF_BAR,
+              bytes_moved=elementwise_traffic()))
+register(Case(name="special/norm", family="special",
               make_inputs=lambda rng, size: (rng.standard_normal(_n(size)).astype(np.float32),),
               baseline=tf.norm, candidate=so.norm, baseline_name="tf.norm",
               candidate_name="so.norm",
               accuracy=_ulp_accuracy(lambda x: np.sqrt(np.sum(x * x)), "sqrt(sum x^2)"),
-              bar={"graph/fwd+bwd": 1.2}, bar_source=_TF_BAR))
+              bar={"graph/fwd+bwd": 1.2}, bar_source=_TF_BAR,
+              bytes_moved=reduction_traffic()))
 
 
 def _cce_inputs(rng, size):
