@@ -5,6 +5,7 @@ same inputs, and its safeops rewrite to come back clean (and finite).
 """
 
 import importlib
+import math
 import inspect
 
 import keras
@@ -522,3 +523,57 @@ def test_function_passing_tensor_to_numpy_cannot_be_traced():
     with pytest.raises(TypeError, match="explain_gradients.*cannot be traced"):
         w = tf.Variable(1.0)
         so.doctor.explain_gradients(lambda x: calls_numpy_function(w * x), [w], 1.0, verbose=False)
+
+
+# ---------------------------------------------------------------- advice that keeps the loss finite
+
+def mean_of_quotients(x, d):
+    return tf.reduce_mean(x / d)
+
+
+def masked_mean_loss(x, m):
+    per_row = tf.reduce_sum(x * m, axis=1) / tf.reduce_sum(m, axis=1)  # 0/0 on an all-masked row
+    return tf.reduce_mean(per_row)
+
+
+def test_quotient_reduced_afterwards_gets_a_replacement_that_keeps_the_mean_finite():
+    x = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], np.float32)
+    d = np.array([[1.0, 0.0, 2.0], [0.0, 0.0, 1.0]], np.float32)
+    found = audit(mean_of_quotients, x, d, verbose=False)
+    assert found[0].hazard == "division by zero"
+    assert found[0].replacement.startswith("so.divide_no_nan")
+    # The saturating op is not enough here: the mean of its saturated values is inf.
+    assert np.isinf(float(tf.reduce_mean(so.safe_divide(x, d))))
+
+    def fixed(x, d):
+        return tf.reduce_mean(so.divide_no_nan(x, d))
+
+    assert audit(fixed, x, d, verbose=False) == []  # the re-audit finds nothing
+    quotients = [xi / di if di else 0.0 for xi, di in zip(x.ravel().tolist(), d.ravel().tolist())]
+    assert float(fixed(x, d)) == pytest.approx(math.fsum(quotients) / 6, rel=1e-6)
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        y = fixed(xt, d)
+    assert np.all(np.isfinite(tape.gradient(y, xt).numpy()))
+
+
+def test_masked_mean_with_an_all_masked_row():
+    x = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32)
+    m = np.array([[1.0, 1.0], [0.0, 0.0]], np.float32)
+    assert np.isnan(float(masked_mean_loss(x, m)))
+    found = audit(masked_mean_loss, x, m, verbose=False)
+    assert found and found[0].replacement.startswith("so.divide_no_nan")
+
+    def fixed(x, m):
+        per_row = so.divide_no_nan(tf.reduce_sum(x * m, axis=1), tf.reduce_sum(m, axis=1))
+        return tf.reduce_mean(per_row)
+
+    assert audit(fixed, x, m, verbose=False) == []
+    assert float(fixed(x, m)) == pytest.approx((1.5 + 0.0) / 2)
+
+
+def test_quotient_not_reduced_keeps_the_saturating_advice():
+    found = audit(lambda x, d: x / d, np.ones([2], np.float32), np.array([1.0, 0.0], np.float32),
+                  verbose=False)
+    assert found[0].replacement.startswith("so.safe_divide")

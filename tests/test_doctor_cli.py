@@ -47,3 +47,109 @@ def test_real_command_line(tmp_path):
                           text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "safeops.doctor.audit" in proc.stdout
+
+
+# ---------------------------------------------------------------- imports, bounds, exit codes
+
+def test_import_option_registers_custom_layers(tmp_path, monkeypatch, capsys):
+    module = "doctor_cli_custom_layers"
+    (tmp_path / f"{module}.py").write_text(
+        "import keras\n\n"
+        "@keras.saving.register_keras_serializable(package='doctor_cli_test')\n"
+        "class Scale(keras.layers.Layer):\n"
+        "    def call(self, x):\n"
+        "        return 2.0 * x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+    mod = importlib.import_module(module)
+    model = keras.Sequential([keras.Input((4,)), mod.Scale(), keras.layers.Dense(2)])
+    path = str(tmp_path / "custom.keras")
+    model.save(path)
+    # A fresh process has not imported the module: unregister it and forget the import.
+    keras.saving.get_custom_objects().pop("doctor_cli_test>Scale")
+    sys.modules.pop(module)
+    assert main([path]) == 2
+    err = capsys.readouterr().err
+    assert "cannot load" in err and "--import" in err and "Traceback" not in err
+    assert main([path, "--import", module]) == 0
+    assert "no numerical hazards found" in capsys.readouterr().out
+    assert main([path, "--import", "no_such_module_xyz"]) == 2
+    assert "--import no_such_module_xyz: ModuleNotFoundError" in capsys.readouterr().err
+
+
+def test_probe_size_is_bounded(tmp_path, capsys):
+    model = keras.Sequential([keras.Input((50000, 50000)), keras.layers.Dense(1)])
+    path = str(tmp_path / "huge_input.keras")
+    model.save(path)
+    assert main([path]) == 2  # "could not run", not 1 ("hazards found")
+    err = capsys.readouterr().err
+    assert "5,000,000,000 elements" in err and "--max-probe-elements" in err
+    assert main([path, "--max-probe-elements", "100"]) == 2
+
+
+def test_bad_arguments_get_a_message_and_exit_two(tmp_path, capsys):
+    path = _save(tmp_path, "clean.keras")
+    for argv in ([path, "--batch", "x"], [path, "--batch", "0"], [path, "--bogus"], [],
+                 ["profile", path, "--threshold", "many"], [path, "--fail-on", "sometimes"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "error" in err and "Traceback" not in err, argv
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "exit status" in out and "2  could not run" in out and "--import" in out
+
+
+def test_string_inputs_get_a_message(tmp_path, capsys):
+    inp = keras.Input((1,), dtype="string")
+    ids = keras.layers.StringLookup(vocabulary=["a", "b"])(inp)
+    model = keras.Model(inp, keras.layers.Embedding(3, 2)(ids))
+    path = str(tmp_path / "text.keras")
+    model.save(path)
+    assert main([path]) == 2
+    err = capsys.readouterr().err
+    assert "dtype string" in err and "--data" in err and "Traceback" not in err
+
+
+def _planted(tmp_path):
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8,))
+    h = keras.layers.Dense(16, name="shift")(inp)
+    out = keras.layers.Dense(2, name="head")(keras.layers.LayerNormalization(name="ln")(h))
+    model = keras.Model(inp, out)
+    model.get_layer("shift").bias.assign(np.full(16, 1e4, np.float32))
+    path = str(tmp_path / "planted.keras")
+    model.save(path)
+    rng = np.random.default_rng(0)
+    data = str(tmp_path / "data.npz")
+    np.savez(data, x=rng.standard_normal((32, 8)).astype(np.float32),
+             y=rng.standard_normal((32, 2)).astype(np.float32))
+    return path, data
+
+
+def test_profile_command(tmp_path, capsys):
+    import json
+
+    path, data = _planted(tmp_path)
+    js, png = str(tmp_path / "p.json"), str(tmp_path / "p.png")
+    assert main(["profile", path, "--data", data, "--policy", "float16", "--loss", "mse",
+                 "--json", js, "--plot", png]) == 1  # the LayerNormalization loses its bits
+    assert "worst: ln" in capsys.readouterr().out
+    with open(js) as f:
+        figures = json.load(f)
+    assert figures["worst"][0]["layer"] == "ln" and figures["first_over"] == "ln"
+    with open(png, "rb") as f:
+        assert f.read(4) == b"\x89PNG"
+    assert main(["profile", path, "--data", data, "--policy", "float64"]) == 0
+    assert main(["profile", path, "--policy", "float17"]) == 2
+    assert "not a Keras dtype policy" in capsys.readouterr().err
+
+
+def test_advise_command_saves_the_advised_model(tmp_path, capsys):
+    path, data = _planted(tmp_path)
+    out = str(tmp_path / "advised.keras")
+    assert main(["advise", path, "--data", data, "--loss", "mse", "--quantize", "",
+                 "--save", out]) == 0
+    advised = keras.saving.load_model(out)
+    policies = {layer.name: layer.dtype_policy.name for layer in advised.layers[1:]}
+    assert policies["ln"] == "float32" and policies["shift"] == "float32"
+    assert policies["head"] in ("mixed_float16", "mixed_bfloat16")

@@ -183,12 +183,46 @@ def rule_sqrt(op, trace):
     return [("high", f"{op.type.lower()} at or below 0", _range(x), f"{op.type}: {what}", replacement)]
 
 
+_REDUCTIONS = ("Sum", "Mean", "Prod", "Cumsum", "EuclideanNorm", "Max", "Min")
+_ELEMENTWISE = ("Mul", "AddV2", "Add", "Sub", "Neg", "Square", "Abs", "Cast", "Identity", "Reshape",
+                "Maximum", "Minimum", "SelectV2", "Select", "ExpandDims", "Squeeze", "BiasAdd",
+                "Transpose", "RealDiv", "Div")
+
+
+def _reduced_later(op, depth=6):
+    """True when `op`'s output reaches a reduction through elementwise ops (a mean of quotients)."""
+    frontier, seen = [op], set()
+    for _ in range(depth):
+        nxt = []
+        for o in frontier:
+            for c in consumers(o):
+                if c.name in seen:
+                    continue
+                seen.add(c.name)
+                if c.type in _REDUCTIONS:
+                    return True
+                if c.type in _ELEMENTWISE:
+                    nxt.append(c)
+        frontier = nxt
+    return False
+
+
+def _divide_replacement(op):
+    if op.type in ("Reciprocal", "Inv"):
+        return "so.safe_reciprocal"
+    if _reduced_later(op):
+        # so.safe_divide saturates x/0 at the dtype's largest value, and a sum or mean of
+        # saturated values overflows to inf: the quotient that is reduced must give 0 at y = 0.
+        return ("so.divide_no_nan (x/0 := 0, so the reduction that follows stays finite; "
+                "so.safe_divide saturates at the dtype maximum and a mean of those is inf)")
+    return "so.safe_divide (or so.divide_no_nan where x/0 should be 0)"
+
+
 def rule_divide(op, trace):
     den_t = op.inputs[0] if op.type in ("Reciprocal", "Inv") else op.inputs[1]
     d = trace.value(den_t)
     y = trace.value(op.outputs[0])
-    replacement = "so.safe_reciprocal" if op.type in ("Reciprocal", "Inv") else (
-        "so.safe_divide (or so.divide_no_nan where x/0 should be 0)")
+    replacement = _divide_replacement(op)
     dtype = den_t.dtype
     out = []
     if d is not None:
