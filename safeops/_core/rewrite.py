@@ -47,9 +47,9 @@ def check_model(model, op):
                         f"Functional); got {type(model).__module__}.{type(model).__name__}")
     if not is_graph_model(model):
         raise TypeError(
-            f"{op}: argument 'model' is a subclassed model ({type(model).__name__}) without a "
-            "functional graph; only keras.Sequential and Functional models (built with "
-            "keras.Input) can be rewritten. Build it as a Functional model around its layers, "
+            f"{op}: argument 'model' must be a Sequential or Functional model (built with "
+            f"keras.Input); got a subclassed model ({type(model).__name__}) without a functional "
+            "graph, which cannot be rewritten layer by layer. Build it as a Functional model around its layers, "
             "or use the safeops layers directly in its code")
     if not model.built or not model.inputs:
         raise RewriteError(f"{op}: the model '{model.name}' has no known input shape; build it "

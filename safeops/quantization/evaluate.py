@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from safeops.quantization.fake_quant import _quantize_weight
+from safeops.quantization import wrappers
 from safeops.quantization.wrappers import QuantizeWrapper
 
 __all__ = ["EvaluationReport", "cast_weights", "evaluate_quantization"]
@@ -62,36 +63,53 @@ def _sqnr(ref, q):
     return math.inf if noise == 0 else 10.0 * math.log10(np.sum(ref ** 2) / noise)
 
 
-def _kernel_layers(model):
-    return {layer.name: layer for layer in model.layers if hasattr(layer, "kernel")}
-
-
-def _effective_kernel(layer):
-    """The kernel a candidate layer computes with (fake-quantized inside a QuantizeWrapper)."""
-    if isinstance(layer, QuantizeWrapper):
-        k = tf.convert_to_tensor(layer.layer.kernel)
-        if isinstance(layer.layer, keras.layers.DepthwiseConv2D):
-            shape = k.shape
-            flat = tf.reshape(k, list(shape[:2]) + [-1])
-            return tf.reshape(_quantize_weight(flat, layer.weight_bits, layer.per_channel,
-                                               layer.symmetric_weights), shape).numpy()
-        return _quantize_weight(k, layer.weight_bits, layer.per_channel,
-                                layer.symmetric_weights).numpy()
-    return np.asarray(layer.kernel)
+def _float_kernels(model):
+    """``{name: (kernel layer, float kernel)}``: the float kernel each Dense/Conv of `model`
+    computes with -- inside a `QuantizeWrapper` with its BatchNormalization folded in, in a
+    float model with a foldable BatchNormalization folded as the TFLite converter does."""
+    out = {}
+    folds = wrappers.foldable_pairs(model)
+    for name, layer in wrappers._walk(model):
+        if isinstance(layer, QuantizeWrapper):
+            if hasattr(layer.layer, "kernel"):
+                out[layer.layer.name] = (layer.layer,
+                                         wrappers.folded_kernel_and_bias(layer)[0].numpy())
+        elif hasattr(layer, "kernel") and isinstance(layer, wrappers._KERNEL_LAYERS):
+            kernel = np.asarray(layer.kernel)
+            if id(layer) in folds:
+                scale, _ = wrappers._channel_scale(layer, folds[id(layer)], tf.float32)
+                scale = scale.numpy()
+                if isinstance(layer, keras.layers.DepthwiseConv2D):
+                    scale = scale.reshape(kernel.shape[2:])
+                kernel = kernel * scale
+            out[layer.name] = (layer, kernel)
+    return out
 
 
 def _keras_sqnr(reference, candidate):
+    """Per kernel: the candidate's quantized weights against its OWN float weights (a QAT model's
+    float weights moved in training: comparing them with the reference's would measure that)."""
     out = {}
-    cand = {}
-    for layer in candidate.layers:
-        name = layer.layer.name if isinstance(layer, QuantizeWrapper) else layer.name
-        if isinstance(layer, QuantizeWrapper) and not hasattr(layer.layer, "kernel"):
-            continue
-        if isinstance(layer, QuantizeWrapper) or hasattr(layer, "kernel"):
-            cand[name] = layer
-    for name, layer in _kernel_layers(reference).items():
-        if name in cand:
-            out[name] = _sqnr(layer.kernel, _effective_kernel(cand[name]))
+    for name, layer in wrappers._walk(candidate):
+        if isinstance(layer, QuantizeWrapper):
+            if layer.quantize_config is not None:
+                for attr in layer.quantize_config.weights:
+                    w = tf.convert_to_tensor(getattr(layer.layer, attr))
+                    q = _quantize_weight(w, layer.weight_bits, layer.per_channel,
+                                         layer.symmetric_weights,
+                                         channel_axis=layer.quantize_config.channel_axis)
+                    out[f"{layer.layer.name}.{attr}"] = _sqnr(w.numpy(), q.numpy())
+            elif hasattr(layer.layer, "kernel"):
+                kernel, _ = wrappers.folded_kernel_and_bias(layer)
+                out[layer.layer.name] = _sqnr(kernel.numpy(),
+                                              wrappers.quantized_kernel(layer, kernel).numpy())
+    if out:
+        return out
+    # a weight-cast candidate (cast_weights): its kernels against the reference's, by name
+    ref = {name: layer for name, layer in wrappers._walk(reference) if hasattr(layer, "kernel")}
+    for name, layer in wrappers._walk(candidate):
+        if name in ref and hasattr(layer, "kernel"):
+            out[name] = _sqnr(ref[name].kernel, np.asarray(layer.kernel))
     return out
 
 
@@ -107,13 +125,13 @@ def _tflite_layout(layer, kernel):
     return None
 
 
-def _tflite_sqnr(reference, interpreter):
+def _tflite_sqnr(source, interpreter):
     """Per kernel: the best-matching int8 constant of the TFLite layout's shape (names are
     rewritten by the converter, so shape and value decide; each tensor is used once)."""
     tensors = [t for t in interpreter.get_tensor_details() if t["dtype"] == np.int8]
     used, out = set(), {}
-    for name, layer in _kernel_layers(reference).items():
-        target = _tflite_layout(layer, np.asarray(layer.kernel))
+    for name, (layer, kernel) in _float_kernels(source).items():
+        target = _tflite_layout(layer, kernel)
         if target is None:
             continue
         best = None
@@ -164,17 +182,22 @@ def _run_tflite(blob, x):
     return y, interpreter
 
 
-def evaluate_quantization(reference_model, candidate, x, y=None):
+def evaluate_quantization(reference_model, candidate, x, y=None, *, exported_from=None):
     """Compare a quantized (or weight-cast) model with its float reference on inputs ``x``.
 
     Method: both models run on ``x`` (the TFLite candidate in
     `tf.lite.Interpreter`); differences are taken in float64. Per-layer weight
-    SQNR compares each reference kernel with the kernel the candidate computes
-    with: the fake-quantized kernel of a `QuantizeWrapper`, the cast kernel of
-    `cast_weights`, the dequantized int8 tensor of a TFLite model (the converter
-    rewrites tensor names, so names are not used: among the int8 constants of
-    the kernel's shape in TFLite's layout, the one with the highest SQNR is
-    taken, each used once; layers with no such constant are omitted).
+    SQNR measures quantization error only: the quantized weights against the
+    float weights of the same model -- a `QuantizeWrapper`'s fake-quantized
+    kernel against its own float kernel (BatchNormalization folded in; after
+    QAT the float weights have moved from the reference's, and comparing with
+    those would measure the training, not the quantization), the cast kernel of
+    `cast_weights` against the reference's, the dequantized int8 tensor of a
+    TFLite model against the float kernel of ``exported_from`` (folded as the
+    converter folds it). The converter rewrites tensor names, so names are not
+    used there: among the int8 constants of the kernel's shape in TFLite's
+    layout, the one with the highest SQNR is taken, each used once; layers with
+    no such constant are omitted.
 
     Error bound / gradient: not applicable (a measurement). dtypes: any float
     model outputs; compared in float64.
@@ -185,6 +208,9 @@ def evaluate_quantization(reference_model, candidate, x, y=None):
         TFLite flatbuffer `bytes` (from `export_tflite`).
       x: NumPy array of inputs.
       y: optional integer labels; accuracy is the argmax over the last axis.
+      exported_from: for a TFLite candidate, the Keras model it was exported
+        from (a QAT model): its float weights are the ones the int8 weights
+        quantize. Default: ``reference_model``.
 
     Returns:
       An `EvaluationReport`; ``print(report)`` shows a Markdown table.
@@ -207,7 +233,8 @@ def evaluate_quantization(reference_model, candidate, x, y=None):
     size = None
     if isinstance(candidate, (bytes, bytearray)):
         out, interpreter = _run_tflite(bytes(candidate), x.astype(np.float32))
-        sqnr = _tflite_sqnr(reference_model, interpreter)
+        sqnr = _tflite_sqnr(exported_from if exported_from is not None else reference_model,
+                            interpreter)
         kind, size = "tflite", len(candidate)
     elif isinstance(candidate, keras.Model):
         out = candidate.predict(x, verbose=0, batch_size=256)

@@ -2,15 +2,17 @@
 
 import os
 import tempfile
+import warnings
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from safeops import native
+from safeops._core.registry import new
 from safeops.quantization import wrappers
 
-__all__ = ["export_tflite"]
+__all__ = ["export_tflite", "float_ops"]
 
 _OP = "safeops.quantization.export_tflite"
 _MAX_SAMPLES = 500
@@ -60,15 +62,63 @@ def _samples(model, data):
     return out
 
 
-def export_tflite(model, representative_data, *, int8=True, path=None):
+_CONVERSION_OPS = ("QUANTIZE", "DEQUANTIZE")
+
+
+@new("the ops of a TFLite model that compute in float (what an int8 export must not keep)")
+def float_ops(blob):
+    """``[(op index, op name, dtype)]``: the ops of a TFLite model that compute in float.
+
+    QUANTIZE and DEQUANTIZE are conversions (the float input and output of an
+    int8 model go through them) and are not listed; any other op with a float
+    input or output tensor is."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        interpreter = tf.lite.Interpreter(model_content=bytes(blob))
+    dtypes = {t["index"]: np.dtype(t["dtype"]) for t in interpreter.get_tensor_details()}
+    out = []
+    for op in interpreter._get_ops_details():
+        if op["op_name"] in _CONVERSION_OPS:
+            continue
+        tensors = [i for i in list(op["inputs"]) + list(op["outputs"]) if i >= 0]
+        floats = sorted({dtypes[i].name for i in tensors if np.issubdtype(dtypes[i], np.floating)})
+        if floats:
+            out.append((int(op["index"]), op["op_name"], "/".join(floats)))
+    return out
+
+
+def _check_float_ops(blob, allow):
+    found = float_ops(blob)
+    if allow is True or not found:
+        return
+    allowed = set() if not allow else {str(a).upper() for a in allow}
+    bad = [f for f in found if f[1] not in allowed]
+    if bad:
+        listing = ", ".join(f"{name} ({dtype}, op {index})" for index, name, dtype in bad)
+        names = sorted({name for _, name, _ in bad})
+        raise ValueError(
+            f"{_OP}: the int8 model keeps {len(bad)} float op(s): {listing}. TFLite has no int8 "
+            "kernel for them (or the model computes them in float); pass "
+            f"allow_float_ops=True (or allow_float_ops={names!r}) to accept them, or change the "
+            "layers that produce them")
+
+
+@new("converts a Keras 3 model (float or from quantize_model) to a full-integer int8 TFLite "
+     "model with the converter settings chosen; fails naming each op left in float unless "
+     "allowed")
+def export_tflite(model, representative_data, *, int8=True, path=None, allow_float_ops=False):
     """Convert a Keras 3 model to TFLite; full-integer int8 where every op allows.
 
     Wraps `tf.lite.TFLiteConverter` (`from_keras_model`) with the settings a
     user otherwise has to find: ``optimizations=[DEFAULT]``, a representative
     dataset built from ``representative_data``, and
-    ``supported_ops=[TFLITE_BUILTINS_INT8]`` (conversion fails rather than
-    silently leaving float ops in). Input and output stay float32: the model
-    starts with a QUANTIZE and ends with a DEQUANTIZE op.
+    ``supported_ops=[TFLITE_BUILTINS_INT8]``. The converter still leaves an
+    op in float where it has no int8 kernel for it (e.g. the NEG of a
+    LayerNormalization: ``DEQUANTIZE -> NEG (float32) -> QUANTIZE``), so the
+    converted model is inspected and the export fails with a `ValueError`
+    naming each float op unless ``allow_float_ops`` accepts it. Input and
+    output stay float32: the model starts with a QUANTIZE and ends with a
+    DEQUANTIZE op.
 
     Method: for a model from `quantize_model`, the converter takes activation
     ranges and weight grids from the fake-quant ops (the trained ranges); the
@@ -93,6 +143,10 @@ def export_tflite(model, representative_data, *, int8=True, path=None):
       int8: True: full-integer int8; False: plain float32 TFLite (the size
         and accuracy baseline; ``representative_data`` is then unused).
       path: if given, the bytes are also written to this file.
+      allow_float_ops: int8 exports only: False (default) fails on any op
+        left in float (other than the QUANTIZE/DEQUANTIZE of the input and
+        output); True accepts them all; a collection of TFLite op names
+        (``{"NEG"}``) accepts those.
 
     Returns:
       The TFLite flatbuffer as `bytes`.
@@ -101,7 +155,8 @@ def export_tflite(model, representative_data, *, int8=True, path=None):
       TypeError: ``model`` is not a Keras model.
       ValueError: the representative data has the wrong shape or dtype (the
         message states the expected signature), is empty, or the model has more
-        than one input.
+        than one input; the int8 model keeps float ops that
+        ``allow_float_ops`` does not accept (the message names each).
 
     Example:
       >>> blob = so.quantization.export_tflite(qmodel, x_train[:200], path="m.tflite")
@@ -125,6 +180,8 @@ def export_tflite(model, representative_data, *, int8=True, path=None):
             blob = converter.convert()
     finally:
         wrappers._EXPORTING[0] = False
+    if int8:
+        _check_float_ops(blob, allow_float_ops)
     if path is not None:
         directory = os.path.dirname(os.path.abspath(path))
         with tempfile.NamedTemporaryFile(dir=directory, delete=False) as f:

@@ -1,25 +1,31 @@
 """`quantize_model`: quantization-aware training (QAT) for Keras 3 models.
 
-The returned model is a copy of the float model in which every supported layer
-(Dense, Conv1D, Conv2D, DepthwiseConv2D, Add, Concatenate) is wrapped in a
-`QuantizeWrapper`: weights are fake-quantized per output channel on every
-call, the layer's output (after a fused relu/relu6/linear activation, before a
-softmax/sigmoid/tanh one) goes through a `MovingAverageQuantizer`, and model
-inputs feeding a wrapped layer are quantized too. Everything else stays float
-and is listed in the model's report (`quantization_report(model)`).
+The returned model is a copy of the float model (rewritten by Keras's own
+cloning, `safeops._core.rewrite`: op nodes, masks, shared layers and nested
+models come along) in which every supported layer -- Dense, Conv1D, Conv2D,
+DepthwiseConv2D, Add, Concatenate, and any layer given a `QuantizeConfig` --
+is wrapped in a `QuantizeWrapper`: weights are fake-quantized per output
+channel on every call, the layer's output (after a fused relu/relu6/linear
+activation, before a softmax/sigmoid/tanh one) goes through a
+`MovingAverageQuantizer`, and model inputs feeding a wrapped layer are
+quantized too. A BatchNormalization that directly follows a Conv/Dense with a
+linear activation is folded into it. Everything else stays float and is listed
+in the model's report (`quantization_report(model)`).
 """
 
 import dataclasses
 import warnings
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import keras
 import tensorflow as tf
 
+from safeops._core import rewrite as _rewrite
+from safeops._core.registry import new
 from safeops.quantization.fake_quant import MovingAverageQuantizer, _check_bits, _quantize_weight
 
-__all__ = ["QuantizationReport", "QuantizeWrapper", "calibrate", "quantization_report",
-           "quantize_model"]
+__all__ = ["QuantizationReport", "QuantizeConfig", "QuantizeWrapper", "calibrate",
+           "quantization_report", "quantize_model"]
 
 _OP = "safeops.quantization.quantize_model"
 _KERNEL_LAYERS = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D,
@@ -27,6 +33,48 @@ _KERNEL_LAYERS = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D,
 _MERGE_LAYERS = (keras.layers.Add, keras.layers.Concatenate)
 _FUSED_ACTIVATIONS = ("linear", "relu", "relu6")
 _EXPORTING = [False]  # set by export_tflite while the converter traces the model
+
+
+@new("how a custom layer is quantized by quantize_model: which weight attributes are "
+     "fake-quantized, along which channel axis, and whether its output is quantized")
+@dataclasses.dataclass(frozen=True)
+class QuantizeConfig:
+    """How `quantize_model` quantizes a layer class it does not know.
+
+    Give it to `quantize_model` as ``quantize_configs={MyLayer: QuantizeConfig(
+    weights=("w",))}``: each instance of ``MyLayer`` is wrapped in a
+    `QuantizeWrapper` which, on every call, replaces the attributes named in
+    `weights` with their fake-quantized values (symmetric per-channel int8 by
+    default, straight-through gradient to the float variable), calls the
+    layer, restores the attributes, and quantizes the output with a
+    `MovingAverageQuantizer`. The layer's ``call`` must read its weights
+    through those attributes (``self.w``), as layers that create them in
+    ``build`` with ``self.w = self.add_weight(...)`` do.
+
+    Args:
+      weights: names of the attributes holding the weights to quantize.
+      channel_axis: the output-channel axis of those weights (per-channel
+        ranges), default -1.
+      quantize_output: quantize the layer's output (default True).
+
+    Raises:
+      TypeError: ``weights`` is not a sequence of attribute names.
+    """
+
+    weights: Tuple[str, ...] = ()
+    channel_axis: int = -1
+    quantize_output: bool = True
+
+    def __post_init__(self):
+        names = (self.weights,) if isinstance(self.weights, str) else self.weights
+        if not all(isinstance(n, str) for n in names):
+            raise TypeError("safeops.quantization.QuantizeConfig: argument 'weights' must be a "
+                            f"sequence of attribute names; got {self.weights!r}")
+        object.__setattr__(self, "weights", tuple(names))
+
+    def get_config(self):
+        return {"weights": list(self.weights), "channel_axis": self.channel_axis,
+                "quantize_output": self.quantize_output}
 
 
 def _supported(layer):
@@ -40,18 +88,70 @@ def _activation_name(layer):
     return getattr(act, "__name__", str(act))
 
 
+def _channel_scale(layer, bn, dtype):
+    """Per-output-channel ``gamma / sqrt(var + eps)`` and shift ``beta - mean * scale`` of `bn`."""
+    var = tf.cast(bn.moving_variance, dtype)
+    scale = tf.math.rsqrt(var + tf.constant(bn.epsilon, dtype))
+    if bn.gamma is not None:
+        scale = scale * tf.cast(bn.gamma, dtype)
+    shift = -tf.cast(bn.moving_mean, dtype) * scale
+    if bn.beta is not None:
+        shift = shift + tf.cast(bn.beta, dtype)
+    return scale, shift
+
+
+def folded_kernel_and_bias(wrapper):
+    """The float kernel and bias a `QuantizeWrapper` computes with (BatchNormalization folded).
+
+    Folding (Jacob et al. 2018, sec. 3.2): ``w' = w * s`` per output channel,
+    ``b' = (b - mean) * s + beta`` with ``s = gamma / sqrt(var + eps)``; the
+    normalization then costs nothing at inference and the int8 kernel is the
+    folded one. Returns ``(kernel, bias or None)`` as float tensors.
+    """
+    layer, bn = wrapper.layer, wrapper.batch_norm
+    kernel = tf.convert_to_tensor(layer.kernel)
+    bias = tf.convert_to_tensor(layer.bias) if layer.use_bias else None
+    if bn is None:
+        return kernel, bias
+    scale, shift = _channel_scale(layer, bn, kernel.dtype)
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        kernel = kernel * tf.reshape(scale, kernel.shape[2:])
+    else:
+        kernel = kernel * scale
+    bias = shift if bias is None else bias * scale + shift
+    return kernel, bias
+
+
+def quantized_kernel(wrapper, kernel):
+    """`kernel` fake-quantized as the wrapper does (per output channel; depthwise: in * mult)."""
+    if isinstance(wrapper.layer, keras.layers.DepthwiseConv2D):
+        shape = tf.shape(kernel)
+        flat = tf.reshape(kernel, tf.concat([shape[:2], [-1]], 0))
+        return tf.reshape(_quantize_weight(flat, wrapper.weight_bits, wrapper.per_channel,
+                                           wrapper.symmetric_weights), shape)
+    return _quantize_weight(kernel, wrapper.weight_bits, wrapper.per_channel,
+                            wrapper.symmetric_weights)
+
+
+@new("a Keras wrapper that fake-quantizes one layer's weights (BatchNormalization folded in) "
+     "and output for quantization-aware training")
 @keras.saving.register_keras_serializable(package="safeops")
 class QuantizeWrapper(keras.layers.Wrapper):
-    """Fake quantization around one Dense, Conv1D, Conv2D, DepthwiseConv2D, Add or Concatenate.
+    """Fake quantization around one Dense/Conv1D/Conv2D/DepthwiseConv2D/Add/Concatenate or custom layer.
 
-    Kernel layers: the kernel is fake-quantized on every call (per output
-    channel or per tensor, symmetric on the narrow grid or asymmetric) with the
-    range of its current values; the bias stays float (TFLite stores it as
-    int32 at scale ``s_in * s_w``). The output is quantized by a
-    `MovingAverageQuantizer` after a relu/relu6/linear activation (as TFLite
-    fuses them) or before a softmax/sigmoid/tanh (whose int8 kernels use fixed
-    output ranges). Merge layers: each input and the output are quantized.
-    All gradients are straight-through (see `fake_quant`).
+    Kernel layers: the kernel -- with a following BatchNormalization folded
+    in (``batch_norm``; `folded_kernel_and_bias`) -- is fake-quantized on
+    every call (per output channel or per tensor, symmetric on the narrow
+    grid or asymmetric) with the range of its current values; the bias stays
+    float (TFLite stores it as int32 at scale ``s_in * s_w``). The folded
+    normalization uses its moving statistics (frozen during QAT; gamma and
+    beta train through the fold), so training and the int8 export compute the
+    same function. The output is quantized by a `MovingAverageQuantizer`
+    after a relu/relu6/linear activation (as TFLite fuses them) or before a
+    softmax/sigmoid/tanh (whose int8 kernels use fixed output ranges). Merge
+    layers: each input and the output are quantized. Custom layers
+    (``quantize_config``): the named weight attributes are fake-quantized
+    for the call. All gradients are straight-through (see `fake_quant`).
 
     Args:
       layer: the float layer (its weights are used as they are).
@@ -60,38 +160,58 @@ class QuantizeWrapper(keras.layers.Wrapper):
       per_channel: one weight range per output channel.
       symmetric_weights: symmetric weight ranges with zero point 0.
       ema_decay: decay of the activation-range moving average.
+      batch_norm: a BatchNormalization (axis -1) applied to this layer's
+        output, folded into its kernel (kernel layers with a linear
+        activation only).
+      quantize_config: a `QuantizeConfig` (or its dict) for a layer of
+        another class.
       **kwargs: standard layer arguments (name).
 
     Raises:
-      TypeError: the layer type is not supported.
+      TypeError: the layer type is not supported and has no quantize_config;
+        batch_norm given for a layer it cannot be folded into.
       ValueError: bits outside 2..16.
     """
 
     def __init__(self, layer, weight_bits=8, activation_bits=8, per_channel=True,
-                 symmetric_weights=True, ema_decay=0.99, **kwargs):
-        if not _supported(layer):
-            raise TypeError(f"safeops.quantization.QuantizeWrapper: argument 'layer' must be "
-                            f"Dense, Conv1D, Conv2D, DepthwiseConv2D, Add or Concatenate; got "
-                            f"{type(layer).__name__}")
+                 symmetric_weights=True, ema_decay=0.99, batch_norm=None, quantize_config=None,
+                 **kwargs):
+        op = "safeops.quantization.QuantizeWrapper"
+        if isinstance(quantize_config, dict):
+            quantize_config = QuantizeConfig(**quantize_config)
+        if quantize_config is None and not _supported(layer):
+            raise TypeError(f"{op}: argument 'layer' must be Dense, Conv1D, Conv2D, "
+                            "DepthwiseConv2D, Add or Concatenate, or come with a "
+                            f"quantize_config; got {type(layer).__name__}")
+        if isinstance(batch_norm, dict):
+            batch_norm = keras.saving.deserialize_keras_object(batch_norm)
+        if batch_norm is not None and (not isinstance(layer, _KERNEL_LAYERS)
+                                       or _activation_name(layer) != "linear"):
+            raise TypeError(f"{op}: argument 'batch_norm' can only be folded into a Dense/Conv "
+                            f"layer with a linear activation; got {type(layer).__name__} with "
+                            f"activation {_activation_name(layer)!r}")
         super().__init__(layer, **kwargs)
-        self.weight_bits = _check_bits("safeops.quantization.QuantizeWrapper", "weight_bits",
-                                       weight_bits)
+        self.weight_bits = _check_bits(op, "weight_bits", weight_bits)
         if activation_bits is not None:
-            _check_bits("safeops.quantization.QuantizeWrapper", "activation_bits",
-                        activation_bits)
+            _check_bits(op, "activation_bits", activation_bits)
         self.activation_bits = activation_bits
         self.per_channel = bool(per_channel)
         self.symmetric_weights = bool(symmetric_weights)
         self.ema_decay = float(ema_decay)
-        self._is_merge = isinstance(layer, _MERGE_LAYERS)
+        self.batch_norm = batch_norm
+        self.quantize_config = quantize_config
+        self._is_merge = isinstance(layer, _MERGE_LAYERS) and quantize_config is None
         self.output_quantizer = None
-        if activation_bits is not None:
+        if activation_bits is not None and (quantize_config is None
+                                            or quantize_config.quantize_output):
             self.output_quantizer = MovingAverageQuantizer(
                 activation_bits, ema_decay, name=f"{self.name}_out", dtype=layer.dtype_policy)
 
     def build(self, input_shape):
         if not self.layer.built:
             self.layer.build(input_shape)
+        if self.batch_norm is not None and not self.batch_norm.built:
+            self.batch_norm.build(self.layer.compute_output_shape(input_shape))
         self.input_quantizers = []
         if self._is_merge and self.activation_bits is not None:
             self.input_quantizers = [
@@ -106,33 +226,26 @@ class QuantizeWrapper(keras.layers.Wrapper):
 
     def _kernel_output(self, x):
         layer = self.layer
-        kernel = layer.kernel
+        if isinstance(layer, keras.layers.Dense) and _EXPORTING[0] and self.per_channel:
+            # TFLite's converter rejects per-channel fake quant on FullyConnected (its
+            # kernel is transposed); export the already-quantized kernel as a constant.
+            with tf.init_scope():
+                kernel, bias = folded_kernel_and_bias(self)
+                qk = quantized_kernel(self, kernel)
+        else:
+            kernel, bias = folded_kernel_and_bias(self)
+            qk = quantized_kernel(self, kernel)
+        qk = tf.cast(qk, x.dtype)
         if isinstance(layer, keras.layers.DepthwiseConv2D):
-            shape = tf.shape(kernel)
-            flat = tf.reshape(kernel, tf.concat([shape[:2], [-1]], 0))  # channel = in * mult
-            qk = tf.reshape(_quantize_weight(flat, self.weight_bits, self.per_channel,
-                                             self.symmetric_weights), shape)
-            qk = tf.cast(qk, x.dtype)
             y = keras.ops.depthwise_conv(x, qk, strides=layer.strides, padding=layer.padding,
                                          dilation_rate=layer.dilation_rate,
                                          data_format=layer.data_format)
+        elif isinstance(layer, keras.layers.Dense):
+            y = keras.ops.matmul(x, qk)
         else:
-            if isinstance(layer, keras.layers.Dense) and _EXPORTING[0] and self.per_channel:
-                # TFLite's converter rejects per-channel fake quant on FullyConnected (its
-                # kernel is transposed); export the already-quantized kernel as a constant.
-                with tf.init_scope():
-                    qk = _quantize_weight(tf.convert_to_tensor(kernel), self.weight_bits,
-                                          True, self.symmetric_weights)
-            else:
-                qk = _quantize_weight(kernel, self.weight_bits, self.per_channel,
-                                      self.symmetric_weights)
-            qk = tf.cast(qk, x.dtype)
-            if isinstance(layer, keras.layers.Dense):
-                y = keras.ops.matmul(x, qk)
-            else:
-                y = layer.convolution_op(x, qk)
-        if layer.use_bias:
-            bias = tf.cast(layer.bias, y.dtype)
+            y = layer.convolution_op(x, qk)
+        if bias is not None:
+            bias = tf.cast(bias, y.dtype)
             if getattr(layer, "data_format", "channels_last") == "channels_first":
                 rank = y.shape.rank
                 y = y + tf.reshape(bias, [1, -1] + [1] * (rank - 2))
@@ -140,7 +253,33 @@ class QuantizeWrapper(keras.layers.Wrapper):
                 y = tf.nn.bias_add(y, bias)
         return y
 
+    def _custom_output(self, inputs, training):
+        config, layer = self.quantize_config, self.layer
+        originals = {}
+        for name in config.weights:
+            w = getattr(layer, name, None)
+            if w is None:
+                raise ValueError(f"safeops.quantization.QuantizeWrapper: layer '{layer.name}' "
+                                 f"({type(layer).__name__}) has no weight attribute {name!r} "
+                                 "named in its QuantizeConfig")
+            originals[name] = w
+        try:
+            for name, w in originals.items():
+                q = _quantize_weight(tf.convert_to_tensor(w), self.weight_bits, self.per_channel,
+                                     self.symmetric_weights, channel_axis=config.channel_axis)
+                object.__setattr__(layer, name, q)  # bypass tracking: restored below
+            y = layer.call(inputs) if not _accepts_training(layer) else \
+                layer.call(inputs, training=training)
+        finally:
+            for name, w in originals.items():
+                object.__setattr__(layer, name, w)
+        if self.output_quantizer is not None:
+            y = self.output_quantizer(y, training=training)
+        return y
+
     def call(self, inputs, training=None):
+        if self.quantize_config is not None:
+            return self._custom_output(inputs, training)
         if self._is_merge:
             if self.input_quantizers:
                 inputs = [q(x, training=training) for q, x in zip(self.input_quantizers, inputs)]
@@ -165,18 +304,28 @@ class QuantizeWrapper(keras.layers.Wrapper):
         config = super().get_config()
         config.update(weight_bits=self.weight_bits, activation_bits=self.activation_bits,
                       per_channel=self.per_channel, symmetric_weights=self.symmetric_weights,
-                      ema_decay=self.ema_decay)
+                      ema_decay=self.ema_decay,
+                      batch_norm=(keras.saving.serialize_keras_object(self.batch_norm)
+                                  if self.batch_norm is not None else None),
+                      quantize_config=(self.quantize_config.get_config()
+                                       if self.quantize_config is not None else None))
         return config
+
+
+def _accepts_training(layer):
+    import inspect
+    return "training" in inspect.signature(layer.call).parameters
 
 
 @dataclasses.dataclass
 class QuantizationReport:
-    """What `quantize_model` did: quantized layers, float layers and why, warnings.
+    """What `quantize_model` did: quantized layers, folded normalizations, float layers and why.
 
     Made by `quantization_report`; ``str(report)`` is a Markdown table.
 
     Args:  (each is also an attribute)
-      quantized: ``[(layer name, layer class)]`` of wrapped layers.
+      quantized: ``[(layer name, layer class)]`` of wrapped layers
+        (``"Conv2D+BatchNormalization"`` where a normalization is folded in).
       float_layers: ``[(layer name, layer class, reason)]`` of layers left float.
       warnings: messages (e.g. a layer filter that matched nothing).
       settings: the bit widths and options used.
@@ -190,7 +339,8 @@ class QuantizationReport:
     def __str__(self):
         lines = [f"quantization report ({', '.join(f'{k}={v}' for k, v in self.settings.items())})",
                  "| layer | type | status |", "|---|---|---|"]
-        lines += [f"| {n} | {c} | quantized |" for n, c in self.quantized]
+        lines += [f"| {n} | {c} | quantized{' (BatchNormalization folded)' if '+' in c else ''} |"
+                  for n, c in self.quantized]
         lines += [f"| {n} | {c} | float: {r} |" for n, c, r in self.float_layers]
         lines += [f"WARNING: {w}" for w in self.warnings]
         return "\n".join(lines)
@@ -198,13 +348,21 @@ class QuantizationReport:
 
 def _float_reason(layer):
     if isinstance(layer, keras.layers.BatchNormalization):
-        return ("BatchNormalization is not folded into the preceding convolution; it runs in "
-                "float during QAT (the TFLite converter folds/quantizes it at export)")
-    if isinstance(layer, keras.Model):
-        return "nested model: not descended into"
+        return ("not folded: its input is not the only use of a quantized Dense/Conv with a "
+                "linear activation; runs in float during QAT (the converter quantizes it as "
+                "MUL/ADD)")
     if not layer.weights:
         return "no weights (its output keeps its input's quantization or is calibrated at export)"
-    return f"{type(layer).__name__} is not supported by quantize_model"
+    return (f"{type(layer).__name__} is not supported by quantize_model (give its class a "
+            "QuantizeConfig through quantize_configs)")
+
+
+def _walk(model, prefix=""):
+    for layer in model.layers:
+        if _rewrite.is_graph_model(layer):
+            yield from _walk(layer, f"{prefix}{layer.name}/")
+        else:
+            yield f"{prefix}{layer.name}", layer
 
 
 def quantization_report(model):
@@ -223,54 +381,109 @@ def quantization_report(model):
         raise TypeError("safeops.quantization.quantization_report: argument 'model' must be a "
                         f"Keras model; got {type(model).__name__}")
     quantized, float_layers, settings = [], [], {}
-    for layer in model.layers:
+    for name, layer in _walk(model):
         if isinstance(layer, QuantizeWrapper):
-            quantized.append((layer.name, type(layer.layer).__name__))
+            kind = type(layer.layer).__name__
+            if layer.batch_norm is not None:
+                kind += "+BatchNormalization"
+            quantized.append((name, kind))
             settings = dict(weight_bits=layer.weight_bits, activation_bits=layer.activation_bits,
                             per_channel=layer.per_channel,
                             symmetric_weights=layer.symmetric_weights)
         elif isinstance(layer, (keras.layers.InputLayer, MovingAverageQuantizer)):
             continue
         else:
-            float_layers.append((layer.name, type(layer).__name__, _float_reason(layer)))
+            float_layers.append((name, type(layer).__name__, _float_reason(layer)))
     stored = getattr(model, "_safeops_quantization_warnings", None)
     return QuantizationReport(quantized, float_layers, list(stored or []), settings)
 
 
-def _check_model(model):
-    if isinstance(model, keras.Sequential):
-        if not model.built or not model.inputs:
-            raise ValueError(f"{_OP}: the Sequential model has no known input shape; build it "
-                             "(start it with keras.Input(shape)) before quantizing")
-        return
-    if isinstance(model, keras.Model) and hasattr(model, "_run_through_graph") and \
-            getattr(model, "_operations", None) is not None and model.inputs:
-        return
-    raise TypeError(f"{_OP}: argument 'model' must be a Keras 3 Sequential or Functional model "
-                    f"(or a tf_keras model, handed to tfmot); got {type(model).__module__}."
-                    f"{type(model).__name__}, which has no functional graph (subclassed "
-                    "models cannot be rewritten layer by layer)")
+def foldable_pairs(model):
+    """``{id(kernel layer): batch norm}`` for each BatchNormalization (last axis) whose only
+    input is the only use of a Dense/Conv layer with a linear activation, in every graph of
+    `model` (nested models included)."""
+    pairs = {}
+    models = [model] + [layer for _, layer in _walk_models(model)]
+    for m in models:
+        for layer in m.layers:
+            if type(layer) is not keras.layers.BatchNormalization:
+                continue
+            if layer.axis not in (-1, len(layer.input.shape) - 1) or layer.renorm:
+                continue
+            if len(layer._inbound_nodes) != 1:
+                continue
+            history = getattr(layer.input, "_keras_history", None)
+            producer = getattr(history, "operation", None)
+            if not isinstance(producer, _KERNEL_LAYERS) or _activation_name(producer) != "linear":
+                continue
+            if len(producer._inbound_nodes) != 1 or len(producer._outbound_nodes) != 1:
+                continue
+            if getattr(producer, "data_format", "channels_last") != "channels_last":
+                continue
+            pairs[id(producer)] = layer
+    return pairs
+
+
+def _walk_models(model):
+    for layer in model.layers:
+        if _rewrite.is_graph_model(layer):
+            yield layer.name, layer
+            yield from _walk_models(layer)
+
+
+def _normalize_configs(quantize_configs):
+    if quantize_configs is None:
+        return {}
+    if not isinstance(quantize_configs, dict):
+        raise TypeError(f"{_OP}: argument 'quantize_configs' must be a dict {{layer class: "
+                        f"QuantizeConfig}}; got {type(quantize_configs).__name__}")
+    out = {}
+    for key, config in quantize_configs.items():
+        if isinstance(config, dict):
+            config = QuantizeConfig(**config)
+        if not isinstance(config, QuantizeConfig):
+            raise TypeError(f"{_OP}: argument 'quantize_configs' must map layer classes to "
+                            f"QuantizeConfig; got {type(config).__name__} for {key!r}")
+        out[key] = config
+    return out
+
+
+def _config_for(layer, configs):
+    for cls in type(layer).__mro__:
+        if cls in configs:
+            return configs[cls]
+        if cls.__name__ in configs:
+            return configs[cls.__name__]
+    return None
 
 
 def quantize_model(model, *, weight_bits=8, activation_bits=8, per_channel=True,
-                   symmetric_weights=True, layer_filter=None, ema_decay=0.99):
+                   symmetric_weights=True, layer_filter=None, ema_decay=0.99,
+                   fold_batch_norm=True, quantize_configs=None):
     """A quantization-aware-training copy of a Keras 3 Sequential or Functional model.
 
     Replaces `tfmot.quantization.keras.quantize_model`, which accepts only
     tf_keras models (a tf_keras model passed here is handed to it; see
     `safeops.quantization.legacy`).
 
-    Method: the model's graph is rebuilt with each Dense, Conv1D, Conv2D and
-    DepthwiseConv2D (with its activation), Add and Concatenate wrapped in a
-    `QuantizeWrapper` and each model input feeding a wrapped layer followed by a
-    `MovingAverageQuantizer`; the float weights are copied over. Weights are
+    Method: the model is rewritten by Keras's own cloning (every node of the
+    graph is replayed: op nodes such as ``x + y`` and ``keras.ops.*``, masks,
+    shared layers, nested models, several inputs and outputs) with each
+    Dense, Conv1D, Conv2D and DepthwiseConv2D (with its activation), Add,
+    Concatenate and each layer whose class has a `QuantizeConfig` wrapped in a
+    `QuantizeWrapper`, and each model input feeding a wrapped layer followed
+    by a `MovingAverageQuantizer`; the float weights are copied over. A
+    BatchNormalization (last axis) that is the only use of a Dense/Conv with a
+    linear activation is folded into it (``fold_batch_norm``): its node is
+    removed from the graph and the wrapper computes with the folded kernel and
+    bias, so QAT trains the kernel the int8 model will hold and the export has
+    one CONV_2D where the float model had conv, MUL and ADD. Weights are
     fake-quantized per output channel (``per_channel``), symmetric on the
     narrow grid by default; activation ranges follow an exponential moving
-    average of the batch range during `fit` and are frozen at inference.
-    BatchNormalization is NOT folded into the preceding convolution: it stays
-    float and is listed in the report. The result is a Functional model (a
-    Sequential input gives a Functional output with the same layers) that
-    trains with `fit`, saves/loads as `.keras` and runs in `tf.function`.
+    average of the batch range during `fit` and are frozen at inference. The
+    result is a Functional model (a Sequential input gives a Functional output
+    with the same layers) that trains with `fit`, saves/loads as `.keras` and
+    runs in `tf.function`.
 
     Error bound: each fake-quantized weight is within ``scale / 2`` of its float
     value, ``scale = 2 max|w_c| / (2**weight_bits - 2)`` per channel ``c``
@@ -283,10 +496,10 @@ def quantize_model(model, *, weight_bits=8, activation_bits=8, per_channel=True,
     dtypes: layers with float16/bfloat16/float32 compute dtypes; fake
     quantization runs in float32 and is cast back to the layer's dtype.
 
-    The report (`QuantizationReport`: quantized layers, float layers with the
-    reason, warnings) is returned by ``quantization_report(qmodel)`` and is
-    also stored as the attribute ``qmodel.quantization_report_`` right after
-    the call.
+    The report (`QuantizationReport`: quantized layers, folded normalizations,
+    float layers with the reason, warnings) is returned by
+    ``quantization_report(qmodel)`` and is also stored as the attribute
+    ``qmodel.quantization_report_`` right after the call.
 
     Args:
       model: a built Keras 3 Sequential or Functional model (or a tf_keras one).
@@ -298,14 +511,18 @@ def quantize_model(model, *, weight_bits=8, activation_bits=8, per_channel=True,
         choosing which supported layers to quantize. If it chooses none, the
         report carries a warning (and a `UserWarning` is emitted).
       ema_decay: decay of the activation-range moving average, in [0, 1).
+      fold_batch_norm: fold BatchNormalization into the preceding Dense/Conv.
+      quantize_configs: ``{layer class (or class name): QuantizeConfig}``:
+        how to quantize layers of classes quantize_model does not know.
 
     Returns:
       A new Keras model; the input model is unchanged.
 
     Raises:
-      TypeError: unsupported model type (subclassed model), or a non-callable
-        ``layer_filter``.
-      ValueError: bits outside 2..16, or a Sequential model without input shape.
+      TypeError: unsupported model type (subclassed model), a non-callable
+        ``layer_filter`` or a bad ``quantize_configs``.
+      ValueError: bits outside 2..16, a model without input shape, or a layer
+        that cannot be rebuilt from its config (the message names it).
 
     Example:
       >>> qmodel = so.quantization.quantize_model(model)
@@ -318,37 +535,45 @@ def quantize_model(model, *, weight_bits=8, activation_bits=8, per_channel=True,
     if layer_filter is not None and not callable(layer_filter):
         raise TypeError(f"{_OP}: argument 'layer_filter' must be None or a callable "
                         f"layer -> bool; got {type(layer_filter).__name__}")
+    configs = _normalize_configs(quantize_configs)
     if not isinstance(model, keras.Model) and any(
             c.__module__.startswith("tf_keras") for c in type(model).__mro__):
         from safeops.quantization.legacy import quantize_legacy_model
         return quantize_legacy_model(model)
-    _check_model(model)
+    _rewrite.check_model(model, _OP)
     if not 0.0 <= float(ema_decay) < 1.0:
         raise ValueError(f"{_OP}: argument 'ema_decay' must be in [0, 1); got {ema_decay}")
 
     options = dict(weight_bits=weight_bits, activation_bits=activation_bits,
                    per_channel=per_channel, symmetric_weights=symmetric_weights,
                    ema_decay=ema_decay)
-    chosen = set()
-    for layer in model.layers:
-        if _supported(layer) and (layer_filter is None or layer_filter(layer)):
-            chosen.add(id(layer))
-    report_warnings = []
-    if not chosen:
-        msg = ("layer_filter matched no supported layer: nothing is quantized"
-               if layer_filter is not None else "the model has no supported layer to quantize")
-        report_warnings.append(msg)
-        warnings.warn(f"{_OP}: {msg}", UserWarning, stacklevel=2)
 
-    pairs = []  # (original layer, new layer)
+    def chosen(layer):
+        if not (_supported(layer) or _config_for(layer, configs) is not None):
+            return False
+        return layer_filter is None or bool(layer_filter(layer))
+
+    folds = {}
+    if fold_batch_norm:
+        folds = foldable_pairs(model)
+    folded_bn = {}  # id(original bn) -> its clone, held by the wrapper
+    n_chosen = [0]
     input_quantizers = {}
 
-    def clone(layer):
-        new = layer.__class__.from_config(layer.get_config())
-        if id(layer) in chosen:
-            new = QuantizeWrapper(new, name=f"quant_{layer.name}", **options)
-        pairs.append((layer, new))
-        return new
+    def replace(layer, path):
+        if isinstance(layer, keras.layers.InputLayer) or not chosen(layer):
+            if id(layer) in folded_bn:
+                return folded_bn[id(layer)]
+            return None
+        n_chosen[0] += 1
+        inner = _rewrite._rebuild(layer, _OP)
+        config = None if _supported(layer) else _config_for(layer, configs)
+        bn = None
+        if id(layer) in folds and config is None:
+            bn = _rewrite._rebuild(folds[id(layer)], _OP)
+            folded_bn[id(folds[id(layer)])] = bn
+        return QuantizeWrapper(inner, name=f"quant_{layer.name}", batch_norm=bn,
+                               quantize_config=config, **options)
 
     def quantize_inputs(args):
         if activation_bits is None:
@@ -358,6 +583,8 @@ def quantize_model(model, *, weight_bits=8, activation_bits=8, per_channel=True,
             hist = getattr(t, "_keras_history", None)
             if hist is None or not isinstance(hist.operation, keras.layers.InputLayer):
                 return t
+            if "float" not in str(t.dtype):
+                return t
             if id(t) not in input_quantizers:
                 input_quantizers[id(t)] = MovingAverageQuantizer(
                     activation_bits, ema_decay, name=f"quant_input_{len(input_quantizers)}")(t)
@@ -366,21 +593,25 @@ def quantize_model(model, *, weight_bits=8, activation_bits=8, per_channel=True,
         return tf.nest.map_structure(q, args)
 
     def call(layer, *args, **kwargs):
+        if any(layer is bn for bn in folded_bn.values()):
+            return args[0]  # folded into the preceding wrapper
         if isinstance(layer, QuantizeWrapper):
             args = quantize_inputs(args)
         return layer(*args, **kwargs)
 
-    if isinstance(model, keras.Sequential):
-        x = inputs = keras.Input(batch_shape=model.inputs[0].shape, dtype=model.inputs[0].dtype,
-                                 name=model.inputs[0].name)
-        for layer in model.layers:
-            x = call(clone(layer), x)
-        qmodel = keras.Model(inputs, x, name=f"{model.name}_quantized")
-    else:
-        qmodel = keras.models.clone_model(model, clone_function=clone, call_function=call)
-    for old, new in pairs:
-        target = new.layer if isinstance(new, QuantizeWrapper) else new
-        target.set_weights(old.get_weights())
+    qmodel, pairs = _rewrite.rewrite(model, replace, op=_OP, call_function=call,
+                                     swap_sublayers=False)
+    for old, fresh, _ in pairs:
+        if isinstance(fresh, QuantizeWrapper):
+            _rewrite.copy_weights(old, fresh.layer, _OP)
+        else:
+            _rewrite.copy_weights(old, fresh, _OP)
+    report_warnings = []
+    if not n_chosen[0]:
+        msg = ("layer_filter matched no supported layer: nothing is quantized"
+               if layer_filter is not None else "the model has no supported layer to quantize")
+        report_warnings.append(msg)
+        warnings.warn(f"{_OP}: {msg}", UserWarning, stacklevel=2)
     qmodel._safeops_quantization_warnings = report_warnings
     qmodel.quantization_report_ = quantization_report(qmodel)
     return qmodel
