@@ -27,6 +27,15 @@ install: $(STAMP) native
 native: $(STAMP)
 	-TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m safeops.native build
 
+# The fused kernels built with AddressSanitizer (a cache entry of their own, in a temporary
+# directory) and the fuzz test of every raw op run on them: an out-of-bounds access aborts.
+ASAN_RT = $(shell $${CXX:-c++} -print-file-name=libasan.so) $(shell $${CXX:-c++} -print-file-name=libstdc++.so)
+native-asan: $(STAMP)
+	@cache=$$(mktemp -d) && trap 'rm -rf "$$cache"' EXIT && \
+	SAFEOPS_CACHE_DIR="$$cache" SAFEOPS_NATIVE_SANITIZE=address TF_CPP_MIN_LOG_LEVEL=2 \
+	LD_PRELOAD="$(ASAN_RT)" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
+	$(PY) tests/test_native_fuzz.py
+
 test: $(STAMP) native
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q
 

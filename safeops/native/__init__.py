@@ -12,16 +12,25 @@ computes the float32 softmax (forward and backward) and logsumexp forward of
 
 Build: on first use the source is compiled with the C++ compiler (``$CXX``,
 else ``c++``) and the flags TensorFlow reports (``tf.sysconfig``), tuned for
-this CPU (``-march=native``), into a cache directory (``$SAFEOPS_CACHE_DIR``,
-else ``$XDG_CACHE_HOME/safeops``, else ``~/.cache/safeops``), keyed by the
-source, the TF version, the flags and the CPU; about 10 s, once. ``python -m
-safeops.native build`` does it ahead of time (``make install`` runs it).
+this CPU (``-march=native``), into a private cache directory
+(``$SAFEOPS_CACHE_DIR``, else ``$XDG_CACHE_HOME/safeops``, else
+``~/.cache/safeops``), keyed by the source, the TF version, the flags and the
+CPU; about 10 s, once. ``python -m safeops.native build`` does it ahead of
+time (``make install`` runs it). Only a library this user built is loaded:
+the directory must be private, and the file's SHA-256, recorded at build
+time, is checked before every load (threat model: docs/native.md). A file
+that fails the check, or does not load, is rebuilt once per process, never
+loaded. The compiler runs under a deadline (``$SAFEOPS_BUILD_TIMEOUT``
+seconds, default 300); a failed build is remembered for that compiler and
+those flags (``build --force`` retries). `status()` says whether the kernels
+are loaded and, if not, why; a failure is also warned about once per process.
 
 Fallback: where the kernels cannot be built or loaded (no compiler, another
-TF ABI), where ``SAFEOPS_NATIVE=0``, under XLA (``jit_compile=True``: a
-custom op has no XLA kernel), on a GPU, or for a dtype the kernels do not
-take, the ops use their pure-TF path, which has the same documented error
-bounds. Which path ran never changes a result by more than those bounds.
+TF ABI, an unsafe cache directory), where ``SAFEOPS_NATIVE=0``, under XLA
+(``jit_compile=True``: a custom op has no XLA kernel), on a GPU, or for a
+dtype the kernels do not take, the ops use their pure-TF path, which has
+the same documented error bounds. Which path ran never changes a result by
+more than those bounds.
 
 Example:
   >>> import safeops as so
@@ -35,15 +44,17 @@ import logging
 import os
 import platform
 import shutil
-import subprocess
 import sys
-import tempfile
 import threading
+import warnings
 from pathlib import Path
 
 import tensorflow as tf
 from tensorflow.python.eager import context
 from tensorflow.python.ops import control_flow_util
+
+from safeops.native import _build
+from safeops.native._build import Invalid, Unavailable
 
 __all__ = ["build", "disabled", "library", "status"]
 
@@ -51,11 +62,19 @@ _SOURCES = tuple(Path(__file__).parent / f for f in ("compensated.cc", "softmax.
 _HEADERS = (Path(__file__).parent / "common.h",)  # part of the cache key, not compiled alone
 _LOG = logging.getLogger("safeops")
 _LOCK = threading.Lock()
-_STATE = {"lib": None, "path": None, "error": None, "tried": False}
+# lib/path: what is loaded; error: why not; tried: loading was attempted (once per process);
+# rebuilt: a rebuild was attempted (at most once per process); warned: the one warning given
+_STATE = {"lib": None, "path": None, "error": None, "tried": False, "rebuilt": False,
+          "warned": False}
 _OFF = threading.local()  # depth of `disabled()` scopes in this thread
 # Tried in order: the first that compiles is used. GCC 12 cannot compile
 # Eigen's AVX512-FP16 packet code, hence -mno-avx512fp16 first.
 _ARCH_FLAGS = (["-march=native", "-mno-avx512fp16"], ["-march=native"], [])
+_BASE_FLAGS = ["-shared", "-fPIC", "-O3", "-ffp-contract=off", "-fno-fast-math", "-w"]
+# SAFEOPS_NATIVE_SANITIZE=address builds an AddressSanitizer variant (its own cache entry;
+# Python must then run with the ASan runtime preloaded: `make native-asan`).
+_SANITIZERS = {"address": ["-fsanitize=address", "-fno-omit-frame-pointer", "-g"],
+               "undefined": ["-fsanitize=undefined", "-fno-sanitize-recover=all", "-g"]}
 
 
 def _enabled():
@@ -66,11 +85,17 @@ def _enabled():
 
 @contextlib.contextmanager
 def disabled():
-    """Within this scope (this thread), ops take the pure-TF path, as with SAFEOPS_NATIVE=0.
+    """Within this scope (this thread), ops built take the pure-TF path, as with SAFEOPS_NATIVE=0.
 
     For graphs that must not reference the custom ops: a SavedModel to be
     served without safeops, a TFLite conversion (`so.quantization.export_tflite`
     uses it). Results stay within the same documented bounds.
+
+    The choice is made when an op is built: eager ops called in the scope, and
+    `tf.function`s traced in it, take the pure-TF path. A `tf.function` traced
+    before the scope keeps the graph it traced (with the kernels) when it is
+    called in the scope for an input signature it has already seen; trace a
+    new `tf.function` (or `get_concrete_function`) inside the scope instead.
 
     Args:
       (none)
@@ -94,7 +119,9 @@ def _cache_dir():
     if root:
         return Path(root)
     xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "safeops"
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg) / "safeops"
+    return Path.home() / ".cache" / "safeops"
 
 
 def _compiler():
@@ -111,51 +138,143 @@ def _cpu_id():
         return platform.processor()
 
 
-def _target():
-    """Cache path of the shared object for this source, TF, Python and CPU."""
+def _extra_flags():
+    names = os.environ.get("SAFEOPS_NATIVE_SANITIZE", "").strip()
+    flags = []
+    for name in filter(None, (n.strip() for n in names.split(","))):
+        if name not in _SANITIZERS:
+            raise Unavailable(f"SAFEOPS_NATIVE_SANITIZE: unknown sanitizer {name!r} "
+                              f"(known: {', '.join(_SANITIZERS)})")
+        flags += _SANITIZERS[name]
+    return flags
+
+
+def _name(cxx):
+    """File name of the shared object for this source, TF, Python, CPU, compiler and flags."""
     h = hashlib.sha256()
     for part in (*(f.read_bytes() for f in _SOURCES + _HEADERS), tf.__version__.encode(), sys.version.encode(),
                  " ".join(tf.sysconfig.get_compile_flags() + tf.sysconfig.get_link_flags()).encode(),
-                 platform.machine().encode(), _cpu_id().encode(), str(_compiler()).encode()):
+                 platform.machine().encode(), _cpu_id().encode(), str(cxx).encode(),
+                 " ".join(_BASE_FLAGS + _extra_flags()).encode()):
         h.update(part)
         h.update(b"\0")
-    return _cache_dir() / f"safeops_kernels_{h.hexdigest()[:16]}.so"
+    return f"safeops_kernels_{h.hexdigest()[:16]}.so"
+
+
+def _target():
+    """Cache path of the shared object (the configured directory, not yet checked)."""
+    return _cache_dir() / _name(_compiler())
+
+
+def _commands():
+    extra = _extra_flags()
+    return [lambda out, arch=arch: (_BASE_FLAGS + extra + arch + tf.sysconfig.get_compile_flags()
+                                    + [str(f) for f in _SOURCES] + ["-o", out]
+                                    + tf.sysconfig.get_link_flags())
+            for arch in _ARCH_FLAGS]
+
+
+def _build_at(target, cxx, force, retry=None):
+    """Compile into target (a checked directory) unless a verified library is already there
+    (or `force`); a remembered failure is retried only where `retry` (default: `force`)."""
+    if not force and _build.is_verified(target):
+        return
+    if not (force if retry is None else retry):
+        remembered = _build.remembered_failure(target, cxx)
+        if remembered is not None:
+            raise Unavailable(f"an earlier build with {cxx} failed ({remembered}); "
+                              f"`python -m safeops.native build --force` retries")
+    timeout = _build.build_timeout()
+    with _build.file_lock(target.with_name(target.stem + ".lock"), timeout + 60.0):
+        if not force and _build.is_verified(target):
+            return  # another process built it while this one waited
+        try:
+            _build.compile_into(target, cxx, _commands(), timeout)
+        except Unavailable as err:
+            _build.remember_failure(target, cxx, str(err))
+            raise
+        _build.forget_failure(target, cxx)
 
 
 def build(force=False):
-    """Compile the kernels into the cache (if not there already) and return the path.
+    """Compile the kernels into the cache (if not there already, verified) and return the path.
 
     Args:
-      force: rebuild even when the cached shared object exists.
+      force: rebuild even when a verified shared object is cached, and retry
+        a build remembered as failed.
 
     Returns:
       The path (`pathlib.Path`) of the shared object.
 
     Raises:
-      RuntimeError: no C++ compiler was found, or every flag set failed to
-        compile; the message holds the compiler's last output.
+      RuntimeError: no C++ compiler was found, the cache directory is unsafe
+        or cannot be written, the compiler failed or ran past
+        ``$SAFEOPS_BUILD_TIMEOUT``, or an earlier build failed; the message
+        (one line) says which.
     """
-    target = _target()
-    if target.exists() and not force:
-        return target
     cxx = _compiler()
     if cxx is None:
-        raise RuntimeError("safeops.native.build: no C++ compiler found (set $CXX)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    base = ["-shared", "-fPIC", "-O3", "-ffp-contract=off", "-fno-fast-math", "-w"]
-    last = ""
-    for arch in _ARCH_FLAGS:
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        raise Unavailable("safeops.native.build: no C++ compiler found (set $CXX)")
+    try:
+        directory = _build.secure_dir(_cache_dir(), create=True)
+        target = directory / _name(cxx)
+        _build_at(target, cxx, force)
+    except Unavailable as err:
+        raise Unavailable(f"safeops.native.build: {err}") from None
+    except OSError as err:
+        raise Unavailable(f"safeops.native.build: {err.strerror or err}: "
+                          f"{getattr(err, 'filename', '') or ''}") from None
+    return target
+
+
+def _load_verified(target):
+    """tf.load_op_library of the very file whose owner and hash were just checked."""
+    fd = _build.open_verified(target)
+    try:
+        proc_path = f"/proc/self/fd/{fd}"
+        path = proc_path if os.path.exists(proc_path) else str(target)
+        try:
+            return tf.load_op_library(path)
+        except (RuntimeError, tf.errors.OpError) as err:
+            msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise Invalid(f"{target} does not load: {msg}") from None
+    finally:
         os.close(fd)
-        cmd = ([cxx] + base + arch + tf.sysconfig.get_compile_flags()
-               + [str(f) for f in _SOURCES] + ["-o", tmp] + tf.sysconfig.get_link_flags())
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if proc.returncode == 0:
-            os.replace(tmp, target)  # atomic: a concurrent builder sees old or new, never half
-            return target
-        os.unlink(tmp)
-        last = proc.stderr[-4000:]
-    raise RuntimeError(f"safeops.native.build: compilation failed:\n{last}")
+
+
+def _load():
+    """Load the kernels, building them first where needed (a rebuild at most once a process)."""
+    cxx = _compiler()
+    directory = _build.secure_dir(_cache_dir(), create=True)
+    target = directory / _name(cxx)
+    try:
+        return _load_verified(target), target
+    except Invalid as err:
+        reason = err
+    if cxx is None:
+        raise Unavailable("no C++ compiler found (set $CXX)")
+    if _STATE["rebuilt"]:
+        raise Unavailable(f"{reason}; it was already rebuilt once in this process")
+    _STATE["rebuilt"] = True
+    unloadable = "does not load" in str(reason)
+    try:
+        _build_at(target, cxx, force=unloadable, retry=False)
+    except OSError as err:
+        raise Unavailable(f"building into {directory}: {err.strerror or err}") from None
+    try:
+        return _load_verified(target), target
+    except Invalid as err:
+        _build.remember_failure(target, cxx, str(err))
+        raise
+
+
+def _warn_once(error):
+    if _STATE["warned"]:
+        return
+    _STATE["warned"] = True
+    warnings.warn(f"safeops: fused kernels unavailable, using the pure-TF path (same error "
+                  f"bounds): {error}. `safeops.native.status()` has details; SAFEOPS_NATIVE=0 "
+                  f"chooses the pure-TF path without this warning.", RuntimeWarning, stacklevel=4)
 
 
 def library():
@@ -167,40 +286,68 @@ def library():
     Returns:
       The module `tf.load_op_library` returns, or None when disabled
       (``SAFEOPS_NATIVE=0``) or when building/loading failed (the reason is
-      in ``status()["error"]`` and logged once at INFO level).
+      in ``status()["error"]``; a RuntimeWarning is issued once per process).
+      A thread that finds another one building waits at most the build's
+      deadline, then takes the pure-TF path for that call.
     """
     if not _enabled():
         return None
     if _STATE["tried"]:
         return _STATE["lib"]
-    with _LOCK:
+    if not _LOCK.acquire(timeout=2 * _build.build_timeout() + 120.0):
+        return None
+    try:
         if not _STATE["tried"]:
             try:
-                path = build()
-                _STATE["lib"] = tf.load_op_library(str(path))
-                _STATE["path"] = path
-            except (RuntimeError, OSError, tf.errors.OpError) as err:
+                _STATE["lib"], _STATE["path"] = _load()
+                _STATE["error"] = None
+            except (Unavailable, OSError, tf.errors.OpError) as err:
                 _STATE["error"] = str(err)
                 _LOG.info("safeops: fused kernels unavailable, using the pure-TF path: %s", err)
+                _warn_once(err)
             _STATE["tried"] = True
+    finally:
+        _LOCK.release()
     return _STATE["lib"]
 
 
 def status():
-    """Where the fused kernels stand, without building anything.
+    """Where the fused kernels stand, without building or loading anything.
 
     Args:
       (none)
 
     Returns:
-      A dict: ``enabled`` (not switched off by ``SAFEOPS_NATIVE=0``),
-      ``loaded`` (the library is loaded in this process), ``path`` (the
-      cached shared object for this configuration), ``built`` (it exists)
-      and ``error`` (why building or loading failed, or None).
+      A dict: ``state`` (what ops built now use: "disabled", "loaded", "not
+      loaded yet" or "unavailable"), ``enabled`` (not switched off by ``SAFEOPS_NATIVE=0`` or
+      `disabled()`), ``loaded`` (the library is loaded in this process),
+      ``path`` (the shared object for this configuration), ``built`` (it
+      exists, is this user's and matches its recorded SHA-256),
+      ``cache_dir`` and ``error`` (why the kernels are not or cannot be
+      loaded: the failure of this process, else a refused cache directory
+      or a remembered failed build; None when nothing is wrong).
     """
-    target = _target()
-    return {"enabled": _enabled(), "loaded": _STATE["lib"] is not None, "path": str(target),
-            "built": target.exists(), "error": _STATE["error"]}
+    cxx = _compiler()
+    error = _STATE["error"]
+    path, built = _cache_dir() / _name(cxx), False
+    try:
+        directory = _build.secure_dir(_cache_dir(), create=False)
+        path = directory / path.name
+        built = _build.is_verified(path)
+        if error is None and not built and cxx is not None:
+            remembered = _build.remembered_failure(path, cxx)
+            if remembered is not None:
+                error = f"an earlier build with {cxx} failed ({remembered})"
+    except Unavailable as err:
+        if error is None and os.path.exists(_cache_dir()):
+            error = str(err)
+    if error is None and cxx is None and not _STATE["lib"]:
+        error = "no C++ compiler found (set $CXX)"
+    loaded = _STATE["lib"] is not None
+    state = ("disabled" if not _enabled() else "loaded" if loaded
+             else "unavailable" if _STATE["tried"] else "not loaded yet")
+    return {"state": state, "enabled": _enabled(), "loaded": loaded, "path": str(path),
+            "built": built, "cache_dir": str(_cache_dir()), "error": error}
 
 
 def _gpus():
@@ -228,8 +375,14 @@ def _in_xla():
 
 
 def _usable(x, dtypes=(tf.float32, tf.float64)):
-    """The library, if the fused kernel should run for tensor x here; else None."""
+    """The library, if the fused kernel should run for tensor x here; else None.
+
+    None also for a tensor known to be empty: nothing to fuse, and a caller's
+    ``reshape(x, [-1, n])`` cannot tell 0 rows of length 0 from 1.
+    """
     if x.dtype not in dtypes or _in_xla() or not _on_cpu(x):
+        return None
+    if x.shape.is_fully_defined() and x.shape.num_elements() == 0:
         return None
     return library()
 

@@ -1,18 +1,26 @@
-// safeops fused CPU kernels for the compensated reductions (issue 3).
+// safeops fused CPU kernels for the compensated reductions.
 //
-// Built from the installed package by safeops/_native.py with the compiler
-// flags TensorFlow reports (tf.sysconfig); loaded with tf.load_op_library.
-// Where it cannot be built or loaded, or the op runs under XLA or on a GPU,
-// safeops uses its pure-TF path instead (same error bounds).
+// Built from the installed package by safeops/native/__init__.py with the
+// compiler flags TensorFlow reports (tf.sysconfig); loaded with
+// tf.load_op_library. Where it cannot be built or loaded, or the op runs under
+// XLA or on a GPU, safeops uses its pure-TF path instead (same error bounds).
 //
 // Arithmetic: every element is converted exactly to double and added with
 // TwoSum (Knuth) into one of kLanes independent (sum, compensation) pairs;
-// lanes, then fixed-size blocks, are combined with TwoSum in a fixed order.
-// The partition depends only on the shape, never on the thread count, so a
-// result is reproducible run to run. This is Ogita-Rump-Oishi Sum2 in double:
+// lanes, then fixed-size blocks, then at most kMaxSplit segments of blocks
+// are combined with TwoSum in a fixed order. The partition depends only on
+// the shape, never on the thread count, so a result is reproducible run to
+// run. This is Ogita-Rump-Oishi Sum2 in double:
 //   |S - sum x| <= u64 |sum x| + gamma64_{n-1}^2 sum |x|,
 // then one rounding to the output dtype. Compile with -ffp-contract=off and
 // without -ffast-math: TwoSum must run exactly as written.
+//
+// Memory: besides its output a reduction holds at most kSplitBudget (s, c)
+// pairs of partial sums (1 MiB) plus a few KiB of stack per thread, whatever
+// the axis layout; a scan holds two pairs per 32768-element block.
+//
+// Every kernel checks the ranks, shapes and dtypes of its inputs before it
+// reads them (a crafted graph or SavedModel reaches these ops directly).
 
 #include <cmath>
 #include <cstdint>
@@ -48,6 +56,8 @@ namespace shape_inference = ::tensorflow::shape_inference;
 constexpr int kLanes = 32;             // independent accumulators (latency, SIMD)
 constexpr int64_t kBlock = 1 << 15;    // elements per work unit
 constexpr int64_t kCols = 512;         // columns per unit when reducing a non-last axis
+constexpr int64_t kMaxSplit = 64;      // most segments one output's blocks are cut into
+constexpr int64_t kSplitBudget = 1 << 16;  // most partial (s, c) pairs held at once (1 MiB)
 
 struct DW {
   double s;
@@ -173,13 +183,21 @@ void SumColumns(const T* x, int64_t inner, int64_t r0, int64_t r1, int64_t j0, i
   }
 }
 
-Status CheckRank3(OpKernelContext* ctx, const Tensor& x) {
+Status CheckRank3(const char* op, const Tensor& x) {
   if (x.dims() != 3) {
-    return ::tensorflow::errors::InvalidArgument("safeops kernel: input must be rank 3 "
-                                                 "[outer, n, inner]; got ",
+    return ::tensorflow::errors::InvalidArgument(op, ": input 'x' must be rank 3 [outer, n, "
+                                                 "inner]; got shape ",
                                                  x.shape().DebugString());
   }
   return ::tensorflow::OkStatus();
+}
+
+// How many segments the nb blocks of each of `outputs` sums are cut into (segments run
+// in parallel; their partial sums are merged in order). A function of the shape only,
+// and above 1 only where outputs x segments partial sums fit in kSplitBudget.
+int64_t Segments(int64_t outputs, int64_t nb) {
+  const int64_t fit = kSplitBudget / std::max<int64_t>(1, outputs);
+  return std::max<int64_t>(1, std::min(std::min(nb, kMaxSplit), fit));
 }
 
 // ---------------------------------------------------------------------------
@@ -195,61 +213,115 @@ class CompensatedSumOp : public OpKernel {
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& in = ctx->input(0);
-    OP_REQUIRES_OK(ctx, CheckRank3(ctx, in));
+    OP_REQUIRES_OK(ctx, CheckRank3("SafeopsCompensatedSum", in));
     const int64_t outer = in.dim_size(0), n = in.dim_size(1), inner = in.dim_size(2);
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({outer, inner}), &out));
+    if (outer * inner == 0) return;
     const T* x = in.flat<T>().data();
     T* y = out->flat<T>().data();
-    if (outer * inner == 0) return;
     const double dn = static_cast<double>(n);
     if (inner == 1) {
-      const int64_t nb = n == 0 ? 1 : (n + kBlock - 1) / kBlock;
-      std::vector<DW> part(outer * nb);
-      ParallelFor(ctx, outer * nb, std::min(n, kBlock) * 6, [&](int64_t lo, int64_t hi) {
-        for (int64_t u = lo; u < hi; ++u) {
-          const int64_t o = u / nb, b = u % nb;
-          const int64_t start = b * kBlock, len = std::min(kBlock, n - start);
-          part[u] = len > 0 ? SumSpan(x + o * n + start, len) : DW{0.0, 0.0};
-        }
-      });
-      for (int64_t o = 0; o < outer; ++o) {
-        DW acc = part[o * nb];
-        for (int64_t b = 1; b < nb; ++b) Merge(&acc, part[o * nb + b]);
-        y[o] = Round<T>(acc, mean_, dn);
+      SumRows(ctx, x, outer, n, y, dn);
+    } else {
+      SumCols(ctx, x, outer, n, inner, y, dn);
+    }
+  }
+
+ private:
+  // inner == 1: each output is the sum of one contiguous row of n elements.
+  void SumRows(OpKernelContext* ctx, const T* x, int64_t outer, int64_t n, T* y, double dn) {
+    const int64_t nb = n == 0 ? 1 : (n + kBlock - 1) / kBlock;
+    const int64_t segs = Segments(outer, nb);
+    auto segment = [&](int64_t o, int64_t k) {
+      DW acc{0.0, 0.0};
+      for (int64_t b = k * nb / segs; b < (k + 1) * nb / segs; ++b) {
+        const int64_t start = b * kBlock, len = std::min(kBlock, n - start);
+        if (len > 0) Merge(&acc, SumSpan(x + o * n + start, len));
       }
+      return acc;
+    };
+    const int64_t seg_cost = std::max<int64_t>(1, std::min(n, (nb / segs + 1) * kBlock)) * 6;
+    if (segs == 1) {  // no partial sums held: each output straight from its row
+      ParallelFor(ctx, outer, seg_cost, [&](int64_t lo, int64_t hi) {
+        for (int64_t o = lo; o < hi; ++o) y[o] = Round<T>(segment(o, 0), mean_, dn);
+      });
       return;
     }
-    const int64_t ncc = (inner + kCols - 1) / kCols;                 // column chunks
-    const int64_t rows = std::max<int64_t>(1, kBlock / std::min(inner, kCols));
-    const int64_t nb = n == 0 ? 1 : (n + rows - 1) / rows;           // row blocks
-    const int64_t units = outer * ncc * nb;
-    std::vector<double> ps(units * kCols), pc(units * kCols);
-    ParallelFor(ctx, units, rows * std::min(inner, kCols) * 6, [&](int64_t lo, int64_t hi) {
-      for (int64_t u = lo; u < hi; ++u) {
-        const int64_t b = u % nb, cc = (u / nb) % ncc, o = u / (nb * ncc);
-        const int64_t j0 = cc * kCols, m = std::min(kCols, inner - j0);
+    std::vector<DW> part(outer * segs);  // <= kSplitBudget pairs (Segments)
+    ParallelFor(ctx, outer * segs, seg_cost, [&](int64_t lo, int64_t hi) {
+      for (int64_t u = lo; u < hi; ++u) part[u] = segment(u / segs, u % segs);
+    });
+    for (int64_t o = 0; o < outer; ++o) {
+      DW acc{0.0, 0.0};
+      for (int64_t k = 0; k < segs; ++k) Merge(&acc, part[o * segs + k]);
+      y[o] = Round<T>(acc, mean_, dn);
+    }
+  }
+
+  // inner > 1: outputs are column sums of [n, inner] slabs, kCols columns per unit and
+  // blocks of `rows` rows; a unit's state is on the stack of the thread running it.
+  void SumCols(OpKernelContext* ctx, const T* x, int64_t outer, int64_t n, int64_t inner, T* y,
+               double dn) {
+    const int64_t ncc = (inner + kCols - 1) / kCols;  // column chunks
+    const int64_t width = std::min(inner, kCols);
+    const int64_t rows = std::max<int64_t>(1, kBlock / width);
+    const int64_t nb = n == 0 ? 1 : (n + rows - 1) / rows;  // row blocks
+    const int64_t segs = Segments(outer * inner, nb);
+    // (s, c) of columns [j0, j0 + m) of slab o over segment k's blocks into as/ac
+    auto segment = [&](int64_t o, int64_t j0, int64_t m, int64_t k, double* as, double* ac) {
+      double bs[kCols], bc[kCols];
+      for (int64_t j = 0; j < m; ++j) as[j] = ac[j] = 0.0;
+      for (int64_t b = k * nb / segs; b < (k + 1) * nb / segs; ++b) {
         const int64_t r0 = b * rows, r1 = std::min(n, r0 + rows);
-        SumColumns(x + o * n * inner, inner, r0, r1, j0, m, &ps[u * kCols], &pc[u * kCols]);
+        if (r0 >= r1) continue;
+        SumColumns(x + o * n * inner, inner, r0, r1, j0, m, bs, bc);
+        for (int64_t j = 0; j < m; ++j) {
+          DW acc{as[j], ac[j]};
+          Merge(&acc, DW{bs[j], bc[j]});
+          as[j] = acc.s;
+          ac[j] = acc.c;
+        }
+      }
+    };
+    const int64_t seg_cost =
+        std::max<int64_t>(1, std::min(n, (nb / segs + 1) * rows)) * width * 6;
+    if (segs == 1) {
+      ParallelFor(ctx, outer * ncc, seg_cost, [&](int64_t lo, int64_t hi) {
+        double as[kCols], ac[kCols];
+        for (int64_t v = lo; v < hi; ++v) {
+          const int64_t o = v / ncc, j0 = (v % ncc) * kCols, m = std::min(kCols, inner - j0);
+          segment(o, j0, m, 0, as, ac);
+          for (int64_t j = 0; j < m; ++j) {
+            y[o * inner + j0 + j] = Round<T>(DW{as[j], ac[j]}, mean_, dn);
+          }
+        }
+      });
+      return;
+    }
+    // partial sums [outer][segs][inner]: <= kSplitBudget pairs (Segments)
+    std::vector<double> ps(outer * segs * inner), pc(outer * segs * inner);
+    ParallelFor(ctx, outer * ncc * segs, seg_cost, [&](int64_t lo, int64_t hi) {
+      for (int64_t u = lo; u < hi; ++u) {
+        const int64_t k = u % segs, cc = (u / segs) % ncc, o = u / (segs * ncc);
+        const int64_t j0 = cc * kCols, m = std::min(kCols, inner - j0);
+        const int64_t at = (o * segs + k) * inner + j0;
+        segment(o, j0, m, k, &ps[at], &pc[at]);
       }
     });
-    ParallelFor(ctx, outer * ncc, nb * kCols * 8, [&](int64_t lo, int64_t hi) {
+    ParallelFor(ctx, outer * inner, segs * 8, [&](int64_t lo, int64_t hi) {
       for (int64_t v = lo; v < hi; ++v) {
-        const int64_t o = v / ncc, cc = v % ncc;
-        const int64_t j0 = cc * kCols, m = std::min(kCols, inner - j0);
-        for (int64_t j = 0; j < m; ++j) {
-          DW acc{0.0, 0.0};
-          for (int64_t b = 0; b < nb; ++b) {
-            const int64_t u = v * nb + b;
-            Merge(&acc, DW{ps[u * kCols + j], pc[u * kCols + j]});
-          }
-          y[o * inner + j0 + j] = Round<T>(acc, mean_, dn);
+        const int64_t o = v / inner, j = v % inner;
+        DW acc{0.0, 0.0};
+        for (int64_t k = 0; k < segs; ++k) {
+          const int64_t at = (o * segs + k) * inner + j;
+          Merge(&acc, DW{ps[at], pc[at]});
         }
+        y[v] = Round<T>(acc, mean_, dn);
       }
     });
   }
 
- private:
   bool mean_;
 };
 
@@ -289,7 +361,7 @@ class CompensatedCumsumOp : public OpKernel {
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& in = ctx->input(0);
-    OP_REQUIRES_OK(ctx, CheckRank3(ctx, in));
+    OP_REQUIRES_OK(ctx, CheckRank3("SafeopsCompensatedCumsum", in));
     const int64_t outer = in.dim_size(0), n = in.dim_size(1), inner = in.dim_size(2);
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, in.shape(), &out));
@@ -297,24 +369,31 @@ class CompensatedCumsumOp : public OpKernel {
     const T* x = in.flat<T>().data();
     T* y = out->flat<T>().data();
     if (inner == 1) {
-      // Pass 1: block totals; pass 2: block offsets in scan order; pass 3: scans.
       const int64_t nb = (n + kBlock - 1) / kBlock;
-      std::vector<DW> tot(outer * nb), off(outer * nb);
-      if (nb > 1) {
-        ParallelFor(ctx, outer * nb, kBlock * 6, [&](int64_t lo, int64_t hi) {
-          for (int64_t u = lo; u < hi; ++u) {
-            const int64_t o = u / nb, b = u % nb;
-            const int64_t start = b * kBlock, len = std::min(kBlock, n - start);
-            tot[u] = SumSpan(x + o * n + start, len);
+      if (nb == 1) {  // one block a row: each row scanned from zero, nothing held
+        ParallelFor(ctx, outer, n * 10, [&](int64_t lo, int64_t hi) {
+          for (int64_t o = lo; o < hi; ++o) {
+            ScanSpan(x + o * n, y + o * n, n, exclusive_, reverse_, DW{0.0, 0.0});
           }
         });
+        return;
       }
+      // Pass 1: block totals; pass 2: block offsets in scan order; pass 3: scans.
+      // (Two pairs per block of 32768 elements: 1/512 of the output's elements.)
+      std::vector<DW> tot(outer * nb), off(outer * nb);
+      ParallelFor(ctx, outer * nb, kBlock * 6, [&](int64_t lo, int64_t hi) {
+        for (int64_t u = lo; u < hi; ++u) {
+          const int64_t o = u / nb, b = u % nb;
+          const int64_t start = b * kBlock, len = std::min(kBlock, n - start);
+          tot[u] = SumSpan(x + o * n + start, len);
+        }
+      });
       for (int64_t o = 0; o < outer; ++o) {
         DW acc{0.0, 0.0};
         for (int64_t k = 0; k < nb; ++k) {
           const int64_t b = reverse_ ? nb - 1 - k : k;
           off[o * nb + b] = acc;
-          if (nb > 1) Merge(&acc, tot[o * nb + b]);
+          Merge(&acc, tot[o * nb + b]);
         }
       }
       ParallelFor(ctx, outer * nb, std::min(n, kBlock) * 10, [&](int64_t lo, int64_t hi) {
@@ -370,18 +449,23 @@ class WidenAssignAddOp : public OpKernel {
   explicit WidenAssignAddOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
 
   void Compute(OpKernelContext* ctx) override {
+    OP_REQUIRES(ctx, ctx->input(0).NumElements() == 1,
+                ::tensorflow::errors::InvalidArgument(
+                    "SafeopsWidenAssignAdd: 'resource' must be one variable handle; got shape ",
+                    ctx->input(0).shape().DebugString()));
     ::tensorflow::core::RefCountPtr<::tensorflow::Var> var;
     OP_REQUIRES_OK(ctx, ::tensorflow::LookupResource(ctx, ::tensorflow::HandleFromInput(ctx, 0),
                                                      &var));
     const Tensor& v = ctx->input(1);
     ::tensorflow::mutex_lock lock(*var->mu());
     Tensor* t = var->tensor();
-    OP_REQUIRES(ctx, t->dtype() == ::tensorflow::DT_DOUBLE,
-                ::tensorflow::errors::InvalidArgument("safeops: accumulator variable must be "
-                                                      "float64"));
+    OP_REQUIRES(ctx, var->is_initialized && t->dtype() == ::tensorflow::DT_DOUBLE,
+                ::tensorflow::errors::InvalidArgument(
+                    "SafeopsWidenAssignAdd: 'resource' must be an initialized float64 "
+                    "variable; got dtype ", ::tensorflow::DataTypeString(t->dtype())));
     OP_REQUIRES(ctx, t->shape() == v.shape(),
                 ::tensorflow::errors::InvalidArgument(
-                    "safeops: increment shape ", v.shape().DebugString(),
+                    "SafeopsWidenAssignAdd: 'values' shape ", v.shape().DebugString(),
                     " != variable shape ", t->shape().DebugString()));
     if (!t->RefCountIsOne()) {  // copy on write: a reader still holds the buffer
       Tensor fresh;

@@ -1,6 +1,6 @@
-// safeops fused CPU kernels for softmax and reduce_logsumexp of float32 rows
-// (issue 5), forward and backward. (A log_softmax kind was built and measured
-// slower forward+backward than the XLA-fused pure-TF path; it was removed.)
+// safeops fused CPU kernels for softmax and reduce_logsumexp of float32 rows,
+// forward and backward. (A log_softmax kind was built and measured slower
+// forward+backward than the XLA-fused pure-TF path; it was removed.)
 //
 // Method (as the pure-TF path, safeops/softmax.py): per row, m = max x (NaN
 // anywhere: the row is NaN); x_i - m = hi + lo exactly (TwoSum in float32);
@@ -14,7 +14,8 @@
 //   softmax_i = e_i / (1 + s),  logsumexp = m + log1p(s).
 // Masked rows (m = -inf): softmax 0, logsumexp -inf; a row
 // holding +inf: its +inf entries count as exp(0) = 1, the others as 0.
-// Compile without -ffast-math (see compensated.cc).
+// Compile without -ffast-math (see compensated.cc). Both kernels check every
+// input's rank and shape and the kind attribute before reading anything.
 
 #include <cmath>
 #include <cstdint>
@@ -199,7 +200,7 @@ double Exps(const float* x, int64_t n, const Row& row, double* e) {
   return s;
 }
 
-int ParseKind(OpKernelConstruction* ctx) {
+int ParseKind(OpKernelConstruction* ctx, const char* op) {
   std::string kind;
   const ::tensorflow::Status st = ctx->GetAttr("kind", &kind);
   if (!st.ok()) {
@@ -207,23 +208,40 @@ int ParseKind(OpKernelConstruction* ctx) {
     return -1;
   }
   if (kind == "softmax") return kSoftmax;
-  return kLogSumExp;
+  if (kind == "logsumexp") return kLogSumExp;
+  ctx->CtxFailure(::tensorflow::errors::InvalidArgument(
+      op, ": attribute 'kind' must be 'softmax' or 'logsumexp'; got '", kind, "'"));
+  return -1;
+}
+
+// shape == {d0, d1}, else InvalidArgument naming the op and the input.
+::tensorflow::Status CheckShape(const char* op, const char* arg, const Tensor& t, int64_t d0,
+                                int64_t d1) {
+  if (t.dims() == 2 && t.dim_size(0) == d0 && t.dim_size(1) == d1) {
+    return ::tensorflow::OkStatus();
+  }
+  return ::tensorflow::errors::InvalidArgument(op, ": input '", arg, "' must have shape [", d0,
+                                               ", ", d1, "]; got ", t.shape().DebugString());
 }
 
 class SoftmaxOp : public OpKernel {
  public:
-  explicit SoftmaxOp(OpKernelConstruction* ctx) : OpKernel(ctx), kind_(ParseKind(ctx)) {}
+  explicit SoftmaxOp(OpKernelConstruction* ctx)
+      : OpKernel(ctx), kind_(ParseKind(ctx, "SafeopsSoftmax")) {}
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& in = ctx->input(0);
     OP_REQUIRES(ctx, in.dims() == 2,
-                ::tensorflow::errors::InvalidArgument("safeops softmax kernel: rank 2 input"));
+                ::tensorflow::errors::InvalidArgument(
+                    "SafeopsSoftmax: input 'x' must be rank 2 [rows, n]; got shape ",
+                    in.shape().DebugString()));
     const int64_t rows = in.dim_size(0), n = in.dim_size(1);
     Tensor* out = nullptr;
     Tensor* stats = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(
                             0, TensorShape({rows, kind_ == kLogSumExp ? 1 : n}), &out));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({rows, 2}), &stats));
+    if (rows == 0) return;
     const float* x = in.flat<float>().data();
     float* y = out->flat<float>().data();
     double* st = stats->flat<double>().data();
@@ -261,16 +279,27 @@ class SoftmaxOp : public OpKernel {
 
 class SoftmaxGradOp : public OpKernel {
  public:
-  explicit SoftmaxGradOp(OpKernelConstruction* ctx) : OpKernel(ctx), kind_(ParseKind(ctx)) {}
+  explicit SoftmaxGradOp(OpKernelConstruction* ctx)
+      : OpKernel(ctx), kind_(ParseKind(ctx, "SafeopsSoftmaxGrad")) {}
 
   void Compute(OpKernelContext* ctx) override {
+    constexpr const char* kOp = "SafeopsSoftmaxGrad";
     const Tensor& gt = ctx->input(0);
     const Tensor& in = ctx->input(1);
     const Tensor& yt = ctx->input(2);
     const Tensor& stt = ctx->input(3);
+    OP_REQUIRES(ctx, in.dims() == 2,
+                ::tensorflow::errors::InvalidArgument(
+                    kOp, ": input 'x' must be rank 2 [rows, n]; got shape ",
+                    in.shape().DebugString()));
     const int64_t rows = in.dim_size(0), n = in.dim_size(1);
+    const int64_t out_n = kind_ == kSoftmax ? n : 1;  // the forward output's row length
+    OP_REQUIRES_OK(ctx, CheckShape(kOp, "g", gt, rows, out_n));
+    OP_REQUIRES_OK(ctx, CheckShape(kOp, "y", yt, rows, out_n));
+    OP_REQUIRES_OK(ctx, CheckShape(kOp, "stats", stt, rows, 2));
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, in.shape(), &out));
+    if (rows == 0) return;
     const float* g = gt.flat<float>().data();
     const float* x = in.flat<float>().data();
     const float* y = yt.flat<float>().data();
@@ -362,7 +391,15 @@ REGISTER_OP("SafeopsSoftmaxGrad")
     .Output("dx: float")
     .Attr("kind: {'softmax', 'logsumexp'}")
     .SetShapeFn([](shape_inference::InferenceContext* c) {
-      c->set_output(0, c->input(1));
+      shape_inference::ShapeHandle x, g, y, st, out_rows;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, &x));
+      std::string kind;
+      TF_RETURN_IF_ERROR(c->GetAttr("kind", &kind));
+      out_rows = kind == "logsumexp" ? c->MakeShape({c->Dim(x, 0), 1}) : x;
+      TF_RETURN_IF_ERROR(c->Merge(c->input(0), out_rows, &g));
+      TF_RETURN_IF_ERROR(c->Merge(c->input(2), out_rows, &y));
+      TF_RETURN_IF_ERROR(c->Merge(c->input(3), c->MakeShape({c->Dim(x, 0), 2}), &st));
+      c->set_output(0, x);
       return ::tensorflow::OkStatus();
     });
 

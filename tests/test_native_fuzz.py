@@ -1,0 +1,185 @@
+"""Every raw fused-kernel op, called with mismatched ranks, shapes, dtypes and attributes, gets
+an error naming the op, never a crash or a value read out of bounds.
+
+Run as a script (``python tests/test_native_fuzz.py``) it calls the ops of the library
+`safeops.native` loads and exits non-zero on a wrong outcome; `make native-asan` runs it on
+an AddressSanitizer build, where an out-of-bounds read aborts. The test below runs it in a
+fresh process, so a crash fails the test instead of killing pytest.
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+_OPS = ("SafeopsCompensatedSum", "SafeopsCompensatedCumsum", "SafeopsWidenAssignAdd",
+        "SafeopsSoftmax", "SafeopsSoftmaxGrad")
+
+
+def _fuzz(seed=0, random_cases=400):  # noqa: C901  (one table of cases)
+    import tensorflow as tf  # noqa: PLC0415
+
+    from safeops import native  # noqa: PLC0415
+
+    lib = native.library()
+    assert lib is not None, f"kernels not loaded: {native.status()['error']}"
+    rng = np.random.default_rng(seed)
+    allowed = (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, TypeError, ValueError)
+    tally = {"ok": 0, "rejected": 0}
+
+    def t(shape, dtype=tf.float32):
+        return tf.constant(rng.standard_normal(shape), dtype)
+
+    def expect(op, fn, ok, args=""):
+        """ok: True (must run), False (must raise, naming op), None (either)."""
+        try:
+            out = fn()
+            for o in tf.nest.flatten(out):
+                if o is not None:
+                    np.asarray(o)  # reads the whole output
+        except allowed as err:
+            assert ok is not True, f"{op}({args}) raised {err!r}"
+            text = str(err)
+            if isinstance(err, tf.errors.OpError):  # from TF's op checks or the kernel's
+                assert op in text, (op, args, text)
+            else:  # from the generated Python wrapper, before any kernel runs
+                assert "argument" in text.lower() or "attr" in text.lower(), (op, args, text)
+            tally["rejected"] += 1
+            return
+        assert ok is not False, f"{op}({args}) should have been rejected"
+        tally["ok"] += 1
+
+    softmax = lambda x, kind: lib.safeops_softmax(x, kind=kind)  # noqa: E731
+    grad = lambda g, x, y, s, kind: lib.safeops_softmax_grad(g, x, y, s, kind=kind)  # noqa: E731
+
+    # the reported out-of-bounds read, and near-valid shapes for every input of the backward
+    expect("SafeopsSoftmaxGrad", lambda: grad(tf.ones([1, 1]), tf.zeros([2, 1000]), tf.ones([1, 1]),
+                                              tf.zeros([1, 2], tf.float64), "softmax"), False)
+    expect("SafeopsSoftmaxGrad", lambda: grad(tf.ones([1]), tf.zeros([1]), tf.ones([1]),
+                                              tf.zeros([1, 2], tf.float64), "softmax"), False)
+    for kind in ("softmax", "logsumexp"):
+        rows, n = 3, 37
+        good = [t([rows, n if kind == "softmax" else 1]), t([rows, n]),
+                t([rows, n if kind == "softmax" else 1]), t([rows, 2], tf.float64)]
+        expect("SafeopsSoftmaxGrad", lambda: grad(*good, kind), True)
+        for i in range(4):
+            base = good[i].shape.as_list()
+            for shape in ([base[0] + 1, base[1]], [base[0] - 1, base[1]], [base[0], base[1] + 1],
+                          [base[0], base[1] - 1], [base[0], base[1] * 1000], base[:1],
+                          base + [1], [], [0, base[1]]):
+                bad = list(good)
+                bad[i] = t(shape, good[i].dtype)
+                # logsumexp's g, y and stats do not depend on n: x may have any row length
+                free = kind == "logsumexp" and i == 1 and len(shape) == 2 and shape[0] == rows
+                expect("SafeopsSoftmaxGrad", lambda: grad(*bad, kind), True if free else False,
+                       f"{kind} {i} {shape}")
+            wrong = list(good)
+            wrong[i] = tf.cast(good[i], tf.float64 if i < 3 else tf.float32)
+            expect("SafeopsSoftmaxGrad", lambda: grad(*wrong, kind), False, f"{i} dtype")
+        for shape in ([rows, n], [0, n], [rows, 0], [0, 0], [1, 1]):
+            expect("SafeopsSoftmax", lambda: softmax(t(shape), kind), True, shape)
+        for shape in ([], [n], [2, 3, 4]):
+            expect("SafeopsSoftmax", lambda: softmax(t(shape), kind), False, shape)
+        expect("SafeopsSoftmax", lambda: softmax(t([2, 3], tf.float64), kind), False, "float64")
+    for kind in ("log_softmax", "", "SOFTMAX", 3):
+        expect("SafeopsSoftmax", lambda: softmax(t([2, 3]), kind), False, kind)
+        expect("SafeopsSoftmaxGrad", lambda: grad(t([2, 3]), t([2, 3]), t([2, 3]),
+                                                  t([2, 2], tf.float64), kind), False, kind)
+
+    # the reductions: rank 3 [outer, n, inner] only, float32/float64 only
+    for op, fn in (("SafeopsCompensatedSum", lambda x: lib.safeops_compensated_sum(x, mean=True)),
+                   ("SafeopsCompensatedCumsum",
+                    lambda x: lib.safeops_compensated_cumsum(x, exclusive=True, reverse=True))):
+        for shape in ([2, 3, 4], [0, 3, 4], [2, 0, 4], [2, 3, 0], [1, 70000, 1], [3, 5, 600]):
+            expect(op, lambda: fn(t(shape)), True, shape)
+        for shape in ([], [5], [2, 3], [1, 2, 3, 4]):
+            expect(op, lambda: fn(t(shape)), False, shape)
+        for dtype in (tf.float16, tf.bfloat16, tf.int32, tf.complex64):
+            expect(op, lambda: fn(tf.zeros([2, 3, 4], dtype)), False, dtype)
+    for attrs in ({"mean": "yes"}, {"mean": 1.5}):
+        expect("SafeopsCompensatedSum", lambda: lib.safeops_compensated_sum(t([1, 2, 3]), **attrs),
+               False, attrs)
+
+    # the accumulator's in-place add: the variable must be an initialised float64 of the shape
+    widen = lib.safeops_widen_assign_add
+    var = tf.Variable(tf.zeros([4], tf.float64))
+    first = t([4])
+    expect("SafeopsWidenAssignAdd", lambda: widen(var.handle, first), True)
+    np.testing.assert_array_equal(var.numpy(), first.numpy().astype(np.float64))
+    for values in (t([5]), t([4, 1]), t([]), t([0])):
+        expect("SafeopsWidenAssignAdd", lambda: widen(var.handle, values), False, values.shape)
+    for other in (tf.Variable(tf.zeros([4], tf.float32)), tf.Variable(tf.zeros([4], tf.int32))):
+        expect("SafeopsWidenAssignAdd", lambda: widen(other.handle, t([4])), False, other.dtype)
+    unset = tf.raw_ops.VarHandleOp(dtype=tf.float64, shape=[4], shared_name="safeops_fuzz_unset")
+    expect("SafeopsWidenAssignAdd", lambda: widen(unset, t([4])), False, "uninitialised")
+    table = tf.lookup.experimental.MutableHashTable(tf.int64, tf.float32, -1.0)
+    expect("SafeopsWidenAssignAdd", lambda: widen(table.resource_handle, t([4])), False, "table")
+    two = tf.stack([var.handle, var.handle])
+    expect("SafeopsWidenAssignAdd", lambda: widen(two, t([4])), False, "two handles")
+    expect("SafeopsWidenAssignAdd", lambda: widen(two[:0], t([4])), False, "no handle")
+    expect("SafeopsWidenAssignAdd", lambda: widen(var.handle, t([4], tf.float64)), False, "f64")
+    # no rejected call changed the variable
+    np.testing.assert_array_equal(var.numpy(), first.numpy().astype(np.float64))
+
+    # graphs with unknown shapes: the shape functions cannot see the mismatch, the kernels must
+    spec = tf.TensorSpec(None, tf.float32)
+    gfun = tf.function(lambda g, x, y, s: grad(g, x, y, s, "softmax"), input_signature=[
+        spec, spec, spec, tf.TensorSpec(None, tf.float64)])
+    expect("SafeopsSoftmaxGrad", lambda: gfun(tf.ones([1, 1]), tf.zeros([2, 1000]), tf.ones([1, 1]),
+                                              tf.zeros([1, 2], tf.float64)), False, "graph")
+    sfun = tf.function(lambda x: lib.safeops_compensated_sum(x), input_signature=[spec])
+    expect("SafeopsCompensatedSum", lambda: sfun(tf.ones([4, 4])), False, "graph")
+
+    # random calls: any rank, shape and dtype for every input, any attribute value
+    dtypes = (tf.float32, tf.float32, tf.float64, tf.float16, tf.int32)
+
+    def anything():
+        rank = int(rng.integers(0, 5))
+        shape = [int(rng.choice([0, 1, 2, 3, 7, 40])) for _ in range(rank)]
+        return t(shape, dtypes[int(rng.integers(len(dtypes)))])
+
+    kinds = ("softmax", "logsumexp")
+    for _ in range(random_cases):
+        which = int(rng.integers(5))
+        kind = kinds[int(rng.integers(2))]
+        flag = bool(rng.integers(2))
+        args = [anything() for _ in range(4)]
+        shapes = [a.shape.as_list() for a in args]
+        if which == 0:
+            expect(_OPS[0], lambda: lib.safeops_compensated_sum(args[0], mean=flag), None, shapes)
+        elif which == 1:
+            expect(_OPS[1], lambda: lib.safeops_compensated_cumsum(args[0], reverse=flag), None,
+                   shapes)
+        elif which == 2:
+            expect(_OPS[2], lambda: widen(var.handle, args[0]), None, shapes)
+        elif which == 3:
+            expect(_OPS[3], lambda: softmax(args[0], kind), None, shapes)
+        else:
+            expect(_OPS[4], lambda: grad(*args, kind), None, shapes)
+    return tally
+
+
+def test_raw_ops_reject_bad_calls_without_crashing(tmp_path):
+    """The fuzz script in a fresh process (a crash fails here) on a copy of the built library."""
+    from test_native_support import ROOT, copy_compiler, env_for, prebuilt_library  # noqa: PLC0415
+    cxx = copy_compiler(tmp_path, prebuilt_library(), tmp_path / "cxx.log")
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__)],
+                          env=env_for(tmp_path / "cache", cxx), capture_output=True, text=True,
+                          check=False, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, (proc.returncode, proc.stdout[-2000:], proc.stderr[-4000:])
+    assert "fuzz: ok" in proc.stdout
+
+
+def _check_sanitized():
+    """Under `make native-asan`: the library loaded must be the instrumented build."""
+    from safeops import native  # noqa: PLC0415
+    if "address" in os.environ.get("SAFEOPS_NATIVE_SANITIZE", ""):
+        with open(native._STATE["path"], "rb") as f:  # noqa: SLF001
+            assert b"__asan_report" in f.read(), "the loaded library is not built with ASan"
+
+
+if __name__ == "__main__":
+    counts = _fuzz()
+    _check_sanitized()
+    print(f"fuzz: ok ({counts['ok']} calls ran, {counts['rejected']} rejected)")

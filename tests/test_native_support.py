@@ -1,0 +1,104 @@
+"""Shared by the native loader tests (no tests here): stand-in compilers, a fresh process running ops.
+
+A real build takes ~10 s (more on a busy machine), so the loader tests use a
+stand-in compiler that copies the library this test process already built:
+the loader cannot tell it from a compiler, and a test can count its calls.
+"""
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from safeops import native
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Runs two ops (the compensated sum and the softmax kernel's), twice, then prints JSON:
+# results, status, the safeops RuntimeWarnings seen, and whether a planted library ran.
+OPS_SCRIPT = r"""
+import json, os, warnings
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import tensorflow as tf
+    import safeops as so
+    x = tf.constant([[1e8, 1.0, -1e8, 2.0]])
+    sums = [float(so.reduce_sum(x)) for _ in range(2)]
+    soft = so.softmax(tf.constant([[0.0, 0.0]])).numpy().tolist()
+marker = os.environ.get("PLANTED_MARKER", "")
+print("RESULT " + json.dumps({
+    "sums": sums, "softmax": soft, "status": so.native.status(),
+    "warnings": [str(w.message) for w in caught
+                 if issubclass(w.category, RuntimeWarning) and "safeops" in str(w.message)],
+    "planted_ran": bool(marker) and os.path.exists(marker)}))
+"""
+
+PLANTED_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+__attribute__((constructor)) static void planted(void) {
+  const char* p = getenv("PLANTED_MARKER");
+  FILE* f = p ? fopen(p, "w") : NULL;
+  if (f) { fputs("planted code ran\n", f); fclose(f); }
+}
+"""
+
+
+def prebuilt_library():
+    """The verified library this process loaded (built once for the whole test run)."""
+    if native._compiler() is None:  # noqa: SLF001
+        pytest.skip("no C++ compiler: the fused kernels cannot be built here")
+    if native.library() is None:
+        pytest.fail(f"a compiler exists but the kernels did not load: {native.status()['error']}")
+    return Path(native._STATE["path"])  # noqa: SLF001
+
+
+def write_script(path, body):
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return path
+
+
+def copy_compiler(directory, library, log):
+    """A stand-in CXX: logs its pid, copies `library` to the -o argument."""
+    return write_script(directory / "copy-cxx", f"""echo $$ >> '{log}'
+out=""
+while [ $# -gt 0 ]; do [ "$1" = "-o" ] && out="$2"; shift; done
+cp '{library}' "$out"
+""")
+
+
+def env_for(cache, cxx, **extra):
+    env = dict(os.environ)
+    env.pop("SAFEOPS_NATIVE", None)
+    env.update({"SAFEOPS_CACHE_DIR": str(cache), "CXX": str(cxx), "TF_CPP_MIN_LOG_LEVEL": "3",
+                "PYTHONPATH": str(ROOT)})
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def run_ops(env, timeout=240):
+    """OPS_SCRIPT in a fresh process: its JSON result (a crash fails the test with its output)."""
+    proc = subprocess.run([sys.executable, "-c", OPS_SCRIPT], env=env, capture_output=True,
+                          text=True, check=False, timeout=timeout, cwd=ROOT)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-3000:])
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+    return json.loads(line[len("RESULT "):])
+
+
+def target_name(cxx, monkeypatch):
+    """The cache file name a process with CXX=cxx uses."""
+    monkeypatch.setenv("CXX", str(cxx))
+    return native._name(str(cxx))  # noqa: SLF001
+
+
+def calls(log):
+    return len(log.read_text().split()) if log.exists() else 0
+
+
+def mode(path):
+    return stat.S_IMODE(os.stat(path).st_mode)
