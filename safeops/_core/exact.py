@@ -304,20 +304,30 @@ def exact_segment_state(data, segment_ids, num_segments, counts):
 
 def _normalize(d):
     """Carry-propagate [..., K] int64 digits (|d| < 2**62) to two's complement:
-    digits in [0, 2**32) with the top digit signed (and holding the carry)."""
-    cols = tf.unstack(d, axis=-1)
+    digits in [0, 2**32) with the top digit signed (and holding the carry).
+
+    A scan over the digits (a while loop, also under XLA: the compiled
+    program does not grow with K); a function, so eager calls run it as one
+    graph."""
+    return tf.reshape(_normalize_2d(tf.reshape(d, [-1, d.shape[-1]]), d.shape[-1]), tf.shape(d))
+
+
+@tf.function(reduce_retracing=True, autograph=False)
+def _normalize_2d(flat, k):
+    """`_normalize` of [B, k] digits."""
+    flat = tf.reshape(flat, [-1, k])
+    cols = tf.transpose(flat)  # [K, B]
     mask = tf.constant(_MASK32, tf.int64)
     s32 = tf.constant(32, tf.int64)
-    out = []
-    carry = None
-    for k, c in enumerate(cols):
-        v = c if carry is None else c + carry
-        if k == len(cols) - 1:
-            out.append(v)
-        else:
-            out.append(tf.bitwise.bitwise_and(v, mask))
-            carry = tf.bitwise.right_shift(v, s32)
-    return tf.stack(out, -1)
+
+    def step(acc, c):
+        v = c + acc[0]
+        return tf.bitwise.right_shift(v, s32), tf.bitwise.bitwise_and(v, mask)
+
+    zero = tf.zeros_like(cols[0])
+    carries, low = tf.scan(step, cols[:-1], initializer=(zero, zero))
+    top = cols[-1] + carries[-1]
+    return tf.transpose(tf.concat([low, top[None]], 0))
 
 
 def _sign_magnitude(digits):
@@ -432,24 +442,33 @@ def state_to_sum(state, dtype):
 
 
 def _divide(mag, n):
-    """Long division of [..., K] 32-bit digits by n ([...], 1 <= n < 2**47), in 16-bit steps,
-    with two extra digits below: (quotient [..., K + 2], remainder != 0)."""
+    """Long division of [B, K] 32-bit digits by n ([B], 1 <= n < 2**47), in 16-bit steps,
+    with two extra digits below: (quotient [B, K + 2], remainder != 0)."""
+    q, sticky = _divide_2d(mag, n, mag.shape[-1])
+    return tf.reshape(q, [-1, mag.shape[-1] + 2]), sticky
+
+
+@tf.function(reduce_retracing=True, autograph=False)
+def _divide_2d(mag, n, k):
+    mag = tf.reshape(mag, [-1, k])
     mask16 = tf.constant(0xFFFF, tf.int64)
     s16 = tf.constant(16, tf.int64)
-    cols = tf.unstack(mag, axis=-1)
+    cols = tf.transpose(mag)[::-1]  # most significant first
     zero = tf.zeros_like(cols[0])
-    cols = [zero, zero] + cols
-    r = zero
-    q = []
-    for c in reversed(cols):  # most significant first
-        halves = []
-        for h in (tf.bitwise.right_shift(c, s16), tf.bitwise.bitwise_and(c, mask16)):
-            cur = tf.bitwise.left_shift(r, s16) + h
-            qh = tf.math.floordiv(cur, n)
-            r = cur - qh * n
-            halves.append(qh)
-        q.append(tf.bitwise.left_shift(halves[0], s16) + halves[1])
-    return tf.stack(q[::-1], -1), tf.not_equal(r, 0)
+    cols = tf.concat([cols, tf.zeros_like(cols[:2])], 0)
+
+    def step(acc, c):
+        r = acc[0]
+        cur = tf.bitwise.left_shift(r, s16) + tf.bitwise.right_shift(c, s16)
+        qh = tf.math.floordiv(cur, n)
+        r = cur - qh * n
+        cur = tf.bitwise.left_shift(r, s16) + tf.bitwise.bitwise_and(c, mask16)
+        ql = tf.math.floordiv(cur, n)
+        r = cur - ql * n
+        return r, tf.bitwise.left_shift(qh, s16) + ql
+
+    rems, q = tf.scan(step, cols, initializer=(zero, zero))
+    return tf.transpose(q[::-1]), tf.not_equal(rems[-1], 0)
 
 
 def state_to_mean(state, dtype, empty="nan"):

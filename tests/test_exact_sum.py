@@ -1,0 +1,352 @@
+"""The exact accumulator (safeops._core.exact): correctly rounded sums, means and prefix sums.
+
+References are independent of the code under test: Python's exact `Fraction`
+sum rounded once by `safeops.testing.round_to_dtype` (mpmath), and
+`math.fsum` (correctly rounded in float64). Correct rounding is asserted bit
+for bit (0 ulp), so permutation, reshaping, batch splitting, execution mode
+and replica count cannot change a bit either.
+"""
+
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+from fractions import Fraction
+
+import ml_dtypes
+import mpmath
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from safeops import testing
+from safeops._core import exact
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DTYPES = ["float16", "bfloat16", "float32", "float64"]
+_NP = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16, "float32": np.float32,
+       "float64": np.float64}
+_UINT = {2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
+def _round_exact(fr, dtype):
+    """A Fraction rounded once to dtype (mpmath at 2400 bits holds any sum of these exactly)."""
+    with mpmath.workprec(2400):
+        m = mpmath.mpf(fr.numerator) / fr.denominator
+        return testing.round_to_dtype(np.array([m], dtype=object), dtype)[0]
+
+
+def _reference(values, dtype):
+    """Correctly rounded sum of finite values (any shape, all summed)."""
+    return _round_exact(sum((Fraction(float(v)) for v in np.ravel(values)), Fraction(0)), dtype)
+
+
+def _bits(a):
+    a = np.asarray(a)
+    return a.view(_UINT[a.dtype.itemsize])
+
+
+def _assert_same_bits(got, want):
+    got, want = np.asarray(got), np.asarray(want, dtype=np.asarray(got).dtype)
+    np.testing.assert_array_equal(_bits(got), _bits(want))
+
+
+def _wide_data(rng, rows, n, lo, hi, dtype):
+    """Rows of values with exponents spread over [lo, hi] and heavy cancellation."""
+    mant = rng.standard_normal((rows, n))
+    expo = rng.uniform(lo, hi, (rows, n))
+    x = (mant * 10.0 ** expo).astype(_NP[dtype])
+    half = n // 2
+    x[:, half:2 * half] = -x[:, :half]  # exact cancellation of the big terms...
+    x[:, half:2 * half] *= rng.choice([1.0, 1.0 + 2.0 ** -10], (rows, half)).astype(_NP[dtype])
+    return rng.permuted(x, axis=1)
+
+
+# -------------------------------------------------------------------- correct rounding
+
+@pytest.mark.parametrize("span", [(-2, 2), (-50, 50), (-300, 300)])
+def test_float64_correctly_rounded_any_condition(span):
+    rng = np.random.default_rng(abs(span[0]))
+    x = _wide_data(rng, 24, 200, span[0], span[1], "float64")
+    got = exact.exact_reduce_sum(tf.constant(x), [1]).numpy()
+    _assert_same_bits(got, [math.fsum(r) for r in x])
+    _assert_same_bits(got, [_reference(r, "float64") for r in x])
+    conds = [math.fsum(np.abs(r)) / abs(math.fsum(r)) for r in x if math.fsum(r) != 0]
+    assert max(conds) > 1e2  # the data is ill-conditioned, not only wide
+    if span[1] >= 50:  # TF's sum of the same rows is off in some row
+        assert np.any(tf.reduce_sum(x, 1).numpy() != got)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_narrow_dtypes_correctly_rounded(dtype):
+    rng = np.random.default_rng(7)
+    lo, hi = {"float16": (-4, 3), "bfloat16": (-30, 30), "float32": (-30, 30)}[dtype]
+    x = _wide_data(rng, 16, 64, lo, hi, dtype)
+    got = exact.exact_reduce_sum(tf.constant(x), [1]).numpy()
+    _assert_same_bits(got, [_reference(r, dtype) for r in x])
+
+
+def test_ill_conditioned_float32_where_tf_fails():
+    x, _, cond = testing.ill_conditioned_sum(2000, 1e12, "float32", seed=3)
+    got = exact.exact_reduce_sum(tf.constant(x)).numpy()
+    want = _reference(x, "float32")
+    _assert_same_bits(got, want)
+    assert cond > 1e10
+    assert tf.reduce_sum(x).numpy() != want
+
+
+@pytest.mark.parametrize("dtype,p", [("float64", 53), ("float32", 24), ("float16", 11),
+                                     ("bfloat16", 8)])
+def test_ties_round_to_even(dtype, p):
+    t = _NP[dtype]
+    h = 2.0 ** -p  # half an ulp of 1
+    cases = [
+        ([1.0, h], 1.0),  # tie: stays at even 1
+        ([1.0 + 2 * h, h], 1.0 + 4 * h),  # tie: odd rounds up to even
+        ([1.0, h, h * 2.0 ** -10], 1.0 + 2 * h),  # just above the tie
+        ([1.0, h, -h * 2.0 ** -10], 1.0),  # just below the tie
+        ([1.0, h, 2.0 ** -20, -(2.0 ** -20)], 1.0),  # tie restored by a cancelling pair
+    ]
+    x = np.array([c[0] + [0.0] * (4 - len(c[0])) for c in cases], t)
+    got = exact.exact_reduce_sum(tf.constant(x), [1]).numpy()
+    _assert_same_bits(got, np.array([c[1] for c in cases], t))
+    _assert_same_bits(got, [_reference(r, dtype) for r in x])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_subnormal_results_and_overflow(dtype):
+    fi = ml_dtypes.finfo(_NP[dtype])
+    t = _NP[dtype]
+    big, tiny, sub = float(fi.max), float(fi.smallest_normal), float(fi.smallest_subnormal)
+    half_ulp_max = math.ldexp(1.0, fi.maxexp - 2 - fi.nmant)  # half an ulp of the largest finite
+    rows = [
+        [tiny, -tiny + sub, 0.0],  # exactly the smallest subnormal
+        [tiny, -0.75 * tiny, 0.0],  # a subnormal
+        [3 * sub, -sub, sub],  # subnormal inputs
+        [big, big, -big],  # overflows on the way, back within range
+        [big, big, 0.0],  # the exact sum overflows: inf
+        [-big, -big, 0.0],
+        [big, half_ulp_max, 0.0],  # tie at the overflow threshold rounds to even: inf
+        [big, half_ulp_max / 2, 0.0],  # below it: max
+    ]
+    x = np.array(rows, t)
+    got = exact.exact_reduce_sum(tf.constant(x), [1]).numpy()
+    want = np.array([_reference(r, dtype) for r in x], t)
+    _assert_same_bits(got, want)
+    assert float(got[1]) != 0 and abs(float(got[1])) < tiny
+    assert np.isposinf(float(got[4])) and np.isneginf(float(got[5])) and np.isposinf(float(got[6]))
+    assert float(got[3]) == big and float(got[7]) == big
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nonfinite_and_signed_zero_as_ieee(dtype):
+    t = _NP[dtype]
+    inf, nan = np.inf, np.nan
+    rows = [[inf, 1.0, 2.0], [-inf, 1.0, 0.0], [inf, -inf, 1.0], [nan, 1.0, inf],
+            [inf, inf, -0.0], [-0.0, -0.0, -0.0], [-0.0, 0.0, -0.0], [1.0, -1.0, -0.0]]
+    got = exact.exact_reduce_sum(tf.constant(np.array(rows, t)), [1]).numpy().astype(np.float64)
+    # IEEE addition, left to right, in float64 (signs of zero and specials do not depend on order)
+    want = [r[0] + r[1] + r[2] for r in np.array(rows, np.float64)]
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    ok = ~np.isnan(want)
+    np.testing.assert_array_equal(got[ok], np.array(want)[ok])
+    np.testing.assert_array_equal(np.signbit(got[ok]), np.signbit(np.array(want)[ok]))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_empty_sum_is_positive_zero(dtype):
+    for shape, axis in (([0], None), ([3, 0], [1]), ([0, 4], [0])):
+        x = tf.zeros(shape, dtype)
+        got = exact.exact_reduce_sum(x, axis).numpy()
+        want = tf.reduce_sum(x, axis).numpy()
+        assert got.shape == want.shape
+        _assert_same_bits(got, np.zeros(want.shape, _NP[dtype]))
+
+
+# -------------------------------------------------------------------- invariance
+
+def test_bits_invariant_under_permutation_reshape_and_split():
+    rng = np.random.default_rng(11)
+    x = _wide_data(rng, 1, 4096, -200, 200, "float64").ravel()
+    whole = exact.exact_reduce_sum(tf.constant(x)).numpy()
+    _assert_same_bits(whole, math.fsum(x))
+    for _ in range(3):
+        _assert_same_bits(exact.exact_reduce_sum(tf.constant(rng.permutation(x))).numpy(), whole)
+    for shape in ([64, 64], [16, 16, 16], [4096, 1]):
+        _assert_same_bits(exact.exact_reduce_sum(tf.constant(x.reshape(shape))).numpy(), whole)
+    # a batch split into parts of any sizes: the exact states add, the rounded sums would not
+    cuts = sorted(rng.choice(np.arange(1, 4096), 5, replace=False))
+    parts = np.split(x, cuts)
+    states = [exact.sum_state(tf.constant(p)) for p in parts]
+    _assert_same_bits(exact.state_to_sum(exact.combine_states(states), tf.float64).numpy(), whole)
+    # the same as one stacked tensor of states reduced over its batch axis
+    stacked = tf.stack(states)
+    _assert_same_bits(exact.state_to_sum(exact.combine_states(stacked, axis=0), tf.float64).numpy(),
+                      whole)
+    naive = sum(float(np.sum(p)) for p in parts)
+    assert naive != whole  # adding the rounded part sums is not the same
+
+
+def test_axes_keepdims_and_dynamic_shapes():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 4, 5)).astype(np.float32) * np.float32(1e4)
+    for axis in (None, [0], [1], [2], [0, 2], [1, 2], [0, 1, 2], []):
+        for keepdims in (False, True):
+            got = exact.exact_reduce_sum(tf.constant(x), axis, keepdims).numpy()
+            want_shape = tf.reduce_sum(x, axis, keepdims).shape
+            assert got.shape == tuple(want_shape), (axis, keepdims)
+            np.testing.assert_allclose(got, tf.reduce_sum(tf.cast(x, tf.float64), axis,
+                                                          keepdims), rtol=6e-8)
+    # values: per output against the reference
+    got = exact.exact_reduce_sum(tf.constant(x), [0, 2]).numpy()
+    _assert_same_bits(got, [_reference(x[:, j, :], "float32") for j in range(4)])
+    fn = tf.function(lambda v: exact.exact_reduce_sum(v, [1]),
+                     input_signature=[tf.TensorSpec([None, None], tf.float32)])
+    _assert_same_bits(fn(tf.constant(x[0])).numpy(), [_reference(r, "float32") for r in x[0]])
+    fn = tf.function(lambda v: exact.exact_reduce_sum(v),
+                     input_signature=[tf.TensorSpec(None, tf.float32)])
+    _assert_same_bits(fn(tf.constant(x)).numpy(), _reference(x, "float32"))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_execution_modes_same_bits(dtype):
+    rng = np.random.default_rng(2)
+    x = tf.constant(_wide_data(rng, 8, 96, -20, 20, dtype))
+
+    def f(v):
+        return exact.exact_reduce_sum(v, [1]), exact.exact_reduce_mean(v, [1]), \
+            exact.exact_cumsum(v[:2, :16], 1)
+
+    eager = [t.numpy() for t in f(x)]
+    graph = [t.numpy() for t in tf.function(f)(x)]
+    xla = [t.numpy() for t in tf.function(f, jit_compile=True)(x)]
+    for a, b, c in zip(eager, graph, xla):
+        _assert_same_bits(b, a)
+        _assert_same_bits(c, a)
+    _assert_same_bits(eager[0], [_reference(r, dtype) for r in x.numpy()])
+
+
+# -------------------------------------------------------------------- mean, cumsum, gradients
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mean_correctly_rounded(dtype):
+    rng = np.random.default_rng(3)
+    lo, hi = (-3, 3) if dtype == "float16" else (-20, 20)
+    x = _wide_data(rng, 12, 48, lo, hi, dtype)[:, :47]  # 47 terms: division is inexact
+    got = exact.exact_reduce_mean(tf.constant(x), [1]).numpy()
+    want = [_round_exact(sum((Fraction(float(v)) for v in r), Fraction(0)) / 47, dtype)
+            for r in x]
+    _assert_same_bits(got, np.array(want, _NP[dtype]))
+    big = float(ml_dtypes.finfo(_NP[dtype]).max)
+    m = exact.exact_reduce_mean(tf.constant([big, big, big], dtype)).numpy()
+    assert float(m) == big  # no intermediate overflow
+    assert np.isnan(exact.exact_reduce_mean(tf.zeros([0], dtype)).numpy())  # as tf.reduce_mean
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_cumsum_every_prefix_correctly_rounded(dtype):
+    rng = np.random.default_rng(4)
+    x = _wide_data(rng, 3, 40, -30, 30, dtype)
+    got = exact.exact_cumsum(tf.constant(x), 1).numpy()
+    want = [[_reference(r[:k + 1], dtype) for k in range(x.shape[1])] for r in x]
+    _assert_same_bits(got, np.array(want, _NP[dtype]))
+    got0 = exact.exact_cumsum(tf.constant(x.T), 0).numpy()
+    _assert_same_bits(got0, got.T)
+
+
+@pytest.mark.parametrize("exclusive", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_cumsum_flags_and_gradient_match_tf(exclusive, reverse):
+    x = tf.constant(np.arange(24, dtype=np.float32).reshape(2, 3, 4) - 7.0)  # exact in float32
+    for axis in (0, 1, 2):
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(x)
+            ours = exact.exact_cumsum(x, axis, exclusive, reverse)
+            theirs = tf.cumsum(x, axis, exclusive, reverse)
+            w = tf.constant((np.arange(24, dtype=np.float32).reshape(2, 3, 4) - 5) / 8)  # dyadic
+            lo, lt = tf.reduce_sum(ours * w), tf.reduce_sum(theirs * w)
+        _assert_same_bits(ours.numpy(), theirs.numpy())
+        _assert_same_bits(tape.gradient(lo, x).numpy(), tape.gradient(lt, x).numpy())
+
+
+def test_sum_and_mean_gradients_match_tf():
+    x = tf.constant(np.random.default_rng(0).standard_normal((3, 5)))
+    for fn, ref in ((exact.exact_reduce_sum, tf.reduce_sum), (exact.exact_reduce_mean,
+                                                               tf.reduce_mean)):
+        for axis, keepdims in ((None, False), ([1], False), ([0], True)):
+            with tf.GradientTape(persistent=True) as tape:
+                tape.watch(x)
+                a = fn(x, axis, keepdims)
+                b = ref(x, axis, keepdims)
+                la, lb = tf.reduce_sum(a * a), tf.reduce_sum(b * b)
+            np.testing.assert_allclose(tape.gradient(la, x), tape.gradient(lb, x), rtol=1e-15)
+
+
+def test_rejects_non_floating():
+    with pytest.raises(TypeError, match="input_tensor"):
+        exact.exact_reduce_sum(tf.constant([1, 2]))
+
+
+# -------------------------------------------------------------------- replicas
+
+def test_cross_replica_sum_two_devices(two_cpu_strategy):
+    rng = np.random.default_rng(9)
+    x = _wide_data(rng, 1, 512, -25, 25, "float32").ravel()
+    want = _reference(x, "float32")
+    shards = tf.constant(x.reshape(2, 256))
+
+    def step(ctx_shard):
+        return exact.cross_replica_sum(ctx_shard)
+
+    values = two_cpu_strategy.experimental_distribute_values_from_function(
+        lambda ctx: shards[ctx.replica_id_in_sync_group])
+    out = two_cpu_strategy.run(step, args=(values,))
+    for v in two_cpu_strategy.experimental_local_results(out):
+        _assert_same_bits(v.numpy(), want)
+
+
+def test_one_two_four_replicas_and_thread_counts_same_bits():
+    """MirroredStrategy over 1, 2 and 4 logical CPUs, one intra-op thread (a fresh process: the
+    device and thread configuration is set once), against this process's sum (all threads)."""
+    code = textwrap.dedent("""
+        import numpy as np, tensorflow as tf
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(4)])
+        from safeops._core import exact
+        x = np.load(__import__("sys").argv[1])
+        devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+        for k in (1, 2, 4):
+            strategy = tf.distribute.MirroredStrategy(
+                devices[:k], cross_device_ops=tf.distribute.ReductionToOneDevice())
+            shards = tf.constant(x.reshape(k, -1))
+            vals = strategy.experimental_distribute_values_from_function(
+                lambda ctx: shards[ctx.replica_id_in_sync_group])
+            states = strategy.run(lambda v: exact.sum_state(v), args=(vals,))
+            total = strategy.reduce(tf.distribute.ReduceOp.SUM, states, axis=None)
+            s = exact.state_to_sum(exact.normalize_state(total), tf.float32).numpy()
+            print(k, s.view(np.uint32))
+        print("whole", exact.exact_reduce_sum(tf.constant(x)).numpy().view(np.uint32))
+    """)
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal(1 << 16) * 10.0 ** rng.uniform(-30, 30, 1 << 16)).astype(np.float32)
+    x[1 << 15:] = -x[:1 << 15] * np.float32(1 + 2 ** -9)
+    x = rng.permutation(x)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "x.npy")
+        np.save(path, x)
+        r = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True,
+                           timeout=300, cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    bits = dict(ln.split() for ln in r.stdout.strip().splitlines()[-4:])
+    here = exact.exact_reduce_sum(tf.constant(x)).numpy()
+    want = _bits(_reference(x, "float32"))
+    assert bits["1"] == bits["2"] == bits["4"] == bits["whole"] == str(int(want)), bits
+    assert int(_bits(here)) == int(want)
+    # the same split, adding rounded per-replica sums: not the same bits for every split
+    naive = {k: np.sum(np.sum(x.reshape(k, -1), axis=1, dtype=np.float32), dtype=np.float32)
+             for k in (1, 2, 4)}
+    assert len({float(v) for v in naive.values()} | {float(_reference(x, "float32"))}) > 1
