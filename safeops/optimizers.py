@@ -484,10 +484,15 @@ class Nadam(_Compensated, keras.optimizers.Nadam):
         if self.built:
             return
         super().build(var_list)
-        if var_list and tf.as_dtype(self._u_product.dtype) in HALF_DTYPES and \
-                self._mode_of_dtype(self._u_product.dtype):
-            self._u_product = keras.Variable(1.0, dtype="float32", trainable=False,
-                                             name="u_product")
+        old = self._u_product
+        if var_list and tf.as_dtype(old.dtype) in HALF_DTYPES and self._mode_of_dtype(old.dtype):
+            # Keras makes the product in the first variable's dtype; a bfloat16 product of
+            # factors ~0.9 loses 2**-9 per step. Swap in a float32 one at the same place of
+            # the tracked variables (set without the tracker, which would append it again).
+            new = keras.Variable(1.0, dtype="float32", trainable=False, name=old.name)
+            position = next(i for i, v in enumerate(self._variables) if v is old)
+            self._variables[position] = new
+            vars(self)["_u_product"] = new
 
 
 @drop_in("keras.optimizers.Lion", *_DIFFERENCES)
