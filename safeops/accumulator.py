@@ -2,17 +2,21 @@
 
 import tensorflow as tf
 
-from safeops import native
-from safeops._dtypes import check_floating
-from safeops.eft import _fast_two_sum, _two_sum
+from safeops._core.dtypes import HALF_DTYPES, check_floating
+from safeops._core.eft import dw_add
+from safeops._core.native import kernels
+from safeops._core.registry import new
 
 __all__ = ["KahanAccumulator"]
 
-_WIDEN = (tf.float16, tf.bfloat16, tf.float32)  # dtypes the fused in-place add takes
-_STORAGE = {tf.float16: tf.float64, tf.bfloat16: tf.float64,
-            tf.float32: tf.float64, tf.float64: tf.float64}
+_WIDEN = HALF_DTYPES + (tf.float32,)  # dtypes the fused in-place add takes
+# Every total is stored in float64: its 29+ extra bits are the compensation of a
+# narrower total; a float64 total adds a second variable.
+_STORAGE = tf.float64
 
 
+@new("a running total in tf.Variables (sum + compensation) that does not stall; replaces "
+     "v.assign_add(x) where increments are small against the total")
 class KahanAccumulator(tf.Module):
     """A running total that does not stall, backed by tf.Variables (sum + compensation).
 
@@ -75,7 +79,7 @@ class KahanAccumulator(tf.Module):
         """
         super().__init__(name=name or "kahan_accumulator")
         self._dtype = check_floating("safeops.KahanAccumulator", "dtype", dtype)
-        self._storage = _STORAGE[self._dtype]
+        self._storage = _STORAGE
         self._shape = tf.TensorShape(shape)
         with self.name_scope:
             kwargs = dict(trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
@@ -128,7 +132,7 @@ class KahanAccumulator(tf.Module):
                              f"to the accumulator's shape {self._shape}")
         if (self._comp is None and not tf.distribute.has_strategy()
                 and "GPU" not in self._sum.device.upper()):  # the kernel runs where the variable is
-            lib = native._usable(v, _WIDEN)  # noqa: SLF001
+            lib = kernels(v, _WIDEN)
             if lib is not None:  # fused: widen and add in place, no float64 copy of v
                 op = lib.safeops_widen_assign_add(self._sum.handle,
                                                   tf.broadcast_to(v, self._shape))
@@ -139,10 +143,7 @@ class KahanAccumulator(tf.Module):
             v = ctx.all_reduce(tf.distribute.ReduceOp.SUM, v)
         if self._comp is None:  # float64 storage of a narrower dtype: exact increments
             return self._sum.assign_add(v)
-        t, e = _two_sum(self._sum.read_value(), v)
-        e = tf.where(tf.math.is_finite(e), e, tf.zeros_like(e)) + self._comp.read_value()
-        hi, lo = _fast_two_sum(t, e)
-        lo = tf.where(tf.math.is_finite(lo), lo, tf.zeros_like(lo))
+        hi, lo = dw_add(self._sum.read_value(), self._comp.read_value(), v)
         with tf.control_dependencies([self._comp.assign(lo)]):
             return self._sum.assign(hi)
 

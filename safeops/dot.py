@@ -9,69 +9,56 @@ float32        products and accumulation in float64 (products exact:
                24 + 24 bits <= 53), TF's kernels, one rounding back
 float64        Dot2: every product as an exact-partial double word
                (bit-mask split, FMA-proof), TwoSum tree over the sum
-int*           delegated to TF
-complex, bool  TypeError naming the op and the argument
+complex        each of the real and imaginary parts as ONE real dot of
+               twice the length (no cancellation between two dots)
+others         delegated to TF (TF's result and errors)
 =============  ==========================================================
 """
 
 import tensorflow as tf
 
-from safeops._compensated import _finish, _move_axes_last, _normalize_axes, _restore, _tree_sum
-from safeops._dtypes import accumulation_dtype, check_floating
-from safeops.eft import _prod_dw
+from safeops._core import compensated as cs
+from safeops._core.args import convert_n, dtype_error
+from safeops._core.axes import dynamic_axes, reduction_axes
+from safeops._core.dtypes import COMPLEX_DTYPES, FLOAT_DTYPES, accumulation_dtype
+from safeops._core.eft import prod_dw
+from safeops._core.registry import drop_in, new
 
 __all__ = ["dot", "matmul"]
 
 
 def _operands(op, names, values):
-    out = []
-    for arg, v in zip(names, values):
-        try:
-            t = tf.convert_to_tensor(v) if not out else tf.convert_to_tensor(
-                v, dtype_hint=out[0].dtype)
-        except (TypeError, ValueError) as err:
-            raise TypeError(f"{op}: argument '{arg}' cannot be converted to a tensor: {err}") \
-                from None
-        if not t.dtype.is_integer:
-            check_floating(op, arg, t.dtype)
-        out.append(t)
-    if out[0].dtype != out[1].dtype:
-        raise TypeError(f"{op}: arguments '{names[0]}' and '{names[1]}' must have the same "
-                        f"dtype; got {out[0].dtype.name} and {out[1].dtype.name}")
-    return out
+    """Two tensors of one dtype by TF's rule (Python numbers take the tensor's dtype)."""
+    return convert_n(op, names, values, allowed=None)
 
 
 def _dot2(op, x, y, axis, keepdims):
     """float64 Dot2 over `axis` (after broadcasting): exact-partial products + TwoSum tree.
 
-    Every product is the double word (p, e) of `safeops.eft._prod_dw`, built
-    from exact partial products only, so XLA:CPU's FMA contraction cannot
-    change the result; the p are summed by the TwoSum tree and the e join its
-    compensation. The value is not differentiable (bitcasts), so the gradient
-    is given explicitly: ``g * y`` for x and ``g * x`` for y.
+    Every product is the double word (p, e) of `safeops._core.eft.prod_dw`,
+    built from exact partial products only, so XLA:CPU's FMA contraction
+    cannot change the result; the p are summed by the TwoSum tree and the e
+    join its compensation. The value is not differentiable (bitcasts), so the
+    gradient is given explicitly: ``g * y`` for x and ``g * x`` for y.
     """
     shape = tf.broadcast_static_shape(x.shape, y.shape)
-    if shape.rank is None:
-        raise ValueError(f"{op}: float64 inputs need a known rank")
     dyn = tf.broadcast_dynamic_shape(tf.shape(x), tf.shape(y))
     x, y = tf.broadcast_to(x, dyn), tf.broadcast_to(y, dyn)
     x.set_shape(shape)
     y.set_shape(shape)
-    axes = _normalize_axes(op, axis, shape.rank)
+    axes = reduction_axes(op, axis, shape.rank)
+    if axes is None:
+        axes = dynamic_axes(op, axis, x)
 
     @tf.custom_gradient
     def impl(u, v):
-        p, pe = _prod_dw(u, v)
-        pl, kept = _move_axes_last(p, axes)
-        el, _ = _move_axes_last(pe, axes)
-        s, c = _tree_sum(pl, el)
-        out = _restore(_finish(s, c), p, axes, kept, keepdims)
+        p, pe = prod_dw(u, v)
+        s, c, _ = cs.sum_dd(p, axes, keepdims, c0=pe)
+        out = cs.finish(s, c)
 
         def grad(g):
             if not keepdims:
-                g = tf.reshape(g, tf.tensor_scatter_nd_update(
-                    tf.shape(u), [[a] for a in axes], tf.ones([len(axes)], tf.int32))
-                    if axes else tf.shape(u))
+                g = tf.reshape(g, cs.keep_shape(u, axes))
             return g * v, g * u
 
         return out, grad
@@ -79,6 +66,38 @@ def _dot2(op, x, y, axis, keepdims):
     return impl(x, y)
 
 
+def _real_dot(op, x, y, axis, keepdims):
+    if x.dtype == tf.float64:
+        return _dot2(op, x, y, axis, keepdims)
+    acc = accumulation_dtype(x.dtype)
+    prod = tf.cast(x, acc) * tf.cast(y, acc)
+    return tf.cast(tf.reduce_sum(prod, axis, keepdims), x.dtype)
+
+
+def _complex_dot(op, x, y, axis, keepdims):
+    """Complex sum(x * y): real part ``sum(xr yr) + sum(-xi yi)`` and imaginary part
+    ``sum(xr yi) + sum(xi yr)`` each as ONE compensated dot over twice the terms, so
+    each part is as accurate as a real dot (no cancellation between two rounded dots)."""
+    shape = tf.broadcast_static_shape(x.shape, y.shape)
+    if shape.rank is None:
+        raise ValueError(f"{op}: complex inputs need a known rank")
+    dyn = tf.broadcast_dynamic_shape(tf.shape(x), tf.shape(y))
+    x, y = tf.broadcast_to(x, dyn), tf.broadcast_to(y, dyn)
+    rank = shape.rank
+    axes = reduction_axes(op, axis, rank)
+    if axes is None:
+        raise ValueError(f"{op}: complex inputs need a static axis")
+    xr, xi, yr, yi = tf.math.real(x), tf.math.imag(x), tf.math.real(y), tf.math.imag(y)
+    both = list(axes) + [rank]
+    re = _real_dot(op, tf.stack([xr, -xi], -1), tf.stack([yr, yi], -1), both, keepdims)
+    im = _real_dot(op, tf.stack([xr, xi], -1), tf.stack([yi, yr], -1), both, keepdims)
+    if keepdims:
+        re, im = tf.squeeze(re, -1), tf.squeeze(im, -1)
+    return tf.complex(re, im)
+
+
+@new("accurate sum(x * y, axis): float32 in float64 with exact products, float64 as Dot2 "
+     "(FMA-proof in every execution mode); replaces tf.reduce_sum(x * y, axis)")
 def dot(x, y, axis=-1, keepdims=False, name=None):
     """Accurate batched inner product ``sum(x * y, axis)``; replaces ``tf.reduce_sum(x * y, axis)``.
 
@@ -105,8 +124,11 @@ def dot(x, y, axis=-1, keepdims=False, name=None):
     dimensions), as TF's; the error terms are not differentiated.
 
     dtypes: float16, bfloat16, float32, float64 (one dtype for both; output
-    dtype = input dtype); integers delegated to TF; complex/bool/string raise
-    TypeError (complex products are not compensated). NaN/inf propagate.
+    dtype = input dtype); complex64/complex128: the real part
+    ``sum(xr yr - xi yi)`` and the imaginary part ``sum(xr yi + xi yr)`` are
+    each one compensated real dot over twice the terms, so each part has the
+    bound above; other dtypes delegated to ``tf.reduce_sum(x * y)``.
+    NaN/inf propagate.
 
     Args:
       x: a tensor.
@@ -119,9 +141,10 @@ def dot(x, y, axis=-1, keepdims=False, name=None):
       A tensor of the input dtype: the broadcast shape without `axis`.
 
     Raises:
-      TypeError: non-floating or mismatched dtypes.
+      TypeError / tf.errors.InvalidArgumentError: mismatched dtypes (both at
+        once, `safeops._core.args.DTypeError`).
       ValueError / tf.errors.InvalidArgumentError: shapes that do not
-        broadcast, or axis out of range (as TF).
+        broadcast, or an axis as `reduce_sum` rejects it.
 
     Example:
       >>> x = tf.constant([1e8, 1.0, -1e8]); y = tf.constant([1.0, 1.0, 1.0])
@@ -131,16 +154,23 @@ def dot(x, y, axis=-1, keepdims=False, name=None):
     op = "safeops.dot"
     with tf.name_scope(name or "dot"):
         x, y = _operands(op, ("x", "y"), (x, y))
-        if x.dtype.is_integer:
-            return tf.reduce_sum(x * y, axis, keepdims)
-        if x.dtype == tf.float64:
-            return _dot2(op, x, y, axis, keepdims)
-        acc = accumulation_dtype(x.dtype)
-        prod = tf.cast(x, acc) * tf.cast(y, acc)
-        return tf.cast(tf.reduce_sum(prod, axis, keepdims), x.dtype)
+        if x.dtype in FLOAT_DTYPES:
+            return _real_dot(op, x, y, axis, keepdims)
+        if x.dtype in COMPLEX_DTYPES:
+            return _complex_dot(op, x, y, axis, keepdims)
+        if not x.dtype.is_integer:
+            raise dtype_error(op, f"argument 'x' must be numeric; got {x.dtype.name}")
+        return tf.reduce_sum(x * y, axis, keepdims)
 
 
-def matmul(a, b, transpose_a=False, transpose_b=False, name=None):
+@drop_in("tf.linalg.matmul",
+         "float16/bfloat16/float32 multiply and accumulate in a wider type (exact products), "
+         "float64 as Dot2 per element: faithful where TF's product cancels",
+         "float64 materialises an [..., m, n, k] tensor: time and memory O(m n k)",
+         "a_is_sparse, b_is_sparse, grad_a and grad_b are accepted and ignored (TF's kernel hints)")
+def matmul(a, b, transpose_a=False, transpose_b=False, adjoint_a=False, adjoint_b=False,
+           a_is_sparse=False, b_is_sparse=False, output_type=None, grad_a=False, grad_b=False,
+           name=None):
     """Accurate matrix product; drop-in for `tf.linalg.matmul` (rank >= 2, batched).
 
     Method: float16/bfloat16 multiply in float32 and float32 in float64
@@ -159,44 +189,77 @@ def matmul(a, b, transpose_a=False, transpose_b=False, name=None):
     accumulation precision.
 
     dtypes: float16, bfloat16, float32, float64 (output dtype = input dtype);
-    integers delegated to `tf.linalg.matmul`; complex/bool/string: TypeError.
+    complex64/complex128 with each part as one real product over 2k terms
+    (``[Ar, -Ai] @ [Br; Bi]`` and ``[Ar, Ai] @ [Bi; Br]``), so the real and
+    imaginary parts have the bound above; other dtypes, and an
+    `output_type` other than the input dtype, are delegated to
+    `tf.linalg.matmul` (TF's result and errors).
 
     Args:
       a: a tensor of rank >= 2, ``[..., m, k]``.
       b: a tensor of the same dtype, ``[..., k, n]`` (batch dims broadcast).
       transpose_a: if true, a is transposed before multiplication.
       transpose_b: if true, b is transposed before multiplication.
+      adjoint_a: if true, a is conjugated and transposed.
+      adjoint_b: if true, b is conjugated and transposed.
+      a_is_sparse: TF's hint for its kernel choice; accepted, no effect.
+      b_is_sparse: as `a_is_sparse`.
+      output_type: None or the input dtype; another dtype delegates to TF.
+      grad_a: TF's hint that only the gradient is wanted; accepted, no effect.
+      grad_b: as `grad_a`.
       name: optional name scope.
 
     Returns:
       ``[..., m, n]`` tensor of the input dtype.
 
     Raises:
-      TypeError: non-floating or mismatched dtypes.
-      ValueError / tf.errors.InvalidArgumentError: incompatible shapes, as TF.
+      ValueError: transpose and adjoint of the same operand, as TF.
+      TypeError / tf.errors.InvalidArgumentError: mismatched dtypes (both at
+        once, `safeops._core.args.DTypeError`).
+      ValueError / tf.errors.InvalidArgumentError: rank below 2 or
+        incompatible shapes: TF's error (its op is called to raise it).
 
     Example:
       >>> a = tf.constant([[1e8, 1.0, -1e8]]); b = tf.ones([3, 1])
       >>> float(so.matmul(a, b)[0, 0])   # tf.linalg.matmul gives 0.0
       1.0
     """
+    del a_is_sparse, b_is_sparse, grad_a, grad_b  # kernel hints
     op = "safeops.matmul"
     with tf.name_scope(name or "matmul"):
         a, b = _operands(op, ("a", "b"), (a, b))
-        if a.dtype.is_integer:
-            return tf.linalg.matmul(a, b, transpose_a=transpose_a, transpose_b=transpose_b)
-        if a.dtype != tf.float64:
-            acc = accumulation_dtype(a.dtype)
-            out = tf.linalg.matmul(tf.cast(a, acc), tf.cast(b, acc),
-                                   transpose_a=transpose_a, transpose_b=transpose_b)
-            return tf.cast(out, a.dtype)
-        if a.shape.rank is not None and a.shape.rank < 2 or b.shape.rank is not None and \
-                b.shape.rank < 2:
-            raise ValueError(f"{op}: arguments 'a' and 'b' must have rank >= 2; got "
-                             f"{a.shape.rank} and {b.shape.rank}")
-        a = tf.linalg.matrix_transpose(a) if transpose_a else a
-        bt = b if transpose_b else tf.linalg.matrix_transpose(b)  # [..., n, k]
-        if a.shape[-1] is not None and bt.shape[-1] is not None and a.shape[-1] != bt.shape[-1]:
-            raise ValueError(f"{op}: inner dimensions differ: a has {a.shape[-1]} columns, "
-                             f"b has {bt.shape[-1]} rows")
-        return _dot2(op, a[..., :, None, :], bt[..., None, :, :], -1, False)
+        for t, adj, arg in ((transpose_a, adjoint_a, "a"), (transpose_b, adjoint_b, "b")):
+            if t and adj:
+                raise ValueError(f"{op}: only one of `transpose_{arg}` and `adjoint_{arg}` can "
+                                 f"be True")
+        dtype = a.dtype
+        if not (dtype.is_integer or dtype.is_floating or dtype.is_complex):
+            raise dtype_error(op, f"argument 'a' must be numeric; got {dtype.name}")
+        if (output_type is not None and tf.as_dtype(output_type) != dtype) or (
+                dtype not in FLOAT_DTYPES and dtype not in COMPLEX_DTYPES):
+            return tf.linalg.matmul(a, b, transpose_a=transpose_a, transpose_b=transpose_b,
+                                    adjoint_a=adjoint_a, adjoint_b=adjoint_b,
+                                    output_type=output_type)
+        ra, rb = a.shape.rank, b.shape.rank
+        if (ra is not None and ra < 2) or (rb is not None and rb < 2):
+            return tf.linalg.matmul(a, b)  # TF's error for a rank below 2
+        if transpose_a or adjoint_a:
+            a = tf.linalg.adjoint(a) if adjoint_a else tf.linalg.matrix_transpose(a)
+        if transpose_b or adjoint_b:
+            b = tf.linalg.adjoint(b) if adjoint_b else tf.linalg.matrix_transpose(b)
+        if a.shape[-1] is not None and b.shape[-2] is not None and a.shape[-1] != b.shape[-2]:
+            return tf.linalg.matmul(a, b)  # TF's error for incompatible shapes
+        if dtype in COMPLEX_DTYPES:
+            ar, ai, br, bi = tf.math.real(a), tf.math.imag(a), tf.math.real(b), tf.math.imag(b)
+            re = _real_matmul(op, tf.concat([ar, -ai], -1), tf.concat([br, bi], -2))
+            im = _real_matmul(op, tf.concat([ar, ai], -1), tf.concat([bi, br], -2))
+            return tf.complex(re, im)
+        return _real_matmul(op, a, b)
+
+
+def _real_matmul(op, a, b):
+    if a.dtype != tf.float64:
+        acc = accumulation_dtype(a.dtype)
+        return tf.cast(tf.linalg.matmul(tf.cast(a, acc), tf.cast(b, acc)), a.dtype)
+    bt = tf.linalg.matrix_transpose(b)  # [..., n, k]
+    return _dot2(op, a[..., :, None, :], bt[..., None, :, :], -1, False)

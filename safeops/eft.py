@@ -47,91 +47,27 @@ EFT identity; a contracted *exact* product changes nothing. Hence:
 
 import tensorflow as tf
 
-from safeops._dtypes import convert_to_floating
+from safeops._core import eft as _eft
+from safeops._core.args import convert_n
+from safeops._core.registry import new
 
 __all__ = ["fast_two_sum", "two_prod", "two_sum"]
 
-# Split point s = ceil(p/2) for a p-bit significand, and the integer type of the same width.
-_SPLIT = {
-    tf.float16: (tf.int16, 6),  # p = 11: hi 5 bits, lo <= 5 bits
-    tf.bfloat16: (tf.int16, 4),  # p = 8: hi 4 bits, lo <= 3 bits (or a power of two)
-    tf.float32: (tf.int32, 12),  # p = 24: hi 12 bits, lo <= 11 bits
-    tf.float64: (tf.int64, 27),  # p = 53: hi 26 bits, lo <= 26 bits
-}
+# Engine names under their former private spelling, for modules that still import them.
+_two_sum = _eft.two_sum
+_fast_two_sum = _eft.fast_two_sum
+_split = _eft.split
+_two_prod = _eft.two_prod
+_prod_dw = _eft.prod_dw
 
 
 def _pair(op, a, b):
-    a = convert_to_floating(op, "a", a)
-    b = convert_to_floating(op, "b", b, dtype=a.dtype if not isinstance(b, tf.Tensor) else None)
-    if a.dtype != b.dtype:
-        raise TypeError(f"{op}: arguments 'a' and 'b' must have the same dtype; "
-                        f"got {a.dtype.name} and {b.dtype.name}")
-    return a, b
+    """a and b as tensors of one floating dtype, by TF's rule (Python numbers take the
+    tensor's dtype; tensors of two dtypes raise)."""
+    return convert_n(op, ("a", "b"), (a, b))
 
 
-def _two_sum(a, b):
-    """TwoSum on tensors of one dtype, no checks: (s, e) with a + b = s + e."""
-    s = a + b
-    bb = s - a
-    e = (a - (s - bb)) + (b - bb)
-    return s, e
-
-
-def _fast_two_sum(a, b):
-    """FastTwoSum, valid when |a| >= |b|: (s, e) with a + b = s + e."""
-    s = a + b
-    e = b - (s - a)
-    return s, e
-
-
-def _split(a):
-    """a = hi + lo exactly, hi and lo with at most p - s bits each (s = ceil(p/2)).
-
-    hi is a rounded to nearest at bit s of the significand by integer
-    arithmetic on its bit pattern (add half of the dropped part, clear the
-    low s bits; a carry moves into the exponent as it should), so
-    ``|lo| <= 2**(s-1)`` ulp(a) and ``lo = a - hi`` is exact. No float
-    multiply is involved, so FMA contraction cannot change it (Veltkamp's
-    split can be broken that way under XLA). hi overflows to inf only for
-    |a| within a relative 2**-(p-s) of the largest finite value.
-    """
-    itype, s = _SPLIT[a.dtype]
-    bits = tf.bitcast(a, itype) + tf.constant(1 << (s - 1), itype)
-    hi = tf.bitcast(tf.bitwise.bitwise_and(bits, tf.constant(~((1 << s) - 1), itype)), a.dtype)
-    return hi, a - hi
-
-
-def _two_prod(a, b):
-    """Dekker's TwoProduct: (p, e) with a * b = p + e, p = fl(a * b)."""
-    p = a * b
-    ah, al = _split(a)
-    bh, bl = _split(b)
-    e = al * bl - (((p - ah * bh) - al * bh) - ah * bl)
-    return p, e
-
-
-def _prod_dw(a, b):
-    """a * b as a double word (p, e) built from exact partial products only.
-
-    With the split halves, ``hh = ah bh``, ``ah bl``, ``al bh`` and
-    ``ll = al bl`` are exact, so XLA contracting any of them into an FMA
-    does not change a result. ``mid = fl(ah bl + al bh)``; ``(p, e1) =
-    TwoSum(hh, mid)``; ``e = fl(e1 + ll)``. Then ``|p - a b| <= 3u |a b|``
-    (``|e1| <= u|p|``, ``|ll| <= 2u|ab|``; p is usually fl(a b), not
-    always), ``|e| <= 3u |a b|`` and ``|p + e - a b| <= 4 u**2 |a b|``
-    (rounding of mid: u 2**-25 |ab|; of e: u (|e1| + |ll|) <= 3 u**2 |ab|).
-    Where p is not finite (inf/NaN inputs, or hh overflowing), p is TF's
-    ``a * b`` and e is 0, so non-finite values propagate as in TF.
-    Nothing here is differentiable (bitcast); callers supply the gradient.
-    """
-    ah, al = _split(a)
-    bh, bl = _split(b)
-    p, e1 = _two_sum(ah * bh, ah * bl + al * bh)
-    e = e1 + al * bl
-    fin = tf.math.is_finite(p)
-    return tf.where(fin, p, a * b), tf.where(fin, e, tf.zeros_like(e))
-
-
+@new("the rounded sum and its exact rounding error (Knuth's TwoSum)")
 def two_sum(a, b, name=None):
     """The rounded sum ``s = fl(a + b)`` and its exact error ``e = (a + b) - s``.
 
@@ -165,10 +101,11 @@ def two_sum(a, b, name=None):
     """
     with tf.name_scope(name or "two_sum"):
         a, b = _pair("safeops.two_sum", a, b)
-        s, e = _two_sum(a, b)
+        s, e = _eft.two_sum(a, b)
         return a + b, tf.stop_gradient(e)
 
 
+@new("the rounded sum and its exact error for |a| >= |b| (Dekker's FastTwoSum)")
 def fast_two_sum(a, b, name=None):
     """Dekker's FastTwoSum: ``s = fl(a + b)`` and ``e = (a + b) - s``, for ``|a| >= |b|``.
 
@@ -201,10 +138,11 @@ def fast_two_sum(a, b, name=None):
     """
     with tf.name_scope(name or "fast_two_sum"):
         a, b = _pair("safeops.fast_two_sum", a, b)
-        s, e = _fast_two_sum(a, b)
+        s, e = _eft.fast_two_sum(a, b)
         return a + b, tf.stop_gradient(e)
 
 
+@new("the rounded product and its exact error (Dekker's TwoProduct, FMA-free)")
 def two_prod(a, b, name=None):
     """The rounded product ``p = fl(a * b)`` and its exact error ``e = a * b - p``.
 
@@ -246,5 +184,5 @@ def two_prod(a, b, name=None):
     """
     with tf.name_scope(name or "two_prod"):
         a, b = _pair("safeops.two_prod", a, b)
-        p, e = _two_prod(a, b)
+        p, e = _eft.two_prod(a, b)
         return a * b, tf.stop_gradient(e)

@@ -1,8 +1,5 @@
 """`norm`: tf.norm without overflow, underflow or a NaN gradient at the zero vector.
 
-The private `_compute` and `_threshold` (fast-path limit) are shared with
-`safeops.clipping`, which builds its overflow-free clipping norm on them.
-
 Method of the euclidean norm: a fast path computes ``sum(x*x)`` as TF does (in
 float32 for float16/bfloat16); if every result is finite and above
 ``tiny / eps**2`` (so no square overflowed and none that underflowed can
@@ -19,26 +16,24 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from safeops._dtypes import convert_to_floating
+from safeops._core.args import dtype_error
+from safeops._core.axes import norm_axes
+from safeops._core.dtypes import COMPLEX_DTYPES, FLOAT_DTYPES, square_threshold, working_dtype
+from safeops._core.registry import drop_in
 
 __all__ = ["norm"]
 
 _OP = "safeops.norm"
 
-
-def _compute(dtype):
-    return tf.float32 if dtype in (tf.float16, tf.bfloat16) else dtype
-
-
-def _threshold(dtype):
-    fi = np.finfo(dtype.as_numpy_dtype)
-    return float(fi.tiny) / float(fi.eps) ** 2
+# Former private names, imported by modules that build on the scaled norm.
+_compute = working_dtype
+_threshold = square_threshold
 
 
 def _sumsq_norm(c, axes, keepdims):
     """Euclidean norm of compute-dtype `c` along `axes` (list or None), scaled on demand."""
     ss = tf.reduce_sum(c * c, axis=axes, keepdims=keepdims)
-    ok = tf.reduce_all(tf.math.is_finite(ss) & (ss >= _threshold(c.dtype)))
+    ok = tf.reduce_all(tf.math.is_finite(ss) & (ss >= square_threshold(c.dtype)))
 
     def scaled():
         m = tf.reduce_max(tf.abs(c), axis=axes, keepdims=True)
@@ -46,7 +41,10 @@ def _sumsq_norm(c, axes, keepdims):
         m1 = tf.where(good, m, tf.ones_like(m))
         r = c / m1
         n = m1 * tf.sqrt(tf.reduce_sum(r * r, axis=axes, keepdims=True))
-        n = tf.where(tf.math.is_inf(m), m, tf.where(tf.equal(m, 0), tf.zeros_like(m), n))
+        # m = +inf: inf; m = 0 or -inf (no entries): 0; NaN propagates through n
+        inf = tf.constant(float("inf"), m.dtype)
+        n = tf.where(tf.equal(m, inf), m,
+                     tf.where(tf.equal(m, 0) | tf.equal(m, -inf), tf.zeros_like(m), n))
         return n if keepdims else tf.reshape(n, tf.shape(ss))
 
     return tf.cond(ok, lambda: tf.sqrt(ss), scaled)
@@ -57,7 +55,7 @@ def _scaled_norm(x, axes=None, keepdims=False):
 
     @tf.custom_gradient
     def inner(x):
-        c = tf.cast(x, _compute(x.dtype))
+        c = tf.cast(x, working_dtype(x.dtype))
         n = _sumsq_norm(c, axes, True)
 
         def grad(g):
@@ -74,25 +72,13 @@ def _scaled_norm(x, axes=None, keepdims=False):
     return inner(x)
 
 
-def _axes(x, axis):
-    rank = x.shape.rank
-    if axis is None:
-        return None
-    axes = list(axis) if isinstance(axis, (list, tuple)) else [axis]
-    if not axes or len(axes) > 2 or not all(isinstance(a, int) for a in axes):
-        raise ValueError(f"{_OP}: argument 'axis' must be None, an int or a pair of ints; "
-                         f"got {axis!r}")
-    if rank is not None:
-        if not all(-rank <= a < rank for a in axes):
-            raise ValueError(f"{_OP}: argument 'axis' {axis!r} is out of range for a tensor "
-                             f"of shape {x.shape}")
-        axes = [a % rank for a in axes]
-        if len(axes) == 2 and axes[0] == axes[1]:
-            raise ValueError(f"{_OP}: argument 'axis' has a repeated axis: {axis!r}")
-    return axes
-
-
-def norm(tensor, ord="euclidean", axis=None, keepdims=False, name=None):  # noqa: A002
+@drop_in("tf.norm / tf.linalg.norm",
+         "the euclidean and Frobenius norms never overflow or underflow in the squares "
+         "(norm([1e30, 1e30]) is 1.414e30 in float32, TF: inf)",
+         "the gradient at the zero vector is 0 (TF: NaN)",
+         "the norm of an empty tensor is 0 for every ord (TF: -inf for ord=inf)",
+         "axis may also be a NumPy integer or an integer tensor of known value (TF: ValueError)")
+def norm(tensor, ord="euclidean", axis=None, keepdims=None, name=None):  # noqa: A002
     """Vector and matrix norms; drop-in for `tf.norm` (same arguments and shapes).
 
     Method: ord 'euclidean'/2 (vectors) and 'euclidean'/'fro' (matrices) use the
@@ -111,29 +97,38 @@ def norm(tensor, ord="euclidean", axis=None, keepdims=False, name=None):  # noqa
 
     dtypes: float16/bfloat16 computed in float32, float32 and float64 in
     themselves (scaling instead of upcasting); output has the input dtype.
+    complex64/complex128: the magnitudes (the euclidean norm scales the real
+    and imaginary parts together); TF's result dtype (complex for
+    'euclidean'/'fro'/2, real for the other ords). An empty tensor has norm 0.
 
     Args:
       tensor: float tensor.
       ord: 'euclidean', 'fro' (matrices only), 1, 2, np.inf or a real p > 0.
       axis: None (flattened vector norm), an int (vector norm) or a pair of
         ints (matrix norm).
-      keepdims: keep the reduced axes with length 1.
+      keepdims: keep the reduced axes with length 1 (None: False, as TF).
       name: optional name scope.
 
     Returns:
       The norm, input dtype, reduced shape.
 
     Raises:
-      TypeError: non-float tensor.
-      ValueError: unsupported `ord` or invalid `axis` (message has the shape).
+      TypeError / InvalidArgumentError: a dtype TF's norm rejects (both at once).
+      ValueError: unsupported `ord`, or an axis that is not None, one integer
+        or two distinct integers (TF's error); an out-of-range axis as
+        `tf.norm` (InvalidArgumentError eagerly, ValueError in a graph).
 
     Example:
       >>> so.norm([1e30, 1e30]).numpy()   # tf.norm: inf
       1.4142135e+30
     """
+    keepdims = bool(keepdims)
     with tf.name_scope(name or "norm"):
-        x = convert_to_floating(_OP, "tensor", tensor)
-        axes = _axes(x, axis)
+        x = tf.convert_to_tensor(tensor)
+        if x.dtype not in FLOAT_DTYPES and x.dtype not in COMPLEX_DTYPES:
+            raise dtype_error(_OP, f"argument 'tensor' must be floating or complex; got "
+                                   f"{x.dtype.name}")
+        axes = norm_axes(_OP, axis, x.shape.rank)
         matrix = axes is not None and len(axes) == 2
         vector_ords = ("euclidean", 1, 2, np.inf, float("inf"))
         is_p = (isinstance(ord, (int, float)) and not isinstance(ord, bool)
@@ -146,10 +141,12 @@ def norm(tensor, ord="euclidean", axis=None, keepdims=False, name=None):  # noqa
             raise ValueError(f"{_OP}: argument 'ord' must be 'euclidean', 1, 2, inf or a real "
                              f"p > 0 for a vector norm; got {ord!r}")
         if matrix and ord == 2:
-            return tf.norm(x, ord=2, axis=axis, keepdims=keepdims)
+            return tf.norm(x, ord=2, axis=axes, keepdims=keepdims)
         if ord in ("euclidean", "fro") or (ord == 2 and not matrix):
+            if x.dtype in COMPLEX_DTYPES:
+                return tf.cast(_complex_euclidean(x, axes, keepdims), x.dtype)
             return _scaled_norm(x, axes, keepdims)
-        ax = x
+        ax = x if x.dtype not in COMPLEX_DTYPES else tf.abs(x)
         if matrix:
             a0, a1 = axes
             if ord == 1:  # max column sum
@@ -160,17 +157,30 @@ def norm(tensor, ord="euclidean", axis=None, keepdims=False, name=None):  # noqa
         if ord == 1:
             return tf.reduce_sum(tf.abs(ax), axis=axes, keepdims=keepdims)
         if ord in (np.inf, float("inf")):
-            return tf.reduce_max(tf.abs(ax), axis=axes, keepdims=keepdims)
-        c = tf.cast(ax, _compute(x.dtype))
+            m = tf.reduce_max(tf.abs(ax), axis=axes, keepdims=keepdims)
+            return tf.where(tf.equal(m, -float("inf")), tf.zeros_like(m), m)  # empty: 0
+        c = tf.cast(ax, working_dtype(ax.dtype))
         m = tf.reduce_max(tf.abs(c), axis=axes, keepdims=True)
         m1 = tf.where(m > 0, m, tf.ones_like(m))
         n = m1 * tf.pow(tf.reduce_sum(tf.pow(tf.abs(c) / m1, ord), axis=axes, keepdims=True),
                         1.0 / ord)
         n = tf.where(tf.equal(m, 0), tf.zeros_like(n), n)
-        return tf.cast(_keep(n, axes, keepdims), x.dtype)
+        return tf.cast(_keep(n, axes, keepdims), ax.dtype)
 
 
 def _keep(n, axes, keepdims):
     if keepdims:
         return n
     return tf.reshape(n, []) if axes is None else tf.squeeze(n, axes)
+
+
+def _complex_euclidean(x, axes, keepdims):
+    """The euclidean norm of a complex tensor: that of its real and imaginary parts as one
+    real tensor (a trailing axis of 2), so the parts are squared without overflow."""
+    rank = x.shape.rank
+    if rank is None:
+        raise ValueError(f"{_OP}: complex inputs need a known rank")
+    parts = tf.stack([tf.math.real(x), tf.math.imag(x)], -1)
+    red = list(range(rank + 1)) if axes is None else list(axes) + [rank]
+    n = _scaled_norm(parts, red, keepdims)
+    return tf.squeeze(n, -1) if keepdims else n

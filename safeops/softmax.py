@@ -68,10 +68,15 @@ import math
 
 import tensorflow as tf
 
-from safeops import native
-from safeops._dtypes import accumulation_dtype, convert_to_floating
+from safeops._core import compensated as cs
+from safeops._core.args import dtype_error
+from safeops._core.axes import class_axis, dynamic_axes, reduction_axes
+from safeops._core.dtypes import FLOAT_DTYPES, accumulation_dtype, working_dtype
+from safeops._core.eft import two_sum
+from safeops._core.native import kernels
+from safeops._core.ragged import is_ragged, ragged_reduce, ragged_rows
+from safeops._core.registry import drop_in
 from safeops._guards import _fused
-from safeops.eft import _two_sum
 
 __all__ = ["log_softmax", "reduce_logsumexp", "softmax"]
 
@@ -79,19 +84,7 @@ _EXP_M64 = math.exp(-64.0)  # float64, within 1/2 ulp
 
 
 def _compute(dtype):
-    return tf.float32 if dtype in (tf.float16, tf.bfloat16) else dtype
-
-
-def _check_axis(op, x, axis):
-    rank = x.shape.rank
-    if rank is None or axis is None:
-        return axis
-    axes = axis if isinstance(axis, (list, tuple)) else [axis]
-    for a in axes:
-        if not isinstance(a, int) or isinstance(a, bool) or not -rank <= a < max(rank, 1):
-            raise ValueError(f"{op}: argument 'axis' {axis} is out of range for a tensor of "
-                             f"shape {x.shape}")
-    return tuple(axis) if isinstance(axis, list) else axis
+    return working_dtype(dtype)
 
 
 def _plain_sum(v, axis):
@@ -111,11 +104,16 @@ def _plain_sum(v, axis):
 
 def _row_sum(v, axis, acc):
     """Sum along `axis` (keepdims) in `acc`: float64 rows with the compensated sum."""
-    if v.dtype == tf.float64:
-        from safeops.summation import _sum_dd  # the compensated (TwoSum tree) float64 sum
-        from safeops._compensated import _finish
-        s, c, _ = _sum_dd("safeops.softmax", v, axis, True)
-        return _finish(s, c)
+    if v.dtype == tf.float64:  # the compensated (TwoSum tree) float64 sum
+        if isinstance(axis, int) and v.shape.rank is not None:
+            axes = (axis % v.shape.rank,)
+        elif isinstance(axis, (list, tuple)):
+            axes = tuple(sorted(a % v.shape.rank for a in axis))
+        else:  # unknown rank or axes known only when the graph runs
+            axes = axis if tf.is_tensor(axis) else tf.math.floormod(
+                tf.reshape(axis, [-1]), tf.rank(v))
+        s, c, _ = cs.sum_dd(v, axes, True)
+        return cs.finish(s, c)
     return _plain_sum(tf.cast(v, acc), axis)
 
 
@@ -131,7 +129,7 @@ def _terms(x, axis, acc, need_s=True, m=None):
         m = tf.reduce_max(x, axis=axis, keepdims=True)
     finite = tf.math.is_finite(m)
     m0 = tf.where(finite, m, tf.zeros_like(m))
-    hi, lo = _two_sum(x, -m0)
+    hi, lo = two_sum(x, -m0)
     lo = tf.where(tf.math.is_finite(lo), lo, tf.zeros_like(lo))
     # a row holding +inf: its +inf entries count as exp(0) = 1, finite ones as 0
     inf = tf.constant(float("inf"), x.dtype)
@@ -238,7 +236,9 @@ _FUSED = {f.__name__: _fused(f) for f in (_lse_fwd, _lse_bwd, _softmax_fwd, _sof
 
 def _call(fn, dtype, *args):
     """`fn(*args)`, XLA-fused unless the compute dtype is float64."""
-    return (fn if dtype == tf.float64 else _FUSED[fn.__name__])(*args)
+    # an axis known only when the graph runs cannot be compiled (XLA needs static axes)
+    plain = dtype == tf.float64 or tf.is_tensor(args[-1])
+    return (fn if plain else _FUSED[fn.__name__])(*args)
 
 
 def _fused_op(fwd, bwd, x, axis):
@@ -266,7 +266,7 @@ def _native_rows(kind, x, axis):
         return None
     if axis % rank != rank - 1:
         return None
-    lib = native._usable(x, (tf.float32,))  # noqa: SLF001
+    lib = kernels(x, (tf.float32,))
     if lib is None:
         return None
     n = x.shape[-1] if x.shape[-1] is not None else tf.shape(x)[-1]
@@ -318,6 +318,52 @@ def _log_softmax(x, axis):
     return _fused_op(_log_softmax_fwd, _log_softmax_bwd, x, axis)
 
 
+def _input(op, arg, value):
+    """A floating tensor or RaggedTensor; other dtypes raise TF's error for them
+    (InvalidArgumentError eagerly, TypeError in a graph: `DTypeError` is both)."""
+    x = value if isinstance(value, (tf.Tensor, tf.RaggedTensor)) else tf.convert_to_tensor(value)
+    if x.dtype not in FLOAT_DTYPES:
+        raise dtype_error(op, f"argument '{arg}' must have dtype float16, bfloat16, float32 or "
+                              f"float64; got {x.dtype.name}")
+    return x
+
+
+def _axis(op, x, axis):
+    """The class axis (None: the last); an axis tensor known only when the graph runs is
+    not accepted (TF's softmax does not accept it either)."""
+    a = class_axis(op, axis, x.shape.rank)
+    if a is None:
+        raise TypeError(f"{op}: argument 'axis' must be known when the op is built; got {axis}")
+    return a
+
+
+def _logsumexp(op, x, axis, keepdims):
+    axes = reduction_axes(op, axis, x.shape.rank)
+    if axes is None:
+        axes_arg = dynamic_axes(op, axis, x)
+    elif not axes:  # nothing reduced: log(exp(x)) = x
+        return tf.identity(x)
+    else:
+        axes_arg = axes[0] if len(axes) == 1 else list(axes)
+    out = _logsumexp_keep(x, axes_arg)
+    if not keepdims:
+        shape = cs.reduced_shape(x, axes if axes is not None else axes_arg, False)
+        static = out.shape
+        out = tf.reshape(out, shape)
+        if axes is not None and static.rank is not None:
+            out.set_shape([d for i, d in enumerate(static) if i not in axes])
+    return out
+
+
+def _ragged_fallback(rt, axis, keepdims):
+    return tf.cast(tf.reduce_logsumexp(tf.cast(rt, accumulation_dtype(rt.dtype)), axis,
+                                       keepdims), rt.dtype)
+
+
+@drop_in("tf.math.reduce_logsumexp",
+         "within 2 ulp (exact split of x - max, the sum one precision up or compensated), "
+         "where TF's loses digits for terms far below the max",
+         "a row of -inf gives -inf with gradient 0 (TF: NaN gradient)")
 def reduce_logsumexp(input_tensor, axis=None, keepdims=False, name=None):
     """Computes ``log(sum(exp(input_tensor), axis))``; drop-in for `tf.reduce_logsumexp`.
 
@@ -341,11 +387,13 @@ def reduce_logsumexp(input_tensor, axis=None, keepdims=False, name=None):
     NaN); for a row with +inf, 1/k on its k +inf entries and 0 elsewhere.
 
     dtypes: float16, bfloat16 (computed in float32), float32, float64; output in
-    the input dtype. Integer, complex or other inputs raise `TypeError`.
+    the input dtype; a RaggedTensor as `safeops.reduce_sum` (padding -inf). Other
+    dtypes raise TF's error (`DTypeError`: InvalidArgumentError and TypeError).
 
     Args:
       input_tensor: float tensor.
-      axis: None (all axes), an int or a list of ints.
+      axis: None (all axes), an integer, a list of integers or an integer
+        tensor (as `safeops.reduce_sum`).
       keepdims: keep the reduced axes with length 1.
       name: optional name scope.
 
@@ -353,8 +401,8 @@ def reduce_logsumexp(input_tensor, axis=None, keepdims=False, name=None):
       The reduced tensor, input dtype.
 
     Raises:
-      TypeError: non-float input (message names the op and 'input_tensor').
-      ValueError: axis out of range (message has the shape).
+      TypeError / InvalidArgumentError: non-float input (names the op and
+        'input_tensor'); axis errors as `tf.reduce_logsumexp` raises them.
 
     Example:
       >>> so.reduce_logsumexp([-float('inf'), -float('inf')]).numpy()
@@ -362,16 +410,22 @@ def reduce_logsumexp(input_tensor, axis=None, keepdims=False, name=None):
       >>> float(so.reduce_logsumexp([0.0, -30.0]))   # tf.reduce_logsumexp: 0.0
       9.357622912219837e-14
     """
+    op = "safeops.reduce_logsumexp"
     with tf.name_scope(name or "reduce_logsumexp"):
-        x = convert_to_floating("safeops.reduce_logsumexp", "input_tensor", input_tensor)
-        axis = _check_axis("safeops.reduce_logsumexp", x, axis)
-        out = _logsumexp_keep(x, axis)
-        if not keepdims:
-            out = tf.squeeze(out, axis=axis) if axis is not None else tf.reshape(out, [])
-        return out
+        x = _input(op, "input_tensor", input_tensor)
+        if is_ragged(x):
+            return ragged_reduce(op, x, axis, keepdims,
+                                 lambda d, _, axes, kd: _logsumexp(op, d, axes, kd),
+                                 _ragged_fallback, pad=-float("inf"))
+        return _logsumexp(op, x, axis, keepdims)
 
 
-def softmax(logits, axis=-1, name=None):
+@drop_in("tf.nn.softmax / tf.math.softmax",
+         "within 3 ulp for any row (TF's error grows with |x_i - max| and the row length)",
+         "a fully masked row (all -inf) gives 0 (TF: NaN)",
+         "the gradient of a dominant entry does not cancel (within ~4 ulp)",
+         "RaggedTensor along the ragged last axis as TF; a uniform inner axis too")
+def softmax(logits, axis=None, name=None):
     """Computes ``exp(x) / sum(exp(x), axis)``; drop-in for `tf.nn.softmax`.
 
     Method: ``e_i / sum(e)`` with e_i = exp(x_i - m) from the exact split of
@@ -395,28 +449,34 @@ def softmax(logits, axis=-1, name=None):
     cancel (within ~4 ulp of the exact one); 0 for fully masked rows.
 
     dtypes: float16, bfloat16 (computed in float32), float32, float64; output in
-    the input dtype. Integer, complex or other inputs raise `TypeError`.
+    the input dtype; a RaggedTensor along its ragged last axis (or a uniform
+    inner axis) gives a RaggedTensor. Other dtypes raise TF's error.
 
     Args:
       logits: float tensor.
-      axis: the class axis (int), default -1.
+      axis: the class axis: an integer, NumPy integer or integer tensor; None
+        (default) is the last axis, as TF.
       name: optional name scope.
 
     Returns:
       A tensor of logits' shape and dtype.
 
     Raises:
-      TypeError: non-float input (message names the op and 'logits').
-      ValueError: axis out of range (message has the shape).
+      TypeError / InvalidArgumentError: non-float input (names the op and
+        'logits').
+      InvalidArgumentError: axis out of range, in every mode (as TF);
+        TypeError for a list.
 
     Example:
       >>> so.softmax([-float('inf'), -float('inf')]).numpy()
       array([0., 0.], dtype=float32)
     """
+    op = "safeops.softmax"
     with tf.name_scope(name or "softmax"):
-        x = convert_to_floating("safeops.softmax", "logits", logits)
-        axis = _check_axis("safeops.softmax", x, axis)
-        out = _softmax(x, axis)
+        x = _input(op, "logits", logits)
+        if is_ragged(x):
+            return ragged_rows(op, x, axis, _softmax, -float("inf"))
+        out = _softmax(x, _axis(op, x, axis))
         try:
             out._keras_logits = x
         except AttributeError:
@@ -424,7 +484,12 @@ def softmax(logits, axis=-1, name=None):
         return out
 
 
-def log_softmax(logits, axis=-1, name=None):
+@drop_in("tf.nn.log_softmax / tf.math.log_softmax",
+         "within 3 ulp; the max entry's -log1p(s) keeps its relative accuracy (TF: 0.0 for "
+         "log_softmax([20, 0, 0, 0])[0], exact -6.18e-9)",
+         "a fully masked row gives -inf with a finite gradient (TF: NaN)",
+         "accepts a RaggedTensor (TF's log_softmax does not)")
+def log_softmax(logits, axis=None, name=None):
     """Computes ``x - log(sum(exp(x), axis))``; drop-in for `tf.nn.log_softmax`.
 
     Method: ``(x_i - m) - log1p(s)`` (module doc), with x_i - m = hi + lo exact
@@ -444,19 +509,23 @@ def log_softmax(logits, axis=-1, name=None):
     NaN).
 
     dtypes: float16, bfloat16 (computed in float32), float32, float64; output in
-    the input dtype. Integer, complex or other inputs raise `TypeError`.
+    the input dtype; a RaggedTensor along its ragged last axis (or a uniform
+    inner axis) gives a RaggedTensor. Other dtypes raise TF's error.
 
     Args:
       logits: float tensor.
-      axis: the class axis (int), default -1.
+      axis: the class axis: an integer, NumPy integer or integer tensor; None
+        (default) is the last axis, as TF.
       name: optional name scope.
 
     Returns:
       A tensor of logits' shape and dtype.
 
     Raises:
-      TypeError: non-float input (message names the op and 'logits').
-      ValueError: axis out of range (message has the shape).
+      TypeError / InvalidArgumentError: non-float input (names the op and
+        'logits').
+      InvalidArgumentError: axis out of range, in every mode (as TF);
+        TypeError for a list.
 
     Example:
       >>> so.log_softmax([-float('inf'), -float('inf')]).numpy()
@@ -464,7 +533,9 @@ def log_softmax(logits, axis=-1, name=None):
       >>> float(so.log_softmax([[20.0, 0.0, 0.0, 0.0]])[0, 0])   # tf.nn.log_softmax: 0.0
       -6.1834608544586445e-09
     """
+    op = "safeops.log_softmax"
     with tf.name_scope(name or "log_softmax"):
-        x = convert_to_floating("safeops.log_softmax", "logits", logits)
-        axis = _check_axis("safeops.log_softmax", x, axis)
-        return _log_softmax(x, axis)
+        x = _input(op, "logits", logits)
+        if is_ragged(x):
+            return ragged_rows(op, x, axis, _log_softmax, -float("inf"))
+        return _log_softmax(x, _axis(op, x, axis))

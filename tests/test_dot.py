@@ -141,7 +141,7 @@ def test_dtypes_and_bad_input():
     with pytest.raises(TypeError, match="safeops.dot.*'x'"):
         so.dot(tf.constant([True]), tf.constant([True]))
     with pytest.raises(TypeError, match="safeops.matmul.*'a'"):
-        so.matmul(tf.constant([[1j]]), tf.constant([[1j]]))
+        so.matmul(tf.constant([["a"]]), tf.constant([["a"]]))
     with pytest.raises(TypeError, match="same dtype"):
         so.dot(tf.constant([1.0]), tf.constant([1.0], tf.float64))
     nan = so.dot(tf.constant([np.inf, 1.0], tf.float64), tf.constant([1.0, np.nan], tf.float64))

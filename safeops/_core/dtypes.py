@@ -46,6 +46,7 @@ __all__ = [
     "limits",
     "real_dtype",
     "scalar_in",
+    "square_threshold",
     "working_dtype",
 ]
 
@@ -170,3 +171,10 @@ def convert_to_floating(op, arg, value, dtype=None, allowed=FLOAT_DTYPES):
 
 def _np_dtype(dtype):
     return np.dtype(tf.as_dtype(dtype).as_numpy_dtype)
+
+
+def square_threshold(dtype):
+    """``tiny / eps**2`` of a floating dtype: a sum of squares at or above it lost
+    nothing that matters to underflow (each square below tiny is below eps**2 of it)."""
+    lim = limits(dtype)
+    return lim.tiny / lim.eps ** 2
