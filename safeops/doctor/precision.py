@@ -17,6 +17,9 @@ Definitions (docs/doctor.md, "Precision profile"):
   included); **local** bits: the layer run in the profiled precision on its
   float64 reference inputs (its own error: the rounding of its inputs to its
   compute dtype and its arithmetic). Layers are ranked by local bits.
+* **input** bits: the layer run in float64 on the same rounded inputs as the
+  local run: what the rounding of its inputs alone costs (an ill-conditioned
+  input; the fix is then to rescale it, not to change the layer).
 * **dynamic range**: the largest reference magnitude over the dtype's largest
   finite value (>= 1: overflow) and the fraction of non-zero reference values
   below the dtype's smallest normal number (subnormal or flushed to zero).
@@ -69,6 +72,7 @@ class LayerPrecision:
     bits_max: float
     local_bits_mean: float
     local_bits_max: float
+    input_bits_mean: float
     rel_error: float
     local_rel_error: float
     max_abs: float
@@ -138,13 +142,14 @@ class PrecisionProfile:
         for e in self.layers:
             dtype = e.dtype + (f"+{e.quantization}" if e.quantization else "")
             rows.append((e.name, e.class_name, dtype, _f(e.bits_mean), _f(e.bits_max),
-                         _f(e.local_bits_mean), _f(e.local_bits_max), _f(e.grad_bits_mean),
+                         _f(e.local_bits_mean), _f(e.local_bits_max), _f(e.input_bits_mean),
+                         _f(e.grad_bits_mean),
                          _f(e.weight_grad_bits_mean), f"{e.range_ratio:.2g}", f"{e.underflow:.2g}",
                          f"{e.grad_underflow:.2g}" if e.grad_underflow is not None else "-"))
         head = (f"safeops.doctor.profile: policy {_policy_label(self.policy)}; bits lost vs float64 "
                 f"(of the layer's dtype: float16 11, bfloat16 8, float32 24)")
         table = format_table(("layer", "class", "dtype", "bits mean", "bits max", "local mean",
-                              "local max", "grad bits", "w-grad bits", "max/dtype max",
+                              "local max", "input", "grad bits", "w-grad bits", "max/dtype max",
                               "underflow", "grad underflow"), rows)
         lines = [head, table, f"model output: relative error {self.output_error:.3g}"]
         if self.loss is not None:
@@ -370,8 +375,11 @@ class _Runner:
         rounded = {k: kg.cast_like(v, low[k]) if k in low else v for k, v in ref.items()}
         local = kg.run(self.graph, self.nodes, None, self._call(self.low), tensor_dict=rounded)
         local_nodes = [self._float_outputs(n, local) for n in self.nodes]
+        # Rounding only: the float64 layer on the same rounded inputs (ill-conditioned inputs).
+        rounding = kg.run(self.graph, self.nodes, None, self._call(self.ref), tensor_dict=rounded)
+        rounding_nodes = [self._float_outputs(n, rounding) for n in self.nodes]
         result = {"ref": ref_nodes, "low": low_nodes, "local": local_nodes, "ref_out": ref_out,
-                  "low_out": low_out}
+                  "low_out": low_out, "rounding": rounding_nodes}
         if loss_fn:
             result["ref_loss"], result["low_loss"] = ref_loss, low_loss
             result["ref_g"], result["ref_gw"] = self._grads(tape_r, ref_loss, ref_nodes, self.ref)
@@ -492,6 +500,10 @@ def _fix(entry, layer):
     if entry.underflow > 0.1:
         return (f"rescale: {entry.underflow:.0%} of its outputs underflow {name}; or promote it "
                 "to float32 (so.layers.Promote / a DTypePolicyMap entry)")
+    if entry.local_bits_mean > 1.0 and entry.input_bits_mean >= entry.local_bits_mean - 1.0:
+        return (f"rescale: rounding its input alone loses {entry.input_bits_mean:.1f} bits (an "
+                "ill-conditioned input, e.g. a large common offset): centre or rescale the input "
+                "upstream, or promote the layers feeding it (and it) to float32")
     import safeops.layers as so_layers
     stable = _STABLE.get(type(layer).__name__)
     if stable and hasattr(so_layers, stable):
@@ -518,10 +530,12 @@ def _measure(runner, res, threshold, top, loss_scale, policy):
         l64 = [kg.to_numpy64(t) for t in local]
         bm, bx, rel = _bits_stats(y64, r64, p)
         lm, lx, lrel = _bits_stats(l64, r64, p)
+        im, _, _ = _bits_stats([kg.to_numpy64(t) for t in res["rounding"][i]], r64, p)
         max_abs, ratio, under, nonfinite = _range(r64, y64, dt)
         fields = dict(name=runner.labels[i], class_name=type(op).__name__, dtype=dt.name,
                       quantization=quant, flops=layer_flops(op, ref), bits_mean=bm, bits_max=bx,
-                      local_bits_mean=lm, local_bits_max=lx, rel_error=rel, local_rel_error=lrel,
+                      local_bits_mean=lm, local_bits_max=lx, input_bits_mean=im,
+                      rel_error=rel, local_rel_error=lrel,
                       max_abs=max_abs, range_ratio=ratio, underflow=under, nonfinite=nonfinite)
         if has_loss:
             rg = [kg.to_numpy64(g) for g in res["ref_g"][i]]
