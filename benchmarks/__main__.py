@@ -160,6 +160,8 @@ def main(argv):
         result = {"case": f"{case.name}/{label}", "family": case.family, "device": device.name,
                   "baseline_name": case.baseline_name, "candidate_name": case.candidate_name,
                   "bar_source": case.bar_source or "none stated", "inputs_sha1": digest,
+                  "targets": {"ratio": dict(case.bar), "seconds": dict(case.bar_s),
+                              "limit": dict(case.bar_limit)},
                   "extra": {k: str(v) for k, v in case.extra.items()}, **measured}
         if position:
             result["position"] = position

@@ -191,6 +191,8 @@ def measure_case(case, inputs, device, repeats, warmup, modes=None, last_directi
                     row["bar"] = case.bar[key]
                 if case.bar_s.get(key) is not None:
                     row["bar_s"] = case.bar_s[key]
+                if case.bar_limit.get(key) is not None:
+                    row["bar_limit"] = case.bar_limit[key]
                 if direction in traffic:
                     row["bytes"] = {k: int(v) for k, v in traffic[direction].items()}
                 rows.append(row)

@@ -60,6 +60,9 @@ class Case:
       bar: the speed target for this case, e.g. ``{"graph/fwd": 2.0}`` (ratio safeops /
         baseline); the report names it by what it is ("target: <= 2.0x tf.reduce_sum").
       bar_s: absolute targets in seconds on the safeops time, ``{"eager/fwd": 10.0}``.
+      bar_limit: targets on the distance from the machine's bandwidth, ``{"graph/fwd":
+        1.3}``: the safeops time at most 1.3x the time its `bytes_moved` take at the
+        bandwidth measured in the same run.
       bar_source: a short note on the target (the size and mode it is stated for, a
         stretch goal) or why there is none; no tracker references.
       bytes_moved: for a memory-bound case (sums, element-wise ops), ``bytes_moved(inputs)
@@ -91,6 +94,7 @@ class Case:
     accuracy_na: str = ""
     bar: Dict[str, float] = dataclasses.field(default_factory=dict)
     bar_s: Dict[str, float] = dataclasses.field(default_factory=dict)
+    bar_limit: Dict[str, float] = dataclasses.field(default_factory=dict)
     bar_source: str = ""
     fixed_inputs: str = ""
     quick: bool = True

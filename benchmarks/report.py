@@ -90,30 +90,57 @@ def aa_verdict(aa_results, low=0.9, high=1.1):
 
 
 def judge_bars(results, judged):
-    """Set ``meets_bar`` on every row with a target when `judged`; remove it otherwise."""
+    """Set ``meets_bar`` (the ratio or absolute target) and ``meets_bar_limit`` (the target
+    on the distance from the bandwidth limit) on every row with a target when `judged`;
+    remove them otherwise. Call after `annotate_bandwidth`."""
     for r in results:
         for t in r["timings"]:
             t.pop("meets_bar", None)
+            t.pop("meets_bar_limit", None)
             if not judged or "error" in t:
                 continue
             if t.get("bar") is not None and "ratio" in t:
                 t["meets_bar"] = t["ratio"]["median"] <= t["bar"]
             elif t.get("bar_s") is not None and "safeops" in t:
                 t["meets_bar"] = t["safeops"]["median_s"] <= t["bar_s"]
+            if t.get("bar_limit") is not None:
+                # no bandwidth measured: the target cannot be shown met
+                over = t.get("bandwidth", {}).get("over_limit")
+                t["meets_bar_limit"] = over is not None and over <= t["bar_limit"]
+
+
+def _targets(row, baseline_name):
+    """[(name, measured, met or None)] for the row's targets, each named by what it is."""
+    out = []
+    if row.get("bar") is not None:
+        value = f"{row['ratio']['median']:.2f}x" if "ratio" in row else "-"
+        out.append((f"<= {row['bar']:g}x {baseline_name}", value, row.get("meets_bar")))
+    elif row.get("bar_s") is not None:
+        value = f"{row['safeops']['median_s']:.2f} s" if "safeops" in row else "-"
+        out.append((f"< {row['bar_s']:g} s", value, row.get("meets_bar")))
+    if row.get("bar_limit") is not None:
+        b = row.get("bandwidth", {})
+        value = f"{b['over_limit']:.2f}x" if "over_limit" in b else "no bandwidth measured"
+        out.append((f"<= {row['bar_limit']:g}x the time at the machine's "
+                    f"{b.get('limit', 'memory')} bandwidth", value, row.get("meets_bar_limit")))
+    return out
+
+
+def _unmeasured_text(targets, key, baseline_name):
+    row = {"bar": targets.get("ratio", {}).get(key), "bar_s": targets.get("seconds", {}).get(key),
+           "bar_limit": targets.get("limit", {}).get(key)}
+    names = [name for name, _, _ in _targets(row, baseline_name)]
+    return "; ".join(f"target: {n} (not measured in this run)" for n in names)
 
 
 def target_text(row, baseline_name):
-    """The target named by what it is: "target: <= 1.5x tf.reduce_sum" (and met / NOT MET
-    where the run judged it)."""
-    if row.get("bar") is not None:
-        text = f"target: <= {row['bar']:g}x {baseline_name}"
-    elif row.get("bar_s") is not None:
-        text = f"target: < {row['bar_s']:g} s"
-    else:
-        return "-"
-    if "meets_bar" in row:
-        return f"{text}: {'met' if row['meets_bar'] else 'NOT MET'}"
-    return f"{text} (not judged)"
+    """The targets named by what they are: "target: <= 1.5x tf.reduce_sum" (and met / NOT
+    MET where the run judged them, "(not judged)" otherwise)."""
+    texts = []
+    for name, _, met in _targets(row, baseline_name):
+        state = " (not judged)" if met is None else f": {'met' if met else 'NOT MET'}"
+        texts.append(f"target: {name}{state}")
+    return "; ".join(texts) or "-"
 
 
 def status_banner(header):
@@ -229,33 +256,40 @@ def bar_summary(results, judged=True, why_not=""):
     per_case = []
     for r in results:
         dev = _dev(r)
-        barred = [t for t in r["timings"]
-                  if t.get("bar") is not None or t.get("bar_s") is not None]
+        base_name = r.get("baseline_name", "baseline")
+        barred = [t for t in r["timings"] if _targets(t, base_name)]
         for t in r["timings"]:
             if "error" in t:
                 failed.append(f"{r['case']} [{dev}] {t['mode']}/{t['direction']}: {t['error']}")
         if r.get("error"):
             failed.append(f"{r['case']} [{dev}]: {r['error']}")
+        verdicts = []
         for t in barred:
-            if "meets_bar" not in t:
-                continue
-            value = (f"{t['ratio']['median']:.2f}x" if t.get("bar") is not None
-                     else f"{t['safeops']['median_s']:.2f} s")
-            item = (f"{r['case']} [{dev}] {t['mode']}/{t['direction']}: {value}; "
-                    f"{target_text(t, r.get('baseline_name', 'baseline'))}")
-            (met if t["meets_bar"] else missed).append(item)
-        if not barred and not r.get("error"):
+            for name, value, ok in _targets(t, base_name):
+                if ok is None:
+                    continue
+                verdicts.append(ok)
+                item = (f"{r['case']} [{dev}] {t['mode']}/{t['direction']}: {value}; "
+                        f"target: {name}")
+                (met if ok else missed).append(item)
+        measured = {f"{t['mode']}/{t['direction']}" for t in r["timings"]}
+        unmeasured = sorted({key for kind in (r.get("targets") or {}).values() for key in kind}
+                            - measured)
+        if not barred and not unmeasured and not r.get("error"):
             nobar.append(f"{r['case']} [{dev}]")
-        if not barred:
+        if not barred and not unmeasured:
             state = "no target"
+        elif not barred:
+            state = "not measured in this run"
         elif not judged:
             state = "not judged"
         else:
-            state = "met" if all(t.get("meets_bar") for t in barred) else "NOT MET"
+            state = "met" if all(verdicts) else "NOT MET"
         note = r.get("bar_source") or "none stated"
         per_case.append(f"- {r['case']} [{dev}]: {note} -> {state}" + "".join(
-            f"; {t['mode']}/{t['direction']} {target_text(t, r.get('baseline_name', 'baseline'))}"
-            for t in barred))
+            f"; {t['mode']}/{t['direction']} {target_text(t, base_name)}" for t in barred)
+            + "".join(f"; {key} {_unmeasured_text(r['targets'], key, base_name)}"
+                      for key in unmeasured))
     lines = ["## Summary: speed targets", ""]
     if not judged:
         lines += [f"**Withheld: no target is judged in this run ({why_not}).** The ratios below "
@@ -401,9 +435,9 @@ def write(output_dir, header, results, sweeps=(), aa_checks=(), bandwidth=None):
     reasons = header["timings_unreliable_because"]
     smoke = header.get("mode") == "smoke"
     judged = header["bars_judged"]
-    judge_bars(results, judged)
     annotate_bandwidth(results, bandwidth)
     annotate_bandwidth(aa_checks, bandwidth)
+    judge_bars(results, judged)
 
     os.makedirs(output_dir, exist_ok=True)
     paths = []

@@ -67,8 +67,11 @@ def validate(doc):
                     _need(t["ratio"][k] > 0, f"{r['case']}: ratio.{k}")
             if judged and ("bar" in t or "bar_s" in t):
                 _need(isinstance(t.get("meets_bar"), bool), f"{r['case']}: bar without meets_bar")
-            _need(judged or "meets_bar" not in t, f"{r['case']}: a target judged in a run "
-                                                   "that judges none")
+            if judged and "bar_limit" in t:
+                _need(isinstance(t.get("meets_bar_limit"), bool),
+                      f"{r['case']}: bar_limit without meets_bar_limit")
+            _need(judged or ("meets_bar" not in t and "meets_bar_limit" not in t),
+                  f"{r['case']}: a target judged in a run that judges none")
             if "bandwidth" in t:
                 _need(isinstance(t.get("bytes"), dict) and t["bandwidth"]["safeops_gbps"] > 0,
                       f"{r['case']}: bandwidth without bytes")

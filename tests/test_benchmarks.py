@@ -200,6 +200,11 @@ def test_smoke_run_is_marked_and_judges_nothing(smoke):
     assert "Withheld" in summary and "target(s) met" not in summary
     assert not re.search(r": (met|NOT MET)\b", report)
     assert "(not judged)" in report
+    # smoke runs time forward+backward only: a forward target says it was not measured
+    line = next(ln for ln in report.splitlines() if ln.startswith("- summation/reduce_sum/4K ["))
+    assert line.endswith("-> not measured in this run; graph/fwd target: <= 2x tf.reduce_sum "
+                         "(not measured in this run); target: <= 1.3x the time at the machine's "
+                         "memory bandwidth (not measured in this run)"), line
 
 
 def test_smoke_names_carry_the_size_run(smoke):
@@ -232,7 +237,7 @@ def test_smoke_bandwidth_and_aa_checks_recorded(smoke):
 
 # -- unit tests of the report logic (synthetic results, no timing) ------------------------------
 
-def _timing(mode, direction, base_s, ours_s, bar=None, nbytes=None):
+def _timing(mode, direction, base_s, ours_s, bar=None, nbytes=None, bar_limit=None):
     t = {"mode": mode, "direction": direction, "anchors": {},
          "baseline": {"median_s": base_s, "min_s": base_s, "max_s": base_s},
          "safeops": {"median_s": ours_s, "min_s": ours_s, "max_s": ours_s},
@@ -241,6 +246,8 @@ def _timing(mode, direction, base_s, ours_s, bar=None, nbytes=None):
         t["bar"] = bar
     if nbytes is not None:
         t["bytes"] = nbytes
+    if bar_limit is not None:
+        t["bar_limit"] = bar_limit
     return t
 
 
@@ -274,7 +281,7 @@ def _cases():
                 accuracy={"metric": "max ulp vs exact x/y", "baseline": 1.0, "safeops": 0.5,
                           "baseline_nonfinite_grad": 128, "safeops_nonfinite_grad": 0}),
         _result("summation/reduce_sum/8M",
-                [_timing("graph", "fwd", 1e-3, 1e-3, bar=2.0,
+                [_timing("graph", "fwd", 1e-3, 1e-3, bar=2.0, bar_limit=1.3,
                          nbytes={"read": 8_000_000, "written": 4})],
                 accuracy={"metric": "ulp vs exact sum", "baseline": 41, "safeops": 0,
                           "math.fsum (accuracy only)": 0},
@@ -301,7 +308,8 @@ def test_failed_aa_check_withholds_the_targets(tmp_path, first, last):
     assert f"{bad:.2f}x, outside 0.9-1.1x" in reason
     assert "first" in reason if bad == first else "last" in reason
     assert md.startswith("# safeops benchmark report\n\n**TIMINGS UNRELIABLE: A/A check")
-    assert not any("meets_bar" in t for r in doc["results"] for t in r["timings"])
+    assert not any(k in t for r in doc["results"] for t in r["timings"]
+                   for k in ("meets_bar", "meets_bar_limit"))
     summary = md[md.index("## Summary"):md.index("## Results")]
     assert "Withheld" in summary and "target(s) met" not in summary
     assert not re.search(r": (met|NOT MET)\b", md)
@@ -313,10 +321,15 @@ def test_passing_aa_checks_judge_the_targets(tmp_path):
     divide, sums = doc["results"]
     assert divide["timings"][0]["meets_bar"] is False  # 3.0x against a 1.5x target
     assert sums["timings"][0]["meets_bar"] is True  # 1.0x against 2.0x
+    # 8 MB in 1 ms is 8 GB/s: 2.5x the time at the 20 GB/s read limit, against 1.3x
+    assert sums["timings"][0]["meets_bar_limit"] is False
     assert "UNRELIABLE" not in md and "SMOKE" not in md
-    assert "1 target(s) met, 1 not met" in md
+    assert "1 target(s) met, 2 not met" in md
     assert "target: <= 1.5x x / y: NOT MET" in md
-    assert "target: <= 2x tf.reduce_sum: met" in md
+    assert ("target: <= 2x tf.reduce_sum: met; target: <= 1.3x the time at the machine's read "
+            "bandwidth: NOT MET") in md
+    assert ("- summation/reduce_sum/8M [CPU:0] graph/fwd: 2.50x; target: <= 1.3x the time at "
+            "the machine's read bandwidth") in md
 
 
 def test_missing_aa_check_is_unreliable():

@@ -61,7 +61,7 @@ def _make_sum(rng, size):
 
 _sum_anchors = {"cast to float64 + tf.reduce_sum (TF)":
                 lambda x: tf.reduce_sum(tf.cast(x, tf.float64))}
-_sum_extra = {"cond": _COND, "stretch": "1.3x; within 1.3x of the read bandwidth",
+_sum_extra = {"cond": _COND,
               "data": "GenSum 4096-vector (cond ~1e8), tiled with per-tile permutations"}
 if _HAS_TFP:
     _sum_anchors["tfp.math.reduce_kahan_sum"] = _kahan_tfp
@@ -82,7 +82,8 @@ register(Case(
     host_anchors={"host NumPy np.sum(x, dtype=float64)": lambda x: np.sum(x, dtype=np.float64)},
     accuracy_only={"math.fsum (accuracy only)": lambda x: math.fsum(x.astype(np.float64))},
     bar={"graph/fwd": 2.0},
-    bar_source="stated for 8M float32, graph mode (stretch 1.3x)",
+    bar_limit={"graph/fwd": 1.3},
+    bar_source="stated for 8M float32, graph mode (stretch 1.3x tf.reduce_sum)",
     bytes_moved=reduction_traffic(),
     extra=_sum_extra,
 ))
