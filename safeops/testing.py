@@ -200,7 +200,9 @@ def ulp_distance(actual, expected, dtype):
     a = round_to_dtype(actual, fmt)
     b = round_to_dtype(expected, fmt)
     a, b = np.broadcast_arrays(a, b)
-    ka, kb = _ordered(np.ascontiguousarray(a), fmt), _ordered(np.ascontiguousarray(b), fmt)
+    # np.ascontiguousarray makes a 0-d array 1-d: reshape back so scalars give a 0-d result
+    ka = _ordered(np.ascontiguousarray(a), fmt).reshape(a.shape)
+    kb = _ordered(np.ascontiguousarray(b), fmt).reshape(b.shape)
     dist = np.where(ka > kb, ka - kb, kb - ka)
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     worst = np.uint64(2**fmt.width - 1)

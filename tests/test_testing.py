@@ -71,6 +71,15 @@ def test_ulp_distance_accepts_tensors_and_broadcasts():
 # --- round_to_dtype ---------------------------------------------------------
 
 
+def test_ulp_distance_of_two_scalars_is_a_0d_value():
+    # two scalars give a 0-d distance (float() accepts it under NumPy 2.x); one apart here
+    one_up = np.nextafter(np.float32(1.0), np.float32(2.0))
+    d = T.ulp_distance(1.0, float(one_up), "float32")
+    assert np.shape(d) == () and float(d) == 1.0
+    assert np.shape(T.bits_of_error(tf.constant(1.0), 1.0, "float32")) == ()
+    assert T.ulp_distance([1.0], 1.0, "float32").shape == (1,)
+
+
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
 def test_round_to_dtype_matches_numpy_correct_rounding(dtype):
     # NumPy's float64 -> float16/float32 casts round once, to nearest even.
