@@ -34,6 +34,16 @@ def _leading(data, ids):
     return tf.ones(tf.shape(data)[:_ids_rank(ids)], tf.int32)
 
 
+def _mismatch(data, ids):
+    """ids' static shape contradicts data's leading dims: TF's own op then raises its error
+    (InvalidArgumentError, also in a graph, where it checks at run time)."""
+    if ids.shape.rank is None or data.shape.rank is None:
+        return False
+    if ids.shape.rank > data.shape.rank:
+        return True
+    return not ids.shape.is_compatible_with(data.shape[:ids.shape.rank])
+
+
 def _gather_grad(g, ids, num, scale=None):
     """Upstream gradient of a segment reduction, gathered back to the rows (0 for dropped ids)."""
     valid = (ids >= 0) & (ids < tf.cast(num, ids.dtype))
@@ -125,9 +135,9 @@ def segment_sum(data, segment_ids, name=None):
     """
     with tf.name_scope(name or "segment_sum"):
         data = _data(data)
-        if not _compensated(data):
-            return tf.math.segment_sum(data, segment_ids)
         ids = tf.convert_to_tensor(segment_ids)
+        if not _compensated(data) or _mismatch(data, ids):
+            return tf.math.segment_sum(data, ids)
         counts = tf.math.segment_sum(_leading(data, ids), ids)
         num = tf.shape(counts, out_type=ids.dtype)[0]
         return _by_parts(lambda v: _exact(v, ids, num, counts, mean=False), data)
@@ -177,9 +187,9 @@ def unsorted_segment_sum(data, segment_ids, num_segments, name=None):
     """
     with tf.name_scope(name or "unsorted_segment_sum"):
         data = _data(data)
-        if not _compensated(data):
-            return tf.math.unsorted_segment_sum(data, segment_ids, num_segments)
         ids = tf.convert_to_tensor(segment_ids)
+        if not _compensated(data) or _mismatch(data, ids):
+            return tf.math.unsorted_segment_sum(data, ids, num_segments)
         counts = tf.math.unsorted_segment_sum(_leading(data, ids), ids, num_segments)
         static = tf.get_static_value(num_segments)
         num = int(static) if static is not None else tf.shape(counts, out_type=ids.dtype)[0]
@@ -224,9 +234,9 @@ def segment_mean(data, segment_ids, name=None):
     """
     with tf.name_scope(name or "segment_mean"):
         data = _data(data)
-        if not _compensated(data):
-            return tf.math.segment_mean(data, segment_ids)
         ids = tf.convert_to_tensor(segment_ids)
+        if not _compensated(data) or _mismatch(data, ids):
+            return tf.math.segment_mean(data, ids)
         counts = tf.math.segment_sum(_leading(data, ids), ids)
         num = tf.shape(counts, out_type=ids.dtype)[0]
         return _by_parts(lambda v: _exact(v, ids, num, counts, mean=True), data)
