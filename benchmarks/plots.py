@@ -98,8 +98,8 @@ def overhead_figure(plt, results, banner=(), judged=True):
     ax.barh(range(len(rows)), [r[1] for r in rows], color=[_COLORS[r[3]] for r in rows])
     for i, (_, _, b, _) in enumerate(rows):
         if b is not None:
-            ax.plot([b, b], [i - 0.4, i + 0.4], color="black", linewidth=2)
-    ax.axvline(1.0, color="gray", linestyle="--")
+            ax.plot([b, b], [i - 0.4, i + 0.4], color="black", linewidth=2, zorder=4)
+    ax.axvline(1.0, color="dimgray", linestyle="--", zorder=3)
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels([r[0] for r in rows], fontsize=7)
     ax.set_ylim(len(rows) - 0.5, -0.5)
@@ -110,7 +110,8 @@ def overhead_figure(plt, results, banner=(), judged=True):
         title += "\n" + "\n".join(line.split(";")[0].split(". ")[0] for line in banner)
     ax.set_title(title, fontsize=10)
     handles = [Line2D([0], [0], color="black", linewidth=2, label="target (max ratio)"),
-               Line2D([0], [0], color="gray", linestyle="--", label="1.0x: same cost as baseline")]
+               Line2D([0], [0], color="dimgray", linestyle="--",
+                      label="1.0x: same cost as baseline")]
     if judged:
         handles = [Patch(color=_COLORS["met"], label="within its target"),
                    Patch(color=_COLORS["missed"], label="over its target"),
