@@ -9,7 +9,6 @@ and mean / max `bits_of_error` for the naive formula, the TF (or TFP) op where
 one exists, and safeops. Prints a Markdown table (and writes it to --output).
 """
 
-import math
 import os
 import sys
 
