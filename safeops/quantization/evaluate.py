@@ -169,8 +169,8 @@ def _run_tflite(blob, x):
     inp = interpreter.get_input_details()[0]
     out = interpreter.get_output_details()[0]
     xin = x
-    if inp["dtype"] != np.float32:  # integer I/O: quantize with the input's parameters
-        scale, zp = inp["quantization"]
+    scale, zp = inp["quantization"]
+    if inp["dtype"] != np.float32 and scale:  # quantized integer I/O: use the input's parameters
         info = np.iinfo(inp["dtype"])
         xin = np.clip(np.round(x / scale + zp), info.min, info.max).astype(inp["dtype"])
     interpreter.set_tensor(inp["index"], xin.astype(inp["dtype"]))
@@ -232,7 +232,8 @@ def evaluate_quantization(reference_model, candidate, x, y=None, *, exported_fro
     ref = np.asarray(reference_model.predict(x, verbose=0, batch_size=256), np.float64)
     size = None
     if isinstance(candidate, (bytes, bytearray)):
-        out, interpreter = _run_tflite(bytes(candidate), x.astype(np.float32))
+        out, interpreter = _run_tflite(
+            bytes(candidate), x.astype(np.float32) if np.issubdtype(x.dtype, np.floating) else x)
         sqnr = _tflite_sqnr(exported_from if exported_from is not None else reference_model,
                             interpreter)
         kind, size = "tflite", len(candidate)

@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from safeops import native
+from safeops._core import rewrite as _rewrite
 from safeops._core.registry import new
 from safeops.quantization import wrappers
 
@@ -26,7 +27,8 @@ def _signature(model):
 def _samples(model, data):
     """Validated single-sample arrays (batch dim 1) from an array, a Dataset or a generator."""
     shape, dtype = _signature(model)
-    expected = f"float arrays of shape (batch,) + {shape} (or single samples of shape {shape})"
+    kind = "float" if np.issubdtype(dtype, np.floating) else "integer"
+    expected = f"{kind} arrays of shape (batch,) + {shape} (or single samples of shape {shape})"
     if isinstance(data, np.ndarray) or tf.is_tensor(data):
         source = [np.asarray(data)]
     elif isinstance(data, tf.data.Dataset):
@@ -44,7 +46,8 @@ def _samples(model, data):
         if isinstance(element, (tuple, list)) and not isinstance(element, np.ndarray):
             element = element[0]  # (x, y) pairs or [x] lists: the input is first
         arr = np.asarray(element)
-        if not np.issubdtype(arr.dtype, np.floating):
+        kind = np.floating if np.issubdtype(dtype, np.floating) else np.integer
+        if not np.issubdtype(arr.dtype, kind):
             raise ValueError(f"{_OP}: argument 'representative_data' must hold {expected}; "
                              f"got dtype {arr.dtype}")
         if arr.ndim == len(shape):
@@ -103,6 +106,51 @@ def _check_float_ops(blob, allow):
             "layers that produce them")
 
 
+def _lowered(model):
+    """A copy of `model` with safeops's drop-in layers as their Keras originals, or `model`.
+
+    The drop-ins compute in wider dtypes (so.softmax sums float32 in float64), which the TFLite
+    converter cannot express; Keras's layers have TFLite kernels, and an int8 model holds no
+    inf or NaN for the drop-ins to guard."""
+    from safeops import layers as so_layers
+
+    def originals(layer):
+        cls = type(layer)
+        if cls.__module__.startswith("safeops.layers.") and cls.__name__.startswith("Stable"):
+            return cls.__mro__[1]
+        return None
+
+    def softmax_activation(layer):
+        return getattr(layer, "activation", None) is so_layers.stable_softmax
+
+    changed = []
+
+    def replace(layer, path):
+        target = layer.layer if isinstance(layer, wrappers.QuantizeWrapper) else layer
+        base = originals(target)
+        if base is None and not softmax_activation(target):
+            return None
+        changed.append(path)
+        config = target.get_config()
+        if softmax_activation(target):
+            config["activation"] = "softmax"
+        fresh = (base or type(target)).from_config(config)
+        if target is layer:
+            return fresh
+        wrapper_config = layer.get_config()
+        wrapper_config["layer"] = fresh
+        return wrappers.QuantizeWrapper(**wrapper_config)
+
+    if not (_rewrite.is_graph_model(model) and model.inputs):
+        return model
+    lowered, pairs = _rewrite.rewrite(model, replace, op=_OP, swap_sublayers=False)
+    if not changed:
+        return model
+    for old, fresh, _ in pairs:
+        _rewrite.copy_weights(old, fresh, _OP)
+    return lowered
+
+
 @new("converts a Keras 3 model (float or from quantize_model) to a full-integer int8 TFLite "
      "model with the converter settings chosen; fails naming each op left in float unless "
      "allowed")
@@ -119,6 +167,12 @@ def export_tflite(model, representative_data, *, int8=True, path=None, allow_flo
     naming each float op unless ``allow_float_ops`` accepts it. Input and
     output stay float32: the model starts with a QUANTIZE and ends with a
     DEQUANTIZE op.
+
+    safeops's drop-in layers (`StableSoftmax`, ``activation=stable_softmax``,
+    the ``Stable*`` normalizations, attention and pooling) are exported as
+    their Keras originals: TFLite has kernels for those, not for the wider
+    dtypes the drop-ins compute in, and an int8 model holds no inf or NaN for
+    them to guard (a float export gets Keras's numerics for those layers).
 
     Method: for a model from `quantize_model`, the converter takes activation
     ranges and weight grids from the fake-quant ops (the trained ranges); the
@@ -168,7 +222,7 @@ def export_tflite(model, representative_data, *, int8=True, path=None, allow_flo
     if len(model.inputs) != 1:
         raise ValueError(f"{_OP}: argument 'model' must have one input; got "
                          f"{len(model.inputs)}")
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter = tf.lite.TFLiteConverter.from_keras_model(_lowered(model))
     if int8:
         samples = _samples(model, representative_data)
         converter.optimizations = [tf.lite.Optimize.DEFAULT]

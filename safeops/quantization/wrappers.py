@@ -3,7 +3,8 @@
 The returned model is a copy of the float model (rewritten by Keras's own
 cloning, `safeops._core.rewrite`: op nodes, masks, shared layers and nested
 models come along) in which every supported layer -- Dense, Conv1D, Conv2D,
-DepthwiseConv2D, Add, Concatenate, and any layer given a `QuantizeConfig` --
+DepthwiseConv2D, Add, Concatenate, ReLU, Activation, and any layer given a
+`QuantizeConfig` --
 is wrapped in a `QuantizeWrapper`: weights are fake-quantized per output
 channel on every call, the layer's output (after a fused relu/relu6/linear
 activation, before a softmax/sigmoid/tanh one) goes through a
@@ -31,6 +32,9 @@ _OP = "safeops.quantization.quantize_model"
 _KERNEL_LAYERS = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D,
                   keras.layers.DepthwiseConv2D)
 _MERGE_LAYERS = (keras.layers.Add, keras.layers.Concatenate)
+# standalone activations: their output gets its own range (else a Conv -> BatchNorm -> ReLU
+# chain leaves the ReLU between a DEQUANTIZE and a QUANTIZE, in float)
+_ACTIVATION_LAYERS = (keras.layers.ReLU, keras.layers.Activation)
 _FUSED_ACTIVATIONS = ("linear", "relu", "relu6")
 _EXPORTING = [False]  # set by export_tflite while the converter traces the model
 
@@ -78,7 +82,7 @@ class QuantizeConfig:
 
 
 def _supported(layer):
-    return type(layer) in _KERNEL_LAYERS + _MERGE_LAYERS
+    return type(layer) in _KERNEL_LAYERS + _MERGE_LAYERS + _ACTIVATION_LAYERS
 
 
 def _activation_name(layer):
@@ -137,7 +141,7 @@ def quantized_kernel(wrapper, kernel):
      "and output for quantization-aware training")
 @keras.saving.register_keras_serializable(package="safeops")
 class QuantizeWrapper(keras.layers.Wrapper):
-    """Fake quantization around one Dense/Conv1D/Conv2D/DepthwiseConv2D/Add/Concatenate or custom layer.
+    """Fake quantization around one Dense/Conv/DepthwiseConv2D/Add/Concatenate/ReLU/Activation or custom layer.
 
     Kernel layers: the kernel -- with a following BatchNormalization folded
     in (``batch_norm``; `folded_kernel_and_bias`) -- is fake-quantized on
@@ -149,7 +153,8 @@ class QuantizeWrapper(keras.layers.Wrapper):
     same function. The output is quantized by a `MovingAverageQuantizer`
     after a relu/relu6/linear activation (as TFLite fuses them) or before a
     softmax/sigmoid/tanh (whose int8 kernels use fixed output ranges). Merge
-    layers: each input and the output are quantized. Custom layers
+    layers: each input and the output are quantized. Activation layers (ReLU,
+    Activation): the output is quantized. Custom layers
     (``quantize_config``): the named weight attributes are fake-quantized
     for the call. All gradients are straight-through (see `fake_quant`).
 
@@ -181,7 +186,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
             quantize_config = QuantizeConfig(**quantize_config)
         if quantize_config is None and not _supported(layer):
             raise TypeError(f"{op}: argument 'layer' must be Dense, Conv1D, Conv2D, "
-                            "DepthwiseConv2D, Add or Concatenate, or come with a "
+                            "DepthwiseConv2D, Add, Concatenate, ReLU or Activation, or come with a "
                             f"quantize_config; got {type(layer).__name__}")
         if isinstance(batch_norm, dict):
             batch_norm = keras.saving.deserialize_keras_object(batch_norm)
@@ -201,6 +206,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
         self.batch_norm = batch_norm
         self.quantize_config = quantize_config
         self._is_merge = isinstance(layer, _MERGE_LAYERS) and quantize_config is None
+        self._is_activation = isinstance(layer, _ACTIVATION_LAYERS) and quantize_config is None
         self.output_quantizer = None
         if activation_bits is not None and (quantize_config is None
                                             or quantize_config.quantize_output):
@@ -280,6 +286,10 @@ class QuantizeWrapper(keras.layers.Wrapper):
     def call(self, inputs, training=None):
         if self.quantize_config is not None:
             return self._custom_output(inputs, training)
+        if self._is_activation:
+            y = self.layer(inputs)
+            return y if self.output_quantizer is None else self.output_quantizer(
+                y, training=training)
         if self._is_merge:
             if self.input_quantizers:
                 inputs = [q(x, training=training) for q, x in zip(self.input_quantizers, inputs)]
@@ -470,7 +480,8 @@ def quantize_model(model, *, weight_bits=8, activation_bits=8, per_channel=True,
     graph is replayed: op nodes such as ``x + y`` and ``keras.ops.*``, masks,
     shared layers, nested models, several inputs and outputs) with each
     Dense, Conv1D, Conv2D and DepthwiseConv2D (with its activation), Add,
-    Concatenate and each layer whose class has a `QuantizeConfig` wrapped in a
+    Concatenate, ReLU, Activation and each layer whose class has a
+    `QuantizeConfig` wrapped in a
     `QuantizeWrapper`, and each model input feeding a wrapped layer followed
     by a `MovingAverageQuantizer`; the float weights are copied over. A
     BatchNormalization (last axis) that is the only use of a Dense/Conv with a

@@ -192,3 +192,10 @@ def efficientnet(seed=0, size=32):
     model = keras.applications.EfficientNetB0(input_shape=(size, size, 3), weights=None,
                                               classes=4)
     return model, _images(4, size, seed=seed), _rng(seed).integers(0, 4, 4)
+
+
+def wrapped_transformer(seed=0):
+    """The transformer made NaN-proof by so.wrap_model (the float model QAT starts from)."""
+    import safeops as so
+    model, x, y = transformer(seed, decoder=False)
+    return so.wrap_model(model)[0], x, y
