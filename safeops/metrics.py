@@ -8,7 +8,7 @@ stops growing at 2**24 samples.
 
 Method. The state is a double-word number ``hi + lo`` (two variables of the
 metric's dtype). Each batch is first reduced in the accumulation dtype
-(`safeops._dtypes.accumulation_dtype`: float32 for float16/bfloat16, float64
+(`safeops._core.dtypes.accumulation_dtype`: float32 for float16/bfloat16, float64
 for float32; float64 sums plainly), split into ``xh + xl`` in the metric dtype,
 and added with Knuth's TwoSum and a renormalising FastTwoSum (the
 "double-word + double-word" addition of Joldes, Muller & Popescu 2017,
@@ -26,6 +26,14 @@ its own ``hi, lo`` (``synchronization="on_read"``, ``aggregation="sum"``);
 reading sums the ``hi`` and the ``lo`` parts across replicas separately,
 which adds at most one more rounding: within 1 ulp.
 
+Variables. Each double word is two variables of the metric's dtype, created
+in this order: `Sum` has ``total`` (hi, also the attribute Keras's code
+reads) and ``total_compensation`` (lo); `Mean` has ``total``,
+``total_compensation``, ``count`` and ``count_compensation``. Keras's metrics
+have ``[total]`` and ``[total, count]``: the ``*_compensation`` variables
+are the extra ones, so weights saved from a Keras metric do not load into
+these (and the other way round), while configs do.
+
 XLA (`jit_compile=True`) keeps the TwoSum terms (XLA CPU/GPU do not
 reassociate floating-point additions unless fast-math is enabled).
 """
@@ -33,8 +41,10 @@ reassociate floating-point additions unless fast-math is enabled).
 import keras
 import tensorflow as tf
 
-from safeops import _dtypes
-from safeops.eft import _fast_two_sum, _two_sum
+from safeops._core import keras_compat
+from safeops._core.dtypes import accumulation_dtype
+from safeops._core.eft import dw_add
+from safeops._core.registry import drop_in
 
 __all__ = ["Mean", "Sum"]
 
@@ -67,16 +77,9 @@ class _CompensatedAccumulator:
 
     def add(self, x_acc):
         """Add a scalar given in the accumulation dtype."""
-        dtype = self.hi.dtype
-        xh, xl = _split(x_acc, dtype)
-        s, e = _two_sum(tf.convert_to_tensor(self.hi), xh)
-        e = e + (tf.convert_to_tensor(self.lo) + xl)
-        hi, lo = _fast_two_sum(s, e)
-        # A non-finite plain sum (inf, NaN) makes the error terms NaN: keep IEEE's
-        # answer s in hi and nothing in lo.
-        finite = tf.math.is_finite(s)
-        hi = tf.where(finite, hi, s)
-        lo = tf.where(finite & tf.math.is_finite(lo), lo, tf.zeros_like(lo))
+        xh, xl = _split(x_acc, self.hi.dtype)
+        # dw_add keeps IEEE's answer in hi and 0 in lo where the plain sum is not finite.
+        hi, lo = dw_add(tf.convert_to_tensor(self.hi), tf.convert_to_tensor(self.lo), xh, xl)
         self.hi.assign(hi)
         self.lo.assign(lo)
 
@@ -92,14 +95,16 @@ class _CompensatedAccumulator:
 
 def _samplewise(metric, values, sample_weight, reduce_fn):
     """Keras's own reduction of values/weights to per-sample values, in the accumulation dtype."""
-    from keras.src.metrics.reduction_metrics import reduce_to_samplewise_values
-
-    acc = _dtypes.accumulation_dtype(metric.dtype)
-    values, sample_weight = reduce_to_samplewise_values(
-        values, sample_weight, reduce_fn=reduce_fn, dtype=acc.name)
+    acc = accumulation_dtype(metric.dtype)
+    values, sample_weight = keras_compat.reduce_to_samplewise_values(
+        values, sample_weight, reduce_fn, acc.name)
     return values, sample_weight, acc
 
 
+@drop_in("keras.metrics.Sum",
+         "the total is a double word (hi + lo): within 1 ulp of the exact sum of every update, "
+         "where Keras's float32 total stops absorbing small updates",
+         "an extra variable, total_compensation (variables: total, total_compensation)")
 @keras.saving.register_keras_serializable(package="safeops")
 class Sum(keras.metrics.Sum):
     """Drop-in for `keras.metrics.Sum` with a compensated (double-word) total.
@@ -113,6 +118,9 @@ class Sum(keras.metrics.Sum):
     one 1 001 000). Metrics have no gradient. The result has the metric's
     dtype (default `keras.backend.floatx()`); float16, bfloat16, float32 and
     float64 are accepted.
+
+    Variables (in order): ``total``, ``total_compensation`` (the double word
+    ``hi + lo``; Keras's Sum has ``total`` only).
 
     Args:
       name: string name of the metric instance (default ``"sum"``).
@@ -149,9 +157,14 @@ class Sum(keras.metrics.Sum):
         self._acc.reset()
 
     def result(self):
-        return tf.cast(self._acc.value(_dtypes.accumulation_dtype(self.dtype)), self.dtype)
+        return tf.cast(self._acc.value(accumulation_dtype(self.dtype)), self.dtype)
 
 
+@drop_in("keras.metrics.Mean",
+         "total and count are double words: the count does not stall at 2**24 and the mean is "
+         "within 1 ulp for well-conditioned streams",
+         "extra variables total_compensation and count_compensation (variables: total, "
+         "total_compensation, count, count_compensation)")
 @keras.saving.register_keras_serializable(package="safeops")
 class Mean(keras.metrics.Mean):
     """Drop-in for `keras.metrics.Mean` with a compensated total and count.
@@ -165,6 +178,10 @@ class Mean(keras.metrics.Mean):
     ``u + 2 n u**2 cond`` (within 1 ulp for well-conditioned streams); 0 when
     nothing was counted (as Keras's `divide_no_nan`). Metrics have no
     gradient. Result dtype: the metric's dtype.
+
+    Variables (in order): ``total``, ``total_compensation``, ``count``,
+    ``count_compensation`` (two double words; Keras's Mean has ``total`` and
+    ``count``).
 
     Args:
       name: string name of the metric instance (default ``"mean"``).
@@ -210,6 +227,6 @@ class Mean(keras.metrics.Mean):
         self._count.reset()
 
     def result(self):
-        acc = _dtypes.accumulation_dtype(self.dtype)
+        acc = accumulation_dtype(self.dtype)
         return tf.cast(tf.math.divide_no_nan(self._total.value(acc), self._count.value(acc)),
                        self.dtype)
