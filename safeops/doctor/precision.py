@@ -166,7 +166,10 @@ class PrecisionProfile:
 
     def plot(self, path):
         """Save a PNG bar chart of bits lost per layer (local and accumulated) to `path`."""
-        import matplotlib
+        try:
+            import matplotlib
+        except ImportError:
+            raise ImportError(f"{_OP}: the plot needs matplotlib (pip install matplotlib)") from None
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
@@ -647,7 +650,7 @@ def profile(model, data, policy="mixed_float16", loss=None, threshold=4.0, top=3
       threshold: bits; the first layer whose accumulated mean loss exceeds it
         is named (`first_over`).
       top: how many worst layers to name with their fix.
-      plot: a path: save the bits-lost chart there as PNG.
+      plot: a path: save the bits-lost chart there as PNG (needs matplotlib).
       mode: ``"graph"`` (each pass traced once in a `tf.function`) or
         ``"eager"``; the figures are the same.
       verbose: print the table.
