@@ -78,15 +78,16 @@ def test_serialization_round_trip():
 
 def test_checkpointed_variables_keep_the_compensation(tmp_path):
     m = metrics.Sum()
-    m.update_state(1e8)
-    m.update_state(1.0)  # lost by a float32 total, kept in the compensation
+    m.update_state(2.0**24)
+    m.update_state(1.0)  # a tie in float32: lost by Keras's total, kept in the compensation
     ckpt = tf.train.Checkpoint(state=[v.value for v in m.variables])
     path = ckpt.write(str(tmp_path / "metric"))
     m.reset_state()
     assert float(m.result()) == 0.0
     ckpt.read(path).assert_consumed()
-    assert float(m.result()) == math.fsum([1e8, 1.0])
+    m.update_state(1.0)
+    assert float(m.result()) == 2.0**24 + 2  # exact, representable in float32
     k = keras.metrics.Sum()
-    k.update_state(1e8)
-    k.update_state(1.0)
-    assert float(k.result()) == 1e8  # the update Keras's total loses
+    for x in (2.0**24, 1.0, 1.0):
+        k.update_state(x)
+    assert float(k.result()) == 2.0**24  # both updates lost
