@@ -449,8 +449,8 @@ def write(output_dir, header, results, sweeps=(), aa_checks=(), bandwidth=None):
     paths.append(json_path)
     summary, per_case = bar_summary(results, judged, header["bars_not_judged_because"] or "")
     md = ["# safeops benchmark report" + (" (SMOKE RUN)" if smoke else ""), ""]
-    md += [f"**{line}**" for line in status_banner(header)]
-    md += [""] if status_banner(header) else []
+    for line in status_banner(header):  # one paragraph each
+        md += [f"**{line}**", ""]
     md += [f"- {k}: {v}" for k, v in header.items()]
     md += [""]
     md += _aa_lines(aa_checks, reliable, reasons)
