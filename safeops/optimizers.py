@@ -275,13 +275,23 @@ class _Compensated:
             super()._apply_weight_decay(plain)
         if self.weight_decay is None:
             return
-        for v in variables:
-            if self._mode(v) is not None and self._use_weight_decay(v):
-                work = self._working(_tf_variable(v))
-                cdt = work.dtype
-                lr = scalar_in(self.learning_rate, cdt)
-                wd = scalar_in(self.weight_decay, cdt)
-                self._compensated_assign(work, -(tf.convert_to_tensor(work) * wd * lr))
+        compensated = [_tf_variable(v) for v in variables
+                       if self._mode(v) is not None and self._use_weight_decay(v)]
+        if not compensated:
+            return
+
+        def decay(variable):
+            work = self._working(variable)
+            lr = scalar_in(self.learning_rate, work.dtype)
+            wd = scalar_in(self.weight_decay, work.dtype)
+            self._compensated_assign(work, -(tf.convert_to_tensor(work) * wd * lr))
+
+        def distributed(distribution, variables):  # as Keras's TF optimizer applies decay
+            for variable in variables:
+                distribution.extended.update(variable, decay, group=False)
+
+        tf.__internal__.distribute.interim.maybe_merge_call(
+            distributed, self._distribution_strategy, compensated)
 
     # -- the one mechanism ----------------------------------------------------------
     def _working(self, variable):

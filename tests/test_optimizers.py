@@ -423,3 +423,22 @@ def test_clipping_with_overflowing_norm(name, kwargs, clip, kahan):
     u = 2.0**-24
     for a, b, w in zip(got, ref64, w0):
         assert np.all(np.abs(a - b) <= 12 * u * np.abs(b - w) + u * np.abs(b)), (a, b)
+
+
+def test_distributed_weight_decay_of_compensated_variables(strategy):
+    with strategy.scope():
+        w = keras.Variable(np.ones(4), dtype="bfloat16")
+        opt = O.AdamW(1e-3, weight_decay=0.5)
+        opt.build([w])
+
+    @tf.function
+    def step():
+        strategy.run(lambda: opt.apply([tf.constant(np.zeros(4), tf.bfloat16)], [w]))
+
+    for _ in range(20):
+        step()
+    local = strategy.experimental_local_results(w.value)
+    np.testing.assert_array_equal(np.asarray(local[0]), np.asarray(local[1]))
+    # Zero gradient: only the decay acts, w <- w (1 - lr wd) each step, compensated.
+    exact = (1 - np.float64(np.float32(1e-3)) * 0.5) ** 20
+    assert testing.ulp_distance(float(np.float64(local[0][0])), exact, "bfloat16") <= 1
