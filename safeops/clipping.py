@@ -37,7 +37,7 @@ import tensorflow as tf
 
 from safeops._core import args
 from safeops._core.dtypes import limits, square_threshold, working_dtype
-from safeops._core.elementwise import MAX_SELECT_RANK
+from safeops._core.elementwise import MAX_SELECT_RANK, name_scope
 from safeops._core.gradient import custom_gradient
 from safeops._core.registry import drop_in
 
@@ -241,7 +241,7 @@ def clip_by_norm(t, clip_norm, axes=None, name=None, nonfinite="propagate"):
     """
     op = "safeops.clip_by_norm"
     _check_policy(op, nonfinite)
-    with tf.name_scope(name or "clip_by_norm"):
+    with name_scope(name or "clip_by_norm"):
         if isinstance(t, tf.IndexedSlices):  # clipped through its values, as TF does
             values = clip_by_norm(t.values, clip_norm, axes, None, nonfinite)
             return tf.IndexedSlices(values, t.indices, t.dense_shape)
@@ -417,7 +417,7 @@ def clip_by_global_norm(t_list, clip_norm, use_norm=None, name=None, nonfinite="
     if not isinstance(t_list, (list, tuple)):
         raise TypeError(f"{op}: argument 't_list' must be a list or tuple; got "
                         f"{type(t_list).__name__}")
-    with tf.name_scope(name or "clip_by_global_norm"):
+    with name_scope(name or "clip_by_global_norm"):
         # IndexedSlices are clipped through their values and rebuilt, as TF does
         slices = [t if isinstance(t, tf.IndexedSlices) else None for t in t_list]
         ts = [None if t is None else args.convert(op, "t_list", t.values if s is not None else t)

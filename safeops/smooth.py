@@ -11,7 +11,7 @@ temperature or eps) gives NaN.
 import tensorflow as tf
 
 from safeops._core import args
-from safeops._core.elementwise import fused
+from safeops._core.elementwise import fused, name_scope
 from safeops._core.elementwise import up as _up
 from safeops._core.gradient import custom_gradient
 from safeops._core.registry import new
@@ -57,7 +57,7 @@ def smooth_step(x, edge0, edge1, order=1, name=None):
       <tf.Tensor: shape=(), dtype=float32, numpy=0.5>
     """
     op = "safeops.smooth_step"
-    with tf.name_scope(name or "smooth_step"):
+    with name_scope(name or "smooth_step"):
         if order not in (1, 2):
             raise ValueError(f"{op}: argument 'order' must be 1 or 2; got {order!r}")
         x, e0, e1 = args.convert_n(op, ("x", "edge0", "edge1"), (x, edge0, edge1))
@@ -135,7 +135,7 @@ def soft_clip(x, lo, hi, sharpness=1.0, name=None):
       <tf.Tensor: shape=(), dtype=float32, numpy=1.0>
     """
     op = "safeops.soft_clip"
-    with tf.name_scope(name or "soft_clip"):
+    with name_scope(name or "soft_clip"):
         x, lo, hi = args.convert_n(op, ("x", "lo", "hi"), (x, lo, hi))
         s = args.param(op, "sharpness", sharpness, x.dtype)
         deps = args.check_ordered(op, "lo", "hi", lo, hi)
@@ -198,7 +198,7 @@ def soft_abs(x, eps=1e-3, name=None):
       <tf.Tensor: shape=(), dtype=float32, numpy=0.0>
     """
     op = "safeops.soft_abs"
-    with tf.name_scope(name or "soft_abs"):
+    with name_scope(name or "soft_abs"):
         x = args.convert(op, "x", x)
         return _soft_abs(x, args.param(op, "eps", eps, x.dtype))
 
@@ -265,7 +265,7 @@ _soft_max = custom_gradient("SoftMaximum", _soft_max_forward, _soft_max_backward
 
 
 def _soft_max_op(op, x, y, temperature, name, negate):
-    with tf.name_scope(name or op.split(".")[-1]):
+    with name_scope(name or op.split(".")[-1]):
         x, y = args.convert_n(op, ("x", "y"), (x, y))
         t = args.param(op, "temperature", temperature, x.dtype)
         xw, yw, tw = _up(x), _up(y), _up(t)

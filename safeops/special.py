@@ -12,11 +12,14 @@ import tensorflow as tf
 
 from safeops._core import args
 from safeops._core.dtypes import COMPLEX_DTYPES, FLOAT_DTYPES, limits
-from safeops._core.elementwise import map_values, native, saturate, up
+from safeops._core.elementwise import cast, map_values, name_scope, native, saturate, up
 from safeops._core.gradient import custom_gradient
 from safeops._core.registry import drop_in, new
 
 __all__ = ["hypot", "log1m", "safe_exp", "safe_log", "sqrt"]
+
+
+_SQRT_DTYPES = FLOAT_DTYPES + COMPLEX_DTYPES
 
 
 def _unary(op, x):
@@ -58,8 +61,8 @@ def sqrt(x, name=None):
       >>> t.gradient(y, x).numpy()   # tf.sqrt: inf
       0.0
     """
-    with tf.name_scope(name or "sqrt"):
-        x = args.convert("safeops.sqrt", "x", x, allowed=FLOAT_DTYPES + COMPLEX_DTYPES,
+    with name_scope(name or "sqrt"):
+        x = args.convert("safeops.sqrt", "x", x, allowed=_SQRT_DTYPES,
                          composite=(tf.SparseTensor, tf.RaggedTensor))
         if x.dtype.is_complex:
             return tf.math.sqrt(x)  # TF's kernel and gradient, composites included
@@ -133,7 +136,7 @@ def hypot(x, y, name=None):
       >>> so.hypot(3e30, 4e30).numpy()   # naive: inf
       5e+30
     """
-    with tf.name_scope(name or "hypot"):
+    with name_scope(name or "hypot"):
         x, y = args.convert_n("safeops.hypot", ("x", "y"), (x, y))
         return _hypot(x, y)
 
@@ -144,7 +147,7 @@ def _hypot_forward(x, y):
         h = tf.sqrt(cx * cx + cy * cy)
     else:
         h = _scaled_hypot(cx, cy)
-    out = tf.cast(h, x.dtype)
+    out = cast(h, x.dtype)
     return out, (out,)
 
 
@@ -186,17 +189,17 @@ def log1m(x, name=None):
       >>> so.log1m(1e-10).numpy()   # tf.math.log(1 - 1e-10) == 0
       -1e-10
     """
-    with tf.name_scope(name or "log1m"):
+    with name_scope(name or "log1m"):
         return _log1m(_unary("log1m", x))
 
 
 def _log1m_forward(x):
-    return tf.cast(tf.math.log1p(-native(x)), x.dtype)
+    return cast(tf.math.log1p(-native(x)), x.dtype)
 
 
 def _log1m_backward(g, x):
     c = native(x)
-    return g * tf.cast(saturate(-1.0 / (1.0 - c), x.dtype), x.dtype)
+    return g * cast(saturate(-1.0 / (1.0 - c), x.dtype), x.dtype)
 
 
 _log1m = custom_gradient("Log1m", _log1m_forward, _log1m_backward)
@@ -243,7 +246,7 @@ def safe_log(x, eps=None, name=None):
       -87.33655
     """
     op = "safeops.safe_log"
-    with tf.name_scope(name or "safe_log"):
+    with name_scope(name or "safe_log"):
         x = _unary("safe_log", x)
         cdt = native(x).dtype
         tiny = limits(cdt).tiny
@@ -260,7 +263,7 @@ def safe_log(x, eps=None, name=None):
 
 def _safe_log_forward(x, eps):
     c = native(x)
-    return tf.cast(tf.math.log(tf.where(c < eps, eps, c)), x.dtype)
+    return cast(tf.math.log(tf.where(c < eps, eps, c)), x.dtype)
 
 
 def _safe_log_backward(g, x, eps):
@@ -268,7 +271,7 @@ def _safe_log_backward(g, x, eps):
     below = c < eps
     d = tf.where(below, tf.constant(0, c.dtype), 1.0 / tf.where(below, eps, c))
     # the gradient 1/x <= 1/eps overflows float16/bfloat16 for a small eps
-    return g * tf.cast(saturate(d, x.dtype), x.dtype)
+    return g * cast(saturate(d, x.dtype), x.dtype)
 
 
 _safe_log = custom_gradient("SafeLog", _safe_log_forward, _safe_log_backward, n_inputs=1)
@@ -306,7 +309,7 @@ def safe_exp(x, name=None):
       >>> so.safe_exp(100.).numpy()   # tf.exp(100.) is inf
       3.4028235e+38
     """
-    with tf.name_scope(name or "safe_exp"):
+    with name_scope(name or "safe_exp"):
         return _safe_exp(_unary("safe_exp", x))
 
 
@@ -315,14 +318,14 @@ def _safe_exp_forward(x):
     e = tf.exp(c)
     big = tf.constant(limits(x.dtype).max, c.dtype)
     out = tf.minimum(e, big)  # NaN stays NaN (TF's minimum propagates it)
-    return tf.cast(out, x.dtype), (e,)
+    return cast(out, x.dtype), (e,)
 
 
 def _safe_exp_backward(g, x, e):
     # exp(x) where not saturated, 0 where it is (e == inf, or above the
     # float16/bfloat16 maximum)
     big = tf.constant(limits(x.dtype).max, e.dtype)
-    return g * tf.cast(tf.where(e > big, tf.constant(0, e.dtype), e), x.dtype)
+    return g * cast(tf.where(e > big, tf.constant(0, e.dtype), e), x.dtype)
 
 
 _safe_exp = custom_gradient("SafeExp", _safe_exp_forward, _safe_exp_backward, saves=True)

@@ -11,6 +11,7 @@ stop_gradient(op(x) - x)``, which turns inf into NaN and can round.
 import tensorflow as tf
 
 from safeops._core import args
+from safeops._core.elementwise import name_scope
 from safeops._core.gradient import custom_gradient
 from safeops._core.registry import new
 
@@ -27,7 +28,7 @@ _STE = {fn: custom_gradient(name, fn, _straight_through)
 
 
 def _identity_ste(op, tf_op, x, name):
-    with tf.name_scope(name or op.split(".")[-1]):
+    with name_scope(name or op.split(".")[-1]):
         return _STE[tf_op](args.convert(op, "x", x))
 
 
@@ -119,7 +120,7 @@ def clip_ste(x, lo, hi, name=None):
       <tf.Tensor: shape=(3,), dtype=float32, numpy=array([-1. ,  0.5,  1. ], dtype=float32)>
     """
     op = "safeops.clip_ste"
-    with tf.name_scope(name or "clip_ste"):
+    with name_scope(name or "clip_ste"):
         x, lo, hi = args.convert_n(op, ("x", "lo", "hi"), (x, lo, hi))
         deps = args.check_ordered(op, "lo", "hi", lo, hi)
         return args.with_deps(deps, _clip_ste(x, lo, hi))

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from safeops._core.args import convert, convert_n, param
 from safeops._core.dtypes import accumulation_dtype
-from safeops._core.elementwise import reduce_to, select
+from safeops._core.elementwise import name_scope, reduce_to, select
 from safeops._core.registry import new
 
 __all__ = ["safe_where", "smooth_where"]
@@ -73,7 +73,7 @@ def safe_where(condition, true_fn, false_fn, *args, safe_value=1.0, name=None):
       <tf.Tensor: shape=(2,), dtype=float32, numpy=array([0. , 0.5], dtype=float32)>
     """
     op = "safeops.safe_where"
-    with tf.name_scope(name or "safe_where"):
+    with name_scope(name or "safe_where"):
         if not callable(true_fn) or not callable(false_fn):
             raise TypeError(f"{op}: arguments 'true_fn' and 'false_fn' must be callable")
         if not args:
@@ -183,7 +183,7 @@ def smooth_where(x, threshold, if_above, if_below, temperature=1.0, name=None):
       <tf.Tensor: shape=(), dtype=float32, numpy=3.0>
     """
     op = "safeops.smooth_where"
-    with tf.name_scope(name or "smooth_where"):
+    with name_scope(name or "smooth_where"):
         x, threshold, if_above, if_below = convert_n(
             op, ("x", "threshold", "if_above", "if_below"), (x, threshold, if_above, if_below))
         dtype = x.dtype

@@ -63,8 +63,18 @@ def _names(allowed):
     return ", ".join(tf.as_dtype(d).name for d in allowed)
 
 
+_ALLOWED = {}
+
+
+def _allowed_set(allowed):
+    try:
+        return _ALLOWED[allowed]
+    except KeyError:
+        return _ALLOWED.setdefault(allowed, frozenset(tf.as_dtype(d) for d in allowed))
+
+
 def _check(op, arg, dtype, allowed):
-    if allowed is not None and dtype not in allowed:
+    if allowed is not None and dtype not in _allowed_set(allowed):
         raise dtype_error(op, f"argument '{arg}' must have dtype {_names(allowed)}; "
                               f"got {dtype.name}")
 

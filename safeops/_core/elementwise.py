@@ -4,12 +4,20 @@ of inputs the ops do not compensate (integers, complex, composite tensors,
 rank beyond a kernel's limit).
 """
 
+import contextlib
+
 import tensorflow as tf
 
 from safeops._core.dtypes import HALF_DTYPES, compute_dtype, int_of, limits
 
 __all__ = [
     "MAX_SELECT_RANK",
+    "abs_",
+    "add",
+    "cast",
+    "div",
+    "mul",
+    "name_scope",
     "flatten_call",
     "fused",
     "is_negative",
@@ -22,14 +30,67 @@ __all__ = [
 ]
 
 
+_HALF = frozenset(HALF_DTYPES)
+
+# Thin names for kernels whose public Python wrappers cost several times the
+# kernel in eager mode (tf.abs, tf.add and the tensor operators go through
+# type-promotion and dispatch checks: ~30 us against ~6 us for the kernel on
+# small tensors). Same kernels, same graphs; arguments of one dtype.
+
+
+def abs_(x):
+    """``|x|`` (the `Abs` kernel)."""
+    return tf.raw_ops.Abs(x=x)
+
+
+def add(x, y):
+    """``x + y`` (the `AddV2` kernel)."""
+    return tf.raw_ops.AddV2(x=x, y=y)
+
+
+def mul(x, y):
+    """``x * y`` (the `Mul` kernel)."""
+    return tf.raw_ops.Mul(x=x, y=y)
+
+
+def div(x, y):
+    """``x / y`` for floating x, y (the `RealDiv` kernel)."""
+    return tf.raw_ops.RealDiv(x=x, y=y)
+
+
+_NO_SCOPE = contextlib.nullcontext()
+
+
+def name_scope(name):
+    """`tf.name_scope(name)` while building a graph; nothing eagerly.
+
+    Eagerly a name scope only labels profiler traces, and entering one makes
+    the next kernel launch several times slower than the kernel on small
+    tensors.
+    """
+    if tf.executing_eagerly():
+        return _NO_SCOPE
+    return tf.name_scope(name)
+
+
+def cast(x, dtype):
+    """`x` as `dtype` (the `Cast` kernel; `x` itself when it has that dtype already).
+
+    For real floating tensors; `tf.cast`'s wrapper costs several kernel launches eagerly.
+    """
+    if x.dtype == dtype:
+        return x
+    return tf.raw_ops.Cast(x=x, DstT=dtype)
+
+
 def up(x):
     """`x` in its compute dtype (float16/bfloat16 -> float32, float32 -> float64)."""
-    return tf.cast(x, compute_dtype(x.dtype))
+    return cast(x, compute_dtype(x.dtype))
 
 
 def native(x):
     """float16/bfloat16 -> float32; float32 and float64 unchanged (TF's kernels suffice)."""
-    return tf.cast(x, tf.float32) if x.dtype in HALF_DTYPES else x
+    return tf.raw_ops.Cast(x=x, DstT=tf.float32) if x.dtype in _HALF else x
 
 
 def saturate(x, dtype=None):
