@@ -242,10 +242,15 @@ def test_fallback_when_the_build_fails(monkeypatch, tmp_path):
     monkeypatch.delenv("SAFEOPS_NATIVE", raising=False)
     monkeypatch.setenv("SAFEOPS_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(native, "_compiler", lambda: None)
-    for key, value in {"lib": None, "path": None, "error": None, "tried": False}.items():
+    for key, value in {"lib": None, "path": None, "error": None, "tried": False,
+                       "rebuilt": False, "warned": False}.items():
         monkeypatch.setitem(native._STATE, key, value)  # noqa: SLF001
-    assert native.library() is None
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler") as caught:
+        assert native.library() is None
+        assert native.library() is None
+    assert len(caught) == 1  # once per process
     assert "no C++ compiler" in native.status()["error"]
+    assert native.status()["state"] == "unavailable"
     x = tf.constant([1e8, 1.0, -1e8])
     assert float(so.reduce_sum(x)) == 1.0
     assert "SafeopsCompensatedSum" not in _op_types(so.reduce_sum, x)
@@ -293,6 +298,24 @@ def test_disabled_scope_keeps_custom_ops_out_of_a_graph(monkeypatch):
     assert not {"SafeopsCompensatedSum", "SafeopsCompensatedCumsum"} & types
     assert native.status()["enabled"]
     assert "SafeopsCompensatedSum" in _op_types(so.reduce_sum, x)
+
+
+def test_disabled_applies_to_ops_built_in_its_scope_only(monkeypatch):
+    """As documented: a tf.function traced before the scope keeps its graph (with the kernel)
+    for a signature it has seen; one traced in the scope has none."""
+    monkeypatch.delenv("SAFEOPS_NATIVE", raising=False)
+    if native.library() is None:
+        pytest.skip("kernels unavailable")
+    x = tf.constant([1e8, 1.0, -1e8])
+    before = tf.function(so.reduce_sum)
+    assert float(before(x)) == 1.0
+    with native.disabled():
+        types = {op.type for op in before.get_concrete_function(x).graph.get_operations()}
+        assert "SafeopsCompensatedSum" in types
+        fresh = tf.function(so.reduce_sum)
+        types = {op.type for op in fresh.get_concrete_function(x).graph.get_operations()}
+        assert "SafeopsCompensatedSum" not in types
+        assert float(fresh(x)) == 1.0
 
 
 def test_saved_model_round_trip(tmp_path, monkeypatch):

@@ -160,15 +160,27 @@ def _fuzz(seed=0, random_cases=400):  # noqa: C901  (one table of cases)
     return tally
 
 
-def test_raw_ops_reject_bad_calls_without_crashing(tmp_path):
-    """The fuzz script in a fresh process (a crash fails here) on a copy of the built library."""
-    from test_native_support import ROOT, copy_compiler, env_for, prebuilt_library  # noqa: PLC0415
-    cxx = copy_compiler(tmp_path, prebuilt_library(), tmp_path / "cxx.log")
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__)],
-                          env=env_for(tmp_path / "cache", cxx), capture_output=True, text=True,
-                          check=False, timeout=600, cwd=ROOT)
+def test_raw_ops_reject_bad_calls_without_crashing(tmp_path, monkeypatch):
+    """The fuzz script in a fresh process (a crash fails here) on a copy of the built library,
+    placed in the cache with its hash as a build leaves it: loaded as it is, not rebuilt."""
+    import hashlib  # noqa: PLC0415
+    import shutil  # noqa: PLC0415
+
+    from test_native_support import (ROOT, calls, copy_compiler, env_for,  # noqa: PLC0415
+                                     prebuilt_library, target_name)
+    log = tmp_path / "cxx.log"
+    cxx = copy_compiler(tmp_path, prebuilt_library(), log)
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    name = target_name(cxx, monkeypatch)
+    shutil.copy(prebuilt_library(), cache / name)
+    digest = hashlib.sha256((cache / name).read_bytes()).hexdigest()
+    (cache / f"{name}.sha256").write_text(digest + "\n")
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__)], env=env_for(cache, cxx),
+                          capture_output=True, text=True, check=False, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, (proc.returncode, proc.stdout[-2000:], proc.stderr[-4000:])
     assert "fuzz: ok" in proc.stdout
+    assert calls(log) == 0
 
 
 def _check_sanitized():

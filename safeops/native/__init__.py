@@ -161,11 +161,6 @@ def _name(cxx):
     return f"safeops_kernels_{h.hexdigest()[:16]}.so"
 
 
-def _target():
-    """Cache path of the shared object (the configured directory, not yet checked)."""
-    return _cache_dir() / _name(_compiler())
-
-
 def _commands():
     extra = _extra_flags()
     return [lambda out, arch=arch: (_BASE_FLAGS + extra + arch + tf.sysconfig.get_compile_flags()
@@ -329,8 +324,9 @@ def status():
     """
     cxx = _compiler()
     error = _STATE["error"]
-    path, built = _cache_dir() / _name(cxx), False
+    path, built = _cache_dir(), False
     try:
+        path = _cache_dir() / _name(cxx)
         directory = _build.secure_dir(_cache_dir(), create=False)
         path = directory / path.name
         built = _build.is_verified(path)
@@ -339,7 +335,7 @@ def status():
             if remembered is not None:
                 error = f"an earlier build with {cxx} failed ({remembered})"
     except Unavailable as err:
-        if error is None and os.path.exists(_cache_dir()):
+        if error is None and (os.path.exists(_cache_dir()) or path == _cache_dir()):
             error = str(err)
     if error is None and cxx is None and not _STATE["lib"]:
         error = "no C++ compiler found (set $CXX)"

@@ -126,7 +126,8 @@ def _open_own(path):
     """fd of path opened read-only without following a link; Invalid unless it is a regular
     file of this user that nobody else can write."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO in its place must not block the open (it is rejected below)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         raise Invalid(f"{path} does not exist") from None
     except OSError as err:
@@ -286,8 +287,8 @@ def clean_stale(directory, stem):
             continue
         stale = False
         if name.startswith(f".{stem}.") and name.endswith((".tmp", ".tmpdir")):
-            try:
-                pid = int(name[len(stem) + 2:].split(".", 1)[0])
+            try:  # ".<file name>.<pid>.<random>.tmp" (tempfile's random part has no dot)
+                pid = int(name.split(".")[-3])
             except ValueError:
                 pid = -1
             stale = age > _STALE_AGE_S or pid <= 0 or not _pid_alive(pid)
