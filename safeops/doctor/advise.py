@@ -23,7 +23,7 @@ _QUANT = ("int8", "float8")
 class Advice:
     """What `advise` returns: a per-layer dtype policy map, quantization modes, and their check.
 
-    Attributes:
+    Args:
       policy_map: a `keras.dtype_policies.DTypePolicyMap` keyed by layer name
         (``"mixed_float16"``, ``"mixed_bfloat16"`` or ``"float32"`` per layer;
         variables stay float32).

@@ -61,6 +61,28 @@ class LayerPrecision:
     Gradient fields are None when `profile` ran without a loss, or where the
     loss does not depend on the layer; ``weight_grad_*`` also where the layer
     has no trainable weights.
+
+    Args:
+      name: the layer's name (``name#k`` for its k-th call of a shared layer).
+      class_name: the layer's (or operation's) class.
+      dtype: its compute dtype in the profiled run.
+      quantization: the Keras quantization mode applied, or None.
+      flops: estimated FLOPs per sample (`layer_flops`).
+      bits_mean, bits_max: accumulated bits lost by its outputs.
+      local_bits_mean, local_bits_max: its own bits lost (on float64 inputs
+        rounded to the dtype it receives).
+      input_bits_mean: bits lost by the float64 layer on those rounded inputs.
+      rel_error, local_rel_error: mean relative errors (accumulated, local).
+      max_abs: largest reference magnitude of its outputs.
+      range_ratio: ``max_abs`` over the dtype's largest finite value.
+      underflow: fraction of non-zero reference outputs below the dtype's
+        smallest normal number.
+      nonfinite: fraction of outputs that are inf/NaN where the reference is finite.
+      grad_bits_mean, grad_bits_max: bits lost by the loss gradient with
+        respect to its outputs.
+      weight_grad_bits_mean, weight_grad_bits_max: the same for its weights.
+      grad_range_ratio, grad_underflow: dynamic range of the loss-scaled
+        output gradient.
     """
 
     name: str
@@ -91,7 +113,7 @@ class LayerPrecision:
 class PrecisionProfile:
     """What `profile` returns: per-layer figures, the model-level errors and the worst layers.
 
-    Attributes:
+    Args:
       policy: the profiled policy, as given (None: each layer's own).
       layers: `LayerPrecision` per layer call, in execution order.
       output_error: norm-wise relative error of the model's outputs,
