@@ -291,3 +291,12 @@ def test_raise_error_raises_like_terminate_on_nan_and_restores_the_step():
         callbacks.NumericsMonitor(mode="warn", raise_error=True)
     with pytest.raises(ValueError, match="raise_error"):
         callbacks.NumericsMonitor(raise_error="yes")
+
+
+def test_signature_keeps_mode_and_check_first():
+    import inspect
+    names = list(inspect.signature(callbacks.NumericsMonitor).parameters)
+    assert names == ["mode", "check", "raise_error"]
+    keras_names = list(inspect.signature(keras.callbacks.TerminateOnNaN).parameters)
+    assert keras_names == ["raise_error"]
+    assert callbacks.NumericsMonitor(raise_error=True).raise_error is True

@@ -170,3 +170,16 @@ def test_keras_file_and_checkpoint_round_trip(tmp_path):
     assert float(model.optimizer.dynamic_scale) == scale / 2
     ckpt.restore(saved)
     assert float(model.optimizer.dynamic_scale) == scale
+
+
+def test_state_variables_replace_keras_step_counter_and_scale():
+    k, o = _pair()
+    v = [keras.Variable(1.0)]
+    k.build(v)
+    o.build(v)
+    theirs = {x.name for x in k.variables} - {x.name for x in k.inner_optimizer.variables}
+    ours = {x.name for x in o.variables} - {x.name for x in o.inner_optimizer.variables}
+    assert theirs >= {"step_counter", "dynamic_scale"}
+    assert ours >= {"loss_scale", "good_steps", "loss_scale_steps", "skipped_steps",
+                    "consecutive_skips", "last_overflow_step"}
+    assert float(o.dynamic_scale) == float(k.dynamic_scale) == 2.0**15

@@ -273,3 +273,21 @@ def test_execution_modes_agree():
     graph = float(tf.function(loss)(y, z))
     xla = float(tf.function(loss, jit_compile=True)(y, z))
     assert eager == graph == pytest.approx(xla, rel=2.0**-23)
+
+
+@pytest.mark.parametrize("reduction", ["sum", "sum_over_batch_size", "mean_with_sample_weight"])
+def test_reduction_is_rounded_once_from_the_exact_weighted_sum(reduction):
+    # Every per-sample loss is fl(log 2) (z = 0), so the exact reduction is
+    # fl(log 2) * sum(w) / divisor: products of two float32 are exact in float64.
+    import math
+    n = 20000
+    w = np.random.default_rng(8).random(n).astype(np.float32)
+    y, z = np.zeros((n, 1), np.float32), np.zeros((n, 1), np.float32)
+    got = losses.BinaryCrossentropy(from_logits=True, reduction=reduction)(y, z, w)
+    per = float(np.float32(math.log1p(1.0)))
+    exact = math.fsum(per * float(x) for x in w)
+    if reduction == "sum_over_batch_size":
+        exact /= n
+    elif reduction == "mean_with_sample_weight":
+        exact /= math.fsum(float(x) for x in w)
+    assert float(got) == float(np.float32(exact))
