@@ -160,15 +160,21 @@ def test_every_case_and_sweep_honours_the_seed():
     assert sweep.run("smoke", 0) != sweep.run("smoke", 1)
 
 
-def test_flag_devices_gpu_without_gpu_fails_clearly(tmp_path):
+def test_flag_devices_gpu_without_gpu_fails_clearly():
+    # in-process: main() resolves --devices before it imports a case or writes a file
     import tensorflow as tf
+    from absl import app
+
+    from benchmarks.__main__ import _devices
 
     if tf.config.list_logical_devices("GPU"):
         pytest.skip("a GPU is visible here")
-    out = _run("--smoke", "--devices=gpu", "--output_dir", str(tmp_path))
-    assert out.returncode != 0
-    assert "no GPU device is visible" in out.stderr + out.stdout, out.stderr[-2000:]
-    assert not (tmp_path / "results.json").exists()
+    with pytest.raises(app.UsageError, match="no GPU device is visible"):
+        _devices(tf, ["gpu"])
+    with pytest.raises(app.UsageError, match="unknown device type 'tpu'"):
+        _devices(tf, ["tpu"])
+    assert [d.device_type for d in _devices(tf, ["cpu"])] == ["CPU"] * len(
+        tf.config.list_logical_devices("CPU"))
 
 
 def test_flag_full_is_accepted(tmp_path):
