@@ -11,8 +11,8 @@ it costs.
 import json
 import os
 
-__all__ = ["aa_verdict", "annotate_bandwidth", "bar_summary", "finalize_header", "fixes_text",
-           "judge_bars",
+__all__ = ["aa_verdict", "annotate_bandwidth", "bandwidth_lines", "bar_summary",
+           "finalize_header", "fixes_text", "judge_bars",
            "markdown_table", "progress_line", "status_banner", "target_text", "write"]
 
 SCHEMA = 2
@@ -392,6 +392,31 @@ def _bandwidth_lines(bandwidth):
     return lines + [""]
 
 
+def bandwidth_lines(results):
+    """Markdown table: every memory-bound row, its achieved GB/s and its distance from the
+    machine's limit, farthest first."""
+    rows = []
+    for r in results:
+        for t in r["timings"]:
+            b = t.get("bandwidth")
+            if b and "over_limit" in b:
+                rows.append((b["over_limit"], r, t, b))
+    if not rows:
+        return []
+    rows.sort(key=lambda x: -x[0])
+    lines = ["## Distance from the bandwidth limit (memory-bound cases)", "",
+             "Time over the time the declared bytes take at the machine's bandwidth (1.00x = at "
+             "the limit), farthest first.", "",
+             "| case | device | mode | direction | MB moved | safeops GB/s | baseline GB/s | "
+             "limit | x the limit |", "|---" * 9 + "|"]
+    for over, r, t, b in rows:
+        base = f"{b['baseline_gbps']:.1f}" if "baseline_gbps" in b else "-"
+        lines.append(f"| {r['case']} | {_dev(r)} | {t['mode']} | {t['direction']} | "
+                     f"{b['bytes'] / 1e6:.1f} | {b['safeops_gbps']:.1f} | {base} | "
+                     f"{b['limit']} {b['limit_gbps']:.1f} GB/s | {over:.2f}x |")
+    return lines + [""]
+
+
 def _aa_lines(aa_results, reliable, reasons):
     lines = ["## A/A checks (tf.reduce_sum against itself, first and last)", "",
              "Each must give 0.9-1.1x in every mode; otherwise the run's timings are unreliable "
@@ -456,6 +481,7 @@ def write(output_dir, header, results, sweeps=(), aa_checks=(), bandwidth=None):
     md += _aa_lines(aa_checks, reliable, reasons)
     md += _bandwidth_lines(bandwidth)
     md += summary
+    md += bandwidth_lines(results)
     md += ["## Results", "",
            "Ratio = safeops time / baseline time, median of pairwise ratios (interleaved A/B). "
            "Target: the speed target for that mode and direction, named by what it is, and "

@@ -372,9 +372,10 @@ def test_what_it_fixes_column(tmp_path):
     from benchmarks import report
 
     _, md = _write(tmp_path, _aa(1.0, 1.0))
-    header = next(ln for ln in md.splitlines() if ln.startswith("| case |"))
+    results = md[md.index("## Results"):]
+    header = next(ln for ln in results.splitlines() if ln.startswith("| case |"))
     assert "| what it fixes (baseline -> safeops) |" in header
-    row = next(ln for ln in md.splitlines() if ln.startswith("| division/safe_divide/4M |"))
+    row = next(ln for ln in results.splitlines() if ln.startswith("| division/safe_divide/4M |"))
     assert row.endswith("| max ulp vs exact x/y: 1 -> 0.5; nonfinite grad: 128 -> 0 |")
     # the paired figures left the anchors section; other references stay there
     anchors = md[md.index("## Anchors"):]
@@ -395,9 +396,18 @@ def test_bandwidth_column(tmp_path):
     # a reduction (writes < 1/8 of its reads) is held to the read limit: 8 GB/s of 20
     b = sums["timings"][0]["bandwidth"]
     assert b["limit"] == "read" and b["over_limit"] == pytest.approx(20.0 / 8.000004)
-    row = next(ln for ln in md.splitlines() if ln.startswith("| summation/reduce_sum/8M |"))
+    results = md[md.index("## Results"):]
+    row = next(ln for ln in results.splitlines() if ln.startswith("| summation/reduce_sum/8M |"))
     assert "| 8.0 GB/s (baseline 8.0); 2.50x the read limit 20.0 GB/s |" in row
     assert "- /device:CPU:0: copy 10.0 GB/s" in md
+    # the distance table, farthest from the limit first
+    table = md[md.index("## Distance from the bandwidth limit"):md.index("## Results")]
+    rows = [ln for ln in table.splitlines() if ln.startswith("| summation") or
+            ln.startswith("| division")]
+    assert rows == ["| summation/reduce_sum/8M | CPU:0 | graph | fwd | 8.0 | 8.0 | 8.0 | "
+                    "read 20.0 GB/s | 2.50x |",
+                    "| division/safe_divide/4M | CPU:0 | graph | fwd+bwd | 20.0 | 6.7 | 20.0 | "
+                    "copy 10.0 GB/s | 1.50x |"]
 
 
 def test_traffic_declarations():
