@@ -1,4 +1,4 @@
-"""Shared by the native loader tests (no tests here): stand-in compilers, a fresh process running ops.
+"""Shared by the native loader tests (no tests here): stand-in compilers, a fresh process.
 
 A real build takes ~10 s (more on a busy machine), so the loader tests use a
 stand-in compiler that copies the library this test process already built:

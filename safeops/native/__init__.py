@@ -152,9 +152,10 @@ def _extra_flags():
 def _name(cxx):
     """File name of the shared object for this source, TF, Python, CPU, compiler and flags."""
     h = hashlib.sha256()
-    for part in (*(f.read_bytes() for f in _SOURCES + _HEADERS), tf.__version__.encode(), sys.version.encode(),
-                 " ".join(tf.sysconfig.get_compile_flags() + tf.sysconfig.get_link_flags()).encode(),
-                 platform.machine().encode(), _cpu_id().encode(), str(cxx).encode(),
+    flags = tf.sysconfig.get_compile_flags() + tf.sysconfig.get_link_flags()
+    for part in (*(f.read_bytes() for f in _SOURCES + _HEADERS), tf.__version__.encode(),
+                 sys.version.encode(), " ".join(flags).encode(), platform.machine().encode(),
+                 _cpu_id().encode(), str(cxx).encode(),
                  " ".join(_BASE_FLAGS + _extra_flags()).encode()):
         h.update(part)
         h.update(b"\0")

@@ -51,7 +51,7 @@ class Invalid(Unavailable):
 
 
 def build_timeout():
-    """Seconds one build may take, all its compiler attempts together (``$SAFEOPS_BUILD_TIMEOUT``)."""
+    """Seconds one build may take, all compiler attempts together (``$SAFEOPS_BUILD_TIMEOUT``)."""
     raw = os.environ.get("SAFEOPS_BUILD_TIMEOUT", "")
     try:
         value = float(raw) if raw.strip() else _DEFAULT_TIMEOUT_S
@@ -83,7 +83,7 @@ def _others_can_write(st):
 
 def _refuse(path, why):
     return Unavailable(f"cache directory {path} {why}; refusing to load code from it "
-                       f"(make it yours with mode 0700, or set SAFEOPS_CACHE_DIR to such a directory)")
+                       f"(make it yours with mode 0700, or set SAFEOPS_CACHE_DIR to one that is)")
 
 
 def secure_dir(path, create):
@@ -96,7 +96,8 @@ def secure_dir(path, create):
         try:
             os.makedirs(path, mode=0o700, exist_ok=True)
         except OSError as err:
-            raise Unavailable(f"cannot create cache directory {path}: {err.strerror or err}") from None
+            raise Unavailable(f"cannot create cache directory {path}: "
+                              f"{err.strerror or err}") from None
     real = Path(os.path.realpath(path))
     try:
         st = os.stat(real)
@@ -187,7 +188,8 @@ def is_verified(path):
 
 def write_atomic(path, text):
     """Write text to path through a private temporary file, fsync, rename (never half-written)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp",
+                               dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -328,7 +330,8 @@ def compile_into(target, cxx, commands, timeout):
     for command in commands:
         fd, tmp = tempfile.mkstemp(prefix=f".{stem}.{os.getpid()}.", suffix=".tmp", dir=directory)
         os.close(fd)
-        scratch = tempfile.mkdtemp(prefix=f".{stem}.{os.getpid()}.", suffix=".tmpdir", dir=directory)
+        scratch = tempfile.mkdtemp(prefix=f".{stem}.{os.getpid()}.", suffix=".tmpdir",
+                                   dir=directory)
         env["TMPDIR"] = scratch  # the compiler's own temporary files, removed below
         try:
             try:
