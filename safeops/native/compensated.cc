@@ -215,8 +215,12 @@ class CompensatedSumOp : public OpKernel {
     const Tensor& in = ctx->input(0);
     OP_REQUIRES_OK(ctx, CheckRank3("SafeopsCompensatedSum", in));
     const int64_t outer = in.dim_size(0), n = in.dim_size(1), inner = in.dim_size(2);
+    // [outer, inner] can overflow where n == 0 (an empty input of huge dimensions)
+    TensorShape out_shape;
+    const int64_t dims[2] = {outer, inner};
+    OP_REQUIRES_OK(ctx, ::tensorflow::TensorShapeUtils::MakeShape(dims, 2, &out_shape));
     Tensor* out = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({outer, inner}), &out));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, out_shape, &out));
     if (outer * inner == 0) return;
     const T* x = in.flat<T>().data();
     T* y = out->flat<T>().data();

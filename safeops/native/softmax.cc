@@ -236,11 +236,15 @@ class SoftmaxOp : public OpKernel {
                     "SafeopsSoftmax: input 'x' must be rank 2 [rows, n]; got shape ",
                     in.shape().DebugString()));
     const int64_t rows = in.dim_size(0), n = in.dim_size(1);
+    // [rows, 1] and [rows, 2] can overflow where n == 0 (an empty input of huge dimensions)
+    TensorShape out_shape, stats_shape;
+    const int64_t out_dims[2] = {rows, kind_ == kLogSumExp ? 1 : n}, stats_dims[2] = {rows, 2};
+    OP_REQUIRES_OK(ctx, ::tensorflow::TensorShapeUtils::MakeShape(out_dims, 2, &out_shape));
+    OP_REQUIRES_OK(ctx, ::tensorflow::TensorShapeUtils::MakeShape(stats_dims, 2, &stats_shape));
     Tensor* out = nullptr;
     Tensor* stats = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(
-                            0, TensorShape({rows, kind_ == kLogSumExp ? 1 : n}), &out));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({rows, 2}), &stats));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, out_shape, &out));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, stats_shape, &stats));
     if (rows == 0) return;
     const float* x = in.flat<float>().data();
     float* y = out->flat<float>().data();
