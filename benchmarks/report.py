@@ -412,7 +412,7 @@ def bandwidth_lines(results):
     for over, r, t, b in rows:
         base = f"{b['baseline_gbps']:.1f}" if "baseline_gbps" in b else "-"
         lines.append(f"| {r['case']} | {_dev(r)} | {t['mode']} | {t['direction']} | "
-                     f"{b['bytes'] / 1e6:.1f} | {b['safeops_gbps']:.1f} | {base} | "
+                     f"{b['bytes'] / 1e6:.3g} | {b['safeops_gbps']:.1f} | {base} | "
                      f"{b['limit']} {b['limit_gbps']:.1f} GB/s | {over:.2f}x |")
     return lines + [""]
 

@@ -404,9 +404,9 @@ def test_bandwidth_column(tmp_path):
     table = md[md.index("## Distance from the bandwidth limit"):md.index("## Results")]
     rows = [ln for ln in table.splitlines() if ln.startswith("| summation") or
             ln.startswith("| division")]
-    assert rows == ["| summation/reduce_sum/8M | CPU:0 | graph | fwd | 8.0 | 8.0 | 8.0 | "
+    assert rows == ["| summation/reduce_sum/8M | CPU:0 | graph | fwd | 8 | 8.0 | 8.0 | "
                     "read 20.0 GB/s | 2.50x |",
-                    "| division/safe_divide/4M | CPU:0 | graph | fwd+bwd | 20.0 | 6.7 | 20.0 | "
+                    "| division/safe_divide/4M | CPU:0 | graph | fwd+bwd | 20 | 6.7 | 20.0 | "
                     "copy 10.0 GB/s | 1.50x |"]
 
 
