@@ -20,6 +20,8 @@ import mpmath
 import numpy as np
 import pytest
 import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from safeops import testing
 from safeops._core import exact
@@ -39,7 +41,10 @@ def _round_exact(fr, dtype):
 
 
 def _reference(values, dtype):
-    """Correctly rounded sum of finite values (any shape, all summed)."""
+    """Correctly rounded sum of finite values (any shape, all summed); IEEE: only -0.0s give -0.0."""
+    flat = np.ravel(values).astype(np.float64)
+    if flat.size and np.all((flat == 0) & np.signbit(flat)):
+        return np.array(-0.0, _NP[dtype])
     return _round_exact(sum((Fraction(float(v)) for v in np.ravel(values)), Fraction(0)), dtype)
 
 
@@ -127,6 +132,7 @@ def test_subnormal_results_and_overflow(dtype):
         [3 * sub, -sub, sub],  # subnormal inputs
         [big, big, -big],  # overflows on the way, back within range
         [big, big, 0.0],  # the exact sum overflows: inf
+        [0.7 * big, 0.7 * big, 0.7 * big],  # overflows into the exponent field's top
         [-big, -big, 0.0],
         [big, half_ulp_max, 0.0],  # tie at the overflow threshold rounds to even: inf
         [big, half_ulp_max / 2, 0.0],  # below it: max
@@ -136,8 +142,9 @@ def test_subnormal_results_and_overflow(dtype):
     want = np.array([_reference(r, dtype) for r in x], t)
     _assert_same_bits(got, want)
     assert float(got[1]) != 0 and abs(float(got[1])) < tiny
-    assert np.isposinf(float(got[4])) and np.isneginf(float(got[5])) and np.isposinf(float(got[6]))
-    assert float(got[3]) == big and float(got[7]) == big
+    assert np.isposinf(float(got[4])) and np.isposinf(float(got[5]))
+    assert np.isneginf(float(got[6])) and np.isposinf(float(got[7]))
+    assert float(got[3]) == big and float(got[8]) == big
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -163,6 +170,22 @@ def test_empty_sum_is_positive_zero(dtype):
         want = tf.reduce_sum(x, axis).numpy()
         assert got.shape == want.shape
         _assert_same_bits(got, np.zeros(want.shape, _NP[dtype]))
+
+
+@pytest.mark.parametrize("dtype,width", [("float64", 64), ("float32", 32), ("float16", 16)])
+def test_property_any_finite_values(dtype, width):
+    """Any finite values hypothesis draws (it favours 0, subnormals, +-max and repeats)."""
+    fn = tf.function(exact.exact_reduce_sum, input_signature=[tf.TensorSpec([None], dtype)])
+
+    @settings(max_examples=40, deadline=None)
+    @given(st.lists(st.floats(width=width, allow_nan=False, allow_infinity=False),
+                    min_size=0, max_size=20))
+    def check(values):
+        x = np.array(values, _NP[dtype])
+        _assert_same_bits(fn(tf.constant(x, dtype)).numpy(),
+                          _reference(x, dtype) if len(x) else np.zeros((), _NP[dtype]))
+
+    check()
 
 
 # -------------------------------------------------------------------- invariance
@@ -269,6 +292,35 @@ def test_cumsum_flags_and_gradient_match_tf(exclusive, reverse):
             lo, lt = tf.reduce_sum(ours * w), tf.reduce_sum(theirs * w)
         _assert_same_bits(ours.numpy(), theirs.numpy())
         _assert_same_bits(tape.gradient(lo, x).numpy(), tape.gradient(lt, x).numpy())
+
+
+def test_blocked_cumsum_same_bits(monkeypatch):
+    """Long rows are scanned in blocks with exact offsets: the same bits as one block."""
+    rng = np.random.default_rng(6)
+    x = tf.constant(_wide_data(rng, 3, 20, -20, 20, "float64"))
+    whole = {(e, r): exact.exact_cumsum(x, 1, e, r).numpy() for e, r in ((False, False),
+                                                                         (True, True))}
+    monkeypatch.setattr(exact, "_BLOCK_ELEMS", 8)  # blocks of 2 elements per row
+    for (e, r), want in whole.items():
+        _assert_same_bits(exact.exact_cumsum(x, 1, e, r).numpy(), want)
+    fn = tf.function(lambda v: exact.exact_cumsum(v, 1),
+                     input_signature=[tf.TensorSpec([None, None], tf.float64)])
+    _assert_same_bits(fn(x).numpy(), whole[(False, False)])
+    assert exact.exact_cumsum(tf.zeros([0, 7]), 1).shape == (0, 7)
+
+
+def test_rows_longer_than_the_accumulator_capacity(monkeypatch):
+    """Reductions past the capacity of one accumulation are chunked and combined exactly."""
+    rng = np.random.default_rng(8)
+    x = _wide_data(rng, 2, 100, -30, 30, "float64")
+    want_sum = exact.exact_reduce_sum(tf.constant(x), [1]).numpy()
+    want_mean = exact.exact_reduce_mean(tf.constant(x), [1]).numpy()
+    monkeypatch.setattr(exact, "_MAX_TERMS", 16)  # 100 terms: 7 chunks, the last padded
+    _assert_same_bits(exact.exact_reduce_sum(tf.constant(x), [1]).numpy(), want_sum)
+    _assert_same_bits(exact.exact_reduce_mean(tf.constant(x), [1]).numpy(), want_mean)
+    _assert_same_bits(want_sum, [math.fsum(r) for r in x])
+    negzero = exact.exact_reduce_sum(tf.constant([-0.0] * 40)).numpy()
+    assert negzero == 0 and np.signbit(negzero)  # the -0.0 padding is not counted
 
 
 def test_sum_and_mean_gradients_match_tf():

@@ -62,6 +62,11 @@ __all__ = [
 ]
 
 _MASK32 = (1 << 32) - 1
+# Terms per accumulation: limbs below 2**32 in magnitude cannot overflow an int64 digit.
+# Longer (static) reductions are cut into chunks whose states are combined.
+_MAX_TERMS = 1 << 31
+# Elements whose prefix states a blocked cumsum holds at once (each J + 5 int64).
+_BLOCK_ELEMS = 1 << 16
 _NCOUNT = 5  # NaN, +inf, -inf, -0.0, terms
 _NAN, _PINF, _NINF, _NEGZERO, _COUNT = range(5)
 
@@ -208,19 +213,48 @@ def _with_count(acc, count, fmt):
     return tf.concat([digits, acc[..., fmt.digits:], count[..., None]], -1)
 
 
+def _state_rows(y, fmt):
+    """Normalized [outer, J + 5] states of the rows of y [outer, n] (n <= _MAX_TERMS)."""
+    limbs, slot = _decompose(y, fmt)
+    static_outer = y.shape[0]
+    # segment ids row * (J + 4) + digit: int64 once they could pass int32's range
+    big = static_outer is None or static_outer * (fmt.digits + 4) >= 2 ** 31
+    itype = tf.int64 if big else tf.int32
+    outer = static_outer if static_outer is not None else tf.shape(y, out_type=itype)[0]
+    if static_outer == 1:
+        group = tf.zeros_like(slot, itype)
+    else:
+        group = tf.broadcast_to(tf.range(outer, dtype=itype)[:, None], tf.shape(slot, itype))
+    acc = _accumulate(limbs, slot, group, outer, fmt)
+    return _with_count(acc, tf.shape(y)[1], fmt)
+
+
+def _chunked_state(y, fmt):
+    """`_state_rows` for rows longer than _MAX_TERMS: chunks whose states are combined.
+
+    The rows are padded with -0.0 (which changes no sum), and the padding is
+    taken out of the counts afterwards."""
+    n = y.shape[1]
+    k = -(-n // _MAX_TERMS)
+    pad = k * _MAX_TERMS - n
+    # a tensor: tf.pad takes a Python -0.0 (== 0) for "no constant" and pads +0.0
+    y = tf.pad(y, [[0, 0], [0, pad]], constant_values=tf.constant(-0.0, y.dtype))
+    states = tf.reshape(_state_rows(tf.reshape(y, [-1, _MAX_TERMS]), fmt),
+                        [-1, k, fmt.digits + _NCOUNT])
+    total = combine_states(states, axis=1)
+    fix = [0] * (fmt.digits + _NCOUNT)
+    fix[fmt.digits + _NEGZERO] = -pad
+    fix[fmt.digits + _COUNT] = -pad
+    return total + tf.constant(fix, tf.int64)
+
+
 def _sum_state_2d(x, axis):
     """[outer, J + 5] states of x reduced over `axis`, and the plain and keepdims output shapes."""
     fmt = _format(x.dtype)
     y, plain, keep = _to_2d(x, None if axis is None else sorted(axis))
-    limbs, slot = _decompose(y, fmt)
-    static_outer = y.shape[0]
-    outer = static_outer if static_outer is not None else tf.shape(y)[0]
-    if static_outer == 1:
-        group = tf.zeros_like(slot)
-    else:
-        group = tf.broadcast_to(tf.range(outer, dtype=tf.int32)[:, None], tf.shape(slot))
-    acc = _accumulate(limbs, slot, group, outer, fmt)
-    return _with_count(acc, tf.shape(y)[1], fmt), plain, keep
+    if y.shape[1] is not None and y.shape[1] > _MAX_TERMS:
+        return _chunked_state(y, fmt), plain, keep
+    return _state_rows(y, fmt), plain, keep
 
 
 def sum_state(x, axis=None, keepdims=False):
@@ -303,7 +337,7 @@ def exact_segment_state(data, segment_ids, num_segments, counts):
 # ----------------------------------------------------------------------------- normalization
 
 def _normalize(d):
-    """Carry-propagate [..., K] int64 digits (|d| < 2**62) to two's complement:
+    """Carry-propagate [..., K] int64 digits (|d| <= 2**63 - 2**31) to two's complement:
     digits in [0, 2**32) with the top digit signed (and holding the carry).
 
     A scan over the digits (a while loop, also under XLA: the compiled
@@ -393,10 +427,13 @@ def _round_bits(mag, base, sticky_in, fmt):
     odd = tf.bitwise.bitwise_and(q, one) != 0
     up = (rem > half) | ((rem == half) & (sticky | odd))
     q = q + tf.cast(up, tf.int64)
-    inf_bits = ((1 << fmt.ebits) - 1) << (p - 1)
-    exp_part = tf.minimum(lsb - fmt.emin_sub, (1 << fmt.ebits))  # no int64 overflow below
-    bits = tf.minimum(tf.bitwise.left_shift(exp_part, tf.constant(p - 1, tf.int64)) + q,
-                      tf.constant(inf_bits, tf.int64))
+    inf_bits = tf.constant(((1 << fmt.ebits) - 1) << (p - 1), tf.int64)
+    # exponent field - 1 of the result; from 2**ebits - 2 on, the value is >= 2**(emax + 1)
+    exp_part = lsb - fmt.emin_sub
+    overflow = exp_part >= (1 << fmt.ebits) - 2
+    exp_part = tf.minimum(exp_part, (1 << fmt.ebits) - 3)  # keeps the sum below inf_bits
+    bits = tf.bitwise.left_shift(exp_part, tf.constant(p - 1, tf.int64)) + q
+    bits = tf.where(overflow, tf.fill(tf.shape(bits), inf_bits), tf.minimum(bits, inf_bits))
     return tf.where(zero, tf.zeros_like(bits), bits)
 
 
@@ -558,19 +595,47 @@ def exact_reduce_mean(x, axis=None, keepdims=False):
     return impl(x)
 
 
-def _prefix_states(y, fmt, exclusive, reverse):
-    """[outer, n] values -> [outer, n, J + 5] states of every prefix (exact int64 scans)."""
+def _prefix_states(y, fmt, exclusive):
+    """[outer, n] values -> [outer, n, J + 5] un-normalized states of every prefix (int64 scans)."""
     limbs, slot = _decompose(y, fmt)
     width = fmt.digits + 4
     dense = None
     for l in range(fmt.limbs):  # limb l lands l digits up; counters have limbs 1.. zero
         part = tf.one_hot(slot + l, width, dtype=tf.int64) * limbs[..., l:l + 1]
         dense = part if dense is None else dense + part
-    dense = tf.cumsum(dense, axis=1, exclusive=exclusive, reverse=reverse)
-    ones = tf.ones_like(slot, tf.int64)
-    count = tf.cumsum(ones, axis=1, exclusive=exclusive, reverse=reverse)
-    digits = _normalize(dense[..., :fmt.digits])
-    return tf.concat([digits, dense[..., fmt.digits:], count[..., None]], -1)
+    dense = tf.cumsum(dense, axis=1, exclusive=exclusive)
+    count = tf.cumsum(tf.ones_like(slot, tf.int64), axis=1, exclusive=exclusive)
+    return tf.concat([dense, count[..., None]], -1)
+
+
+def _cumsum_rows(y, fmt, exclusive):
+    """Correctly rounded prefix sums of the rows of y [outer, n].
+
+    Long rows are cut into blocks: the blocks' exact states (one scatter)
+    give each block its offset by an exclusive int64 scan, and the blocks'
+    prefix states are formed and rounded one block at a time, so memory
+    stays at about _BLOCK_ELEMS * (J + 5) int64."""
+    outer, n = y.shape[0], y.shape[1]
+    block = max(1, _BLOCK_ELEMS // outer) if outer else 1024
+    if n is not None and n <= block:
+        return state_to_sum(normalize_state(_prefix_states(y, fmt, exclusive)), fmt.dtype)
+    length = tf.shape(y)[1]
+    nb = (length + block - 1) // block
+    y = tf.pad(y, [[0, 0], [0, nb * block - length]])
+    blocks = tf.reshape(y, tf.stack([-1, nb, block]))
+    totals = tf.reshape(_state_rows(tf.reshape(blocks, [-1, block]), fmt),
+                        tf.stack([-1, nb, fmt.digits + _NCOUNT]))
+    offsets = tf.cumsum(totals, axis=1, exclusive=True)
+
+    def one(args):
+        blk, off = args
+        return state_to_sum(normalize_state(_prefix_states(blk, fmt, exclusive) + off[:, None]),
+                            fmt.dtype)
+
+    out = tf.map_fn(one, (tf.transpose(blocks, [1, 0, 2]), tf.transpose(offsets, [1, 0, 2])),
+                    fn_output_signature=tf.TensorSpec(None, fmt.dtype))
+    out = tf.reshape(tf.transpose(out, [1, 0, 2]), tf.stack([-1, nb * block]))
+    return out[:, :length]
 
 
 def exact_cumsum(x, axis, exclusive=False, reverse=False):
@@ -579,8 +644,8 @@ def exact_cumsum(x, axis, exclusive=False, reverse=False):
     Each prefix's exact sum is an exact int64 scan of the per-element digits;
     each is rounded once. Gradient: `exact_cumsum` of the upstream gradient
     in the opposite direction (as `tf.cumsum`'s). Memory: J + 5 int64 per
-    element while it runs (J = `num_digits`: 4 for float16, 11 for bfloat16
-    and float32, 68 for float64).
+    element of a block of about 2**16 elements at a time (J = `num_digits`:
+    4 for float16, 11 for bfloat16 and float32, 68 for float64).
     """
     _check(x, "exact_cumsum")
     fmt = _format(x.dtype)
@@ -592,8 +657,14 @@ def exact_cumsum(x, axis, exclusive=False, reverse=False):
         moved = v if perm == list(range(rank)) else tf.transpose(v, perm)
         shape = tf.shape(moved)
         y = tf.reshape(moved, tf.stack([-1, shape[-1]]))
-        states = _prefix_states(y, fmt, exclusive, reverse)
-        out = tf.reshape(state_to_sum(states, v.dtype), shape)
+        y.set_shape([None if None in moved.shape[:-1] else
+                     math.prod(moved.shape[:-1]), moved.shape[-1]])
+        if reverse:
+            y = tf.reverse(y, [1])
+        out = _cumsum_rows(y, fmt, exclusive)
+        if reverse:
+            out = tf.reverse(out, [1])
+        out = tf.reshape(out, shape)
         inv = [perm.index(i) for i in range(rank)]
         out = out if perm == list(range(rank)) else tf.transpose(out, inv)
 
