@@ -17,6 +17,9 @@ __all__ = ["aa_verdict", "annotate_bandwidth", "bandwidth_lines", "bar_summary",
 
 SCHEMA = 2
 
+# the A/A check's ratio must lie in this range for the run's timings to count
+AA_RANGE = (0.9, 1.1)
+
 
 def _fmt_time(s):
     if s is None:
@@ -58,7 +61,7 @@ def progress_line(result, done, total, case_s, elapsed, eta):
 
 # -- the A/A gate and the judging of targets ---------------------------------------------------
 
-def aa_verdict(aa_results, low=0.9, high=1.1):
+def aa_verdict(aa_results, low=AA_RANGE[0], high=AA_RANGE[1]):
     """Whether the A/A checks pass: ``(reliable, reasons)``.
 
     Every timing row of every A/A result must have its median ratio within [low, high];
