@@ -250,7 +250,8 @@ class _Compensated:
             path = getattr(reference_variable, "path", None) or \
                 str(reference_variable.name).replace(":", "_")
             ref = getattr(reference_variable, "value", reference_variable)
-            with self._distribution_strategy.extended.colocate_vars_with(ref):
+            strategy = keras_compat.optimizer_distribution_strategy(self)
+            with strategy.extended.colocate_vars_with(ref):
                 return keras.optimizers.Optimizer.add_variable(
                     self, shape=reference_variable.shape, initializer=initializer,
                     dtype="float32", name=f"{path.replace('/', '_')}_{name}")
@@ -291,7 +292,7 @@ class _Compensated:
                 distribution.extended.update(variable, decay, group=False)
 
         tf.__internal__.distribute.interim.maybe_merge_call(
-            distributed, self._distribution_strategy, compensated)
+            distributed, keras_compat.optimizer_distribution_strategy(self), compensated)
 
     # -- the one mechanism ----------------------------------------------------------
     def _working(self, variable):
@@ -500,8 +501,9 @@ class Nadam(_Compensated, keras.optimizers.Nadam):
             # factors ~0.9 loses 2**-9 per step. Swap in a float32 one at the same place of
             # the tracked variables (set without the tracker, which would append it again).
             new = keras.Variable(1.0, dtype="float32", trainable=False, name=old.name)
-            position = next(i for i, v in enumerate(self._variables) if v is old)
-            self._variables[position] = new
+            tracked = keras_compat.optimizer_own_variables(self)
+            position = next(i for i, v in enumerate(tracked) if v is old)
+            tracked[position] = new
             vars(self)["_u_product"] = new
 
 

@@ -21,6 +21,8 @@ __all__ = [
     "check_touchpoints",
     "get_keras_logits",
     "get_keras_mask",
+    "optimizer_distribution_strategy",
+    "optimizer_own_variables",
     "optimizer_trainable_variables",
     "optimizer_variable_index",
     "optimizer_variable_key",
@@ -30,7 +32,8 @@ __all__ = [
 ]
 
 # (kind, target, used by). kind "module_attr": `target` is "module:attribute";
-# "class_attr": "keras.path.Class.attribute" reached on instances.
+# "class_attr": "keras.path.Class.attribute" (a method safeops calls or overrides);
+# "instance_attr": an attribute of a built instance of that class.
 TOUCHPOINTS = (
     ("module_attr", "keras.src.backend:get_keras_mask", "losses (masks)"),
     ("module_attr", "keras.src.backend:set_keras_mask", "losses (ignore_class)"),
@@ -40,6 +43,19 @@ TOUCHPOINTS = (
     ("class_attr", "keras.optimizers.Optimizer._var_key", "optimizers"),
     ("class_attr", "keras.optimizers.Optimizer._overwrite_variable_with_gradient",
      "optimizers, mixed_precision"),
+    ("class_attr", "keras.optimizers.Optimizer._clip_gradients", "optimizers (overridden)"),
+    ("class_attr", "keras.optimizers.Optimizer._apply_weight_decay", "optimizers (overridden)"),
+    ("class_attr", "keras.optimizers.Optimizer._use_weight_decay", "optimizers"),
+    ("class_attr", "keras.optimizers.LossScaleOptimizer._stateful_handle_finite_grads",
+     "mixed_precision (overridden)"),
+    ("class_attr", "keras.optimizers.LossScaleOptimizer._stateful_handle_non_finite_grads",
+     "mixed_precision (overridden)"),
+    ("class_attr", "keras.optimizers.LossScaleOptimizer._tf_apply", "mixed_precision (overridden)"),
+    ("class_attr", "keras.optimizers.LossScaleOptimizer._common_apply",
+     "mixed_precision (overridden)"),
+    ("instance_attr", "keras.optimizers.Nadam._u_product", "optimizers.Nadam"),
+    ("instance_attr", "keras.optimizers.Nadam._variables", "optimizers.Nadam"),
+    ("instance_attr", "keras.optimizers.SGD._distribution_strategy", "optimizers (slots)"),
     ("class_attr", "keras.layers.Dense._int8_build", "layers.CompensatedDense (quantize)"),
     ("class_attr", "keras.layers.Dense._float8_build", "layers.CompensatedDense (quantize)"),
     ("class_attr", "keras.layers.Dense._int4_build", "layers.CompensatedDense (quantize)"),
@@ -87,6 +103,16 @@ def optimizer_trainable_variables(optimizer):
     return optimizer._trainable_variables
 
 
+def optimizer_distribution_strategy(optimizer):
+    """The tf.distribute strategy Keras's TF optimizer captured at construction."""
+    return optimizer._distribution_strategy
+
+
+def optimizer_own_variables(optimizer):
+    """The optimizer's tracked variable list (a mutable list; order is the save order)."""
+    return optimizer._variables
+
+
 def overwrite_with_gradient(variable):
     """Whether Keras overwrites `variable` with its "gradient" (float8 scales)."""
     return bool(getattr(variable, "overwrite_with_gradient", False))
@@ -99,6 +125,12 @@ def check_touchpoints():
         try:
             if kind == "module_attr":
                 _module_attr(target)
+            elif kind == "instance_attr":
+                path, attr = target.rsplit(".", 1)
+                module, cls = path.rsplit(".", 1)
+                instance = getattr(importlib.import_module(module), cls)()
+                instance.build([keras.Variable(1.0)])
+                getattr(instance, attr)
             else:
                 path, attr = target.rsplit(".", 1)
                 module, cls = path.rsplit(".", 1)
