@@ -97,6 +97,21 @@ def test_a_parent_writable_by_others_is_refused_unless_sticky_and_roots(tmp_path
             _build.secure_dir(shared / "cache", create=False)
 
 
+@pytest.mark.skipif(not _ROOT or _nobody() is None, reason="needs root to change a group")
+def test_group_writable_only_by_a_private_group(tmp_path):
+    """Group write is harmless where no other user is in the group (user-private groups)."""
+    d = tmp_path / "cache"
+    d.mkdir()
+    d.chmod(0o770)
+    os.chown(d, os.geteuid(), _nobody().pw_gid)  # nobody's group: another user is in it
+    with pytest.raises(_build.Unavailable, match="writable by other users"):
+        _build.secure_dir(d, create=False)
+    os.chown(d, os.geteuid(), os.getegid())
+    if not _build._group_is_private(os.getegid()):  # noqa: SLF001
+        pytest.skip("this user's group has other members")
+    assert _build.secure_dir(d, create=False) == d.resolve()
+
+
 def test_a_link_is_checked_where_it_points(tmp_path):
     real = tmp_path / "real"
     real.mkdir()
