@@ -287,11 +287,17 @@ def wrap_model(model, dense=False):
     def replace(layer, path):
         return _swap_layer(layer, path, report, dense)
 
-    new_model, pairs = _rewrite.rewrite(model, replace, op=_OP)
+    def persist(layer, swaps):
+        return _layers.SwappedSublayers(layer, [
+            {"path": chain, "class_name": keras.saving.get_registered_name(cls)}
+            for chain, cls in swaps])
+
+    new_model, pairs = _rewrite.rewrite(model, replace, op=_OP, on_swapped=persist)
     for old, fresh, path in pairs:
         _rewrite.copy_weights(old, fresh, _OP)
-        if _rewrite.is_user_layer(fresh):
-            _unswapped_sublayers(fresh, path, report)
+        inner = fresh.layer if isinstance(fresh, _layers.SwappedSublayers) else fresh
+        if _rewrite.is_user_layer(inner):
+            _unswapped_sublayers(inner, path, report)
     if getattr(model, "compiled", False) and hasattr(model, "_compile_config"):
         _recompile(model, new_model, report)
     _mixed_note(model, report)

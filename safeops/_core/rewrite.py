@@ -20,8 +20,8 @@ of them, so a Keras release that moves them fails there, loudly.
 import keras
 from keras.src.models.functional import Functional
 
-__all__ = ["RewriteError", "check_model", "copy_weights", "is_graph_model", "is_user_layer",
-           "rewrite", "sublayers"]
+__all__ = ["RewriteError", "apply_swaps", "check_model", "copy_weights", "is_graph_model",
+           "is_user_layer", "rewrite", "sublayers"]
 
 
 class RewriteError(ValueError):
@@ -118,10 +118,15 @@ def _replace_tracked(parent, attr, index, old, new):
             tracker.lock()
 
 
-def _swap_sublayers(layer, replace, path, op):
-    """Offer each sublayer of a user's (unbuilt) layer to `replace`; descend into user layers."""
+def _swap_sublayers(layer, replace, path, op, chain=()):
+    """Offer each sublayer of a user's (unbuilt) layer to `replace`; descend into user layers.
+
+    Returns the swaps made: ``[(chain, new class)]`` with ``chain`` the list of
+    ``[attribute, index or None]`` steps from `layer` to the sublayer."""
+    swaps = []
     for attr, index, sub in sublayers(layer):
         sub_path = f"{path}/{sub.name}"
+        step = chain + ([attr, index],)
         new = replace(sub, sub_path)
         if new is not None:
             if sub.built:
@@ -130,8 +135,35 @@ def _swap_sublayers(layer, replace, path, op):
                     f"rebuilt '{layer.name}' builds it in its constructor, before its weights "
                     "could be copied")
             _replace_tracked(layer, attr, index, sub, new)
+            swaps.append((list(step), type(new)))
         elif is_user_layer(sub):
-            _swap_sublayers(sub, replace, sub_path, op)
+            swaps += _swap_sublayers(sub, replace, sub_path, op, step)
+    return swaps
+
+
+def apply_swaps(layer, swaps, op):
+    """Replay recorded swaps on a freshly built-from-config (unbuilt) `layer`.
+
+    Args:
+      layer: the user layer.
+      swaps: ``[(chain, class)]`` as returned by the rewrite: each sublayer at
+        ``chain`` is replaced by ``class.from_config(sublayer.get_config())``.
+      op: the public name used in error messages.
+    """
+    for chain, cls in swaps:
+        parent = layer
+        for attr, index in chain[:-1]:
+            parent = getattr(parent, attr)
+            if index is not None:
+                parent = parent[index]
+        attr, index = chain[-1]
+        sub = getattr(parent, attr, None)
+        if index is not None and sub is not None:
+            sub = sub[index]
+        if not isinstance(sub, keras.layers.Layer):
+            raise RewriteError(f"{op}: layer '{layer.name}' ({type(layer).__name__}) has no "
+                               f"sublayer at {chain!r} to swap")
+        _replace_tracked(parent, attr, index, sub, cls.from_config(sub.get_config()))
 
 
 def copy_weights(old, new, op):
@@ -148,7 +180,7 @@ def copy_weights(old, new, op):
         b.assign(keras.ops.cast(a.value, b.dtype))
 
 
-def rewrite(model, replace, *, op, call_function=None, swap_sublayers=True):
+def rewrite(model, replace, *, op, call_function=None, swap_sublayers=True, on_swapped=None):
     """Clone `model` with each layer replaced by ``replace(layer, path)`` or rebuilt from config.
 
     Args:
@@ -163,6 +195,9 @@ def rewrite(model, replace, *, op, call_function=None, swap_sublayers=True):
         call each new layer (Functional graphs; a Sequential model is then
         rebuilt as a Functional one).
       swap_sublayers: offer sublayers of user layers to `replace`.
+      on_swapped: ``(layer, swaps) -> layer`` called for a user layer whose
+        sublayers were swapped (e.g. to wrap it in a layer that records the
+        swaps in its config, so that they survive saving).
 
     Returns:
       ``(new_model, pairs)``: the clone (no weights copied yet) and
@@ -205,7 +240,9 @@ def rewrite(model, replace, *, op, call_function=None, swap_sublayers=True):
             if new is None:
                 new = _rebuild(layer, op)
                 if swap_sublayers and is_user_layer(layer):
-                    _swap_sublayers(new, replace, path, op)
+                    swaps = _swap_sublayers(new, replace, path, op)
+                    if swaps and on_swapped is not None:
+                        new = on_swapped(new, swaps)
             pairs.append((layer, new, path))
         memo[id(layer)] = new
         return new

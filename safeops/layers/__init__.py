@@ -16,6 +16,7 @@ from safeops.layers.stable_multi_head_attention import StableMultiHeadAttention
 from safeops.layers.stable_rms_normalization import StableRMSNormalization
 from safeops.layers.stable_softmax import StableSoftmax, stable_softmax
 from safeops.layers.stable_unit_normalization import StableUnitNormalization
+from safeops.layers.swapped_sublayers import SwappedSublayers
 
 __all__ = [
     "CompensatedDense",
@@ -29,5 +30,6 @@ __all__ = [
     "StableRMSNormalization",
     "StableSoftmax",
     "StableUnitNormalization",
+    "SwappedSublayers",
     "stable_softmax",
 ]
