@@ -57,7 +57,11 @@ def _clip_norm_tensor(op, clip_norm, dtype):
     # first, clipping float64 tensors to a norm 1e-8 off); tensors of any real
     # dtype are cast, as TF does; a negative value raises (statically, else by
     # an assert) where TF silently returns zeros.
-    return args.param(op, "clip_norm", clip_norm, dtype, "nonnegative", cast=True)
+    c = args.param(op, "clip_norm", clip_norm, dtype, "nonnegative", cast=True)
+    n = c.shape.num_elements()
+    if n is not None and n != 1:  # TF: a shape error (ValueError) for such a clip_norm
+        raise ValueError(f"{op}: argument 'clip_norm' must be a scalar; got shape {c.shape}")
+    return tf.reshape(c, [])
 
 
 def _tiny(dtype):
@@ -218,10 +222,14 @@ def clip_by_norm(t, clip_norm, axes=None, name=None, nonfinite="propagate"):
     norm) (|g_i| + |u_i| sum_j |g_j u_j|)`` (tested; 2-3 element slices).
 
     dtypes: float16, bfloat16 (computed in float32), float32, float64; output
-    dtype = input dtype. `clip_norm` is cast to the compute dtype.
+    dtype = input dtype. `clip_norm` (a number or a scalar tensor of any real
+    dtype) is cast to the compute dtype. An IndexedSlices is clipped through
+    its values and returned as IndexedSlices (dense_shape kept, also when
+    absent), as TF does. Any rank (TF's kernels stop at rank 8: higher ranks
+    are clipped as a matrix of the norm axes).
 
     Args:
-      t: float tensor.
+      t: float tensor or IndexedSlices.
       clip_norm: scalar >= 0.
       axes: None (whole tensor) or axes along which norms are taken.
       name: optional name scope.
@@ -232,8 +240,11 @@ def clip_by_norm(t, clip_norm, axes=None, name=None, nonfinite="propagate"):
       The clipped tensor, shape and dtype of `t`.
 
     Raises:
-      TypeError: non-float t (message names the op and argument 't').
-      ValueError: negative clip_norm or unknown policy.
+      InvalidArgumentError, TypeError: non-float t (TF's pair; one exception
+        that is both, naming the op and argument 't').
+      ValueError: negative or non-scalar clip_norm (a negative tensor value
+        known only when the graph runs: InvalidArgumentError from an assert),
+        or an unknown policy.
 
     Example:
       >>> so.clip_by_norm([3e19, 4e19], 1.).numpy()   # tf.clip_by_norm: [0, 0]
@@ -394,8 +405,12 @@ def clip_by_global_norm(t_list, clip_norm, use_norm=None, name=None, nonfinite="
     Non-finite entries: see the module doc ("propagate" = TF; "zero";
     "skip": all outputs zero, returned norm non-finite).
 
+    IndexedSlices entries are clipped through their values and stay
+    IndexedSlices, with or without dense_shape, as TF's.
+
     Args:
-      t_list: a list/tuple of float tensors (None entries are passed through).
+      t_list: a list/tuple of float tensors or IndexedSlices (None entries are
+        passed through).
       clip_norm: scalar >= 0.
       use_norm: optional precomputed global norm.
       name: optional name scope.

@@ -185,19 +185,25 @@ def divide_no_nan(x, y, name=None):
     ``-(g / y) * q`` it would also be NaN for x = 0 over a float16 subnormal
     y). Never NaN for non-NaN inputs.
 
-    dtypes: float16, bfloat16, float32, float64 (same dtype for x and y);
-    output has that dtype.
+    dtypes: float16, bfloat16, float32, float64 as above (same dtype for x
+    and y, Python numbers take the tensor's); output has that dtype. Complex
+    inputs: the quotient with each of its real and imaginary parts within ~1
+    ulp (complex64 formed in float64; complex128 from exact products in
+    double-double, scaled by powers of two so nothing overflows or
+    underflows; TF's kernel can lose the digits of a part that cancels), 0
+    where y == 0; gradient as TF's. Integer inputs: TF's op itself (its
+    float64 or float32 result). RaggedTensor inputs keep their structure.
 
     Args:
-      x: numerator, float tensor.
-      y: denominator, float tensor broadcastable with `x`.
+      x: numerator, tensor.
+      y: denominator, tensor broadcastable with `x`.
       name: optional name scope.
 
     Returns:
-      The broadcast quotient, same dtype as `x`.
+      The broadcast quotient (float32 or float64 for integer inputs, as TF).
 
     Raises:
-      TypeError: integer, bool or mismatched dtypes.
+      TypeError: bool or mismatched dtypes (as TF).
       InvalidArgumentError: incompatible shapes.
 
     Example:

@@ -326,11 +326,12 @@ def softplus(features, name=None):
     1 at +inf, 0.5 at 0.
 
     dtypes: float16, bfloat16 (computed in float32), float32, float64; output in
-    the input dtype. Other dtypes: TypeError naming the op and argument
-    (`tf.math.softplus` raises for integers too).
+    the input dtype. Other dtypes: TF's error pair (InvalidArgumentError eagerly,
+    TypeError in graphs; one exception that is both) naming the op and argument.
+    A RaggedTensor gives a RaggedTensor, as TF's op.
 
     Args:
-      features: float tensor.
+      features: float tensor or RaggedTensor.
       name: optional name scope.
 
     Returns:
@@ -384,11 +385,12 @@ def log_sigmoid(x, name=None):
     Gradient: ``sigmoid(-x) = 1 - sigmoid(x)``: 1 at -inf, 0 at +inf, 0.5 at 0.
 
     dtypes: float16, bfloat16 (computed in float32), float32, float64; output in
-    the input dtype. Other dtypes: TypeError naming the op and argument
-    (`tf.math.log_sigmoid` raises for integers too).
+    the input dtype. Other dtypes: TF's error pair (InvalidArgumentError eagerly,
+    TypeError in graphs; one exception that is both) naming the op and argument.
+    A RaggedTensor gives a RaggedTensor, as TF's op.
 
     Args:
-      x: float tensor.
+      x: float tensor or RaggedTensor.
       name: optional name scope.
 
     Returns:

@@ -43,17 +43,19 @@ def sqrt(x, name=None):
     x < 0 (where the value is NaN).
 
     dtypes: float16, bfloat16, float32, float64 (TF's kernel in each); output in
-    the input dtype. Other dtypes: TypeError naming the op and argument.
+    the input dtype. complex64/complex128: TF's op and gradient unchanged.
+    SparseTensor and RaggedTensor inputs give the same type back, as TF's.
 
     Args:
-      x: float tensor (float16, bfloat16, float32, float64).
+      x: floating or complex tensor (or SparseTensor, RaggedTensor).
       name: optional name scope.
 
     Returns:
-      A tensor of the same dtype and shape.
+      A tensor of the same type, dtype and shape.
 
     Raises:
-      TypeError: if x is not a float tensor (TF raises for integers too).
+      InvalidArgumentError, TypeError: integer or bool x (TF's pair: one
+        exception that is both, naming the op and the argument).
 
     Example:
       >>> with tf.GradientTape() as t:
@@ -239,7 +241,9 @@ def safe_log(x, eps=None, name=None):
 
     Raises:
       TypeError: if x is not a float tensor.
-      ValueError: if eps is a Python number that is not > 0.
+      ValueError: if eps is not > 0 (a number or a tensor known when the op is
+        built; otherwise an assert raises InvalidArgumentError when it runs, so
+        the result is never -inf).
 
     Example:
       >>> so.safe_log(0.).numpy()   # tf.math.log(0.) is -inf

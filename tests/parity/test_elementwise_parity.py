@@ -340,6 +340,15 @@ def test_clip_by_norm_axes(axes):
         _assert_like(ours, theirs, 1)
 
 
+def test_clip_by_norm_bad_clip_norm_shape():
+    x = tf.constant([-3.0, 0.0, 0.0, 4.0, 0.0, 0.0], shape=[2, 3, 1])
+    clip = tf.constant([1.0, 2.0])
+    _same_outcome(lambda: so.clip_by_norm(x, clip), lambda: tf.clip_by_norm(x, clip))
+    ours, theirs = _same_outcome(lambda: so.clip_by_norm(x, tf.constant([4.0])),
+                                 lambda: tf.clip_by_norm(x, tf.constant([4.0])))
+    _assert_like(ours, theirs, 1)
+
+
 def test_clip_by_norm_indexed_slices():
     values = tf.constant([[3.0, 4.0], [6.0, 8.0]])
     for slices in (tf.IndexedSlices(values, tf.constant([0, 5])),
