@@ -182,6 +182,10 @@ class DynamicLossScale:
     def __call__(self):
         return self.scale
 
+    def __float__(self):
+        """The current scale as a Python float (``float(opt.loss_scale)``)."""
+        return float(self.scale)
+
     good_steps = property(lambda self: tf.convert_to_tensor(self._var("good_steps")))
     steps = property(lambda self: tf.convert_to_tensor(self._var("steps")))
     skipped_steps = property(lambda self: tf.convert_to_tensor(self._var("skipped_steps")))

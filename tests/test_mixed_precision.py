@@ -331,3 +331,10 @@ def test_gradient_tape_recipe():
     assert float(w) == 0.0
     step2(tf.constant(60000.0))  # 60000 * 2**15 overflows float16: skipped
     assert float(w) == 0.0 and int(ls.skipped_steps) == 1 and float(ls.scale) == 2.0**14
+
+
+def test_loss_scale_reads_as_a_number():
+    opt = mp.LossScaleOptimizer(keras.optimizers.SGD(), initial_scale=512.0)
+    assert float(opt.loss_scale) == 512.0
+    opt.loss_scale.update(False)
+    assert float(opt.loss_scale) == 256.0 == float(opt.dynamic_scale)
