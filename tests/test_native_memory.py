@@ -1,6 +1,7 @@
 """The fused reductions hold their output plus a bounded workspace, for every axis layout,
 and give exact sums in each of their work partitions."""
 
+import json
 import subprocess
 import sys
 
@@ -40,7 +41,6 @@ def _peak(env):
                           text=True, check=False, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-    import json  # noqa: PLC0415
     return json.loads(line[len("RESULT "):])
 
 
