@@ -183,7 +183,177 @@ def test_bad_input_raises():
         def call(self, x):
             return x
 
-    with pytest.raises(TypeError, match=r"wrap_model.*'model'.*Sequential and Functional"):
+    with pytest.raises(TypeError, match=r"wrap_model.*'model'.*Sequential or Functional.*Sub"):
         so.wrap_model(Sub())
     with pytest.raises(TypeError, match=r"wrap_model.*'model'"):
         so.wrap_model(keras.layers.Dense(2))
+
+
+# ---------------------------------------------------------------------------
+# Rewriting by Keras's own cloning
+# ---------------------------------------------------------------------------
+
+def test_residual_op_node_issue_case():
+    """A residual `x + y` (an op node, not a layer) used to raise AttributeError."""
+    inp = keras.Input((8,))
+    model = keras.Model(inp, keras.layers.Dense(3)(keras.layers.Dense(8)(inp) + inp))
+    new, report = so.wrap_model(model)
+    x = np.random.default_rng(7).standard_normal((4, 8)).astype(np.float32)
+    np.testing.assert_array_equal(new(x).numpy(), model(x).numpy())  # nothing swapped
+    assert len(report.kept) == 2 and not report.replaced
+    qmodel = so.quantization.quantize_model(model)
+    assert {c for _, c in so.quantization.quantization_report(qmodel).quantized} == {"Dense"}
+    # keras.ops calls and a TF op inside a Lambda
+    inp = keras.Input((8,))
+    h = keras.ops.tanh(keras.layers.Dense(8)(inp))
+    h = keras.layers.Lambda(lambda t: tf.math.log1p(tf.abs(t)))(h)
+    model = keras.Model(inp, keras.layers.LayerNormalization()(h * 2.0))
+    new, report = so.wrap_model(model)
+    np.testing.assert_allclose(new(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-6)
+    so.quantization.quantize_model(model)
+
+
+def test_softmax_output_loss_recovers_logits_issue_case():
+    """Logits [60, 0, -60], label 2: the loss is 120 with gradient [1, 0, -1] after wrapping
+    (StableSoftmax was a second softmax the losses could not read logits from: 16.118, 0)."""
+    inp = keras.Input((3,))
+    model = keras.Model(inp, keras.layers.Softmax()(inp))
+    model.compile("sgd", "categorical_crossentropy")
+    new, _ = so.wrap_model(model)
+    z = tf.constant([[60.0, 0.0, -60.0]])
+    y = tf.constant([[0.0, 0.0, 1.0]])
+    for m in (model, new):
+        with tf.GradientTape() as tape:
+            tape.watch(z)
+            loss = m.compute_loss(x=z, y=y, y_pred=m(z))
+        grad = tape.gradient(loss, z).numpy()
+        # exact: 120 + log1p(e^-60 + e^-120); gradient softmax(z) - y = [1, e^-60, -1]
+        assert float(loss) == pytest.approx(120.0, rel=1e-7)
+        np.testing.assert_allclose(grad, [[1.0, np.exp(-60.0), -1.0]], rtol=1e-6, atol=0)
+        assert m.evaluate(z.numpy(), y.numpy(), verbose=0) == pytest.approx(120.0, rel=1e-7)
+
+
+def test_mixed_float16_compiled_and_uncompiled_reports():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        inp = keras.Input((4,))
+        model = keras.Model(inp, keras.layers.Dense(3, activation="softmax")(inp))
+        new, report = so.wrap_model(model)  # not compiled: the report says what to do
+        assert "so.mixed_precision.LossScaleOptimizer" in report.mixed_precision
+        model.compile(keras.optimizers.SGD(0.1), "sparse_categorical_crossentropy")
+        assert type(model.optimizer) is keras.optimizers.LossScaleOptimizer  # Keras's own
+        new, report = so.wrap_model(model)
+        assert isinstance(new.optimizer, so.mixed_precision.LossScaleOptimizer)
+        assert isinstance(new.optimizer.inner_optimizer, keras.optimizers.SGD)
+        assert "LossScaleOptimizer" in str(report) and "mixed precision:" in str(report)
+        x = np.random.default_rng(8).standard_normal((8, 4)).astype(np.float32)
+        hist = new.fit(x, np.arange(8) % 3, epochs=1, verbose=0)
+        assert np.isfinite(hist.history["loss"]).all()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+class _NoConfig(keras.layers.Layer):
+    """A custom layer whose constructor argument is missing from its config."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+
+    def build(self, shape):
+        self.w = self.add_weight(shape=(shape[-1], self.units))
+
+    def call(self, x):
+        return x @ self.w
+
+    def get_config(self):
+        return super().get_config()  # `units` forgotten
+
+
+def test_unrewritable_layer_raises_naming_the_layer():
+    inp = keras.Input((4,))
+    model = keras.Model(inp, _NoConfig(3, name="mine")(inp))
+    for fn in (so.wrap_model, so.quantization.quantize_model):
+        with pytest.raises(ValueError, match=r"(?s)layer 'mine' \(_NoConfig\).*config.*units"):
+            fn(model)
+    seq = keras.Sequential([keras.layers.Dense(2)])  # never built: no input shape
+    with pytest.raises(ValueError, match="wrap_model.*input shape"):
+        so.wrap_model(seq)
+
+
+def test_shared_layers_trainability_dtype_policies_and_masks_carry_over():
+    tok = keras.Input((6,), dtype="int32")
+    emb = keras.layers.Embedding(20, 4, mask_zero=True, name="emb")(tok)
+    pooled = keras.layers.GlobalAveragePooling1D(name="pool")(emb)  # gets the Embedding mask
+    shared = keras.layers.Dense(4, name="shared", trainable=False)
+    h = shared(shared(pooled))
+    out = keras.layers.Dense(2, dtype="float64", name="f64")(h)
+    model = keras.Model(tok, out)
+    new, _ = so.wrap_model(model)
+    assert isinstance(new.get_layer("pool"), layers.StableGlobalAveragePooling1D)
+    assert sum(layer.name == "shared" for layer in new.layers) == 1  # shared once
+    assert not new.get_layer("shared").trainable
+    assert new.get_layer("f64").dtype_policy.name == "float64"
+    assert len(new.trainable_weights) == len(model.trainable_weights)
+    x = np.array([[3, 4, 0, 0, 0, 0], [5, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0]], np.int32)
+    e = model.get_layer("emb").get_weights()[0].astype(np.float64)
+    # the masked mean of the embeddings of the real tokens: the mask reached the pooling
+    masked = new.get_layer("pool")(new.get_layer("emb")(x)).numpy()
+    np.testing.assert_allclose(masked[0], (e[3] + e[4]) / 2, rtol=1e-6)
+    np.testing.assert_allclose(masked[1], e[5], rtol=1e-6)
+    assert np.all(masked[2] == 0)  # all padding: 0 (Keras: NaN)
+    assert np.isnan(model(x).numpy()[2]).all() and np.isfinite(new(x).numpy()).all()
+    np.testing.assert_allclose(new(x).numpy()[:2], model(x).numpy()[:2], rtol=1e-6)
+
+
+def test_subclassed_block_sublayers_swapped_and_saved(tmp_path):
+    from tests import zoo
+
+    model, x, _ = zoo.transformer()
+    new, report = so.wrap_model(model)
+    block = new.get_layer("decoder")
+    assert isinstance(block, layers.SwappedSublayers)
+    assert isinstance(block.layer, zoo.DecoderBlock)
+    assert isinstance(block.layer.attention, layers.StableMultiHeadAttention)
+    assert isinstance(block.layer.norm1, layers.StableLayerNormalization)
+    assert block.layer._layers.index(block.layer.attention) == 1  # weight order kept
+    assert "decoder/attention: MultiHeadAttention -> StableMultiHeadAttention" in report.replaced
+    new.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    inner = loaded.get_layer("decoder").layer
+    assert isinstance(inner.attention, layers.StableMultiHeadAttention)
+    np.testing.assert_array_equal(loaded(x).numpy(), new(x).numpy())
+
+
+class _LateBlock(keras.layers.Layer):
+    """Creates its LayerNormalization in build(): too late to be swapped."""
+
+    def build(self, shape):
+        self.norm = keras.layers.LayerNormalization()
+        self.norm.build(shape)
+
+    def call(self, x):
+        return self.norm(x)
+
+
+def test_sublayer_created_in_build_is_reported_kept():
+    inp = keras.Input((4,))
+    model = keras.Model(inp, _LateBlock(name="late")(inp))
+    new, report = so.wrap_model(model)
+    assert any(k.startswith("late/") and "created in build()" in k for k in report.kept)
+    x = np.random.default_rng(9).standard_normal((3, 4)).astype(np.float32)
+    np.testing.assert_array_equal(new(x).numpy(), model(x).numpy())
+
+
+def test_keras_internals_used_by_the_rewrite_exist():
+    """The touchpoints of safeops._core.rewrite: fails loudly when Keras moves them."""
+    from keras.src.models.functional import Functional
+
+    layer = keras.layers.Dense(2)
+    assert isinstance(layer._layers, list)
+    tracker = layer._tracker
+    assert hasattr(tracker, "untrack") and hasattr(tracker, "locked")
+    assert "layers" in tracker.stored_ids
+    inp = keras.Input((2,))
+    assert isinstance(keras.Model(inp, layer(inp)), Functional)
+    assert "call_function" in keras.models.clone_model.__code__.co_varnames

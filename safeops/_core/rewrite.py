@@ -13,7 +13,7 @@ the configs, masks with the replayed graph. Failures name the layer and why
 
 This module is the one place that touches Keras internals for rewriting: the
 Functional class (``keras.src.models.functional``), a layer's sublayer list
-(``_layers``) and its tracker (``_tracker``). `tests/test_wrap.py` checks each
+(``_layers``) and its tracker (``_tracker``), a Lambda layer's ``_output_shape``. `tests/test_wrap.py` checks each
 of them, so a Keras release that moves them fails there, loudly.
 """
 
@@ -59,6 +59,12 @@ def check_model(model, op):
 def _rebuild(layer, op):
     """A fresh, unbuilt copy of `layer` from its config, or a `RewriteError` saying why not."""
     cls = type(layer).__name__
+    if type(layer) is keras.layers.Lambda:
+        # from_config would deserialize a Python lambda (refused in safe mode); the live
+        # function is at hand, and a Lambda holds no weights
+        return keras.layers.Lambda(layer.function, output_shape=layer._output_shape,
+                                   mask=layer.mask, arguments=layer.arguments, name=layer.name,
+                                   dtype=layer.dtype_policy, trainable=layer.trainable)
     try:
         config = layer.get_config()
     except Exception as err:  # NotImplementedError for layers with unknown __init__ args
