@@ -24,7 +24,7 @@ Execution:
 
 The eager recording reaches one TensorFlow internal, `tensorflow.python.eager.record`
 (`_record`); where it is missing the template falls back to `tf.custom_gradient`
-everywhere (slower eager calls, same results), and `tests/test_core.py`
+everywhere (slower eager calls, same results), and `tests/test_core_frontend.py`
 fails loudly.
 """
 
