@@ -174,16 +174,25 @@ def test_empty_sum_is_positive_zero(dtype):
 
 @pytest.mark.parametrize("dtype,width", [("float64", 64), ("float32", 32), ("float16", 16)])
 def test_property_any_finite_values(dtype, width):
-    """Any finite values hypothesis draws (it favours 0, subnormals, +-max and repeats)."""
-    fn = tf.function(exact.exact_reduce_sum, input_signature=[tf.TensorSpec([None], dtype)])
+    """Sum, mean and every prefix of any finite values hypothesis draws (it favours 0,
+    subnormals, +-max and repeats)."""
+    fn = tf.function(lambda v: (exact.exact_reduce_sum(v), exact.exact_reduce_mean(v),
+                                exact.exact_cumsum(v, 0)),
+                     input_signature=[tf.TensorSpec([None], dtype)])
 
-    @settings(max_examples=40, deadline=None)
+    @settings(max_examples=30, deadline=None)
     @given(st.lists(st.floats(width=width, allow_nan=False, allow_infinity=False),
-                    min_size=0, max_size=20))
+                    min_size=1, max_size=16))
     def check(values):
         x = np.array(values, _NP[dtype])
-        _assert_same_bits(fn(tf.constant(x, dtype)).numpy(),
-                          _reference(x, dtype) if len(x) else np.zeros((), _NP[dtype]))
+        total, mean, prefix = (t.numpy() for t in fn(tf.constant(x, dtype)))
+        _assert_same_bits(total, _reference(x, dtype))
+        _assert_same_bits(prefix, [_reference(x[:k + 1], dtype) for k in range(len(x))])
+        exact_sum = sum((Fraction(float(v)) for v in x), Fraction(0))
+        want = _round_exact(exact_sum / len(x), dtype)
+        if want == 0 and np.all(np.signbit(x) & (x == 0)):
+            want = np.array(-0.0, _NP[dtype])
+        _assert_same_bits(mean, want)
 
     check()
 

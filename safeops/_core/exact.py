@@ -343,10 +343,10 @@ def _normalize(d):
     A scan over the digits (a while loop, also under XLA: the compiled
     program does not grow with K); a function, so eager calls run it as one
     graph."""
-    return tf.reshape(_normalize_2d(tf.reshape(d, [-1, d.shape[-1]]), d.shape[-1]), tf.shape(d))
+    fn = _normalize_fn if tf.executing_eagerly() else _normalize_2d
+    return tf.reshape(fn(tf.reshape(d, [-1, d.shape[-1]]), d.shape[-1]), tf.shape(d))
 
 
-@tf.function(reduce_retracing=True, autograph=False)
 def _normalize_2d(flat, k):
     """`_normalize` of [B, k] digits."""
     flat = tf.reshape(flat, [-1, k])
@@ -362,6 +362,10 @@ def _normalize_2d(flat, k):
     carries, low = tf.scan(step, cols[:-1], initializer=(zero, zero))
     top = cols[-1] + carries[-1]
     return tf.transpose(tf.concat([low, top[None]], 0))
+
+
+# eager calls run the digit scans as one graph each (inside a graph they are inlined)
+_normalize_fn = tf.function(_normalize_2d, reduce_retracing=True, autograph=False)
 
 
 def _sign_magnitude(digits):
@@ -481,11 +485,11 @@ def state_to_sum(state, dtype):
 def _divide(mag, n):
     """Long division of [B, K] 32-bit digits by n ([B], 1 <= n < 2**47), in 16-bit steps,
     with two extra digits below: (quotient [B, K + 2], remainder != 0)."""
-    q, sticky = _divide_2d(mag, n, mag.shape[-1])
+    fn = _divide_fn if tf.executing_eagerly() else _divide_2d
+    q, sticky = fn(mag, n, mag.shape[-1])
     return tf.reshape(q, [-1, mag.shape[-1] + 2]), sticky
 
 
-@tf.function(reduce_retracing=True, autograph=False)
 def _divide_2d(mag, n, k):
     mag = tf.reshape(mag, [-1, k])
     mask16 = tf.constant(0xFFFF, tf.int64)
@@ -506,6 +510,9 @@ def _divide_2d(mag, n, k):
 
     rems, q = tf.scan(step, cols, initializer=(zero, zero))
     return tf.transpose(q[::-1]), tf.not_equal(rems[-1], 0)
+
+
+_divide_fn = tf.function(_divide_2d, reduce_retracing=True, autograph=False)
 
 
 def state_to_mean(state, dtype, empty="nan"):
@@ -617,8 +624,19 @@ def _cumsum_rows(y, fmt, exclusive):
     stays at about _BLOCK_ELEMS * (J + 5) int64."""
     outer, n = y.shape[0], y.shape[1]
     block = max(1, _BLOCK_ELEMS // outer) if outer else 1024
-    if n is not None and n <= block:
+
+    def single():
         return state_to_sum(normalize_state(_prefix_states(y, fmt, exclusive)), fmt.dtype)
+
+    if n is not None and n <= block:
+        return single()
+    if n is None:
+        return tf.cond(tf.shape(y)[1] <= block, single, lambda: _blocked(y, fmt, exclusive, block))
+    return _blocked(y, fmt, exclusive, block)
+
+
+def _blocked(y, fmt, exclusive, block):
+    """`_cumsum_rows` of rows longer than one block."""
     length = tf.shape(y)[1]
     nb = (length + block - 1) // block
     y = tf.pad(y, [[0, 0], [0, nb * block - length]])
