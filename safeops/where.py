@@ -12,6 +12,7 @@ import tensorflow as tf
 from safeops._core.args import convert, convert_n, param
 from safeops._core.dtypes import accumulation_dtype
 from safeops._core.elementwise import name_scope, reduce_to, select
+from safeops._core.gradient import custom_gradient
 from safeops._core.registry import new
 
 __all__ = ["safe_where", "smooth_where"]
@@ -83,47 +84,53 @@ def safe_where(condition, true_fn, false_fn, *args, safe_value=1.0, name=None):
         safes = [tf.cast(safe_value, a.dtype) for a in args]
         differentiable = [a.dtype.is_floating or a.dtype.is_complex for a in args]
 
-        @tf.custom_gradient
-        def fwd(*xs):
-            t_in = [select(condition, a, s) for a, s in zip(xs, safes)]
-            f_in = [select(condition, s, a) for a, s in zip(xs, safes)]
-            with tf.GradientTape(persistent=True) as tape:
-                tape.watch([a for a, d in zip(t_in + f_in, differentiable * 2) if d])
-                t_out = tf.convert_to_tensor(true_fn(*t_in))
-                f_out = tf.convert_to_tensor(false_fn(*f_in))
-            out = select(condition, t_out, f_out)
+        return _safe_where_op(condition, true_fn, false_fn, safes, differentiable)(*args)
 
-            def grad(g, variables=None):
-                zero = tf.zeros_like(g)
-                if variables:
-                    g_t, g_f = select(condition, g, zero), select(condition, zero, g)
-                else:  # elementwise branches: the final select discards the rest
-                    g_t = g_f = g
-                gt = tape.gradient(t_out, t_in, output_gradients=g_t)
-                gf = tape.gradient(f_out, f_in, output_gradients=g_f)
-                grads = []
-                for a, d, at, af in zip(xs, differentiable, gt, gf):
-                    if not d:
-                        grads.append(None)
-                        continue
-                    # A select, not a product: NaN/inf of the other branch is dropped.
-                    at = tf.zeros((), a.dtype) if at is None else at
-                    af = tf.zeros((), a.dtype) if af is None else af
-                    shape = tf.broadcast_dynamic_shape(tf.shape(condition), tf.shape(a))
-                    grads.append(reduce_to(tf.broadcast_to(select(condition, at, af), shape)
-                                           if at.shape.rank == 0 and af.shape.rank == 0
-                                           else select(condition, at, af), a))
-                if variables:
-                    vt = tape.gradient(t_out, variables, output_gradients=g_t,
-                                       unconnected_gradients=tf.UnconnectedGradients.ZERO)
-                    vf = tape.gradient(f_out, variables, output_gradients=g_f,
-                                       unconnected_gradients=tf.UnconnectedGradients.ZERO)
-                    return grads, [a + b for a, b in zip(vt, vf)]
-                return grads
 
-            return out, grad
+def _safe_where_op(condition, true_fn, false_fn, safes, differentiable):
+    """The op for one call: `condition`, the branches and safe values are closed over."""
+    n = len(safes)
 
-        return fwd(*args)
+    def forward(*xs):
+        t_in = [select(condition, a, s) for a, s in zip(xs, safes)]
+        f_in = [select(condition, s, a) for a, s in zip(xs, safes)]
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch([a for a, d in zip(t_in + f_in, differentiable * 2) if d])
+            t_out = tf.convert_to_tensor(true_fn(*t_in))
+            f_out = tf.convert_to_tensor(false_fn(*f_in))
+        return select(condition, t_out, f_out), (tape, t_in, f_in, t_out, f_out)
+
+    def backward(g, *rest, variables=None):
+        xs, (tape, t_in, f_in, t_out, f_out) = rest[:n], rest[n:]
+        zero = tf.zeros_like(g)
+        if variables:
+            g_t, g_f = select(condition, g, zero), select(condition, zero, g)
+        else:  # elementwise branches: the final select discards the rest
+            g_t = g_f = g
+        gt = tape.gradient(t_out, t_in, output_gradients=g_t)
+        gf = tape.gradient(f_out, f_in, output_gradients=g_f)
+        grads = []
+        for a, d, at, af in zip(xs, differentiable, gt, gf):
+            if not d:
+                grads.append(None)
+                continue
+            # A select, not a product: NaN/inf of the other branch is dropped.
+            at = tf.zeros((), a.dtype) if at is None else at
+            af = tf.zeros((), a.dtype) if af is None else af
+            shape = tf.broadcast_dynamic_shape(tf.shape(condition), tf.shape(a))
+            grads.append(reduce_to(tf.broadcast_to(select(condition, at, af), shape)
+                                   if at.shape.rank == 0 and af.shape.rank == 0
+                                   else select(condition, at, af), a))
+        if not variables:
+            return grads, None
+        vt = tape.gradient(t_out, variables, output_gradients=g_t,
+                           unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        vf = tape.gradient(f_out, variables, output_gradients=g_f,
+                           unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return grads, [a + b for a, b in zip(vt, vf)]
+
+    return custom_gradient("SafeWhere", forward, backward, saves=True, elementwise=False,
+                           variables=True)
 
 
 @new("a logistic blend of width temperature instead of the jump of "

@@ -73,7 +73,7 @@ def _flatten(args):
 
 
 def custom_gradient(name, forward, backward, n_inputs=None, fuse=False, saves=False,
-                    elementwise=True):
+                    elementwise=True, variables=False):
     """Wrap `forward`/`backward` (module doc) into one differentiable op.
 
     Args:
@@ -90,10 +90,15 @@ def custom_gradient(name, forward, backward, n_inputs=None, fuse=False, saves=Fa
       elementwise: the op is element-wise (with broadcasting): inputs of rank
         above 8 or of unknown rank run as vectors (`_flatten`). `backward`
         None: no custom gradient (TF differentiates `forward`).
+      variables: `forward` may read variables it is not given (user callables);
+        `backward` is then called with ``variables=`` (the variables read, or
+        None) and returns ``(input_gradients, variable_gradients)``. Always
+        recorded through `tf.custom_gradient`, whose variable watcher finds them.
 
     Returns:
       ``op(*args)``.
     """
+    watch = variables
     fwd = _fused(forward) if fuse else forward
     bwd = _fused(backward) if fuse and backward is not None else backward
 
@@ -107,8 +112,11 @@ def custom_gradient(name, forward, backward, n_inputs=None, fuse=False, saves=Fa
     def make_grad(args, n, saved):
         inputs = args[:n]
 
-        def grad(*gs):
+        def grad(*gs, variables=None):
             g = gs[0] if len(gs) == 1 else list(gs)
+            if watch:
+                grads, var_grads = bwd(g, *args, *saved, variables=variables)
+                return _as_list(grads), var_grads
             grads = _as_list(bwd(g, *args, *saved))
             if not elementwise:
                 return grads
@@ -131,7 +139,7 @@ def custom_gradient(name, forward, backward, n_inputs=None, fuse=False, saves=Fa
         if backward is None:
             return run_forward(args)[0]
         n = len(args) if n_inputs is None else n_inputs
-        if tf.executing_eagerly() and _record is not None:
+        if tf.executing_eagerly() and _record is not None and not watch:
             if not _tape_active():
                 return run_forward(args)[0]
             with _stop_recording():
@@ -153,9 +161,15 @@ def custom_gradient(name, forward, backward, n_inputs=None, fuse=False, saves=Fa
             out, saved = run_forward(full)
             grad = make_grad(full, n, saved)
 
-            def grad_fn(*gs):
-                res = grad(*gs)
-                return res if n > 1 else res[0]
+            if watch:
+                def grad_fn(*gs, variables=None):
+                    res, var_grads = grad(*gs, variables=variables)
+                    res = res if n > 1 else res[0]
+                    return (res, var_grads) if variables else res
+            else:
+                def grad_fn(*gs):
+                    res = grad(*gs)
+                    return res if n > 1 else res[0]
 
             return out, grad_fn
 
