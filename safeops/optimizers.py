@@ -41,8 +41,8 @@ of its compensation slot are read and written (a gather and two
 every row: Adam, RMSprop, ...) update densely, as Keras does.
 
 Optimizer slots (moments, accumulators, Adafactor's factored statistics,
-Nadam's momentum product) of compensated float16/bfloat16 variables are
-float32: a bfloat16 moving average with decay 0.999 stalls like the weights
+Nadam's momentum product, the EMA copy of ``use_ema=True``, rounded once when
+written back) of compensated float16/bfloat16 variables are float32: a bfloat16 moving average with decay 0.999 stalls like the weights
 (measured: a bf16 MLP trained with compensated weights but bf16 moments ended
 30% above the float32 loss; with float32 moments, 0.05%).
 
@@ -237,8 +237,9 @@ class _Compensated:
 
         An exponential moving average stored in bfloat16 stalls exactly like the
         weights do (Adam's ``v += (g**2 - v) * 0.001`` is below half an ulp), so
-        every slot of a compensated float16/bfloat16 variable is float32, except
-        the compensation slot, which keeps the variable's dtype.
+        every slot of a compensated float16/bfloat16 variable is float32 (the
+        EMA copy too: it is rounded once when written back), except the
+        compensation slot, which keeps the variable's dtype.
 
         Args:
           reference_variable: the model variable.
@@ -293,6 +294,16 @@ class _Compensated:
 
         tf.__internal__.distribute.interim.maybe_merge_call(
             distributed, keras_compat.optimizer_distribution_strategy(self), compensated)
+
+    def _overwrite_model_variables_with_average_value(self, trainable_variables):
+        # The EMA copy of a compensated half-precision variable is float32: round it once.
+        strategy = keras_compat.optimizer_distribution_strategy(self)
+        averages = keras_compat.optimizer_ema_variables(self)
+        for var, average in zip(trainable_variables, averages):
+            if average is not None:
+                strategy.extended.update(_tf_variable(var),
+                                         lambda a, b: a.assign(tf.cast(b, a.dtype)),
+                                         args=(_tf_variable(average),))
 
     # -- the one mechanism ----------------------------------------------------------
     def _working(self, variable):

@@ -22,6 +22,7 @@ __all__ = [
     "get_keras_logits",
     "get_keras_mask",
     "optimizer_distribution_strategy",
+    "optimizer_ema_variables",
     "optimizer_own_variables",
     "optimizer_trainable_variables",
     "optimizer_variable_index",
@@ -56,6 +57,8 @@ TOUCHPOINTS = (
     ("instance_attr", "keras.optimizers.Nadam._u_product", "optimizers.Nadam"),
     ("instance_attr", "keras.optimizers.Nadam._variables", "optimizers.Nadam"),
     ("instance_attr", "keras.optimizers.SGD._distribution_strategy", "optimizers (slots)"),
+    ("class_attr", "keras.optimizers.Optimizer._overwrite_model_variables_with_average_value",
+     "optimizers (overridden: EMA)"),
     ("class_attr", "keras.layers.Dense._int8_build", "layers.CompensatedDense (quantize)"),
     ("class_attr", "keras.layers.Dense._float8_build", "layers.CompensatedDense (quantize)"),
     ("class_attr", "keras.layers.Dense._int4_build", "layers.CompensatedDense (quantize)"),
@@ -106,6 +109,11 @@ def optimizer_trainable_variables(optimizer):
 def optimizer_distribution_strategy(optimizer):
     """The tf.distribute strategy Keras's TF optimizer captured at construction."""
     return optimizer._distribution_strategy
+
+
+def optimizer_ema_variables(optimizer):
+    """The optimizer's EMA copies of the model variables (``use_ema=True``), in build order."""
+    return optimizer._model_variables_moving_average
 
 
 def optimizer_own_variables(optimizer):

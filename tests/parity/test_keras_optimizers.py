@@ -227,3 +227,26 @@ def test_checkpoint_and_keras_file_round_trip(tmp_path):
     comp.assign(tf.zeros_like(comp))
     ckpt.restore(saved)
     np.testing.assert_array_equal(np.asarray(comp.numpy()), before)
+
+
+def test_ema_overwrite_works_with_half_precision_variables():
+    results = []
+    for cls in (O.SGD, keras.optimizers.SGD):
+        w = keras.Variable(np.ones(3), dtype="bfloat16")
+        opt = cls(0.1, use_ema=True, ema_overwrite_frequency=2)
+        for _ in range(4):
+            opt.apply([tf.constant([1.0, 1.0, 1.0], tf.bfloat16)], [w])
+        results.append(np.float64(w.numpy()))
+    # Keras's EMA rule in float64: step, average (momentum 0.99, 0 at the first
+    # step), and the variable overwritten by the average after every second step.
+    w, avg, lr = 1.0, 0.0, float(np.float32(0.1))
+    for it in range(4):
+        w -= lr
+        momentum = 0.99 if it else 0.0
+        avg = momentum * avg + (1 - momentum) * w
+        if (it + 1) % 2 == 0:
+            w = avg
+    ours, theirs = results
+    # Ours: a float32 average rounded once when written back.
+    assert testing.ulp_distance(ours, np.full(3, w), "bfloat16").max() <= 1
+    assert testing.ulp_distance(theirs, np.full(3, w), "bfloat16").max() <= 4
