@@ -18,6 +18,11 @@ _LAYERS = {
     "Promote": (lambda: layers.Promote(keras.layers.Dense(4), dtype="float64"), (5,)),
     "CompensatedDense": (lambda: layers.CompensatedDense(4, activation="tanh"), (5,)),
     "SmoothSwitch": (lambda: layers.SmoothSwitch(threshold=0.1, temperature=0.5), (5,)),
+    "StableRMSNormalization": (lambda: layers.StableRMSNormalization(epsilon=1e-5), (5,)),
+    "StableGroupNormalization": (lambda: layers.StableGroupNormalization(groups=3), (6,)),
+    "StableBatchNormalization": (lambda: layers.StableBatchNormalization(momentum=0.9), (5,)),
+    "StableUnitNormalization": (lambda: layers.StableUnitNormalization(), (5,)),
+    "StableGlobalAveragePooling1D": (lambda: layers.StableGlobalAveragePooling1D(), (4, 5)),
 }
 
 
@@ -37,8 +42,9 @@ def mixed_policy():
         keras.mixed_precision.set_global_policy("float32")
 
 
-def _x(n=8, d=5, seed=0):
-    return np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+def _x(n=8, d=5, seed=0, shape=None):
+    shape = (n, d) if shape is None else (n,) + tuple(shape)
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
 @pytest.mark.parametrize("name", sorted(_LAYERS))
@@ -53,7 +59,7 @@ def test_config_round_trip(name):
 @pytest.mark.parametrize("name", sorted(_LAYERS))
 def test_keras_file_and_saved_model_round_trip(name, tmp_path):
     model = _model(name)
-    x = _x()
+    x = _x(shape=_LAYERS[name][1])
     expected = model(x).numpy()
     path = tmp_path / "m.keras"
     model.save(path)
@@ -69,8 +75,8 @@ def test_keras_file_and_saved_model_round_trip(name, tmp_path):
 def test_fit_under_mixed_float16(name, mixed_policy):
     model = _model(name)
     model.compile(keras.optimizers.SGD(0.01), "mse")
-    x = _x(32)
-    y = np.tanh(x[:, :1]) * np.ones((1, model.output_shape[-1]), np.float32)
+    x = _x(32, shape=_LAYERS[name][1])
+    y = np.tanh(x.reshape(32, -1)[:, :1]) * np.ones((1, model.output_shape[-1]), np.float32)
     hist = model.fit(x, y, batch_size=8, epochs=2, verbose=0)
     assert np.all(np.isfinite(hist.history["loss"]))
     assert model(x).dtype == tf.float16
@@ -343,3 +349,321 @@ def test_promote_dtype_keyword_alone_keeps_the_global_policy():
     layer = layers.Promote(keras.layers.Dense(2), promote_dtype="float32")
     assert layer.promote_dtype == "float32"
     assert layer.dtype_policy.name == keras.mixed_precision.global_policy().name
+
+
+# ---------------------------------------------------------------------------
+# StableSoftmax delegates to so.softmax; Keras's mask checks
+# ---------------------------------------------------------------------------
+
+def test_softmax_is_so_softmax_and_carries_logits():
+    import safeops as so
+
+    x = tf.constant(_x(6, 7) * 30)
+    np.testing.assert_array_equal(layers.StableSoftmax()(x).numpy(), so.softmax(x).numpy())
+    np.testing.assert_array_equal(layers.stable_softmax(x).numpy(), so.softmax(x).numpy())
+    assert layers.StableSoftmax()(x)._keras_logits is not None
+
+
+def test_softmax_several_axes_reference():
+    x = _x(3, 12).reshape(3, 3, 4) * 10
+    x[1] = -np.inf  # a fully masked block
+    got = layers.StableSoftmax(axis=[1, 2])(x).numpy()
+    flat = x.reshape(3, 12)
+    assert np.max(testing.ulp_distance(got.reshape(3, 12), _softmax_ref(flat, "float32"),
+                                       "float32")) <= 3  # so.softmax's bound
+    assert np.all(got[1] == 0)
+
+
+@pytest.mark.parametrize("shape", [(2, 3), (2, 1, 5), (2, 5, 1), (5,), (1, 5), (2, 5)])
+def test_softmax_mask_validation_as_keras(shape):
+    x = np.zeros((2, 5), np.float32)
+    mask = np.ones(shape, bool)
+    try:
+        keras.layers.Softmax()(x, mask=mask)
+        keras_error = None
+    except ValueError as err:
+        keras_error = err
+    if keras_error is None:
+        layers.StableSoftmax()(x, mask=mask)
+    else:
+        with pytest.raises(ValueError, match="StableSoftmax.*mask"):
+            layers.StableSoftmax()(x, mask=mask)
+
+
+# ---------------------------------------------------------------------------
+# Normalizations: error independent of |mean|/std, half precision, overflow
+# ---------------------------------------------------------------------------
+
+def _norm_ref(x, axes, eps):
+    x64 = np.asarray(x, np.float64)
+    m = x64.mean(axes, keepdims=True)
+    v = ((x64 - m) ** 2).mean(axes, keepdims=True)
+    return (x64 - m) / np.sqrt(v + eps)
+
+
+def _large_mean(shape, ratio, seed=0):
+    rng = np.random.default_rng(seed)
+    return (np.float32(ratio) + rng.standard_normal(shape)).astype(np.float32)
+
+
+# (stable, keras, kwargs, reference axes, call kwargs)
+_NORMS = {
+    "layer": (layers.StableLayerNormalization, keras.layers.LayerNormalization,
+              dict(epsilon=1e-6), (-1,), {}),
+    "group": (layers.StableGroupNormalization, keras.layers.GroupNormalization,
+              dict(groups=1, epsilon=1e-6), (1, 2), {}),
+    "batch_training": (layers.StableBatchNormalization, keras.layers.BatchNormalization,
+                       dict(epsilon=1e-6), (0, 1), {"training": True}),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_NORMS))
+def test_normalization_error_independent_of_mean(kind):
+    """|mean|/std = 1e4 in float32: within 4 u*log2(n)-ish of float64 (bound: 2e-6 absolute on
+    outputs of size ~1); the Keras layer fails the same check (x*inv - mean*inv cancels)."""
+    stable, original, kw, axes, call_kw = _NORMS[kind]
+    x = _large_mean((16, 8, 8), 1e4)
+    ref = _norm_ref(x, axes, kw["epsilon"])
+    ours, theirs = stable(**kw), original(**kw)
+    err_ours = np.max(np.abs(ours(x, **call_kw).numpy() - ref))
+    err_theirs = np.max(np.abs(theirs(x, **call_kw).numpy() - ref))
+    assert err_ours <= 2e-6
+    assert err_theirs > 2e-6
+
+
+def test_batch_normalization_inference_and_moving_statistics():
+    x = _large_mean((32, 6), 1e4)
+    ours, theirs = layers.StableBatchNormalization(epsilon=1e-6), \
+        keras.layers.BatchNormalization(epsilon=1e-6)
+    for layer in (ours, theirs):
+        layer.build(x.shape)
+        layer.moving_mean.assign(x.astype(np.float64).mean(0).astype(np.float32))
+        layer.moving_variance.assign(x.astype(np.float64).var(0).astype(np.float32))
+    ref = (x.astype(np.float64) - np.asarray(ours.moving_mean, np.float64)) / np.sqrt(
+        np.asarray(ours.moving_variance, np.float64) + 1e-6)
+    assert np.max(np.abs(ours(x).numpy() - ref)) <= 2e-6
+    assert np.max(np.abs(theirs(x).numpy() - ref)) > 2e-6
+    # training updates the moving statistics as Keras does (same momentum formula)
+    a, b = layers.StableBatchNormalization(), keras.layers.BatchNormalization()
+    y = _x(32, 6)
+    a(y, training=True), b(y, training=True)
+    np.testing.assert_allclose(a.moving_mean.numpy(), b.moving_mean.numpy(), rtol=1e-6,
+                               atol=1e-7)
+    np.testing.assert_allclose(a.moving_variance.numpy(), b.moving_variance.numpy(), rtol=1e-6)
+    # masked training batch: statistics over the unmasked steps; all-masked: finite
+    seq = _x(4, 30).reshape(4, 5, 6)
+    mask = np.ones((4, 5), bool)
+    mask[:, 3:] = False
+    bn = layers.StableBatchNormalization(momentum=0.0, epsilon=1e-6)
+    bn(seq, training=True, mask=mask)
+    kept = seq[mask].astype(np.float64)
+    np.testing.assert_allclose(bn.moving_mean.numpy(), kept.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), kept.var(0), rtol=1e-5)
+    out = layers.StableBatchNormalization()(seq, training=True, mask=np.zeros((4, 5), bool))
+    assert np.all(np.isfinite(out.numpy()))
+    with pytest.raises(ValueError, match="mask"):
+        layers.StableBatchNormalization()(seq, training=True, mask=np.ones((4,), bool))
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+@pytest.mark.parametrize("kind", ["layer", "group", "batch", "rms", "unit"])
+def test_normalization_half_precision_within_one_ulp(kind, policy):
+    """Computed in float32 and rounded once: within 1 ulp of the float64 reference of the
+    (half-precision) input."""
+    dtype = policy.split("_")[1]
+    x = (3.0 + _x(8, 16).reshape(8, 2, 8)).astype(dtype)
+    x64 = x.astype(np.float64)
+    if kind == "layer":
+        layer, ref = layers.StableLayerNormalization(dtype=policy), _norm_ref(x64, (-1,), 1e-3)
+    elif kind == "group":
+        layer = layers.StableGroupNormalization(groups=2, dtype=policy)
+        g = x64.reshape(8, 2, 2, 4)
+        ref = _norm_ref(g, (1, 3), 1e-3).reshape(x.shape)
+    elif kind == "batch":
+        layer, ref = layers.StableBatchNormalization(dtype=policy), _norm_ref(x64, (0, 1), 1e-3)
+    elif kind == "rms":
+        layer = layers.StableRMSNormalization(dtype=policy)
+        ref = x64 / np.sqrt((x64 ** 2).mean(-1, keepdims=True) + 1e-6)
+    else:
+        layer = layers.StableUnitNormalization(dtype=policy)
+        ref = x64 / np.sqrt((x64 ** 2).sum(-1, keepdims=True))
+    out = layer(x, training=True) if kind == "batch" else layer(x)
+    assert out.dtype == dtype
+    assert np.max(testing.ulp_distance(np.asarray(out), ref, dtype)) <= 1
+
+
+def test_rms_normalization_no_overflow():
+    x = np.array([[3e19, 4e19], [3.0, 4.0], [0.0, 0.0]], np.float32)
+    x64 = x.astype(np.float64)
+    ref = x64 / np.sqrt((x64 ** 2).mean(-1, keepdims=True) + 1e-6)
+    ours = layers.StableRMSNormalization()(x).numpy()
+    assert np.max(testing.ulp_distance(ours, ref, "float32")) <= 2
+    assert np.all(keras.layers.RMSNormalization()(x).numpy()[0] == 0)  # Keras: x^2 overflows
+    # the gradient of the rescaled formula matches finite differences in float64
+    x = tf.constant([[1e3, -2e3, 0.5], [0.1, 0.2, -0.3]], tf.float64)
+    layer = layers.StableRMSNormalization(dtype="float64")
+    layer.build(x.shape)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = tf.reduce_sum(layer(x) * tf.constant([1.0, 2.0, 3.0], tf.float64))
+    g = tape.gradient(y, x).numpy()
+
+    def f(v):
+        v = np.asarray(v)
+        return np.sum(v / np.sqrt((v ** 2).mean(-1, keepdims=True) + 1e-6) * [1.0, 2.0, 3.0])
+
+    h = 1e-6
+    fd = np.zeros_like(g)
+    for i in np.ndindex(g.shape):
+        e = np.zeros_like(g)
+        e[i] = h * max(1.0, abs(x.numpy()[i]))
+        fd[i] = (f(x.numpy() + e) - f(x.numpy() - e)) / (2 * e[i])
+    np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-9)
+
+
+def test_unit_normalization_float16_zero_and_large():
+    zero = np.zeros((2, 3), np.float16)
+    assert np.isnan(keras.layers.UnitNormalization(dtype="float16")(zero).numpy()).all()
+    np.testing.assert_array_equal(layers.StableUnitNormalization(dtype="float16")(zero).numpy(),
+                                  zero)
+    big = np.full((1, 3), 300.0, np.float16)  # sum of squares 2.7e5 > 65504
+    assert np.all(keras.layers.UnitNormalization(dtype="float16")(big).numpy() == 0)
+    ours = layers.StableUnitNormalization(dtype="float16")(big).numpy()
+    assert np.max(testing.ulp_distance(ours, np.full((1, 3), 1 / np.sqrt(3)), "float16")) <= 1
+    # gradient at the zero vector: 1e12 * g in float32, saturated (finite) in float16
+    z = tf.zeros((1, 3), tf.float16)
+    with tf.GradientTape() as tape:
+        tape.watch(z)
+        y = layers.StableUnitNormalization(dtype="float16")(z)
+    g = tape.gradient(y, z).numpy()
+    assert np.all(np.isfinite(g)) and np.all(g == np.float16(65504))
+    z32 = tf.zeros((1, 3))
+    with tf.GradientTape() as tape:
+        tape.watch(z32)
+        y = layers.StableUnitNormalization()(z32)
+    np.testing.assert_allclose(tape.gradient(y, z32).numpy(), 1e12, rtol=1e-6)
+
+
+def test_global_average_pooling_all_masked_and_float16_sum():
+    x = _x(3, 8).reshape(3, 4, 2)
+    mask = np.array([[1, 1, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1]], bool)
+    assert np.isnan(keras.layers.GlobalAveragePooling1D()(x, mask=mask).numpy()[1]).all()
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        out = layers.StableGlobalAveragePooling1D()(xt, mask=mask)
+    grad = tape.gradient(out, xt).numpy()
+    np.testing.assert_allclose(out.numpy()[0], x[0, :2].astype(np.float64).mean(0), rtol=1e-6)
+    assert np.all(out.numpy()[1] == 0) and np.all(grad[1] == 0)
+    np.testing.assert_allclose(grad[0], mask[0][:, None] / 2 * np.ones((4, 2)))
+    np.testing.assert_array_equal(layers.StableGlobalAveragePooling1D()(x).numpy(),
+                                  keras.layers.GlobalAveragePooling1D()(x).numpy())
+    # float16: 1000 steps of 100 sum to 1e5 > 65504
+    big = np.full((1, 1000, 1), 100.0, np.float16)
+    keep = np.ones((1, 1000), bool)
+    assert np.isinf(keras.layers.GlobalAveragePooling1D(dtype="float16")(big, mask=keep)
+                    .numpy()).all()
+    out = layers.StableGlobalAveragePooling1D(dtype="float16")(big, mask=keep).numpy()
+    assert out.dtype == np.float16 and np.all(out == 100)
+
+
+# ---------------------------------------------------------------------------
+# StableMultiHeadAttention
+# ---------------------------------------------------------------------------
+
+def _mha_pair(dtype=None, **kw):
+    x = _x(2, 40).reshape(2, 5, 8)
+    ours = layers.StableMultiHeadAttention(num_heads=2, key_dim=4, dtype=dtype, **kw)
+    theirs = keras.layers.MultiHeadAttention(num_heads=2, key_dim=4, dtype=dtype, **kw)
+    ours(x, x)
+    theirs(x, x)
+    theirs.set_weights(ours.get_weights())
+    return ours, theirs, x
+
+
+def test_mha_parity_with_keras_and_masks():
+    ours, theirs, x = _mha_pair()
+    rng = np.random.default_rng(1)
+    mask = rng.random((2, 5, 5)) > 0.3
+    mask[:, :, 0] = True  # every query has a key: Keras's rows are then well defined
+    for kw in ({}, {"attention_mask": mask}, {"use_causal_mask": True},
+               {"attention_mask": mask, "use_causal_mask": True}):
+        np.testing.assert_allclose(ours(x, x, **kw).numpy(), theirs(x, x, **kw).numpy(),
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_mha_fully_masked_rows_zero_weights_and_gradient():
+    ours, theirs, x = _mha_pair()
+    mask = np.ones((2, 5, 5), bool)
+    mask[0, 2] = False  # query 2 of sample 0 has no key
+    _, w_theirs = theirs(x, x, attention_mask=mask, return_attention_scores=True)
+    assert np.allclose(w_theirs.numpy()[0, :, 2], 0.0) or np.allclose(
+        w_theirs.numpy()[0, :, 2], 1 / 5)  # Keras: zeros or uniform, never a rule
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        out, w = ours(xt, xt, attention_mask=mask, return_attention_scores=True)
+        loss = tf.reduce_sum(w[0, :, 2])
+    assert np.all(w.numpy()[0, :, 2] == 0)
+    grad = tape.gradient(loss, xt)
+    assert grad is None or np.all(grad.numpy() == 0)
+    # the masked query's output is the output projection's bias alone
+    bias = ours._output_dense.bias.numpy()
+    np.testing.assert_allclose(out.numpy()[0, 2], bias, rtol=1e-6)
+
+
+def test_mha_float16_scores_do_not_overflow():
+    """q.k beyond 65504 in float16: Keras's scores overflow (inf - inf = NaN in its softmax);
+    ours are computed in float32 and match a float64 reference of the same weights."""
+    ours, theirs, x = _mha_pair(dtype="float16")
+    for layer in (ours, theirs):
+        layer._query_dense.kernel.assign(np.full(layer._query_dense.kernel.shape, 8.0))
+        layer._key_dense.kernel.assign(np.full(layer._key_dense.kernel.shape, 8.0))
+    big = np.abs(x).astype(np.float16) * 4
+    theirs_out = theirs(big, big).numpy()
+    ours_out = ours(big, big).numpy()
+    assert not np.all(np.isfinite(theirs_out))
+    assert np.all(np.isfinite(ours_out))
+    # float64 reference from the layer's own weights
+    w = {v.path.split("/")[-2] + "/" + v.path.split("/")[-1]: np.asarray(v, np.float64)
+         for v in ours.weights}
+    b64 = big.astype(np.float64)
+    q = np.einsum("btd,dnh->btnh", b64, w["query/kernel"]) + w["query/bias"]
+    k = np.einsum("bsd,dnh->bsnh", b64, w["key/kernel"]) + w["key/bias"]
+    v = np.einsum("bsd,dnh->bsnh", b64, w["value/kernel"]) + w["value/bias"]
+    s = np.einsum("bsnh,btnh->bnts", k, q / 2.0)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    o = np.einsum("bnts,bsnh->btnh", p, v)
+    ref = np.einsum("btnh,nhd->btd", o, w["attention_output/kernel"]) + \
+        w["attention_output/bias"]
+    # weights rounded to float16 once, the rest in float16 as Keras: a few float16 ulps of |ref|
+    np.testing.assert_allclose(ours_out, ref, rtol=2e-2, atol=2e-2 * np.abs(ref).max())
+
+
+def test_mha_config_keras_round_trip_and_flash_attention(tmp_path):
+    ours, _, x = _mha_pair(dropout=0.0)
+    clone = layers.StableMultiHeadAttention.from_config(ours.get_config())
+    assert clone.get_config() == ours.get_config()
+    inp = keras.Input((5, 8))
+    model = keras.Model(inp, layers.StableMultiHeadAttention(2, 4)(inp, inp,
+                                                                  use_causal_mask=True))
+    expected = model(x).numpy()
+    model.save(tmp_path / "m.keras")
+    np.testing.assert_array_equal(keras.models.load_model(tmp_path / "m.keras")(x).numpy(),
+                                  expected)
+    with pytest.raises(ValueError, match="StableMultiHeadAttention.*flash_attention"):
+        layers.StableMultiHeadAttention(2, 4, flash_attention=True)
+
+
+@pytest.mark.parametrize("name", ["StableLayerNormalization", "StableGroupNormalization",
+                                  "StableUnitNormalization", "StableGlobalAveragePooling1D",
+                                  "StableRMSNormalization"])
+def test_new_layers_execution_modes(name):
+    layer = _LAYERS[name][0]()
+    x = _x(4, shape=_LAYERS[name][1])
+    eager = layer(x).numpy()
+    graph = tf.function(layer)(x).numpy()
+    xla = tf.function(layer, jit_compile=True)(x).numpy()
+    assert np.max(testing.ulp_distance(graph, eager, "float32")) <= 1
+    assert np.max(testing.ulp_distance(xla, eager, "float32")) <= 2
