@@ -203,13 +203,18 @@ def soft_abs(x, eps=1e-3, name=None):
         return _soft_abs(x, args.param(op, "eps", eps, x.dtype))
 
 
+# float16 and float32 work in float32 and float64, whose range holds every square
+# of theirs: x * x + eps * eps neither overflows nor underflows to 0 unscaled.
+_SQUARES_FIT = frozenset((tf.float16, tf.float32))
+
+
 def _hypot_parts(x, eps):
     """(|x|, eps, sqrt(x**2 + eps**2)) in the working dtype. float32 and float16
     (working in float64, float32) square without overflow or underflow to 0;
     float64 and bfloat16 (whose range float32 shares) scale by max(|x|, eps)."""
     xw, ew = _up(x), _up(eps)
     ax = tf.abs(xw)
-    if x.dtype in (tf.float32, tf.float16):
+    if x.dtype in _SQUARES_FIT:
         return ax, ew, tf.sqrt(ax * ax + ew * ew)
     m = tf.maximum(ax, ew)
     return ax, ew, m * tf.sqrt(tf.square(ax / m) + tf.square(ew / m))
@@ -223,7 +228,7 @@ def _soft_abs_forward(x, eps):
 
 def _soft_abs_gx(g, x, eps):
     xw, ew = _up(x), _up(eps)
-    if x.dtype in (tf.float32, tf.float16):
+    if x.dtype in _SQUARES_FIT:
         slope = xw / tf.sqrt(xw * xw + ew * ew)
     else:  # scaled: exactly +-1 where (eps / x)**2 underflows
         m = tf.maximum(tf.abs(xw), ew)
