@@ -110,6 +110,20 @@ def test_bits_lost_definition():
     assert bits_lost([10.0], P16)[0] == P16  # capped at p
 
 
+def test_tf_measurement_matches_the_numpy_formula():
+    """The profiler measures with TF ops; they give what `rel_errors`/`bits_lost` define."""
+    from safeops.doctor.precision import _bits_stats, _f64
+
+    rng = np.random.default_rng(3)
+    r = rng.standard_normal(1000) * 10.0 ** rng.integers(-3, 3, 1000)
+    y = r * (1 + rng.standard_normal(1000) * 2.0 ** -12)
+    r[:5], y[:5] = 0.0, [0.0, 1e-3, np.inf, np.nan, -0.0]
+    r[5] = np.inf  # a non-finite reference element is left out
+    bits = bits_lost(rel_errors(y, r), P16)
+    mean, worst, _ = _bits_stats([_f64(y)], [_f64(r)], P16)
+    assert mean == pytest.approx(bits.mean(), rel=1e-12) and worst == bits.max() == P16
+
+
 # ---------------------------------------------------------------- profile
 
 def test_planted_layernorm_is_worst_under_float16():
