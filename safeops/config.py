@@ -50,7 +50,8 @@ def _check_bool(op, enabled):
 
 
 @new("Process-wide switch: reductions built afterwards are correctly rounded (bitwise "
-     "reproducible on every device, order and batch split).", name="safeops.config.set_reproducible")
+     "reproducible on every device, order and batch split).",
+     name="safeops.config.set_reproducible")
 def set_reproducible(enabled=True):
     """Turn correctly rounded (bitwise reproducible) reductions on or off for the process.
 

@@ -41,7 +41,7 @@ def _round_exact(fr, dtype):
 
 
 def _reference(values, dtype):
-    """Correctly rounded sum of finite values (any shape, all summed); IEEE: only -0.0s give -0.0."""
+    """Correctly rounded sum of finite values (any shape); IEEE: only -0.0s give -0.0."""
     flat = np.ravel(values).astype(np.float64)
     if flat.size and np.all((flat == 0) & np.signbit(flat)):
         return np.array(-0.0, _NP[dtype])

@@ -41,12 +41,12 @@ S. Graillat, R. Iakymchuk, "Numerical reproducibility for the parallel
 reduction on multi- and many-core architectures" (2015).
 """
 
-import collections
 import math
 
 import tensorflow as tf
 
 from safeops._core import dtypes
+from safeops._core import exact_digits as ed
 
 __all__ = [
     "combine_states",
@@ -55,45 +55,20 @@ __all__ = [
     "exact_reduce_mean",
     "exact_reduce_sum",
     "exact_segment_state",
+    "normalize_state",
     "num_digits",
     "state_to_mean",
     "state_to_sum",
     "sum_state",
 ]
 
-_MASK32 = (1 << 32) - 1
+num_digits = ed.num_digits  # J, the number of digits of a state of `dtype` values
+
 # Terms per accumulation: limbs below 2**32 in magnitude cannot overflow an int64 digit.
 # Longer (static) reductions are cut into chunks whose states are combined.
 _MAX_TERMS = 1 << 31
 # Elements whose prefix states a blocked cumsum holds at once (each J + 5 int64).
 _BLOCK_ELEMS = 1 << 16
-_NCOUNT = 5  # NaN, +inf, -inf, -0.0, terms
-_NAN, _PINF, _NINF, _NEGZERO, _COUNT = range(5)
-
-_Format = collections.namedtuple(
-    "_Format", ["dtype", "bits_dtype", "width", "p", "ebits", "emin_sub", "limbs", "digits"])
-
-
-def _format(dtype):
-    """The binary format of a floating dtype, derived from the dtype policy's limits."""
-    dtype = tf.as_dtype(dtype)
-    lim = dtypes.limits(dtype)
-    p = 1 - int(round(math.log2(lim.eps)))  # significand bits, implicit bit included
-    emin_norm = int(round(math.log2(lim.tiny)))
-    emax = math.frexp(lim.max)[1] - 1
-    ebits = (emax + 1).bit_length()  # emax + 1 = 2**(ebits - 1)
-    emin_sub = emin_norm - (p - 1)
-    pos_max = (1 << ebits) - 3  # largest finite: biased exponent 2**ebits - 2, pos = biased - 1
-    limbs = 2 if p <= 32 else 3
-    # headroom: 2**62 times the largest term, plus a sign digit
-    digits = (pos_max + p + 64) // 32 + 1
-    bits_dtype = dtypes.int_of(dtype)
-    return _Format(dtype, bits_dtype, bits_dtype.size * 8, p, ebits, emin_sub, limbs, digits)
-
-
-def num_digits(dtype):
-    """J, the number of 32-bit digits of a state of `dtype` values (the state has J + 5)."""
-    return _format(dtype).digits
 
 
 # ----------------------------------------------------------------------------- decomposition
@@ -130,7 +105,7 @@ def _decompose(x, fmt):
     off = tf.cast(tf.bitwise.bitwise_and(pos, tf.cast(31, pos.dtype)), tf.int64)
     m = tf.cast(tf.where(finite, m, tf.zeros_like(m)), tf.int64)
     neg_zero = neg & tf.equal(mag, tf.zeros_like(mag))
-    mask = tf.constant(_MASK32, tf.int64)
+    mask = tf.constant(ed.MASK32, tf.int64)
     s32 = tf.constant(32, tf.int64)
     if fmt.limbs == 2:
         v = tf.bitwise.left_shift(m, off)
@@ -148,8 +123,8 @@ def _decompose(x, fmt):
     is_nan = ~finite & tf.not_equal(frac, tf.zeros_like(frac))
     is_inf = ~finite & tf.equal(frac, tf.zeros_like(frac))
     J = fmt.digits
-    special = tf.where(is_nan, J + _NAN, tf.where(
-        is_inf & ~neg, J + _PINF, tf.where(is_inf, J + _NINF, J + _NEGZERO)))
+    special = tf.where(is_nan, J + ed.NAN, tf.where(
+        is_inf & ~neg, J + ed.PINF, tf.where(is_inf, J + ed.NINF, J + ed.NEGZERO)))
     is_special = ~finite | neg_zero
     slot = tf.where(is_special, special, j)
     limbs[0] = tf.where(is_special, tf.ones_like(limbs[0]), limbs[0])
@@ -209,7 +184,7 @@ def _with_count(acc, count, fmt):
     """[..., J + 4] sums and the term count -> a normalized state [..., J + 5]."""
     count = tf.cast(count, tf.int64)
     count = tf.broadcast_to(count, tf.shape(acc[..., 0]))
-    digits = _normalize(acc[..., :fmt.digits])
+    digits = ed.normalize(acc[..., :fmt.digits])
     return tf.concat([digits, acc[..., fmt.digits:], count[..., None]], -1)
 
 
@@ -240,17 +215,17 @@ def _chunked_state(y, fmt):
     # a tensor: tf.pad takes a Python -0.0 (== 0) for "no constant" and pads +0.0
     y = tf.pad(y, [[0, 0], [0, pad]], constant_values=tf.constant(-0.0, y.dtype))
     states = tf.reshape(_state_rows(tf.reshape(y, [-1, _MAX_TERMS]), fmt),
-                        [-1, k, fmt.digits + _NCOUNT])
+                        [-1, k, fmt.digits + ed.NCOUNT])
     total = combine_states(states, axis=1)
-    fix = [0] * (fmt.digits + _NCOUNT)
-    fix[fmt.digits + _NEGZERO] = -pad
-    fix[fmt.digits + _COUNT] = -pad
+    fix = [0] * (fmt.digits + ed.NCOUNT)
+    fix[fmt.digits + ed.NEGZERO] = -pad
+    fix[fmt.digits + ed.COUNT] = -pad
     return total + tf.constant(fix, tf.int64)
 
 
 def _sum_state_2d(x, axis):
     """[outer, J + 5] states of x reduced over `axis`, and the plain and keepdims output shapes."""
-    fmt = _format(x.dtype)
+    fmt = ed.binary_format(x.dtype)
     y, plain, keep = _to_2d(x, None if axis is None else sorted(axis))
     if y.shape[1] is not None and y.shape[1] > _MAX_TERMS:
         return _chunked_state(y, fmt), plain, keep
@@ -271,7 +246,7 @@ def sum_state(x, axis=None, keepdims=False):
     """
     state, plain, keep = _sum_state_2d(x, axis)
     shape = keep if keepdims else plain
-    return tf.reshape(state, tf.concat([shape, [num_digits(x.dtype) + _NCOUNT]], 0))
+    return tf.reshape(state, tf.concat([shape, [ed.num_digits(x.dtype) + ed.NCOUNT]], 0))
 
 
 def combine_states(states, axis=None):
@@ -296,8 +271,8 @@ def combine_states(states, axis=None):
 
 def normalize_state(state):
     """A state whose digits were added up, with its digits normalized again."""
-    j = state.shape[-1] - _NCOUNT
-    return tf.concat([_normalize(state[..., :j]), state[..., j:]], -1)
+    j = state.shape[-1] - ed.NCOUNT
+    return tf.concat([ed.normalize(state[..., :j]), state[..., j:]], -1)
 
 
 def exact_segment_state(data, segment_ids, num_segments, counts):
@@ -309,7 +284,7 @@ def exact_segment_state(data, segment_ids, num_segments, counts):
       num_segments: int or scalar int tensor.
       counts: the number of terms per segment, ``[num_segments]``.
     """
-    fmt = _format(data.dtype)
+    fmt = ed.binary_format(data.dtype)
     ids_rank = segment_ids.shape.rank
     static_inner = data.shape[ids_rank:].as_list()
     inner = math.prod(static_inner) if None not in static_inner else tf.reduce_prod(
@@ -330,141 +305,8 @@ def exact_segment_state(data, segment_ids, num_segments, counts):
                                     tf.constant(fmt.digits + 4, tf.int64)]))
     state = _with_count(acc, tf.cast(counts, tf.int64)[:, None], fmt)
     out_shape = tf.concat([tf.reshape(tf.cast(num, tf.int32), [1]),
-                           tf.shape(data)[ids_rank:], [fmt.digits + _NCOUNT]], 0)
+                           tf.shape(data)[ids_rank:], [fmt.digits + ed.NCOUNT]], 0)
     return tf.reshape(state, out_shape)
-
-
-# ----------------------------------------------------------------------------- normalization
-
-def _normalize(d):
-    """Carry-propagate [..., K] int64 digits (|d| <= 2**63 - 2**31) to two's complement:
-    digits in [0, 2**32) with the top digit signed (and holding the carry).
-
-    A scan over the digits (a while loop, also under XLA: the compiled
-    program does not grow with K); a function, so eager calls run it as one
-    graph."""
-    fn = _normalize_fn if tf.executing_eagerly() else _normalize_2d
-    return tf.reshape(fn(tf.reshape(d, [-1, d.shape[-1]]), d.shape[-1]), tf.shape(d))
-
-
-def _normalize_2d(flat, k):
-    """`_normalize` of [B, k] digits."""
-    flat = tf.reshape(flat, [-1, k])
-    cols = tf.transpose(flat)  # [K, B]
-    mask = tf.constant(_MASK32, tf.int64)
-    s32 = tf.constant(32, tf.int64)
-
-    def step(acc, c):
-        v = c + acc[0]
-        return tf.bitwise.right_shift(v, s32), tf.bitwise.bitwise_and(v, mask)
-
-    zero = tf.zeros_like(cols[0])
-    carries, low = tf.scan(step, cols[:-1], initializer=(zero, zero))
-    top = cols[-1] + carries[-1]
-    return tf.transpose(tf.concat([low, top[None]], 0))
-
-
-# eager calls run the digit scans as one graph each (inside a graph they are inlined)
-_normalize_fn = tf.function(_normalize_2d, reduce_retracing=True, autograph=False)
-
-
-def _sign_magnitude(digits):
-    """Normalized two's complement digits -> (negative, magnitude digits in [0, 2**32))."""
-    neg = digits[..., -1] < 0
-    mag = tf.where(neg[..., None], _normalize(-digits), digits)
-    return neg, mag
-
-
-# ----------------------------------------------------------------------------- rounding
-
-def _bit_length(v):
-    """Bit length of int64 values in [1, 2**53): exact from the float64 exponent field."""
-    f = tf.bitcast(tf.cast(v, tf.float64), tf.int64)
-    return tf.bitwise.right_shift(f, tf.constant(52, tf.int64)) - 1022
-
-
-def _shift(v, s):
-    """v * 2**s for int64 v >= 0 and int64 shifts s of either sign (|s| < 63), truncating."""
-    zero = tf.zeros_like(s)
-    return tf.where(s >= 0, tf.bitwise.left_shift(v, tf.maximum(s, zero)),
-                    tf.bitwise.right_shift(v, tf.maximum(-s, zero)))
-
-
-def _round_bits(mag, base, sticky_in, fmt):
-    """Nearest-even rounding of sum_k mag_k 2**(32k + base) (+ a sticky bit below) to fmt.
-
-    Args:
-      mag: [..., K] int64 digits in [0, 2**32).
-      base: Python int, the exponent of digit 0's last bit.
-      sticky_in: [...] bool, a nonzero remainder below digit 0.
-
-    Returns:
-      [...] int64: the magnitude's bit pattern in fmt (inf where it overflows).
-    """
-    K = mag.shape[-1]
-    nz = tf.not_equal(mag, 0)
-    k = tf.range(K, dtype=tf.int64)
-    top = tf.reduce_max(tf.where(nz, k, -tf.ones_like(k)), -1)
-    low = tf.reduce_min(tf.where(nz, k, tf.fill(tf.shape(k), tf.constant(K, tf.int64))), -1)
-    zero = top < 0
-    t = tf.maximum(top, 0)
-    padded = tf.concat([tf.zeros_like(mag[..., :2]), mag], -1)  # digits -2, -1 are zero
-    d0 = tf.gather(padded, t + 2, batch_dims=mag.shape.rank - 1)
-    d1 = tf.gather(padded, t + 1, batch_dims=mag.shape.rank - 1)
-    d2 = tf.gather(padded, t, batch_dims=mag.shape.rank - 1)
-    bl = _bit_length(tf.maximum(d0, 1))
-    ksh = 62 - bl  # window: 62 bits, top bit at bit 61
-    s1 = ksh - 32
-    s2 = 64 - ksh
-    one = tf.constant(1, tf.int64)
-    w = (tf.bitwise.left_shift(d0, ksh) + _shift(d1, s1) + tf.bitwise.right_shift(d2, s2))
-    lost1 = tf.bitwise.bitwise_and(d1, tf.bitwise.left_shift(one, tf.maximum(-s1, 0)) - 1)
-    lost2 = tf.bitwise.bitwise_and(d2, tf.bitwise.left_shift(one, s2) - 1)
-    sticky = sticky_in | (low < t - 2) | (lost1 != 0) | (lost2 != 0)
-    e_top = 32 * t + base + bl - 1  # exponent of the top bit
-    p = fmt.p
-    lsb = tf.maximum(e_top - (p - 1), fmt.emin_sub)
-    drop = tf.minimum(lsb - (e_top - 61), 63)  # >= 62 - p >= 9
-    q = tf.bitwise.right_shift(w, drop)
-    rem = w - tf.bitwise.left_shift(q, drop)
-    half = tf.bitwise.left_shift(one, drop - 1)
-    odd = tf.bitwise.bitwise_and(q, one) != 0
-    up = (rem > half) | ((rem == half) & (sticky | odd))
-    q = q + tf.cast(up, tf.int64)
-    inf_bits = tf.constant(((1 << fmt.ebits) - 1) << (p - 1), tf.int64)
-    # exponent field - 1 of the result; from 2**ebits - 2 on, the value is >= 2**(emax + 1)
-    exp_part = lsb - fmt.emin_sub
-    overflow = exp_part >= (1 << fmt.ebits) - 2
-    exp_part = tf.minimum(exp_part, (1 << fmt.ebits) - 3)  # keeps the sum below inf_bits
-    bits = tf.bitwise.left_shift(exp_part, tf.constant(p - 1, tf.int64)) + q
-    bits = tf.where(overflow, tf.fill(tf.shape(bits), inf_bits), tf.minimum(bits, inf_bits))
-    return tf.where(zero, tf.zeros_like(bits), bits)
-
-
-def _assemble(neg, mag_bits, counters, fmt, empty_bits=0):
-    """Bit patterns with sign and IEEE special cases -> tensor of fmt.dtype."""
-    p = fmt.p
-    inf_bits = ((1 << fmt.ebits) - 1) << (p - 1)
-    nan_bits = inf_bits | (1 << (p - 2))
-    n_nan, n_pinf, n_ninf, n_negzero, n = (counters[..., i] for i in range(_NCOUNT))
-    sign = neg
-    bits = mag_bits
-    all_negzero = (n > 0) & tf.equal(n_negzero, n)
-    sign = sign | all_negzero
-    is_nan = (n_nan > 0) | ((n_pinf > 0) & (n_ninf > 0))
-    bits = tf.where(n_ninf > 0, tf.fill(tf.shape(bits), tf.constant(inf_bits, tf.int64)), bits)
-    sign = tf.where(n_ninf > 0, tf.ones_like(sign), sign)
-    bits = tf.where(n_pinf > 0, tf.fill(tf.shape(bits), tf.constant(inf_bits, tf.int64)), bits)
-    sign = tf.where(n_pinf > 0, tf.zeros_like(sign), sign)
-    bits = tf.where(is_nan, tf.fill(tf.shape(bits), tf.constant(nan_bits, tf.int64)), bits)
-    sign = tf.where(is_nan, tf.zeros_like(sign), sign)
-    if empty_bits:
-        bits = tf.where(tf.equal(n, 0), tf.fill(tf.shape(bits), tf.constant(empty_bits, tf.int64)),
-                        bits)
-        sign = tf.where(tf.equal(n, 0), tf.zeros_like(sign), sign)
-    # the sign bit in the two's complement of the signed integer type of the width
-    signed = tf.where(sign, bits + tf.constant(-(1 << (fmt.width - 1)), tf.int64), bits)
-    return tf.bitcast(tf.cast(signed, fmt.bits_dtype), fmt.dtype)
 
 
 def state_to_sum(state, dtype):
@@ -474,45 +316,12 @@ def state_to_sum(state, dtype):
       state: int64 ``[..., J + 5]`` from `sum_state`/`combine_states`.
       dtype: the dtype the state was made from (and the output dtype).
     """
-    fmt = _format(dtype)
-    flat = tf.reshape(state, [-1, fmt.digits + _NCOUNT])
+    fmt = ed.binary_format(dtype)
+    flat = tf.reshape(state, [-1, fmt.digits + ed.NCOUNT])
     digits, counters = flat[:, :fmt.digits], flat[:, fmt.digits:]
-    neg, mag = _sign_magnitude(digits)
-    bits = _round_bits(mag, fmt.emin_sub, tf.zeros_like(neg), fmt)
-    return tf.reshape(_assemble(neg, bits, counters, fmt), tf.shape(state)[:-1])
-
-
-def _divide(mag, n):
-    """Long division of [B, K] 32-bit digits by n ([B], 1 <= n < 2**47), in 16-bit steps,
-    with two extra digits below: (quotient [B, K + 2], remainder != 0)."""
-    fn = _divide_fn if tf.executing_eagerly() else _divide_2d
-    q, sticky = fn(mag, n, mag.shape[-1])
-    return tf.reshape(q, [-1, mag.shape[-1] + 2]), sticky
-
-
-def _divide_2d(mag, n, k):
-    mag = tf.reshape(mag, [-1, k])
-    mask16 = tf.constant(0xFFFF, tf.int64)
-    s16 = tf.constant(16, tf.int64)
-    cols = tf.transpose(mag)[::-1]  # most significant first
-    zero = tf.zeros_like(cols[0])
-    cols = tf.concat([cols, tf.zeros_like(cols[:2])], 0)
-
-    def step(acc, c):
-        r = acc[0]
-        cur = tf.bitwise.left_shift(r, s16) + tf.bitwise.right_shift(c, s16)
-        qh = tf.math.floordiv(cur, n)
-        r = cur - qh * n
-        cur = tf.bitwise.left_shift(r, s16) + tf.bitwise.bitwise_and(c, mask16)
-        ql = tf.math.floordiv(cur, n)
-        r = cur - ql * n
-        return r, tf.bitwise.left_shift(qh, s16) + ql
-
-    rems, q = tf.scan(step, cols, initializer=(zero, zero))
-    return tf.transpose(q[::-1]), tf.not_equal(rems[-1], 0)
-
-
-_divide_fn = tf.function(_divide_2d, reduce_retracing=True, autograph=False)
+    neg, mag = ed.sign_magnitude(digits)
+    bits = ed.round_bits(mag, fmt.emin_sub, tf.zeros_like(neg), fmt)
+    return tf.reshape(ed.assemble(neg, bits, counters, fmt), tf.shape(state)[:-1])
 
 
 def state_to_mean(state, dtype, empty="nan"):
@@ -524,16 +333,16 @@ def state_to_mean(state, dtype, empty="nan"):
       empty: value for a state of no terms: "nan" (as `tf.reduce_mean`) or "zero"
         (as `tf.math.segment_mean`).
     """
-    fmt = _format(dtype)
-    flat = tf.reshape(state, [-1, fmt.digits + _NCOUNT])
+    fmt = ed.binary_format(dtype)
+    flat = tf.reshape(state, [-1, fmt.digits + ed.NCOUNT])
     digits, counters = flat[:, :fmt.digits], flat[:, fmt.digits:]
-    neg, mag = _sign_magnitude(digits)
-    n = tf.maximum(counters[..., _COUNT], 1)
-    quot, sticky = _divide(mag, n)
-    bits = _round_bits(quot, fmt.emin_sub - 64, sticky, fmt)
+    neg, mag = ed.sign_magnitude(digits)
+    n = tf.maximum(counters[..., ed.COUNT], 1)
+    quot, sticky = ed.divide(mag, n)
+    bits = ed.round_bits(quot, fmt.emin_sub - 64, sticky, fmt)
     inf_bits = ((1 << fmt.ebits) - 1) << (fmt.p - 1)
     empty_bits = (inf_bits | (1 << (fmt.p - 2))) if empty == "nan" else 0
-    return tf.reshape(_assemble(neg, bits, counters, fmt, empty_bits), tf.shape(state)[:-1])
+    return tf.reshape(ed.assemble(neg, bits, counters, fmt, empty_bits), tf.shape(state)[:-1])
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -642,7 +451,7 @@ def _blocked(y, fmt, exclusive, block):
     y = tf.pad(y, [[0, 0], [0, nb * block - length]])
     blocks = tf.reshape(y, tf.stack([-1, nb, block]))
     totals = tf.reshape(_state_rows(tf.reshape(blocks, [-1, block]), fmt),
-                        tf.stack([-1, nb, fmt.digits + _NCOUNT]))
+                        tf.stack([-1, nb, fmt.digits + ed.NCOUNT]))
     offsets = tf.cumsum(totals, axis=1, exclusive=True)
 
     def one(args):
@@ -666,7 +475,7 @@ def exact_cumsum(x, axis, exclusive=False, reverse=False):
     4 for float16, 11 for bfloat16 and float32, 68 for float64).
     """
     _check(x, "exact_cumsum")
-    fmt = _format(x.dtype)
+    fmt = ed.binary_format(x.dtype)
 
     @tf.custom_gradient
     def impl(v):
