@@ -201,6 +201,23 @@ def test_float16_overflow_is_reported_with_rescale():
     assert prof.worst[0][0] == "big" and prof.worst[0][2].startswith("rescale: values reach")
 
 
+def test_emulated_float16_convolutions_match_the_native_kernels():
+    model, x, y = _cnn(n=8)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    emulated = profile(model, (x, y), policy="mixed_float16", loss=loss, emulate=True, verbose=False)
+    native = profile(model, (x, y), policy="mixed_float16", loss=loss, emulate=False, verbose=False)
+    assert [e.emulated for e in emulated.layers] == [e.class_name == "Conv2D" for e in emulated.layers]
+    assert not any(e.emulated for e in native.layers)
+    for a, b in zip(emulated.layers, native.layers):
+        for key in ("bits_mean", "local_bits_mean", "grad_bits_mean", "weight_grad_bits_mean"):
+            va, vb = getattr(a, key), getattr(b, key)
+            assert (va is None) == (vb is None)
+            if va is not None:
+                assert abs(va - vb) < 0.1, (a.name, key, va, vb)
+    # the mean losses differ by roundings of float16 intermediates: below one float16 unit roundoff
+    assert abs(emulated.loss[0] - native.loss[0]) <= 2.0 ** -11 * abs(native.loss[1])
+
+
 def test_eager_and_graph_give_the_same_profile():
     model, x, y = _cnn(n=16)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
