@@ -162,7 +162,7 @@ def test_hash_record_checked_and_written_atomically(tmp_path):
 # ------------------------------------------------------------------ whole processes
 
 @pytest.mark.skipif(not _ROOT or _nobody() is None, reason="needs root to act as user nobody")
-def test_library_planted_by_another_user_never_runs(planted, copy_cxx, monkeypatch):
+def test_library_planted_by_another_user_never_runs(planted, copy_cxx, tmp_path, monkeypatch):
     """`nobody` plants a library and its matching hash in a shared cache: the shared directory
     is refused; once made private again, nobody's files are refused and ours rebuilt."""
     cxx, log = copy_cxx
@@ -178,7 +178,7 @@ def test_library_planted_by_another_user_never_runs(planted, copy_cxx, monkeypat
         subprocess.run(["cp", str(bait), str(shared / name)], **as_nobody)
         subprocess.run(["sh", "-c", f"echo {digest} > '{shared / name}.sha256'"], **as_nobody)
         assert os.stat(shared / name).st_uid == _nobody().pw_uid
-        marker = Path(tempfile.mkdtemp(prefix="safeops-marker-", dir="/tmp")) / "ran"
+        marker = tmp_path / "ran"
         env = env_for(shared, cxx, PLANTED_MARKER=marker)
 
         res = run_ops(env)
