@@ -239,7 +239,8 @@ class _Compensated:
         weights do (Adam's ``v += (g**2 - v) * 0.001`` is below half an ulp), so
         every slot of a compensated float16/bfloat16 variable is float32 (the
         EMA copy too: it is rounded once when written back), except the
-        compensation slot, which keeps the variable's dtype.
+        compensation slot and Keras's gradient accumulator, which keep the
+        variable's dtype.
 
         Args:
           reference_variable: the model variable.
@@ -247,7 +248,10 @@ class _Compensated:
           initializer: slot initializer.
         """
         dtype = tf.as_dtype(reference_variable.dtype)
-        if name != _COMPENSATION and dtype in HALF_DTYPES and self._mode(reference_variable):
+        # Gradient accumulators keep the variable's dtype: Keras adds the gradients
+        # into them with a plain tensor add, which needs equal dtypes.
+        if name not in (_COMPENSATION, "gradient_accumulator") and dtype in HALF_DTYPES and \
+                self._mode(reference_variable):
             path = getattr(reference_variable, "path", None) or \
                 str(reference_variable.name).replace(":", "_")
             ref = getattr(reference_variable, "value", reference_variable)
@@ -256,8 +260,12 @@ class _Compensated:
                 return keras.optimizers.Optimizer.add_variable(
                     self, shape=reference_variable.shape, initializer=initializer,
                     dtype="float32", name=f"{path.replace('/', '_')}_{name}")
-        return super().add_variable_from_reference(reference_variable, name=name,
-                                                   initializer=initializer)
+        widen, self._widen_slots = getattr(self, "_widen_slots", False), False
+        try:  # Keras's factory calls add_variable with the reference's dtype: keep it
+            return super().add_variable_from_reference(reference_variable, name=name,
+                                                       initializer=initializer)
+        finally:
+            self._widen_slots = widen
 
     # -- gradients and decay ------------------------------------------------------
     def _clip_gradients(self, grads):
