@@ -75,7 +75,9 @@ def _parser(command):
                        help="lowest severity that makes the exit status 1")
     else:
         p.add_argument("--loss", help="a Keras loss name (needs targets 'y' in --data)")
-        p.add_argument("--mode", default="eager", choices=("eager", "graph"))
+        p.add_argument("--mode", default="graph" if command == "profile" else "eager",
+                       choices=("eager", "graph"),
+                       help="run eagerly or traced in tf.function (same figures)")
     if command == "profile":
         p.add_argument("--policy", default="mixed_float16",
                        help="Keras dtype policy to profile (default mixed_float16; int8, float8, ...)")
