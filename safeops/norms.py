@@ -113,7 +113,8 @@ def norm(tensor, ord="euclidean", axis=None, keepdims=None, name=None):  # noqa:
       The norm, input dtype, reduced shape.
 
     Raises:
-      TypeError / InvalidArgumentError: a dtype TF's norm rejects (both at once).
+      TypeError / InvalidArgumentError: a dtype TF's norm rejects (both at once);
+        integers with ord 1 or inf are delegated to `tf.norm`.
       ValueError: unsupported `ord`, or an axis that is not None, one integer
         or two distinct integers (TF's error); an out-of-range axis as
         `tf.norm` (InvalidArgumentError eagerly, ValueError in a graph).
@@ -125,10 +126,9 @@ def norm(tensor, ord="euclidean", axis=None, keepdims=None, name=None):  # noqa:
     keepdims = bool(keepdims)
     with tf.name_scope(name or "norm"):
         x = tf.convert_to_tensor(tensor)
-        if x.dtype not in FLOAT_DTYPES and x.dtype not in COMPLEX_DTYPES:
-            raise dtype_error(_OP, f"argument 'tensor' must be floating or complex; got "
-                                   f"{x.dtype.name}")
         axes = norm_axes(_OP, axis, x.shape.rank)
+        if axes is None and x.shape.rank is not None and x.shape.rank > 8:
+            x = tf.reshape(x, [-1])  # a flattened vector norm; TF's kernels stop at rank 8
         matrix = axes is not None and len(axes) == 2
         vector_ords = ("euclidean", 1, 2, np.inf, float("inf"))
         is_p = (isinstance(ord, (int, float)) and not isinstance(ord, bool)
@@ -140,6 +140,12 @@ def norm(tensor, ord="euclidean", axis=None, keepdims=None, name=None):  # noqa:
         elif not (ord in vector_ords or is_p):
             raise ValueError(f"{_OP}: argument 'ord' must be 'euclidean', 1, 2, inf or a real "
                              f"p > 0 for a vector norm; got {ord!r}")
+        if x.dtype not in FLOAT_DTYPES and x.dtype not in COMPLEX_DTYPES:
+            if x.dtype.is_integer and ord in (1, np.inf):  # exact in TF: delegated
+                tf_axis = None if axes is None else axes[0] if len(axes) == 1 else tuple(axes)
+                return tf.norm(x, ord=ord, axis=tf_axis, keepdims=keepdims)
+            raise dtype_error(_OP, f"argument 'tensor' must be floating or complex for ord "
+                                   f"{ord!r}; got {x.dtype.name}")
         if matrix and ord == 2:
             return tf.norm(x, ord=2, axis=axes, keepdims=keepdims)
         if ord in ("euclidean", "fro") or (ord == 2 and not matrix):

@@ -306,7 +306,21 @@ def _logsumexp_keep(x, axis):
     return inner(x)
 
 
+def _rows_3d(fn, x, axis):
+    """fn on x viewed as [outer, n, inner] (axis in the middle) where x's rank passes TF's
+    kernel limit; None otherwise."""
+    if not cs.needs_collapse(x):
+        return None
+    y, _ = cs.as_3d(x, [axis % x.shape.rank])
+    out = tf.reshape(fn(y, 1), tf.shape(x))
+    out.set_shape(x.shape)
+    return out
+
+
 def _softmax(x, axis):
+    high = _rows_3d(_softmax, x, axis)
+    if high is not None:
+        return high
     fused = _native_rows("softmax", x, axis)
     return fused[0] if fused is not None else _fused_op(_softmax_fwd, _softmax_bwd, x, axis)
 
@@ -315,6 +329,9 @@ def _log_softmax(x, axis):
     # The fused kernel also computes log_softmax, but measured slower forward+backward
     # (1.20-1.30x tf.nn.log_softmax against 1.04-1.10x for the XLA-fused path: its backward
     # recomputes the exps in double-stored rows): log_softmax keeps the XLA-fused path.
+    high = _rows_3d(_log_softmax, x, axis)
+    if high is not None:
+        return high
     return _fused_op(_log_softmax_fwd, _log_softmax_bwd, x, axis)
 
 
@@ -338,7 +355,15 @@ def _axis(op, x, axis):
 
 
 def _logsumexp(op, x, axis, keepdims):
+    if axis is None and x.shape.rank is None and not keepdims:
+        x, axis = tf.reshape(x, [-1]), 0  # every axis of an unknown rank: a scalar result
     axes = reduction_axes(op, axis, x.shape.rank)
+    if axes and cs.needs_collapse(x):  # above TF's rank limit: merge adjacent axes first
+        y, new_axes = cs.collapse(x, axes)
+        out = tf.reshape(_logsumexp(op, y, list(new_axes), False),
+                         cs.reduced_shape(x, axes, keepdims))
+        out.set_shape(cs.static_result_shape(x, axes, keepdims))
+        return out
     if axes is None:
         axes_arg = dynamic_axes(op, axis, x)
     elif not axes:  # nothing reduced: log(exp(x)) = x

@@ -156,6 +156,16 @@ def _dispatch(op, x, axis, keepdims, dense, masked=None, tf_op=None, real_out=Fa
             return tf.cast(tf_op(tf.cast(rt, acc), ax, kd), rt.dtype)
 
         return ragged_reduce(op, x, axis, keepdims, on_dense, fallback)
+    if axis is None and x.shape.rank is None and not keepdims:
+        x, axis = tf.reshape(x, [-1]), 0  # every axis of an unknown rank: a scalar result
+    axes = reduction_axes(op, axis, x.shape.rank) if cs.needs_collapse(x) else None
+    if axes and (x.dtype in FLOAT_DTYPES or x.dtype in _COMPLEX):
+        # above TF's rank limit for broadcasting kernels: merge adjacent axes first
+        y, new_axes = cs.collapse(x, axes)
+        out = _dispatch(op, y, list(new_axes), False, dense, masked, tf_op, real_out)
+        out = tf.reshape(out, cs.reduced_shape(x, axes, keepdims))
+        out.set_shape(cs.static_result_shape(x, axes, keepdims))
+        return out
     if x.dtype in FLOAT_DTYPES:
         return dense(op, x, axis, keepdims)
     if x.dtype in _COMPLEX and not real_out:
@@ -514,6 +524,11 @@ def _dynamic_scan_axis(op, axis, x):
 
 def _scan(op, v, axis, exclusive, reverse):
     ax = scan_axis(op, axis, v.shape.rank)
+    if ax is not None and cs.needs_collapse(v):  # above TF's rank limit: scan a 3-d view
+        y, _ = cs.as_3d(v, [ax])
+        out = tf.reshape(_scan(op, y, 1, exclusive, reverse), tf.shape(v))
+        out.set_shape(v.shape)
+        return out
     if ax is None:
         ax = _dynamic_scan_axis(op, axis, v)
     elif v.shape[ax] == 0:

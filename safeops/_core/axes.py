@@ -68,7 +68,10 @@ def _static(op, arg, axis):
     if arr.dtype.kind in "iub":
         return arr.astype(np.int64)
     if arr.dtype.kind == "f":
-        raise TypeError(f"{op}: argument '{arg}' must hold integers, not floats; got {axis!r}")
+        if arr.ndim == 0:  # a float scalar cannot become an int32 axis: TypeError, as TF
+            raise TypeError(f"{op}: argument '{arg}' must be an integer, not a float; "
+                            f"got {axis!r}")
+        raise _bad_type(op, arg, axis)  # a float list becomes a float tensor: TF's kernel error
     if arr.dtype.kind == "O" and any(tf.is_tensor(a) for a in arr.ravel()):
         # a list of scalar tensors, TF packs it
         return _static(op, arg, tf.stack(list(axis)))
@@ -177,7 +180,8 @@ def norm_axes(op, axis, rank, arg="axis"):
     Returns None for None, else a list of one or two non-negative ints (as
     given where the rank is unknown). An integer tensor of known value is
     accepted too. Anything else, a repeated or a third axis: ValueError (TF's
-    error); out of range: as a reduction (InvalidArgumentError eagerly,
+    error; two spellings of one axis, (1, -1): InvalidArgumentError, as TF's
+    kernel); out of range: as a reduction (InvalidArgumentError eagerly,
     ValueError in a graph).
     """
     if axis is None:
@@ -193,13 +197,15 @@ def norm_axes(op, axis, rank, arg="axis"):
     if arr is None or arr.ndim > 1 or arr.size not in (1, 2):
         raise bad
     axes = arr.ravel().tolist()
+    if len(axes) == 2 and axes[0] == axes[1]:
+        raise bad
     if rank is not None:
         for a in axes:
             if not -rank <= a < rank:
                 raise _out_of_range(op, arg, a, rank, ValueError)
         axes = [a % rank for a in axes]
-    if len(axes) == 2 and axes[0] == axes[1]:
-        raise bad
+    if len(axes) == 2 and axes[0] == axes[1]:  # e.g. (1, -1): TF's reduction kernel rejects it
+        raise _iae(f"{op}: argument '{arg}' names one axis twice: {arr.ravel().tolist()}")
     return axes
 
 

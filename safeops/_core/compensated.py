@@ -28,8 +28,8 @@ import tensorflow as tf
 
 from safeops._core.eft import prod_dw, two_sum
 
-__all__ = ["as_3d", "dd_div", "finish", "keep_shape", "move_axes_last", "reduced_shape",
-           "sum_dd", "tree_sum"]
+__all__ = ["as_3d", "collapse", "dd_div", "finish", "keep_shape", "move_axes_last",
+           "needs_collapse", "reduced_shape", "static_result_shape", "sum_dd", "tree_sum"]
 
 
 def _is_static(axes):
@@ -66,7 +66,8 @@ def reduced_shape(x, axes, keepdims):
     return tf.boolean_mask(shape, tf.logical_not(mask))
 
 
-def _static_result_shape(x, axes, keepdims):
+def static_result_shape(x, axes, keepdims):
+    """The static shape of a reduction of x over `axes` (as TF's shape function infers it)."""
     if not _is_static(axes) or x.shape.rank is None:
         if keepdims and x.shape.rank is not None:
             return tf.TensorShape([None] * x.shape.rank)
@@ -198,7 +199,7 @@ def sum_dd(x, axes, keepdims, c0=None):
     n = tf.cast(tf.shape(y)[-1], x.dtype)
     shape = reduced_shape(x, axes, keepdims)
     s, c = tf.reshape(s, shape), tf.reshape(c, shape)
-    static = _static_result_shape(x, axes, keepdims)
+    static = static_result_shape(x, axes, keepdims)
     s.set_shape(static)
     c.set_shape(static)
     return s, c, n
@@ -213,3 +214,36 @@ def dd_div(s, c, n):
     p, pe = prod_dw(q, n)
     r = ((s - p) - pe + c) / n
     return q, tf.stop_gradient(tf.where(tf.math.is_finite(r), r, tf.zeros_like(r)))
+
+
+_MAX_RANK = 8  # TF's broadcasting kernels (SelectV2, ...) stop at rank 8
+
+
+def collapse(x, axes):
+    """x with runs of adjacent reduced (or kept) axes merged: (y, new_axes), y of rank <= the
+    number of runs. A reduction of y over new_axes equals that of x over `axes` (reshape
+    it to `reduced_shape(x, axes, keepdims)`); used where x's rank passes TF's kernel limit.
+    """
+    rank = x.shape.rank
+    static = x.shape.as_list()
+    shape = static if None not in static else tf.unstack(tf.shape(x), num=rank)
+    groups = []  # (reduced?, [dims])
+    for i in range(rank):
+        red = i in axes
+        if groups and groups[-1][0] == red:
+            groups[-1][1].append(shape[i])
+        else:
+            groups.append((red, [shape[i]]))
+    dims, new_axes = [], []
+    for j, (red, ds) in enumerate(groups):
+        size = 1
+        for d in ds:
+            size = size * d
+        dims.append(size)
+        if red:
+            new_axes.append(j)
+    return tf.reshape(x, dims), tuple(new_axes)
+
+
+def needs_collapse(x):
+    return x.shape.rank is not None and x.shape.rank > _MAX_RANK
