@@ -23,6 +23,15 @@ probabilities to ``[eps, 1 - eps]`` with ``eps = keras.config.epsilon()``
 beyond the clip. The results are the same eagerly, in `tf.function` and
 under ``jit_compile=True``.
 
+The `Loss` classes call like Keras's `Loss`: a mask on y_pred
+(``_keras_mask``, set by masking layers) and the mask of ignored classes are
+combined, every ``reduction`` ("sum_over_batch_size", "sum", "mean",
+"mean_with_sample_weight", None/"none") and ``sample_weight`` of every shape
+Keras accepts give Keras's value, but the weighted sum is accumulated in the
+wide dtype (float32 -> float64) with a compensated sum and rounded once, so
+the reduced loss is within about 1 ulp of the exact weighted mean of the
+per-sample losses.
+
 dtypes: y_pred float16, bfloat16, float32 or float64 (anything else:
 `TypeError` naming the op and ``y_pred``); y_true is cast to y_pred's dtype
 (sparse labels: to int64); the loss has y_pred's dtype and is computed in it
