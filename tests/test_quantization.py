@@ -517,3 +517,166 @@ def test_legacy_tfmot_path_in_subprocess(subprocesses):
 
 def test_keras3_process_never_sets_legacy_flag(subprocesses):
     assert "flag None []" in _stdout(subprocesses["keras3"])
+
+
+# ---------------------------------------------------------------------------
+# BatchNormalization folding, float ops in int8 exports, weight SQNR, custom layers
+# ---------------------------------------------------------------------------
+
+def _conv_bn(seed=0):
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(6, 3, padding="same", name="conv")(inp)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.ReLU()(x)
+    out = keras.layers.Dense(4, name="head")(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inp, out)
+    rng = np.random.default_rng(seed)
+    bn = model.get_layer("bn")
+    bn.set_weights([rng.uniform(0.5, 2.0, 6), rng.uniform(-1, 1, 6), rng.uniform(-1, 1, 6),
+                    rng.uniform(0.2, 3.0, 6)])
+    x = rng.uniform(0, 1, (64, 8, 8, 3)).astype(np.float32)
+    return model, x
+
+
+def test_batch_norm_folded_in_qat_and_export():
+    model, x = _conv_bn()
+    q = quantize_model(model)
+    rep = quantization_report(q)
+    assert ("quant_conv", "Conv2D+BatchNormalization") in rep.quantized
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in q.layers)
+    wrapper = q.get_layer("quant_conv")
+    gamma, beta, mean, var = (np.asarray(w, np.float64) for w in model.get_layer("bn").weights)
+    kernel, bias = (np.asarray(w, np.float64) for w in model.get_layer("conv").weights)
+    s = gamma / np.sqrt(var + 1e-3)
+    from safeops.quantization.wrappers import folded_kernel_and_bias
+    k, b = folded_kernel_and_bias(wrapper)
+    np.testing.assert_allclose(k.numpy(), kernel * s, rtol=1e-6)
+    np.testing.assert_allclose(b.numpy(), (bias - mean) * s + beta, rtol=1e-5, atol=1e-6)
+    calibrate(q, x)
+    # the folded, fake-quantized model computes the float model's function to 8-bit accuracy
+    ref = model(x).numpy()
+    assert np.max(np.abs(q(x).numpy() - ref)) < 0.02 * np.max(np.abs(ref))
+    # one CONV_2D: the normalization's MUL and ADD are gone from the int8 model
+    blob = export_tflite(q, x)
+    ops = [o["op_name"] for o in tf.lite.Interpreter(model_content=blob)._get_ops_details()]
+    assert ops.count("CONV_2D") == 1 and "MUL" not in ops and "ADD" not in ops
+    result = evaluate_quantization(model, blob, x, exported_from=q)
+    assert result.max_abs_diff < 0.02 * np.max(np.abs(ref))
+    # a float model exported as it is: the converter folds too, and the SQNR is measured
+    # against the folded kernel (an unfolded one would not match any int8 tensor)
+    float_blob = export_tflite(model, x)
+    assert evaluate_quantization(model, float_blob, x).weight_sqnr_db["conv"] > 40
+    # not folded when the convolution's output has another use
+    inp = keras.Input((8, 8, 3))
+    a = keras.layers.Conv2D(4, 3, padding="same")(inp)
+    two = keras.Model(inp, keras.layers.Add()([keras.layers.BatchNormalization()(a), a]))
+    assert any(c == "BatchNormalization" for _, c, _ in
+               quantization_report(quantize_model(two)).float_layers)
+    assert not any("+" in c for _, c in quantization_report(
+        quantize_model(model, fold_batch_norm=False)).quantized)
+
+
+def test_int8_export_fails_naming_float_ops():
+    keras.utils.set_random_seed(1)
+    inp = keras.Input((8,))
+    h = keras.layers.LayerNormalization()(keras.layers.Dense(8)(inp))
+    model = keras.Model(inp, keras.layers.Dense(3)(h))
+    x = np.random.default_rng(1).standard_normal((50, 8)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"export_tflite.*float op.*NEG \(float32"):
+        export_tflite(model, x)
+    with pytest.raises(ValueError, match="NEG"):
+        export_tflite(model, x, allow_float_ops={"ADD"})
+    blob = export_tflite(model, x, allow_float_ops={"NEG"})
+    assert [op for _, op, _ in so.quantization.float_ops(blob)] == ["NEG"]
+    assert export_tflite(model, x, allow_float_ops=True) == blob
+    # a float export is not checked; a fully int8 model passes
+    export_tflite(model, x, int8=False)
+    cnn, xc = _conv_bn()
+    assert so.quantization.float_ops(export_tflite(quantize_model(cnn), xc)) == []
+
+
+def _symmetric_per_channel(w, bits=8):
+    """Independent NumPy reference: round to the symmetric narrow grid of each output channel."""
+    w = np.asarray(w, np.float64)
+    n = 2 ** (bits - 1) - 1
+    m = np.maximum(np.abs(w).reshape(-1, w.shape[-1]).max(0), 1e-8)
+    return np.round(w / (m / n)) * (m / n)
+
+
+def test_weight_sqnr_measures_quantization_not_training():
+    """After QAT that moved the weights, SQNR compares the quantized weights with the SAME
+    model's float weights (the quantization error, ~48 dB at 8 bits), not with the reference."""
+    keras.utils.set_random_seed(2)
+    inp = keras.Input((16,))
+    model = keras.Model(inp, keras.layers.Dense(4, name="d")(
+        keras.layers.Dense(32, activation="relu", name="h")(inp)))
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((256, 16)).astype(np.float32)
+    y = rng.integers(0, 4, 256)
+    q = quantize_model(model)
+    q.compile(keras.optimizers.SGD(1.0), keras.losses.SparseCategoricalCrossentropy(True))
+    q.fit(x, y, epochs=3, batch_size=32, verbose=0)
+    report = evaluate_quantization(model, q, x, y)
+    for name in ("h", "d"):
+        w = q.get_layer(f"quant_{name}").layer.kernel.numpy().astype(np.float64)
+        qw = _symmetric_per_channel(w)
+        expected = 10 * np.log10(np.sum(w ** 2) / np.sum((w - qw) ** 2))
+        assert report.weight_sqnr_db[name] == pytest.approx(expected, abs=0.05)
+        assert report.weight_sqnr_db[name] > 40
+        drift = model.get_layer(name).kernel.numpy().astype(np.float64)
+        moved = 10 * np.log10(np.sum(drift ** 2) / np.sum((drift - qw) ** 2))
+        assert moved < report.weight_sqnr_db[name] - 10  # what the old figure measured
+    blob = export_tflite(q, x[:100])
+    tfl = evaluate_quantization(model, blob, x, y, exported_from=q)
+    for name in ("h", "d"):
+        assert tfl.weight_sqnr_db[name] == pytest.approx(report.weight_sqnr_db[name], abs=1.0)
+
+
+@keras.saving.register_keras_serializable(package="safeops_tests")
+class _Scale(keras.layers.Layer):
+    """A user's layer: y = x @ w (its weight in the attribute `w`)."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+
+    def build(self, shape):
+        self.w = self.add_weight(shape=(shape[-1], self.units), name="w")
+
+    def call(self, x):
+        return keras.ops.matmul(x, self.w)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+def test_quantize_config_for_a_custom_layer(tmp_path):
+    from safeops.quantization import QuantizeConfig
+
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((6,))
+    model = keras.Model(inp, _Scale(5, name="scale")(inp))
+    q = quantize_model(model, activation_bits=None,
+                       quantize_configs={_Scale: QuantizeConfig(weights=("w",))})
+    assert ("quant_scale", "_Scale") in quantization_report(q).quantized
+    x = np.random.default_rng(3).standard_normal((4, 6)).astype(np.float32)
+    w = model.get_layer("scale").w.numpy()
+    np.testing.assert_allclose(q(x).numpy(), x.astype(np.float64) @ _symmetric_per_channel(w),
+                               rtol=1e-5, atol=1e-6)
+    assert isinstance(q.get_layer("quant_scale").layer.w, keras.Variable)  # restored
+    q.save(tmp_path / "q.keras")
+    loaded = keras.models.load_model(tmp_path / "q.keras")
+    np.testing.assert_array_equal(loaded(x).numpy(), q(x).numpy())
+    # by class name too; a straight-through gradient reaches the float weight
+    q2 = quantize_model(model, quantize_configs={"_Scale": {"weights": ["w"]}})
+    with tf.GradientTape() as tape:
+        out = tf.reduce_sum(q2(x, training=True))
+    assert tape.gradient(out, q2.get_layer("quant_scale").layer.w) is not None
+    assert evaluate_quantization(model, q2, x).weight_sqnr_db["scale.w"] > 40
+    with pytest.raises(TypeError, match="quantize_configs"):
+        quantize_model(model, quantize_configs={_Scale: ("w",)})
+    with pytest.raises(TypeError, match="QuantizeConfig.*weights"):
+        QuantizeConfig(weights=(1,))
+    with pytest.raises(ValueError, match=r"(?s)'scale'.*'kernel'"):
+        quantize_model(model, quantize_configs={_Scale: QuantizeConfig(weights=("kernel",))})

@@ -216,6 +216,12 @@ class QuantizeWrapper(keras.layers.Wrapper):
     def build(self, input_shape):
         if not self.layer.built:
             self.layer.build(input_shape)
+        if self.quantize_config is not None:
+            missing = [n for n in self.quantize_config.weights if getattr(self.layer, n, None) is None]
+            if missing:
+                raise ValueError(f"safeops.quantization.QuantizeWrapper: layer '{self.layer.name}' "
+                                 f"({type(self.layer).__name__}) has no weight attribute "
+                                 f"{missing[0]!r} named in its QuantizeConfig")
         if self.batch_norm is not None and not self.batch_norm.built:
             self.batch_norm.build(self.layer.compute_output_shape(input_shape))
         self.input_quantizers = []
@@ -308,6 +314,10 @@ class QuantizeWrapper(keras.layers.Wrapper):
         return y
 
     def compute_output_shape(self, input_shape):
+        if self.quantize_config is not None:  # a user's layer may only define call()
+            spec = self.layer.compute_output_spec(
+                keras.KerasTensor(input_shape, dtype=self.layer.compute_dtype))
+            return spec.shape
         return self.layer.compute_output_shape(input_shape)
 
     def get_config(self):
