@@ -13,8 +13,9 @@ the configs, masks with the replayed graph. Failures name the layer and why
 
 This module is the one place that touches Keras internals for rewriting: the
 Functional class (``keras.src.models.functional``), a layer's sublayer list
-(``_layers``) and its tracker (``_tracker``), a Lambda layer's ``_output_shape``. `tests/test_wrap.py` checks each
-of them, so a Keras release that moves them fails there, loudly.
+(``_layers``) and its tracker (``_tracker``), a Lambda layer's ``_output_shape``.
+`tests/test_wrap.py` checks each of them, so a Keras release that moves them
+fails there, loudly.
 """
 
 import keras
@@ -49,8 +50,8 @@ def check_model(model, op):
         raise TypeError(
             f"{op}: argument 'model' must be a Sequential or Functional model (built with "
             f"keras.Input); got a subclassed model ({type(model).__name__}) without a functional "
-            "graph, which cannot be rewritten layer by layer. Build it as a Functional model around its layers, "
-            "or use the safeops layers directly in its code")
+            "graph, which cannot be rewritten layer by layer. Build it as a Functional model "
+            "around its layers, or use the safeops layers directly in its code")
     if not model.built or not model.inputs:
         raise RewriteError(f"{op}: the model '{model.name}' has no known input shape; build it "
                            "(start it with keras.Input(shape)) before rewriting it")

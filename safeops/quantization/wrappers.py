@@ -141,7 +141,7 @@ def quantized_kernel(wrapper, kernel):
      "and output for quantization-aware training")
 @keras.saving.register_keras_serializable(package="safeops")
 class QuantizeWrapper(keras.layers.Wrapper):
-    """Fake quantization around one Dense/Conv/DepthwiseConv2D/Add/Concatenate/ReLU/Activation or custom layer.
+    """Fake quantization around one kernel, merge, activation or configured custom layer.
 
     Kernel layers: the kernel -- with a following BatchNormalization folded
     in (``batch_norm``; `folded_kernel_and_bias`) -- is fake-quantized on
@@ -217,7 +217,8 @@ class QuantizeWrapper(keras.layers.Wrapper):
         if not self.layer.built:
             self.layer.build(input_shape)
         if self.quantize_config is not None:
-            missing = [n for n in self.quantize_config.weights if getattr(self.layer, n, None) is None]
+            missing = [n for n in self.quantize_config.weights
+                       if getattr(self.layer, n, None) is None]
             if missing:
                 raise ValueError(f"safeops.quantization.QuantizeWrapper: layer '{self.layer.name}' "
                                  f"({type(self.layer).__name__}) has no weight attribute "
