@@ -83,8 +83,9 @@ def _to_tensor(op, arg, value, dtype):
     try:
         return tf.convert_to_tensor(value, dtype=dtype)
     except (TypeError, ValueError) as err:
-        raise type(err)(f"{op}: argument '{arg}' cannot be converted to a "
-                        f"{'tensor' if dtype is None else dtype.name + ' tensor'}: {err}") from None
+        kind = ValueError if isinstance(err, ValueError) else TypeError  # TF's type, plainly
+        raise kind(f"{op}: argument '{arg}' cannot be converted to a "
+                   f"{'tensor' if dtype is None else dtype.name + ' tensor'}: {err}") from None
 
 
 def convert(op, arg, value, allowed=FLOAT_DTYPES, dtype=None, composite=()):
