@@ -133,6 +133,34 @@ def test_divide_no_nan_complex(dtype):
     assert got[0] == 0 and got[-1] == 0 and theirs.numpy()[0] == 0
 
 
+@pytest.mark.parametrize("dtype", _COMPLEX)
+def test_divide_no_nan_complex_gradient_as_tf(dtype):
+    x = tf.constant([1 + 2j, 3 - 1j, 2 + 2j], dtype)
+    y = tf.constant([2 + 1j, 0j, -1 + 0.5j], dtype)
+    grads = {}
+    for name, fn in (("ours", so.divide_no_nan), ("tf", tf.math.divide_no_nan)):
+        with tf.GradientTape() as tape:
+            tape.watch([x, y])
+            loss = tf.reduce_sum(tf.math.real(fn(x, y)) + 2.0 * tf.math.imag(fn(x, y)))
+        grads[name] = tape.gradient(loss, [x, y])
+    for a, b in zip(grads["ours"], grads["tf"]):
+        _assert_like(a, b, 2)
+
+
+def test_divide_no_nan_tf1_graph():
+    with tf.Graph().as_default():
+        a = tf.compat.v1.placeholder(tf.float32, None)
+        b = tf.compat.v1.placeholder(tf.float32, None)
+        ours, theirs = so.divide_no_nan(a, b), tf.math.divide_no_nan(a, b)
+        grads = tf.gradients(tf.reduce_sum(ours), [a, b])
+        with tf.compat.v1.Session() as sess:
+            feed = {a: [[1.0, 2.0], [3.0, 4.0]], b: [2.0, 0.0]}
+            o, t, g = sess.run([ours, theirs, grads], feed)
+    np.testing.assert_array_equal(o, t)
+    np.testing.assert_array_equal(g[0], [[0.5, 0.0], [0.5, 0.0]])
+    np.testing.assert_array_equal(g[1], [-1.0, 0.0])
+
+
 def test_divide_no_nan_complex128_extremes():
     # No overflow or underflow in the intermediate products (TF's kernel forms c*c + d*d).
     x = tf.constant([1e300 + 1e300j, 1e-300 + 1e-300j, 3e-200 + 1e-200j], tf.complex128)
