@@ -175,9 +175,8 @@ def _from_config(layer, policy):
     return layer.__class__.from_config(config)
 
 
-def cast_like(value, like):
-    """`value` cast to the dtype of `like` (floating values only), keeping its Keras mask."""
-    dtype = getattr(like, "dtype", None)
+def cast_to(value, dtype):
+    """`value` cast to `dtype` (floating values only), keeping its Keras mask."""
     if dtype is None or not keras.backend.is_float_dtype(value.dtype) or value.dtype == dtype:
         return value
     out = keras.ops.cast(value, dtype)

@@ -439,37 +439,49 @@ class _Runner:
             return kg.call_with_inference(op, args, kwargs)
         return call
 
-    def passes(self, inputs, y, loss_fn, scale):
-        """Reference, profiled and local passes (and gradients when `loss_fn`), as tensors."""
-        ref_inputs = [tf.cast(x, tf.float64) if x.dtype.is_floating else x for x in inputs]
-        with tf.GradientTape(persistent=False) as tape_r:
-            ref = kg.run(self.graph, self.nodes, ref_inputs, self._call(self.ref))
-            ref_nodes = [self._float_outputs(n, ref) for n in self.nodes]
-            ref_out = [ref[id(x)] for x in self.graph.outputs]
-            ref_loss = self._loss(loss_fn, y, ref_out, tf.float64) if loss_fn else None
-        with tf.GradientTape(persistent=False) as tape_l:
+    def low_pass(self, inputs, y, loss_fn, scale):
+        """The profiled run (and its loss-scaled gradients when `loss_fn`), as tensors."""
+        with tf.GradientTape(persistent=False) as tape:
             low = kg.run(self.graph, self.nodes, inputs, self._call(self.low))
             low_nodes = [self._float_outputs(n, low) for n in self.nodes]
             low_out = [low[id(x)] for x in self.graph.outputs]
-            low_loss = None
             if loss_fn:
                 dt = _dtypes.working_dtype(low_out[0].dtype) if low_out[0].dtype.is_floating else tf.float32
                 low_loss = self._loss(loss_fn, y, low_out, dt)
                 scaled = low_loss * tf.cast(scale, low_loss.dtype)
+        # The dtype each tensor has in the profiled run: static, read by `ref_pass`.
+        self.low_dtypes = {k: v.dtype for k, v in low.items()}
+        result = {"low": low_nodes, "low_out": low_out}
+        if loss_fn:
+            result["low_loss"] = low_loss
+            result["low_g"], result["low_gw"] = self._grads(tape, scaled, low_nodes, self.low)
+        return result
+
+    def ref_pass(self, inputs, y, loss_fn):
+        """The float64 run (and gradients), the local and the rounding-only runs, as tensors.
+
+        Needs `low_pass` first (the dtypes of the profiled run).
+        """
+        ref_inputs = [tf.cast(x, tf.float64) if x.dtype.is_floating else x for x in inputs]
+        with tf.GradientTape(persistent=False) as tape:
+            ref = kg.run(self.graph, self.nodes, ref_inputs, self._call(self.ref))
+            ref_nodes = [self._float_outputs(n, ref) for n in self.nodes]
+            ref_out = [ref[id(x)] for x in self.graph.outputs]
+            ref_loss = self._loss(loss_fn, y, ref_out, tf.float64) if loss_fn else None
         # Local pass: each layer on its float64 inputs rounded to the dtype it receives in the
         # profiled run (a float16 layer after a float16 layer gets float16 inputs).
-        rounded = {k: kg.cast_like(v, low[k]) if k in low else v for k, v in ref.items()}
+        rounded = {k: kg.cast_to(v, self.low_dtypes[k]) if k in self.low_dtypes else v
+                   for k, v in ref.items()}
         local = kg.run(self.graph, self.nodes, None, self._call(self.low), tensor_dict=rounded)
         local_nodes = [self._float_outputs(n, local) for n in self.nodes]
         # Rounding only: the float64 layer on the same rounded inputs (ill-conditioned inputs).
         rounding = kg.run(self.graph, self.nodes, None, self._call(self.ref), tensor_dict=rounded)
         rounding_nodes = [self._float_outputs(n, rounding) for n in self.nodes]
-        result = {"ref": ref_nodes, "low": low_nodes, "local": local_nodes, "ref_out": ref_out,
-                  "low_out": low_out, "rounding": rounding_nodes}
+        result = {"ref": ref_nodes, "local": local_nodes, "ref_out": ref_out,
+                  "rounding": rounding_nodes}
         if loss_fn:
-            result["ref_loss"], result["low_loss"] = ref_loss, low_loss
-            result["ref_g"], result["ref_gw"] = self._grads(tape_r, ref_loss, ref_nodes, self.ref)
-            result["low_g"], result["low_gw"] = self._grads(tape_l, scaled, low_nodes, self.low)
+            result["ref_loss"] = ref_loss
+            result["ref_g"], result["ref_gw"] = self._grads(tape, ref_loss, ref_nodes, self.ref)
         return result
 
     def _float_outputs(self, node, values):
@@ -716,24 +728,24 @@ def _grads_finite(res):
 
 
 def run_profile(runner, x, y, loss_fn, threshold, top, mode, policy):
-    """Run the passes (eager or traced once in a tf.function) and measure them."""
+    """Run the passes (eager or each traced once in a tf.function) and measure them."""
     inputs = _as_list_inputs(runner.graph, x)
     if y is not None:
         y = tf.nest.map_structure(tf.convert_to_tensor, y)
-    fn = runner.passes
+    low_fn, ref_fn = runner.low_pass, runner.ref_pass
     if mode == "graph":
-        fn = tf.function(runner.passes, reduce_retracing=True)
-    scale = 1.0
-    res = fn(inputs, y, loss_fn, tf.constant(scale, tf.float64))
-    if loss_fn is not None:
-        half16 = any(t.dtype == tf.float16 for ts in res["low"] for t in ts)
-        if half16:  # dynamic loss scaling as Keras's LossScaleOptimizer starts it: 2^15, halved
-            scale = 2.0 ** 15
-            for _ in range(40):
-                res = fn(inputs, y, loss_fn, tf.constant(scale, tf.float64))
-                if _grads_finite(res) or scale <= 2.0 ** -10:
-                    break
-                scale /= 2.0
+        low_fn = tf.function(low_fn, reduce_retracing=True)
+        ref_fn = tf.function(ref_fn, reduce_retracing=True)
+    # Dynamic loss scaling of float16 gradients as Keras's LossScaleOptimizer starts it:
+    # 2^15, halved until the gradients are finite.
+    float16 = loss_fn is not None and any(
+        getattr(c, "compute_dtype", None) == "float16" for c in runner.low.values())
+    scale = 2.0 ** 15 if float16 else 1.0
+    res = low_fn(inputs, y, loss_fn, tf.constant(scale, tf.float64))
+    while float16 and not _grads_finite(res) and scale > 2.0 ** -10:
+        scale /= 2.0
+        res = low_fn(inputs, y, loss_fn, tf.constant(scale, tf.float64))
+    res = dict(res, **ref_fn(inputs, y, loss_fn))
     return _measure(runner, res, threshold, top, scale, policy)
 
 
