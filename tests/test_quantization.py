@@ -575,6 +575,9 @@ def test_batch_norm_folded_in_qat_and_export():
                quantization_report(quantize_model(two)).float_layers)
     assert not any("+" in c for _, c in quantization_report(
         quantize_model(model, fold_batch_norm=False)).quantized)
+    # after so.wrap_model the normalization is a StableBatchNormalization: folded as well
+    wrapped = quantize_model(so.wrap_model(model)[0])
+    assert ("quant_conv", "Conv2D+BatchNormalization") in quantization_report(wrapped).quantized
 
 
 def test_int8_export_fails_naming_float_ops():

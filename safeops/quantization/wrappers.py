@@ -427,7 +427,7 @@ def foldable_pairs(model):
     models = [model] + [layer for _, layer in _walk_models(model)]
     for m in models:
         for layer in m.layers:
-            if type(layer) is not keras.layers.BatchNormalization:
+            if not isinstance(layer, keras.layers.BatchNormalization):  # StableBatchNorm too
                 continue
             if layer.axis not in (-1, len(layer.input.shape) - 1) or layer.renorm:
                 continue
