@@ -24,7 +24,7 @@ import math
 import tensorflow as tf
 
 from safeops._core import args
-from safeops._core.eft import two_sum
+from safeops._core.eft import two_diff
 from safeops._core.elementwise import (abs_, add, cast, div, map_values, name_scope,
                                         native, saturate, up)
 from safeops._core.gradient import custom_gradient
@@ -65,17 +65,6 @@ def _sigmoid(c, e=None):
     one = tf.constant(1.0, c.dtype)
     den = add(one, e)
     return tf.where(tf.greater_equal(c, 0), div(one, den), div(e, den))
-
-
-def _two_diff(x, y):
-    """(d, e) with d = fl(x - y) and d + e = x - y exactly (TwoSum of x and -y).
-
-    Used for float64 only: exp(-d) amplifies the rounding error of d (up to
-    0.5 ulp of |x - y|, i.e. several ulp of the result for |x - y| ~ 10); the
-    correction term e restores it. (float32 inputs are differenced in float64,
-    where the rounding error is negligible at float32 precision.)
-    """
-    return two_sum(x, -y)
 
 
 def _log1mexp_c(a, parts=False):
@@ -180,7 +169,10 @@ def _logaddexp_forward(x, y):
     cx, cy = up(x), up(y)
     eq = tf.equal(cx, cy)
     if x.dtype == tf.float64:
-        d, e = _two_diff(cx, cy)
+        # exp(-d) amplifies the rounding error of d = x - y (several ulp of the
+        # result for |x - y| ~ 10); the exact remainder e restores it. float32 is
+        # differenced in float64, where that error is negligible at its precision.
+        d, e = two_diff(cx, cy)
         s = tf.where(d < 0, -tf.ones_like(d), tf.ones_like(d))
         ed = tf.exp(-s * d) * (1.0 - s * e)  # exp(-|x - y|) with the exact difference
         ed = tf.where(tf.math.is_finite(e), ed, tf.exp(-tf.abs(d)))
@@ -260,7 +252,7 @@ def _logsubexp_forward(x, y):
     lme, em, ex = _log1mexp_c(tf.abs(d), parts=True)
     e = tf.zeros_like(d)
     if x.dtype == tf.float64:  # first-order correction for the rounding of x - y
-        _, e = _two_diff(cx, cy)
+        _, e = two_diff(cx, cy)
         corr = e / tf.math.expm1(tf.abs(d))
         lme = lme + tf.where(tf.math.is_finite(corr), corr, tf.zeros_like(corr))
     out = tf.where(d < 0, nan, cx + lme)
