@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 from safeops.doctor import advise, profile
-from safeops.doctor.precision import bits_lost, rel_errors
+from safeops.doctor._bits import bits_lost, rel_errors
 
 P16 = 11  # float16 precision in bits (u = 2^-11)
 
@@ -112,7 +112,7 @@ def test_bits_lost_definition():
 
 def test_tf_measurement_matches_the_numpy_formula():
     """The profiler measures with TF ops; they give what `rel_errors`/`bits_lost` define."""
-    from safeops.doctor.precision import _bits_stats, _f64
+    from safeops.doctor._bits import bits_stats, f64
 
     rng = np.random.default_rng(3)
     r = rng.standard_normal(1000) * 10.0 ** rng.integers(-3, 3, 1000)
@@ -120,7 +120,7 @@ def test_tf_measurement_matches_the_numpy_formula():
     r[:5], y[:5] = 0.0, [0.0, 1e-3, np.inf, np.nan, -0.0]
     r[5] = np.inf  # a non-finite reference element is left out
     bits = bits_lost(rel_errors(y, r), P16)
-    mean, worst, _ = _bits_stats([_f64(y)], [_f64(r)], P16)
+    mean, worst, _ = bits_stats([f64(y)], [f64(r)], P16)
     assert mean == pytest.approx(bits.mean(), rel=1e-12) and worst == bits.max() == P16
 
 

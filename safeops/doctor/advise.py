@@ -2,12 +2,13 @@
 
 import dataclasses
 import math
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 import keras
 
 from safeops._core.registry import new
 from safeops.doctor import _keras_graph as kg
+from safeops.doctor import _runner
 from safeops.doctor import precision as _precision
 from safeops.doctor._report import format_table
 
@@ -184,9 +185,9 @@ def advise(model, data, budget=1e-2, loss=None, dtypes=("float16", "bfloat16"), 
     if bad:
         raise ValueError(f"{_OP}: argument 'quantize' must hold 'int8' and/or 'float8'; got {bad}")
     halves = list(dict.fromkeys(_HALF[d] for d in dtypes))
-    x, y = _precision.split_data(data, loss, _OP)
-    loss_fn = _precision._resolve_loss(loss)
-    runner = _precision._Runner(model, lambda layer: ("float32", None))
+    x, y = _runner.split_data(data, loss, _OP)
+    loss_fn = _runner.resolve_loss(loss)
+    runner = _runner.Runner(model, lambda layer: ("float32", None))
     has_loss = loss_fn is not None
     steps = []
 
@@ -293,7 +294,7 @@ def advise(model, data, budget=1e-2, loss=None, dtypes=("float16", "bfloat16"), 
         default_policy=None,
         policy_map={p: keras.dtype_policies.get(a) for p, a in float_assign.items()})
     # 4. verify: re-profile the final assignment on the original weights.
-    final = _precision._Runner(model, lambda layer: ("float32", None))
+    final = _runner.Runner(model, lambda layer: ("float32", None))
     final.set_assignment(lambda layer: kg.split_policy(assign[kg.layer_key(layer)]))
     verified = _precision.run_profile(final, x, y, loss_fn, 4.0, 3, mode, dict(assign))
     error = _metric(verified, has_loss)
