@@ -347,6 +347,36 @@ def test_softplus_gradient_is_accurate_sigmoid():
     assert np.max(testing.ulp_distance(g, exact.astype(np.float32), "float32")) <= 1
 
 
+def test_log_sigmoid_gradient_is_accurate_sigmoid():
+    # Registry difference: the gradient is sigmoid(-x) within 1 ulp.
+    x = tf.constant(np.linspace(-30, 30, 61), tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = so.log_sigmoid(x)
+    g = tape.gradient(y, x).numpy()
+    mpmath.mp.dps = 40
+    exact = np.array([float(1 / (1 + mpmath.exp(mpmath.mpf(float(v))))) for v in x.numpy()])
+    assert np.max(testing.ulp_distance(g, exact.astype(np.float32), "float32")) <= 1
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_softplus_log_sigmoid_half_rounded_once(dtype):
+    # Registry difference: half precision is computed in float32 and rounded once, so
+    # the result is within 1 ulp of the exact value (subnormal results excluded).
+    x = tf.cast(tf.constant(np.linspace(-12, 12, 97)), dtype)
+    mpmath.mp.dps = 40
+    xs = x.numpy().astype(np.float64)
+    exact = np.array([float(mpmath.log1p(mpmath.exp(mpmath.mpf(v)))) for v in xs])
+    tiny = float(np.finfo(np.float16).tiny) if dtype == "float16" else 1.2e-38
+    keep = exact >= tiny
+    for out in testing.run_modes(so.softplus, x).values():
+        d = testing.ulp_distance(out[keep], exact[keep], dtype)
+        assert np.max(d) <= 1, (dtype, np.max(d))
+    for out in testing.run_modes(so.log_sigmoid, -x).values():
+        d = testing.ulp_distance(out[keep], -exact[keep], dtype)
+        assert np.max(d) <= 1, (dtype, np.max(d))
+
+
 # -- clip_by_norm / clip_by_global_norm ------------------------------------------------
 
 @pytest.mark.parametrize("dtype", _FLOATS + _COMPLEX + ("int32",))
