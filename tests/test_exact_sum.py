@@ -93,6 +93,27 @@ def test_narrow_dtypes_correctly_rounded(dtype):
     _assert_same_bits(got, [_reference(r, dtype) for r in x])
 
 
+@pytest.mark.parametrize("mode", ["eager", "xla"])
+def test_float32_certified_path_same_bits_as_exact_path(monkeypatch, mode):
+    """float32 sums first try an accurate float64 sum with a rigorous bound; where it certifies
+    the rounding, the result must be the exact accumulator's bits, and ties must not certify."""
+    rng = np.random.default_rng(12)
+    x = np.concatenate([rng.standard_normal((60, 500)), rng.uniform(0, 1e30, (20, 500)),
+                        np.exp(rng.uniform(-40, 40, (20, 500)))]).astype(np.float32)
+    x[0, :3] = [1.0, 2.0 ** -24, 0.0]  # an exact tie between two float32 values...
+    x[0, 3:] = 0.0
+    fn = (lambda f: f) if mode == "eager" else (lambda f: tf.function(f, jit_compile=True))
+    _, ok = fn(exact._certified_float32_sum)(tf.constant(x))
+    ok = ok.numpy()
+    assert not ok[0] and np.mean(ok) > 0.9  # ...is never certified; most rows are
+    assert np.all(fn(exact._certified_float32_sum)(tf.constant(x[ok]))[1].numpy())
+    fast = fn(lambda v: exact.exact_reduce_sum(v, [1]))(tf.constant(x[ok])).numpy()
+    monkeypatch.setattr(exact, "_FAST_FLOAT32", False)
+    slow = fn(lambda v: exact.exact_reduce_sum(v, [1]))(tf.constant(x)).numpy()
+    _assert_same_bits(slow, [_reference(r, "float32") for r in x])
+    _assert_same_bits(fast, slow[ok])
+
+
 def test_ill_conditioned_float32_where_tf_fails():
     x, _, cond = testing.ill_conditioned_sum(2000, 1e12, "float32", seed=3)
     got = exact.exact_reduce_sum(tf.constant(x)).numpy()

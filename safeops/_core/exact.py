@@ -223,13 +223,74 @@ def _chunked_state(y, fmt):
     return total + tf.constant(fix, tf.int64)
 
 
+def _rows_state(y, fmt):
+    """[outer, J + 5] states of the rows of y [outer, n]."""
+    if y.shape[1] is not None and y.shape[1] > _MAX_TERMS:
+        return _chunked_state(y, fmt)
+    return _state_rows(y, fmt)
+
+
 def _sum_state_2d(x, axis):
     """[outer, J + 5] states of x reduced over `axis`, and the plain and keepdims output shapes."""
-    fmt = ed.binary_format(x.dtype)
     y, plain, keep = _to_2d(x, None if axis is None else sorted(axis))
-    if y.shape[1] is not None and y.shape[1] > _MAX_TERMS:
-        return _chunked_state(y, fmt), plain, keep
-    return _state_rows(y, fmt), plain, keep
+    return _rows_state(y, ed.binary_format(x.dtype)), plain, keep
+
+
+# Whether float32 sums first try the certified float64 sum (see `_certified_float32_sum`).
+_FAST_FLOAT32 = True
+_TINY32 = 2.0 ** -125  # below twice float32's smallest normal, the fast path is not used
+
+
+def _pow2(e):
+    """2.0**e in float64 for int64 e in [-1022, 1023], from its bit pattern."""
+    return tf.bitcast(tf.bitwise.left_shift(e + 1023, tf.constant(52, tf.int64)), tf.float64)
+
+
+def _certified_float32_sum(y):
+    """float32 row sums rounded from an accurate float64 sum, and whether each is provably
+    the correctly rounded sum.
+
+    Each value is split against a power of two sigma > 2 n max|x| (Fast2Sum:
+    ``hi = (x + sigma) - sigma``, ``lo = x - hi``, both exact): the hi parts
+    lie on a grid coarse enough that their float64 sum is exact in any order,
+    and ``|lo| <= ulp(sigma) / 2``, so the float64 sum of the lo parts, in any
+    order, is within ``gamma_{n-1} n ulp(sigma) / 2`` (Higham, Accuracy and
+    Stability, eq. 4.4). With one more rounding and ``n 2**-126`` for float32
+    subnormals a device may read as 0, that bounds ``|s - S|``. When the
+    interval lies strictly between the two midpoints around ``r = fl32(s)``,
+    the exact sum rounds to r: r is the correctly rounded sum (the exact
+    accumulator's bits). Results that are tiny, the largest float32 or not
+    finite are never certified.
+    """
+    y64 = tf.cast(y, tf.float64)
+    n_int = tf.cast(tf.shape(y)[1], tf.int64)
+    n = tf.cast(n_int, tf.float64)
+    big = float(dtypes.limits(tf.float32).max)
+    m = tf.maximum(tf.reduce_max(tf.abs(y64), 1, keepdims=True), 2.0 ** -126)
+    m = tf.minimum(m, big)  # NaN/inf rows: any sigma; they are not certified below
+    m_exp = tf.bitwise.right_shift(tf.bitcast(m, tf.int64), tf.constant(52, tf.int64)) - 1022
+    n_bits = tf.bitwise.right_shift(tf.bitcast(n + 1.0, tf.int64),
+                                    tf.constant(52, tf.int64)) - 1022
+    sigma_exp = m_exp + n_bits + 1  # m < 2**m_exp, n < 2**n_bits: n m < sigma / 2
+    sigma = _pow2(sigma_exp)
+    hi = (y64 + sigma) - sigma
+    lo = y64 - hi
+    s = tf.reduce_sum(hi, 1) + tf.reduce_sum(lo, 1)
+    u = 2.0 ** -53
+    gamma = n * u / (1.0 - n * u)
+    q = _pow2(sigma_exp - 52)[:, 0]  # ulp(sigma)
+    bound = (2.0 * u * tf.abs(s) + gamma * n * q / 2.0 + n * 2.0 ** -126) * (1.0 + 2.0 ** -40)
+    r = tf.cast(s, tf.float32)
+    rb = tf.bitcast(r, tf.int32)
+    one = tf.ones_like(rb)
+    n1 = tf.cast(tf.bitcast(rb + one, tf.float32), tf.float64)  # the two neighbours of r
+    n2 = tf.cast(tf.bitcast(rb - one, tf.float32), tf.float64)
+    r64 = tf.cast(r, tf.float64)
+    m1, m2 = (r64 + n1) / 2.0, (r64 + n2) / 2.0  # exact in float64
+    lo_mid, hi_mid = tf.minimum(m1, m2), tf.maximum(m1, m2)
+    ok = (tf.abs(r64) >= _TINY32) & (tf.abs(r64) < big) & (s - bound > lo_mid) & \
+        (s + bound < hi_mid)
+    return r, ok
 
 
 def sum_state(x, axis=None, keepdims=False):
@@ -369,15 +430,29 @@ def exact_reduce_sum(x, axis=None, keepdims=False):
 
     The exact sum of the inputs rounded once to x's dtype, so the bits
     depend only on the multiset of values per output: not on order, shape,
-    device, thread count or compilation. Gradient: the upstream gradient
-    broadcast to x (as `tf.reduce_sum`). Empty reductions give +0.0.
+    device, thread count or compilation. float32 first tries an accurate
+    float64 sum with a rigorous error bound (`_certified_float32_sum`): where the bound
+    proves the rounding, that is the correctly rounded sum; otherwise the
+    exact accumulator runs. Either way the bits are the same. Gradient: the
+    upstream gradient broadcast to x (as `tf.reduce_sum`). Empty reductions
+    give +0.0.
     """
     _check(x, "exact_reduce_sum")
 
     @tf.custom_gradient
     def impl(v):
-        state, plain, keep = _sum_state_2d(v, axis)
-        out = tf.reshape(state_to_sum(state, v.dtype), keep if keepdims else plain)
+        y, plain, keep = _to_2d(v, None if axis is None else sorted(axis))
+        fmt = ed.binary_format(v.dtype)
+
+        def exact_path():
+            return state_to_sum(_rows_state(y, fmt), v.dtype)
+
+        if v.dtype == tf.float32 and _FAST_FLOAT32:
+            fast, ok = _certified_float32_sum(y)
+            sums = tf.cond(tf.reduce_all(ok), lambda: fast, exact_path)
+        else:
+            sums = exact_path()
+        out = tf.reshape(sums, keep if keepdims else plain)
 
         def grad(g):
             return _broadcast_back(g, v, axis, keepdims)
