@@ -34,8 +34,8 @@ _HALF = frozenset(HALF_DTYPES)
 
 # Thin names for kernels whose public Python wrappers cost several times the
 # kernel in eager mode (tf.abs, tf.add and the tensor operators go through
-# type-promotion and dispatch checks: ~30 us against ~6 us for the kernel on
-# small tensors). Same kernels, same graphs; arguments of one dtype.
+# type-promotion and dispatch checks). Same kernels, same graphs; arguments of
+# one dtype.
 
 
 def abs_(x):
