@@ -667,3 +667,19 @@ def test_new_layers_execution_modes(name):
     xla = tf.function(layer, jit_compile=True)(x).numpy()
     assert np.max(testing.ulp_distance(graph, eager, "float32")) <= 1
     assert np.max(testing.ulp_distance(xla, eager, "float32")) <= 2
+
+
+def test_batch_norm_renorm_is_keras_and_unit_norm_tiny_inputs():
+    x = _x(16, 4)
+    ours = layers.StableBatchNormalization(renorm=True)
+    theirs = keras.layers.BatchNormalization(renorm=True)
+    ours.build(x.shape), theirs.build(x.shape)
+    theirs.set_weights(ours.get_weights())
+    for training in (True, False):
+        np.testing.assert_array_equal(ours(x, training=training).numpy(),
+                                      theirs(x, training=training).numpy())
+    # squares of 1e-30 underflow in float32: Keras's x * min(rsqrt(0), 1e12) is 1e-18
+    tiny = np.array([[3e-30, 4e-30]], np.float32)
+    assert np.max(keras.layers.UnitNormalization()(tiny).numpy()) < 1e-10
+    assert np.max(testing.ulp_distance(layers.StableUnitNormalization()(tiny).numpy(),
+                                       np.array([[0.6, 0.8]]), "float32")) <= 2

@@ -9,8 +9,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from safeops.quantization.fake_quant import _quantize_weight
+from safeops._core.registry import new
 from safeops.quantization import wrappers
+from safeops.quantization.fake_quant import _quantize_weight
 from safeops.quantization.wrappers import QuantizeWrapper
 
 __all__ = ["EvaluationReport", "cast_weights", "evaluate_quantization"]
@@ -18,6 +19,7 @@ __all__ = ["EvaluationReport", "cast_weights", "evaluate_quantization"]
 _OP = "safeops.quantization.evaluate_quantization"
 
 
+@new("output and weight error of a quantized or weight-cast model against its float reference")
 @dataclasses.dataclass
 class EvaluationReport:
     """Output and weight error of a candidate model against its float reference.
@@ -182,6 +184,8 @@ def _run_tflite(blob, x):
     return y, interpreter
 
 
+@new("compares a quantized Keras or TFLite model with its float reference: output error, "
+     "argmax agreement, accuracy, weight SQNR of the same model's weights")
 def evaluate_quantization(reference_model, candidate, x, y=None, *, exported_from=None):
     """Compare a quantized (or weight-cast) model with its float reference on inputs ``x``.
 
@@ -256,6 +260,7 @@ def evaluate_quantization(reference_model, candidate, x, y=None, *, exported_fro
                             cand_acc, sqnr, size)
 
 
+@new("a copy of a model whose layers hold and compute in float16 or bfloat16")
 def cast_weights(model, dtype="float16"):
     """A copy of ``model`` whose layers hold and compute in ``dtype`` (float16 weight cast).
 

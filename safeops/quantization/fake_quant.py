@@ -13,8 +13,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from safeops._core.dtypes import check_floating, convert_to_floating
 from safeops._core.registry import drop_in, new
-from safeops._dtypes import check_floating, convert_to_floating
 
 __all__ = ["MovingAverageQuantizer", "fake_quant"]
 

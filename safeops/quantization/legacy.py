@@ -8,9 +8,12 @@ tfmot only inside `quantize_legacy_model`, never at ``import safeops``; run the
 legacy path in its own process if the same program also uses Keras 3.
 """
 
+from safeops._core.registry import new
+
 __all__ = ["quantize_legacy_model"]
 
 
+@new("hands a tf_keras model to tfmot's quantize_model, importing tfmot only then")
 def quantize_legacy_model(model):
     """Quantization-aware copy of a tf_keras model via tfmot (imported only now).
 

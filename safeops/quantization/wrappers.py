@@ -16,7 +16,7 @@ in the model's report (`quantization_report(model)`).
 
 import dataclasses
 import warnings
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import keras
 import tensorflow as tf
@@ -338,6 +338,8 @@ def _accepts_training(layer):
     return "training" in inspect.signature(layer.call).parameters
 
 
+@new("what quantize_model did: quantized layers, folded normalizations, float layers with the "
+     "reason, warnings")
 @dataclasses.dataclass
 class QuantizationReport:
     """What `quantize_model` did: quantized layers, folded normalizations, float layers and why.
@@ -386,6 +388,7 @@ def _walk(model, prefix=""):
             yield f"{prefix}{layer.name}", layer
 
 
+@new("the QuantizationReport of a model from quantize_model, also after .keras reload")
 def quantization_report(model):
     """The `QuantizationReport` of a model made by `quantize_model` (also after `.keras` reload).
 
@@ -478,6 +481,8 @@ def _config_for(layer, configs):
     return None
 
 
+@new("quantization-aware-training copy of a Keras 3 model (tfmot's quantize_model accepts only"
+     " tf_keras models); BatchNormalization folded; custom layers through QuantizeConfig")
 def quantize_model(model, *, weight_bits=8, activation_bits=8, per_channel=True,
                    symmetric_weights=True, layer_filter=None, ema_decay=0.99,
                    fold_batch_norm=True, quantize_configs=None):
@@ -639,6 +644,8 @@ def quantize_model(model, *, weight_bits=8, activation_bits=8, per_channel=True,
     return qmodel
 
 
+@new("sets a quantized model's activation ranges from data without training (post-training "
+     "quantization)")
 def calibrate(model, data, *, batch_size=64, steps=None):
     """Set a quantized model's activation ranges from data without training (post-training).
 
