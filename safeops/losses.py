@@ -63,9 +63,8 @@ import keras
 import tensorflow as tf
 
 from safeops._core import keras_compat
-from safeops._core.dtypes import FLOAT_DTYPES, accumulation_dtype
+from safeops._core.dtypes import FLOAT_DTYPES, accumulation_dtype, convert_to_floating
 from safeops._core.registry import drop_in, new
-from safeops._dtypes import convert_to_floating
 from safeops.summation import reduce_sum as _accurate_sum
 
 __all__ = [

@@ -44,8 +44,8 @@ import keras
 import tensorflow as tf
 
 from safeops._core import keras_compat
+from safeops._core.dtypes import convert_to_floating
 from safeops._core.registry import drop_in, new
-from safeops._dtypes import convert_to_floating
 
 __all__ = [
     "DynamicLossScale",

@@ -42,8 +42,8 @@ every row: Adam, RMSprop, ...) update densely, as Keras does.
 
 Optimizer slots (moments, accumulators, Adafactor's factored statistics,
 Nadam's momentum product, the EMA copy of ``use_ema=True``, rounded once when
-written back) of compensated float16/bfloat16 variables are float32: a bfloat16 moving average with decay 0.999 stalls like the weights
-(measured: a bf16 MLP trained with compensated weights but bf16 moments ended
+written back) of compensated float16/bfloat16 variables are float32: a
+bfloat16 moving average with decay 0.999 stalls like the weights (measured: a bf16 MLP trained with compensated weights but bf16 moments ended
 30% above the float32 loss; with float32 moments, 0.05%).
 
 Under ``mixed_bfloat16`` (or ``mixed_float16``) the model's variables are
@@ -68,9 +68,8 @@ import keras
 import tensorflow as tf
 
 from safeops._core import keras_compat
-from safeops._core.dtypes import HALF_DTYPES
+from safeops._core.dtypes import HALF_DTYPES, scalar_in
 from safeops._core.registry import drop_in
-from safeops._dtypes import scalar_in
 
 __all__ = ["SGD", "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "Adamax", "Lion",
            "Nadam", "RMSprop"]
@@ -125,7 +124,7 @@ class _Working:
         self.dtype = dtype
         self.shape = variable.shape
         self.name = variable.name
-        self._unique_id = key
+        keras_compat.key_as(self, key)
         self.index = index
 
     def __tf_tensor__(self, dtype=None, name=None):

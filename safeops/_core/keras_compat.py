@@ -21,6 +21,7 @@ __all__ = [
     "check_touchpoints",
     "get_keras_logits",
     "get_keras_mask",
+    "key_as",
     "optimizer_distribution_strategy",
     "optimizer_ema_variables",
     "optimizer_own_variables",
@@ -104,6 +105,11 @@ def optimizer_variable_key(optimizer, variable):
 def optimizer_trainable_variables(optimizer):
     """The variables the optimizer was built with."""
     return optimizer._trainable_variables
+
+
+def key_as(obj, key):
+    """Make the optimizer index `obj` under `key` (Keras's TF optimizer reads ``_unique_id``)."""
+    obj._unique_id = key
 
 
 def optimizer_distribution_strategy(optimizer):

@@ -39,6 +39,13 @@ def test_optimizer_index_and_key_of_a_variable():
     assert keras_compat.optimizer_variable_key(opt, b) == keras_compat.optimizer_variable_key(
         opt, b.value)
     assert list(keras_compat.optimizer_trainable_variables(opt)) == [a, b]
+
+    class Stand_in:
+        pass
+
+    proxy = Stand_in()
+    keras_compat.key_as(proxy, keras_compat.optimizer_variable_key(opt, b))
+    assert keras_compat.optimizer_variable_index(opt, proxy) == 1
     b.overwrite_with_gradient = True
     assert keras_compat.overwrite_with_gradient(b) and not keras_compat.overwrite_with_gradient(a)
 
