@@ -14,8 +14,8 @@ _EPSILON = 1e-12  # Keras's lower bound on the norm (ops.normalize(..., epsilon=
 @drop_in("keras.layers.UnitNormalization",
          "float16: a zero vector gives 0 (Keras: NaN, 1/1e-12 overflows) and rows whose sum of "
          "squares overflows (|x| > 256) are normalized (Keras: 0)",
-         "the norm is computed in at least float32 from x / max|x| (no overflow or underflow of "
-         "the squares in any dtype)",
+         "the norm is computed in at least float32 from x / max|x|: no overflow of the squares "
+         "(Keras: float32 rows with |x| > 1.8e19 give 0)",
          "the gradient flowing back into a float16/bfloat16 input saturates at the dtype's "
          "largest finite value instead of becoming inf")
 @keras.saving.register_keras_serializable(package="safeops")
@@ -29,9 +29,9 @@ class StableUnitNormalization(keras.layers.UnitNormalization):
 
     Method: in at least float32 (float16/bfloat16 upcast), with ``a = max|x|``
     over the axes (0 replaced by 1: double where),
-    ``||x|| = a * sqrt(sum((x/a)^2))`` (no overflow or underflow of the
-    squares), ``y = x / max(||x||, 1e-12)`` rounded once to the compute dtype.
-    A zero vector gives exactly 0.
+    ``||x|| = a * sqrt(sum((x/a)^2))`` (no overflow of the squares; Keras's
+    float32 rows beyond 1.8e19 give 0), ``y = x / max(||x||, 1e-12)``
+    rounded once to the compute dtype. A zero vector gives exactly 0.
 
     Error bound: ``y`` is within about ``(log2(n) + 3) u`` of the working
     dtype (relative, per entry) plus one rounding to the compute dtype.
