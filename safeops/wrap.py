@@ -73,6 +73,8 @@ def _is_softmax_activation(fn):
 
 def _kept_reason(layer, dense):
     cls = type(layer)
+    if cls.__module__.startswith("safeops."):
+        return "already a safeops layer"
     for original in _SWAPS:
         if isinstance(layer, original):
             return f"subclass of {original.__name__}: its own call is kept"

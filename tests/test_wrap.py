@@ -357,3 +357,16 @@ def test_keras_internals_used_by_the_rewrite_exist():
     inp = keras.Input((2,))
     assert isinstance(keras.Model(inp, layer(inp)), Functional)
     assert "call_function" in keras.models.clone_model.__code__.co_varnames
+
+
+def test_wrapping_twice_keeps_the_drop_ins():
+    model = _functional()
+    once, _ = so.wrap_model(model)
+    twice, report = so.wrap_model(once)
+    assert not report.replaced
+    assert any(k.startswith("ln: StableLayerNormalization (already a safeops layer")
+               for k in report.kept)
+    rng = np.random.default_rng(10)
+    x = [rng.standard_normal((4, 8)).astype(np.float32), np.ones((4, 8), bool)]
+    for a, b in zip(once(x), twice(x)):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
