@@ -56,8 +56,11 @@ def _gather_grad(g, ids, num, scale=None):
     return tf.where(mask, out, tf.zeros_like(out))
 
 
-def _exact(data, ids, num, counts, mean):
+def _exact(data, ids, num, counts, mean, op):
     """Correctly rounded segment sums (or means, empty segments 0) of floating data."""
+    if data.shape.rank is None or ids.shape.rank is None:
+        raise ValueError(f"{op}: arguments 'data' and 'segment_ids' need a known rank for "
+                         "floating data")
     @tf.custom_gradient
     def impl(v):
         state = exact.exact_segment_state(v, ids, num, counts)
@@ -140,7 +143,8 @@ def segment_sum(data, segment_ids, name=None):
             return tf.math.segment_sum(data, ids)
         counts = tf.math.segment_sum(_leading(data, ids), ids)
         num = tf.shape(counts, out_type=ids.dtype)[0]
-        return _by_parts(lambda v: _exact(v, ids, num, counts, mean=False), data)
+        return _by_parts(
+            lambda v: _exact(v, ids, num, counts, False, "safeops.segment_sum"), data)
 
 
 @drop_in("tf.math.unsorted_segment_sum",
@@ -193,7 +197,8 @@ def unsorted_segment_sum(data, segment_ids, num_segments, name=None):
         counts = tf.math.unsorted_segment_sum(_leading(data, ids), ids, num_segments)
         static = tf.get_static_value(num_segments)
         num = int(static) if static is not None else tf.shape(counts, out_type=ids.dtype)[0]
-        return _by_parts(lambda v: _exact(v, ids, num, counts, mean=False), data)
+        return _by_parts(
+            lambda v: _exact(v, ids, num, counts, False, "safeops.unsorted_segment_sum"), data)
 
 
 @drop_in("tf.math.segment_mean",
@@ -239,4 +244,5 @@ def segment_mean(data, segment_ids, name=None):
             return tf.math.segment_mean(data, ids)
         counts = tf.math.segment_sum(_leading(data, ids), ids)
         num = tf.shape(counts, out_type=ids.dtype)[0]
-        return _by_parts(lambda v: _exact(v, ids, num, counts, mean=True), data)
+        return _by_parts(
+            lambda v: _exact(v, ids, num, counts, True, "safeops.segment_mean"), data)

@@ -216,6 +216,14 @@ def test_execution_modes_same_bits():
     _same_bits(m.numpy(), so_seg.segment_mean(x, sorted_ids).numpy())
 
 
+def test_unknown_rank_raises_naming_the_op():
+    fn = tf.function(lambda d, i: so_seg.unsorted_segment_sum(d, i, 3),
+                     input_signature=[tf.TensorSpec(None, tf.float32),
+                                      tf.TensorSpec([None], tf.int32)])
+    with pytest.raises(ValueError, match="unsorted_segment_sum.*known rank"):
+        fn.get_concrete_function()
+
+
 def test_empty_data_and_specials():
     got = so_seg.segment_sum(tf.zeros([0, 3]), tf.zeros([0], tf.int32))
     assert got.shape == tf.math.segment_sum(tf.zeros([0, 3]), tf.zeros([0], tf.int32)).shape
