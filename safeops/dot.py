@@ -243,6 +243,13 @@ def matmul(a, b, transpose_a=False, transpose_b=False, adjoint_a=False, adjoint_
         ra, rb = a.shape.rank, b.shape.rank
         if (ra is not None and ra < 2) or (rb is not None and rb < 2):
             return tf.linalg.matmul(a, b)  # TF's error for a rank below 2
+        if dtype in FLOAT_DTYPES and dtype != tf.float64:
+            # exact products, accumulated in the wider type by TF's kernel (its flags transpose)
+            acc = accumulation_dtype(dtype)
+            out = tf.linalg.matmul(tf.cast(a, acc), tf.cast(b, acc),
+                                   transpose_a=transpose_a or adjoint_a,
+                                   transpose_b=transpose_b or adjoint_b)
+            return tf.cast(out, dtype)
         if transpose_a or adjoint_a:
             a = tf.linalg.adjoint(a) if adjoint_a else tf.linalg.matrix_transpose(a)
         if transpose_b or adjoint_b:

@@ -33,7 +33,11 @@ _threshold = square_threshold
 def _sumsq_norm(c, axes, keepdims):
     """Euclidean norm of compute-dtype `c` along `axes` (list or None), scaled on demand."""
     ss = tf.reduce_sum(c * c, axis=axes, keepdims=keepdims)
-    ok = tf.reduce_all(tf.math.is_finite(ss) & (ss >= square_threshold(c.dtype)))
+    if tf.executing_eagerly():  # the reduced sums are few: decide on the host, no extra ops
+        v = ss.numpy()
+        ok = bool(np.all(np.isfinite(v) & (v >= square_threshold(c.dtype))))
+    else:
+        ok = tf.reduce_all(tf.math.is_finite(ss) & (ss >= square_threshold(c.dtype)))
 
     def scaled():
         m = tf.reduce_max(tf.abs(c), axis=axes, keepdims=True)
@@ -47,6 +51,8 @@ def _sumsq_norm(c, axes, keepdims):
                      tf.where(tf.equal(m, 0) | tf.equal(m, -inf), tf.zeros_like(m), n))
         return n if keepdims else tf.reshape(n, tf.shape(ss))
 
+    if isinstance(ok, bool):
+        return tf.sqrt(ss) if ok else scaled()
     return tf.cond(ok, lambda: tf.sqrt(ss), scaled)
 
 

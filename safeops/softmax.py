@@ -269,9 +269,18 @@ def _native_rows(kind, x, axis):
     lib = kernels(x, (tf.float32,))
     if lib is None:
         return None
+    static = x.shape.as_list()
+    if None not in static:  # cached shape constants: the eager fast path (one op each)
+        rows = 1
+        for d in static[:-1]:
+            rows *= d
+        y, stats = lib.safeops_softmax(tf.reshape(x, cs.shape_of([rows, static[-1]])),
+                                       kind=kind)
+        return tf.reshape(y, cs.shape_of(static if kind != "logsumexp"
+                                         else static[:-1] + [1])), stats
     n = x.shape[-1] if x.shape[-1] is not None else tf.shape(x)[-1]
     y, stats = lib.safeops_softmax(tf.reshape(x, [-1, n]), kind=kind)
-    if kind == "softmax":
+    if kind != "logsumexp":
         out = tf.reshape(y, tf.shape(x))
         out.set_shape(x.shape)
     else:
@@ -281,6 +290,9 @@ def _native_rows(kind, x, axis):
 
 
 def _keep_shape(x):
+    static = x.shape.as_list()
+    if None not in static:
+        return cs.shape_of(static[:-1] + [1])
     return tf.concat([tf.shape(x)[:-1], [1]], 0)
 
 
@@ -295,11 +307,14 @@ def _logsumexp_keep(x, axis):
             out, m, r = _call(_lse_fwd, v.dtype, v, axis)
         else:
             out, stats = fused
-            m = tf.reshape(tf.cast(stats[:, 0], tf.float32), _keep_shape(v))
-            r = tf.reshape(tf.cast(1.0 / (1.0 + stats[:, 1]), tf.float32), _keep_shape(v))
+            m = r = None  # formed in the backward pass only (the forward stays 3 ops)
 
         def grad(g):
-            return tf.cast(_call(_lse_bwd, v.dtype, g, v, m, r, axis), v.dtype)
+            m_, r_ = m, r
+            if m_ is None:
+                m_ = tf.reshape(tf.cast(stats[:, 0], tf.float32), _keep_shape(v))
+                r_ = tf.reshape(tf.cast(1.0 / (1.0 + stats[:, 1]), tf.float32), _keep_shape(v))
+            return tf.cast(_call(_lse_bwd, v.dtype, g, v, m_, r_, axis), v.dtype)
 
         return out, grad
 
@@ -332,6 +347,10 @@ def _log_softmax(x, axis):
     high = _rows_3d(_log_softmax, x, axis)
     if high is not None:
         return high
+    if tf.executing_eagerly():
+        # eagerly, one call of the traced function (the same XLA-fused passes) costs less
+        # than the ~60 small ops of the formula run one by one
+        return _EAGER_LOG_SOFTMAX(x, axis)
     return _fused_op(_log_softmax_fwd, _log_softmax_bwd, x, axis)
 
 
@@ -383,6 +402,10 @@ def _logsumexp(op, x, axis, keepdims):
 def _ragged_fallback(rt, axis, keepdims):
     return tf.cast(tf.reduce_logsumexp(tf.cast(rt, accumulation_dtype(rt.dtype)), axis,
                                        keepdims), rt.dtype)
+
+
+_EAGER_LOG_SOFTMAX = tf.function(lambda x, axis: _log_softmax(x, axis), reduce_retracing=True,
+                                 autograph=False)
 
 
 @drop_in("tf.math.reduce_logsumexp",

@@ -76,7 +76,7 @@ def _fused_reduce(x, axes, keepdims, mean):
     y, shape = cs.as_3d(x, axes)
     out = [1 if i in axes else d for i, d in enumerate(shape)] if keepdims else [
         d for i, d in enumerate(shape) if i not in axes]
-    return tf.reshape(lib.safeops_compensated_sum(y, mean=mean), out)
+    return tf.reshape(lib.safeops_compensated_sum(y, mean=mean), cs.shape_of(out))
 
 
 def _axes(op, x, axis):
@@ -538,7 +538,8 @@ def _scan(op, v, axis, exclusive, reverse):
         if lib is not None:
             y, _ = cs.as_3d(v, [ax])
             y = lib.safeops_compensated_cumsum(y, exclusive=exclusive, reverse=reverse)
-            return tf.reshape(y, tf.shape(v))
+            return tf.reshape(y, cs.shape_of(v.shape.as_list()) if v.shape.is_fully_defined()
+                              else tf.shape(v))
     acc = accumulation_dtype(v.dtype)
     return tf.cast(_cumsum(tf.cast(v, acc), ax, exclusive, reverse), v.dtype)
 

@@ -28,8 +28,29 @@ import tensorflow as tf
 
 from safeops._core.eft import prod_dw, two_sum
 
-__all__ = ["as_3d", "collapse", "dd_div", "finish", "keep_shape", "move_axes_last",
+__all__ = ["as_3d", "collapse", "shape_of", "dd_div", "finish", "keep_shape", "move_axes_last",
            "needs_collapse", "reduced_shape", "static_result_shape", "sum_dd", "tree_sum"]
+
+
+_SHAPES = {}
+
+
+def shape_of(dims):
+    """`dims` (a list of Python ints and scalar tensors) as a shape argument for tf.reshape.
+
+    Eagerly, an all-int shape is a cached int32 constant: TF's eager fast path takes a
+    tensor shape, while a Python list (an empty one in particular) goes through the slow
+    conversion on every call.
+    """
+    if tf.executing_eagerly() and all(isinstance(d, int) for d in dims):
+        key = tuple(dims)
+        t = _SHAPES.get(key)
+        if t is None:
+            if len(_SHAPES) > 4096:
+                _SHAPES.clear()
+            t = _SHAPES[key] = tf.constant(key, tf.int32, shape=[len(key)])
+        return t
+    return dims
 
 
 def _is_static(axes):
@@ -37,14 +58,14 @@ def _is_static(axes):
 
 
 def keep_shape(x, axes):
-    """The shape (1-d int32 tensor) of a keepdims reduction of x over `axes`."""
+    """The shape of a keepdims reduction of x over `axes`, as a tf.reshape argument."""
     shape = tf.shape(x)
     if _is_static(axes):
         if not axes:
             return shape
         static = x.shape.as_list()
         if None not in static:
-            return tf.constant([1 if i in axes else d for i, d in enumerate(static)], tf.int32)
+            return shape_of([1 if i in axes else d for i, d in enumerate(static)])
         return tf.tensor_scatter_nd_update(shape, [[a] for a in axes],
                                            tf.ones([len(axes)], tf.int32))
     mask = tf.reduce_any(tf.equal(tf.range(tf.size(shape))[:, None], axes[None, :]), 1)
@@ -52,7 +73,7 @@ def keep_shape(x, axes):
 
 
 def reduced_shape(x, axes, keepdims):
-    """TF's output shape (1-d int32 tensor) of a reduction of x over `axes`."""
+    """TF's output shape of a reduction of x over `axes`, as a tf.reshape argument."""
     if keepdims:
         return keep_shape(x, axes)
     shape = tf.shape(x)
@@ -60,7 +81,7 @@ def reduced_shape(x, axes, keepdims):
         kept = [i for i in range(x.shape.rank) if i not in axes]
         static = [x.shape[i] for i in kept]
         if None not in static:
-            return tf.constant(static, tf.int32)
+            return shape_of(static)
         return tf.gather(shape, kept) if kept else tf.constant([], tf.int32)
     mask = tf.reduce_any(tf.equal(tf.range(tf.size(shape))[:, None], axes[None, :]), 1)
     return tf.boolean_mask(shape, tf.logical_not(mask))
@@ -127,9 +148,10 @@ def as_3d(x, axes):
     kept = [shape[i] for i in range(rank) if i not in axes]
     if list(axes) != list(range(axes[0], axes[-1] + 1)):
         y = move_axes_last(x, axes)
-        return tf.reshape(y, [prod(kept), prod([shape[a] for a in axes]), 1]), shape
+        return tf.reshape(y, shape_of([prod(kept), prod([shape[a] for a in axes]), 1])), shape
     a0, a1 = axes[0], axes[-1] + 1
-    return tf.reshape(x, [prod(shape[:a0]), prod(shape[a0:a1]), prod(shape[a1:])]), shape
+    dims = [prod(shape[:a0]), prod(shape[a0:a1]), prod(shape[a1:])]
+    return tf.reshape(x, shape_of(dims)), shape
 
 
 def tree_sum(x, c0=None):
