@@ -289,6 +289,18 @@ def test_int8_policy_quantizes_supported_layers():
     assert dense.local_bits_mean > 4.0  # int8 against float32's 24 bits
 
 
+def test_float8_profile_and_advice():
+    model, x, y = _mlp()
+    eager = profile(model, (x, y), policy="float8", loss="mse", mode="eager", verbose=False)
+    graph = profile(model, (x, y), policy="float8", loss="mse", mode="graph", verbose=False)
+    assert [e.quantization for e in eager.layers] == ["float8"] * 3
+    assert eager.loss == graph.loss and eager.layers[0].weight_grad_bits_mean is not None
+    advice = advise(model, (x, y), budget=1e-2, loss="mse", dtypes=(), quantize=("float8",),
+                    verbose=False)
+    assert "float8" in advice.quantization.values() and advice.within_budget
+    assert not any("not possible" in step for step in advice.steps)
+
+
 def test_bad_input_raises():
     model, x, y = _mlp()
 

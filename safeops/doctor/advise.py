@@ -272,21 +272,26 @@ def advise(model, data, budget=1e-2, loss=None, dtypes=("float16", "bfloat16"), 
             for q in quantize:
                 if not kg.quantizable(layer, q):
                     continue
-                source = assign[kg.layer_key(layer)]
-                if q == "int8" and source == "mixed_float16":  # Keras refuses int8 on float16 compute
-                    source = "float32"
-                trial = dict(assign, **{kg.layer_key(layer): f"{q}_from_{source}"})
-                try:
-                    tprof = measure(trial)
-                except Exception as err:  # Keras cannot quantize (or differentiate) it so
-                    steps.append(f"{kg.layer_key(layer)} {q}: not possible "
-                                 f"({type(err).__name__}: {str(err).splitlines()[0][:120]})")
+                key = kg.layer_key(layer)
+                sources = [assign[key]] if assign[key] == "float32" else [assign[key], "float32"]
+                if q == "int8" and assign[key] == "mixed_float16":  # Keras refuses int8 on float16
+                    sources = ["float32"]
+                tprof = None
+                for source in sources:  # on 16-bit compute first, else on float32
+                    trial = dict(assign, **{key: f"{q}_from_{source}"})
+                    try:
+                        tprof = measure(trial)
+                        break
+                    except Exception as err:  # Keras cannot quantize (or differentiate) it so
+                        steps.append(f"{key} {q} from {source}: not possible "
+                                     f"({type(err).__name__}: {str(err).splitlines()[0][:120]})")
+                if tprof is None:
                     continue
                 ok = _metric(tprof, has_loss) <= budget
-                steps.append(f"{kg.layer_key(layer)} {q}: {_metric_name(has_loss)} error "
+                steps.append(f"{key} {q}: {_metric_name(has_loss)} error "
                              f"{_metric(tprof, has_loss):.3g} -> {'kept' if ok else 'rejected'}")
                 if ok:
-                    assign, prof, quant[kg.layer_key(layer)] = trial, tprof, q
+                    assign, prof, quant[key] = trial, tprof, q
                     break
 
     float_assign = {p: kg.split_policy(a)[0] for p, a in assign.items()}

@@ -343,8 +343,13 @@ def run_profile(runner, x, y, loss_fn, threshold, top, mode, policy):
     if y is not None:
         y = tf.nest.map_structure(tf.convert_to_tensor, y)
     low_fn, ref_fn = runner.low_pass, runner.ref_pass
-    if mode == "graph":
+    # Keras's float8 layers differentiate only inside a tf.function (eagerly their custom
+    # gradient fails to unpack): their gradients are traced in either mode.
+    float8 = loss_fn is not None and any(
+        getattr(c, "quantization_mode", None) == "float8" for c in runner.low.values())
+    if mode == "graph" or float8:
         low_fn = tf.function(low_fn, reduce_retracing=True)
+    if mode == "graph":
         ref_fn = tf.function(ref_fn, reduce_retracing=True)
     # Dynamic loss scaling of float16 gradients as Keras's LossScaleOptimizer starts it:
     # 2^15, halved until the gradients are finite.
