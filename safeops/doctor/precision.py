@@ -391,7 +391,8 @@ def profile(model, data, policy="mixed_float16", loss=None, threshold=4.0, top=3
     Args:
       model: a built Functional or Sequential `keras.Model`.
       data: the inputs (an array, a list or dict of arrays for several
-        inputs), a tuple ``(x, y)``, or a `tf.data.Dataset` (its first batch).
+        inputs), a tuple ``(x, y)``, or a `tf.data.Dataset` (its first
+        batch); run as one batch.
       policy: a Keras dtype policy name or object applied to every layer
         (``"mixed_float16"``, ``"mixed_bfloat16"``, ``"float16"``,
         ``"bfloat16"``, ``"float32"``, ``"float64"``; ``"int8"``/``"float8"``
