@@ -11,7 +11,8 @@ addition is associative, so the digit sums -- and everything computed from
 them -- are the same bits in any order, on any device, with any number of
 threads, under XLA or not, and for any split of the input into parts whose
 states are added (`combine_states`). With limbs below 2**32 in magnitude, up
-to 2**31 terms per output cannot overflow an int64 digit.
+to 2**31 terms per output cannot overflow an int64 digit; longer reductions
+are cut into chunks whose states are combined.
 
 A *state* is an int64 tensor ``[..., J + 5]``: ``J`` digits of the exact sum
 in two's complement (normalized: digits in ``[0, 2**32)``, the top one
@@ -19,7 +20,8 @@ signed), then five counters: NaNs, +infs, -infs, negative zeros, and terms.
 States of disjoint parts add digit-wise (`combine_states`), which is how a
 sum split across replicas or batches is combined exactly.
 
-Rounding (`state_to_sum`, `state_to_mean`): the digits are normalized
+Rounding (`state_to_sum`, `state_to_mean`, with `safeops._core.exact_digits`):
+the digits are normalized
 (carry propagation), the magnitude's top 62 bits are taken together with a
 sticky bit for everything below, and rounded to nearest-even at the output
 dtype's precision, with gradual underflow and overflow to inf as IEEE
@@ -32,6 +34,9 @@ sticky bit) before the one rounding: the mean is correctly rounded too.
 Non-finite terms follow IEEE addition in any order: NaN if any term is NaN or
 both infinities occur, else +-inf if one occurs; a sum of only negative
 zeros is -0.0; the empty sum is +0.0.
+
+float32 sums first try a float64 route whose error bound proves the
+rounding (`_certified_float32_sum`); where it cannot, the accumulator runs.
 
 Entry points take axes already normalized to sorted, non-negative Python
 ints (or None for all axes); argument checking is the public op's job.
