@@ -201,6 +201,21 @@ def test_float16_overflow_is_reported_with_rescale():
     assert prof.worst[0][0] == "big" and prof.worst[0][2].startswith("rescale: values reach")
 
 
+def test_float16_underflow_fraction():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, name="tiny")])
+    kernel = np.random.default_rng(1).standard_normal((8, 16)) * 1e-5
+    model.get_layer("tiny").kernel.assign(kernel.astype(np.float32))
+    x = np.random.default_rng(2).standard_normal((32, 8)).astype(np.float32)
+    ref = x.astype(np.float64) @ kernel.astype(np.float32).astype(np.float64)
+    expected = np.mean(np.abs(ref[ref != 0]) < 2.0 ** -14)  # below float16's smallest normal
+    assert 0.3 < expected < 1.0
+    f16 = profile(model, x, policy="float16", verbose=False).layer("tiny")
+    bf16 = profile(model, x, policy="bfloat16", verbose=False).layer("tiny")
+    assert f16.underflow == pytest.approx(expected, rel=1e-12)
+    assert bf16.underflow == 0.0  # bfloat16 has float32's exponent range
+
+
 def test_emulated_float16_convolutions_match_the_native_kernels():
     model, x, y = _cnn(n=8)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
