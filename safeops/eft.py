@@ -35,7 +35,7 @@ EFT identity; a contracted *exact* product changes nothing. Hence:
 
 * the split uses integer bit masking, not Veltkamp's ``c = (2**s + 1) a;
   hi = c - (c - a)`` (whose multiply-add XLA may contract);
-* `_prod_dw` (used by dot, matmul, mean, variance and std) represents
+* `safeops._core.eft.prod_dw` (used by dot, matmul, mean, variance and std) represents
   ``a * b`` as ``p + e`` from the exact partial products only, with no
   rounded product in any addition, so its result does not depend on
   contraction;
@@ -52,14 +52,6 @@ from safeops._core.args import convert_n
 from safeops._core.registry import new
 
 __all__ = ["fast_two_sum", "two_prod", "two_sum"]
-
-# Engine names under their former private spelling, for modules that still import them.
-_two_sum = _eft.two_sum
-_fast_two_sum = _eft.fast_two_sum
-_split = _eft.split
-_two_prod = _eft.two_prod
-_prod_dw = _eft.prod_dw
-
 
 def _pair(op, a, b):
     """a and b as tensors of one floating dtype, by TF's rule (Python numbers take the

@@ -25,10 +25,6 @@ __all__ = ["norm"]
 
 _OP = "safeops.norm"
 
-# Former private names, imported by modules that build on the scaled norm.
-_compute = working_dtype
-_threshold = square_threshold
-
 
 def _sumsq_norm(c, axes, keepdims):
     """Euclidean norm of compute-dtype `c` along `axes` (list or None), scaled on demand."""

@@ -1,9 +1,9 @@
-"""Tests of the dtype rules every op shares (safeops/_dtypes.py)."""
+"""Tests of the dtype rules every op shares (safeops/_core/dtypes.py)."""
 
 import pytest
 import tensorflow as tf
 
-from safeops import _dtypes
+from safeops._core import dtypes as _dtypes
 
 
 @pytest.mark.parametrize("dtype,acc", [

@@ -165,7 +165,7 @@ def test_two_prod_exact_inside_larger_xla_cluster(dtype):
 def test_prod_dw_bound_in_every_mode(dtype):
     # Private double-word product used by dot/matmul/mean/variance: built from exact partial
     # products only, so identical in every mode; documented |p + e - ab| <= 4 u^2 |ab|.
-    from safeops.eft import _prod_dw
+    from safeops._core.eft import prod_dw as _prod_dw
     u = 2.0**-24 if dtype == "float32" else 2.0**-53
     a = testing.sample_floats(dtype, 400, 1e-3, 1e3, seed=11)
     b = testing.sample_floats(dtype, 400, 1e-3, 1e3, seed=12) * np.where(
