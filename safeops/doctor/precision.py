@@ -69,21 +69,25 @@ class LayerPrecision:
       dtype: its compute dtype in the profiled run.
       quantization: the Keras quantization mode applied, or None.
       flops: estimated FLOPs per sample (`safeops.doctor._bits.layer_flops`).
-      bits_mean, bits_max: accumulated bits lost by its outputs.
-      local_bits_mean, local_bits_max: its own bits lost (on float64 inputs
-        rounded to the dtype it receives).
-      input_bits_mean: bits lost by the float64 layer on those rounded inputs.
-      rel_error, local_rel_error: mean relative errors (accumulated, local).
+      bits_mean: mean accumulated bits lost by its outputs.
+      bits_max: the largest of them.
+      local_bits_mean: mean of its own bits lost (on float64 inputs rounded to
+        the dtype it receives).
+      local_bits_max: the largest of them.
+      input_bits_mean: mean bits lost by the float64 layer on those rounded inputs.
+      rel_error: mean accumulated relative error.
+      local_rel_error: mean local relative error.
       max_abs: largest reference magnitude of its outputs.
       range_ratio: ``max_abs`` over the dtype's largest finite value.
       underflow: fraction of non-zero reference outputs below the dtype's
         smallest normal number.
       nonfinite: fraction of outputs that are inf/NaN where the reference is finite.
-      grad_bits_mean, grad_bits_max: bits lost by the loss gradient with
-        respect to its outputs.
-      weight_grad_bits_mean, weight_grad_bits_max: the same for its weights.
-      grad_range_ratio, grad_underflow: dynamic range of the loss-scaled
-        output gradient.
+      grad_bits_mean: mean bits lost by the loss gradient with respect to its outputs.
+      grad_bits_max: the largest of them.
+      weight_grad_bits_mean: mean bits lost by the gradient with respect to its weights.
+      weight_grad_bits_max: the largest of them.
+      grad_range_ratio: largest loss-scaled output gradient over the dtype's maximum.
+      grad_underflow: fraction of non-zero loss-scaled output gradients that underflow.
       emulated: a float16 convolution computed in float32 kernels on 16-bit
         rounded inputs and weights (`profile`'s `emulate`).
     """
@@ -126,8 +130,9 @@ class PrecisionProfile:
       loss_error: ``|loss - loss64| / |loss64|``, or None.
       loss_scale: the loss scale the gradients were computed with (1 unless
         float16 gradients needed scaling; halved from 2^15 until finite).
-      threshold: bits; `first_over` is the first layer (execution order) whose
-        accumulated mean bits lost exceed it, or None.
+      threshold: bits lost (mean) that count as a hazard.
+      first_over: the first layer (execution order) whose accumulated mean
+        bits lost exceed `threshold`, or None.
       worst: ((layer name, local mean bits, fix), ...), worst first.
     """
 
