@@ -37,8 +37,11 @@ class GradientIssue:
       reason: short cause: "not used", "non-differentiable op", "not floating",
         "zero derivative", "forward non-finite", "backward non-finite", "unknown".
       message: the explanation in words.
-      op_type, op_name: the op responsible (None when no op is).
-      file, line, code: where the op (or the use outside the tape) is in the user's code.
+      op_type: the type of the op responsible (None when no op is).
+      op_name: its name in the traced graph (None when no op is).
+      file: the user's file where the op (or the use outside the tape) is.
+      line: the line in `file`.
+      code: the text of that line.
     """
 
     variable: str

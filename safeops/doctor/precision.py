@@ -432,7 +432,7 @@ def profile(model, data, policy="mixed_float16", loss=None, threshold=4.0, top=3
 
     Example:
       >>> p = so.doctor.profile(model, x, policy="mixed_float16", verbose=False)
-      >>> p.worst[0][0]        # the layer that loses most bits    # doctest: +SKIP
+      >>> p.first_over        # the first layer losing > 4 bits    # doctest: +SKIP
       'layer_normalization'
     """
     if mode not in ("graph", "eager"):

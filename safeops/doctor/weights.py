@@ -21,10 +21,15 @@ class WeightStats:
     """Statistics of one weight.
 
     Args:
-      layer, weight: the layer's name and the weight's path/name.
-      dtype, shape: of the weight.
-      min, max, std: over its finite values.
-      n_nan, n_inf: counts of NaN and inf.
+      layer: the layer's name.
+      weight: the weight's path/name.
+      dtype: the weight's dtype.
+      shape: the weight's shape.
+      min: the smallest of its finite values.
+      max: the largest of its finite values.
+      std: the standard deviation of its finite values.
+      n_nan: count of NaN.
+      n_inf: count of inf.
       init_std: the Glorot (sqrt(2/(fan_in+fan_out))) or, for ReLU-family
         activations, He (sqrt(2/fan_in)) standard deviation its shape implies;
         None for non-kernel weights.
