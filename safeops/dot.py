@@ -166,8 +166,8 @@ def dot(x, y, axis=-1, keepdims=False, name=None):
 @drop_in("tf.linalg.matmul",
          "float16/bfloat16/float32 multiply and accumulate in a wider type (exact products), "
          "float64 as Dot2 per element: faithful where TF's product cancels",
-         "float64 materialises an [..., m, n, k] tensor: time and memory O(m n k)",
-         "a_is_sparse, b_is_sparse, grad_a and grad_b are accepted and ignored (TF's kernel hints)")
+         "a_is_sparse, b_is_sparse, grad_a and grad_b are accepted and ignored (TF's kernel "
+         "hints; TF's a_is_sparse rejects batched operands)")
 def matmul(a, b, transpose_a=False, transpose_b=False, adjoint_a=False, adjoint_b=False,
            a_is_sparse=False, b_is_sparse=False, output_type=None, grad_a=False, grad_b=False,
            name=None):

@@ -258,7 +258,8 @@ def reduce_sum(input_tensor, axis=None, keepdims=False, name=None):
 @drop_in("tf.math.reduce_mean",
          "float16/bfloat16/float32 are accumulated in a wider type and float64 with "
          "compensated summation and a double-word division: faithful where TF's mean is not",
-         "float32: the mean of values near the largest float does not overflow (TF's: inf)")
+         "float32: the mean of values near the largest float does not overflow (TF's: inf)",
+         "the mean of no complex values is NaN + NaNj, as for real values (TF's: 0j)")
 def reduce_mean(input_tensor, axis=None, keepdims=False, name=None):
     """Accurate mean across dimensions; drop-in for `tf.math.reduce_mean`.
 

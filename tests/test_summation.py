@@ -357,6 +357,15 @@ def test_integer_complex_empty_and_nonfinite():
             np.testing.assert_array_equal(so_fn(v, axis=1).numpy(), tf_fn(v, axis=1).numpy())
 
 
+def test_mean_near_the_largest_float_does_not_overflow():
+    # float32 accumulates in float64: the mean of [max, max, -1] is finite (TF's sum overflows)
+    big = float(np.finfo(np.float32).max)
+    x = tf.constant([big, big, -1.0], tf.float32)
+    exact = (2 * big - 1.0) / 3  # float64: within a relative 2**-53 of the exact mean
+    assert int(testing.ulp_distance(so.reduce_mean(x).numpy(), exact, "float32")) <= 1
+    assert np.isinf(tf.reduce_mean(x).numpy())
+
+
 def test_bad_input_raises():
     for fn, arg in [(so.reduce_sum, "input_tensor"), (so.reduce_variance, "input_tensor"),
                     (so.cumsum, "x")]:

@@ -256,6 +256,9 @@ def test_matmul_dtypes_and_flags(dtype):
                             grad_a=True, grad_b=True),
           lambda: tf.linalg.matmul(a[0], bt[0], adjoint_b=True, a_is_sparse=True,
                                    b_is_sparse=True, grad_a=True, grad_b=True), scale=16.0)
+    # a deliberate difference: the hints are ignored, so batched operands work with them
+    np.testing.assert_array_equal(so.matmul(a, b, a_is_sparse=True, b_is_sparse=True).numpy(),
+                                  so.matmul(a, b).numpy())
     check(lambda: so.matmul(a, b, output_type=dtype),
           lambda: tf.linalg.matmul(a, b, output_type=dtype), scale=16.0)
 
