@@ -6,7 +6,7 @@ the exponent of the dtype's smallest subnormal and ``0 <= pos``. The value is
 placed into a fixed-point integer whose digits are 32 bits wide (digit ``k``
 weighs ``2**(32 k + emin_sub)``): ``m << (pos % 32)`` is cut into 2 (float64:
 3) limbs of at most 32 bits that land in digits ``pos // 32``, ``+1``, ``+2``.
-Limbs are summed per digit in int64 (`tf.math.unsorted_segment_sum`): integer
+Limbs are summed per digit in int64 (a weighted integer bincount): integer
 addition is associative, so the digit sums -- and everything computed from
 them -- are the same bits in any order, on any device, with any number of
 threads, under XLA or not, and for any split of the input into parts whose
@@ -175,12 +175,16 @@ def _accumulate(limbs, slot, group, num_groups, fmt):
     the accumulator needs J + 4 int64 per output, not (J + 4) * limbs).
     """
     width = fmt.digits + 4
+    size = num_groups * width
     ids = group * width + tf.cast(slot, group.dtype)
     finite = tf.cast(slot < fmt.digits, group.dtype)  # counters: limbs 1.. are 0, kept in place
     ids = tf.stack([ids + l * finite for l in range(fmt.limbs)], -1)
-    ids = tf.where((group < 0)[..., None], -tf.ones_like(ids), ids)
-    acc = tf.math.unsorted_segment_sum(tf.reshape(limbs, [-1]), tf.reshape(ids, [-1]),
-                                       num_groups * width)
+    # dropped rows go past the end, where a bincount ignores them
+    ids = tf.where((group < 0)[..., None], tf.fill(tf.shape(ids), tf.cast(size, ids.dtype)), ids)
+    # an integer bincount with weights: exact, and several times faster than
+    # unsorted_segment_sum on int64 on the CPU (it compiles to a scatter under XLA)
+    acc = tf.raw_ops.DenseBincount(input=tf.reshape(ids, [-1]), size=tf.cast(size, ids.dtype),
+                                   weights=tf.reshape(limbs, [-1]), binary_output=False)
     return tf.reshape(acc, tf.stack([num_groups, width]) if isinstance(num_groups, tf.Tensor)
                       else [num_groups, width])
 
