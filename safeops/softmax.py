@@ -16,7 +16,7 @@ when s is tiny (``log(1 + s)``, TF's kernel: ``log_softmax([20, 0, 0, 0])[0]``
 is 0.0, exact -6.18e-9). float16/bfloat16 are computed in float32; s, log1p
 and the final subtraction of float32 inputs are evaluated in float64 and
 rounded once; float64 uses the compensated (TwoSum tree) sum of
-`safeops.summation` for s.
+`safeops._core.compensated` for s.
 
 Masked rows: where m is not finite the shift is 0; an all -inf row has s = 0 and
 no max entry (softmax 0, log_softmax -inf, logsumexp -inf); in a row holding
@@ -25,35 +25,18 @@ through s to the whole row.
 
 Fused kernel: float32 rows along the last axis on the CPU, outside XLA, run a
 C++ kernel (`safeops.native`, softmax.cc) for the softmax forward and backward
-and the reduce_logsumexp forward: the same method (TwoSum split, float32
-exp(hi) (1 + lo), s in double over all but one max entry), one pass per row
-kept in cache, softmax rounded once from the double quotient e / (1 + s); its
-backward works from the output p (no exps). log_softmax and the logsumexp
-backward stay on the XLA-fused path below, which measured faster for them
-(BUILD_NOTES.md). Measured [1024, 1024], `python -m benchmarks --quick`, graph
-fwd+bwd against TF: softmax 1.65-1.76x -> 1.14-1.26x, reduce_logsumexp fwd
-1.1-1.2x -> 0.86-0.88x (fwd+bwd 1.10x).
+and the reduce_logsumexp forward: the same method in one cached pass per row,
+softmax rounded once from the double quotient e / (1 + s). log_softmax and the
+logsumexp backward keep the XLA-fused path below, which measured faster for them
+(figures in BUILD_NOTES.md).
 
-Speed: inside a graph (`tf.function`) the forward and the backward pass of
-float16/bfloat16/float32 inputs are each one XLA-compiled function
-(`safeops._guards._fused`: fused loops instead of a kernel per elementwise
-op; traced once per shape and axis); float64 and eager calls run the same
-formulas as plain ops. On CPU each XLA reduction is a pass over memory, and a
-float64 reduce is a serial chain of adds (2.5x a float32 one), so float64 row
-sums are dots with a vector of ones (vectorized; `_plain_sum`). The forward
-passes return the result and row quantities only (returning e as well, a
-second full-size output, cost softmax's forward ~1 ms per 1M entries; for
-log_softmax and reduce_logsumexp the change is within run-to-run noise, but the
-tape keeps a row vector alive instead of e); the backward passes recompute e
-from x and the row max. Measured, [1024, 1024] float32, graph, 2 CPU cores
-shared with other jobs (ratios move by +-0.1 run to run), median of >= 11
-interleaved pairs against TF, before -> after: softmax fwd 1.8-2.2x ->
-1.3-1.4x, fwd+bwd 2.1-2.5x -> 1.6-1.8x; log_softmax fwd+bwd 1.4-1.5x ->
-1.05-1.2x; reduce_logsumexp 1.5-1.6x -> 1.05-1.3x. softmax's backward stays
-in float64 elementwise: from the float32 output p (rounded twice) the 4-ulp
-gradient test reaches 4 ulp (3000 rows), against 2-3 ulp now. Its remaining
-cost is passes, not float64: the max-entry shift c is one more reduction
-(~1.5 ms of the ~6 ms backward), the float64 dot operand another.
+Speed: inside a graph the forward and the backward pass of float16/bfloat16/
+float32 inputs are each one XLA-compiled function (fused loops instead of a
+kernel per elementwise op; traced once per shape and axis); float64 runs the
+same formulas as plain ops, its row sums as dots with a vector of ones
+(vectorized, `_plain_sum`). The forward passes keep row quantities only; the
+backward passes recompute e from x and the row max. Eagerly, log_softmax is one
+call of the traced function rather than some sixty small ops.
 
 Measured (bits of error = log2(1 + ulp distance) against mpmath, eager, 1000
 rows of 4 from `safeops.testing.sample_floats` on [-80, 80], every entry):
@@ -76,7 +59,7 @@ from safeops._core.eft import two_sum
 from safeops._core.native import kernels
 from safeops._core.ragged import is_ragged, ragged_reduce, ragged_rows
 from safeops._core.registry import drop_in
-from safeops._guards import _fused
+from safeops._core.elementwise import fused as _fused
 
 __all__ = ["log_softmax", "reduce_logsumexp", "softmax"]
 
@@ -158,8 +141,8 @@ def _terms(x, axis, acc, need_s=True, m=None):
 
 
 # --- forward and backward passes: one XLA-fused loop each for float16/bfloat16/float32
-# inside a graph (`safeops._guards._fused`), plain ops for float64 (its compensated
-# sum needs static shapes) and eagerly.
+# inside a graph (`safeops._core.elementwise.fused`), plain ops for float64 (a TwoSum tree
+# per row sum, measured slower compiled) and eagerly.
 
 def _lse_fwd(x, axis):
     c, acc = _compute(x.dtype), accumulation_dtype(x.dtype)
