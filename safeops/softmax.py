@@ -33,8 +33,7 @@ logsumexp backward keep the XLA-fused path below, which measured faster for them
 Speed: inside a graph the forward and the backward pass of float16/bfloat16/
 float32 inputs are each one XLA-compiled function (fused loops instead of a
 kernel per elementwise op; traced once per shape and axis); float64 runs the
-same formulas as plain ops, its row sums as dots with a vector of ones
-(vectorized, `_plain_sum`). The forward passes keep row quantities only; the
+same formulas as plain ops. The forward passes keep row quantities only; the
 backward passes recompute e from x and the row max. Eagerly, log_softmax is one
 call of the traced function rather than some sixty small ops.
 
@@ -141,8 +140,8 @@ def _terms(x, axis, acc, need_s=True, m=None):
 
 
 # --- forward and backward passes: one XLA-fused loop each for float16/bfloat16/float32
-# inside a graph (`safeops._core.elementwise.fused`), plain ops for float64 (a TwoSum tree
-# per row sum, measured slower compiled) and eagerly.
+# inside a graph (`safeops._core.elementwise.fused`), plain ops for float64 (its
+# compensated sum needs static shapes) and eagerly.
 
 def _lse_fwd(x, axis):
     c, acc = _compute(x.dtype), accumulation_dtype(x.dtype)
