@@ -469,32 +469,3 @@ def clip_by_global_norm(t_list, clip_norm, use_norm=None, name=None, nonfinite="
                for r, s in zip(res, slices)]
         return res, gn
 
-
-def _clip_gradients(grads, clipnorm=None, global_clipnorm=None, nonfinite="propagate"):
-    """Keras-optimizer-style clipping for optimizers (`clipnorm`, `global_clipnorm`).
-
-    For the compensated optimizers (`safeops.optimizers`): ``clipnorm`` clips
-    each gradient by its own norm, ``global_clipnorm`` all of them together,
-    both with the overflow-free norm. None gradients pass through;
-    `tf.IndexedSlices` are clipped through their values.
-    """
-    if clipnorm is not None and global_clipnorm is not None:
-        raise ValueError("_clip_gradients: set at most one of clipnorm and global_clipnorm")
-    if clipnorm is None and global_clipnorm is None:
-        return list(grads)
-
-    def values(g):
-        return g.values if isinstance(g, tf.IndexedSlices) else g
-
-    def rebuild(g, v):
-        if isinstance(g, tf.IndexedSlices):
-            return tf.IndexedSlices(v, g.indices, g.dense_shape)
-        return v
-
-    if clipnorm is not None:
-        return [None if g is None else rebuild(g, clip_by_norm(values(g), clipnorm,
-                                                               nonfinite=nonfinite))
-                for g in grads]
-    clipped, _ = clip_by_global_norm([None if g is None else values(g) for g in grads],
-                                     global_clipnorm, nonfinite=nonfinite)
-    return [None if g is None else rebuild(g, v) for g, v in zip(grads, clipped)]

@@ -68,6 +68,7 @@ import keras
 import tensorflow as tf
 
 from safeops._core import keras_compat
+from safeops.clipping import clip_by_global_norm, clip_by_norm
 from safeops._core.dtypes import HALF_DTYPES, scalar_in
 from safeops._core.registry import drop_in
 
@@ -268,14 +269,12 @@ class _Compensated:
 
     # -- gradients and decay ------------------------------------------------------
     def _clip_gradients(self, grads):
-        if self.clipnorm or self.global_clipnorm:
-            try:  # the NaN-free clipping of safeops.clipping, when present
-                from safeops.clipping import _clip_gradients
-            except ImportError:
-                _clip_gradients = None
-            if _clip_gradients is not None:
-                return _clip_gradients(grads, clipnorm=self.clipnorm,
-                                       global_clipnorm=self.global_clipnorm)
+        """Keras's `clipnorm` / `global_clipnorm` through the overflow-free norms of
+        `safeops.clip_by_norm` / `clip_by_global_norm` (IndexedSlices stay sparse)."""
+        if self.clipnorm:
+            return [None if g is None else clip_by_norm(g, self.clipnorm) for g in grads]
+        if self.global_clipnorm:
+            return clip_by_global_norm(list(grads), self.global_clipnorm)[0]
         return super()._clip_gradients(grads)
 
     def _apply_weight_decay(self, variables):

@@ -7,7 +7,6 @@ import tensorflow as tf
 
 import safeops as so
 from safeops import testing
-from safeops.clipping import _clip_gradients
 
 
 def test_overflowing_norm():
@@ -240,13 +239,17 @@ def test_gradient_at_zero_tensor():
             np.testing.assert_array_equal(fn(z), np.zeros(np.shape(fn(z))))
 
 
-def test_clip_gradients_helper():
+def test_optimizer_clipping_keeps_sparse_gradients_and_finite_norms():
+    """Keras's clipnorm / global_clipnorm on a safeops optimizer: a norm that overflows in
+    float32 (5e19 squared) still clips to finite values; IndexedSlices stay IndexedSlices."""
     g = [tf.constant([3e19, 4e19]), None, tf.IndexedSlices(tf.constant([[3.0, 4.0]]),
                                                            tf.constant([0]), tf.constant([2, 2]))]
-    out = _clip_gradients(g, global_clipnorm=1.0)
+    out = so.optimizers.SGD(global_clipnorm=1.0)._clip_gradients(g)
     assert out[1] is None and isinstance(out[2], tf.IndexedSlices)
-    assert np.all(np.isfinite(out[0].numpy()))
-    out = _clip_gradients(g, clipnorm=1.0)
+    np.testing.assert_allclose(out[0].numpy(), [0.6, 0.8], rtol=1e-6)
+    out = so.optimizers.SGD(clipnorm=1.0)._clip_gradients(g)
+    assert isinstance(out[2], tf.IndexedSlices)
+    np.testing.assert_allclose(out[0].numpy(), [0.6, 0.8], rtol=1e-6)
     np.testing.assert_allclose(out[2].values.numpy(), [[0.6, 0.8]], rtol=1e-6)
 
 
