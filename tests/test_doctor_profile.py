@@ -185,6 +185,27 @@ def test_float64_shadow_of_float64_model_loses_nothing():
         assert e.weight_grad_bits_max in (0.0, None)
 
 
+def test_planted_logsumexp_is_worst_under_float16():
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8,))
+    z = keras.layers.Dense(8, name="logits")(inp)
+    lse = keras.layers.Lambda(  # log(sum(exp(z))) written out: exp overflows float16 past 11.1
+        lambda t: keras.ops.log(keras.ops.sum(keras.ops.exp(t), axis=-1, keepdims=True)), name="lse")(z)
+    model = keras.Model(inp, keras.layers.Dense(2, name="head")(lse))
+    model.get_layer("logits").bias.assign(np.full(8, 15.0, np.float32))
+    x = np.random.default_rng(0).standard_normal((32, 8)).astype(np.float32)
+    prof = profile(model, x, policy="float16", verbose=False)
+    assert prof.worst[0][0] == "lse" and prof.first_over == "lse"
+    lse_entry = prof.layer("lse")
+    assert lse_entry.local_bits_max == P16 and lse_entry.nonfinite == 1.0
+    assert lse_entry.range_ratio < 1e-3  # its output, ~17, fits: an intermediate overflowed
+    assert "so.reduce_logsumexp" in prof.worst[0][2]
+    assert prof.layer("logits").local_bits_mean <= 1.0 and prof.layer("head").local_bits_mean <= 1.0
+    # the reference: exp(15 + ...) > 65504 = float16 max, while its log is ~17
+    z64 = x.astype(np.float64) @ model.get_layer("logits").kernel.numpy() + 15.0
+    assert np.all(np.exp(z64).max(-1) > 65504) and np.abs(np.log(np.exp(z64).sum(-1))).max() < 30
+
+
 def test_float16_overflow_is_reported_with_rescale():
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="big"),

@@ -2,7 +2,7 @@
 
 The profiler runs a Functional or Sequential model node by node, calling a copy
 of each layer made in another dtype policy. Keras has no public API for that, so
-this module reads five Keras internals, each checked by
+this module reads six Keras internals, each checked by
 ``tests/test_doctor_profile.py::test_keras_touchpoints`` (it fails loudly when Keras
 moves them):
 
@@ -12,7 +12,8 @@ moves them):
   symbolic tensors replaced by values, keyed by ``id``);
 * ``Sequential._functional`` (the Functional graph a built Sequential model holds);
 * ``keras.src.backend.common.masking.set_keras_mask`` and the ``_keras_mask``
-  attribute (a mask kept on a tensor cast to another dtype).
+  attribute (a mask kept on a tensor cast to another dtype);
+* ``Lambda._output_shape`` (a Lambda layer is copied from its live function).
 """
 
 import inspect
@@ -170,6 +171,12 @@ def copy_layer(layer, policy, mode, sample_args=None):
 
 
 def _from_config(layer, policy):
+    if isinstance(layer, keras.layers.Lambda):
+        # A Lambda's config holds its function as bytecode, which Keras refuses to load in
+        # safe mode: the copy takes the live function instead.
+        return keras.layers.Lambda(layer.function, output_shape=getattr(layer, "_output_shape", None),
+                                   mask=layer.mask, arguments=dict(layer.arguments),
+                                   name=layer.name, dtype=policy)
     config = layer.get_config()
     config["dtype"] = policy
     return layer.__class__.from_config(config)

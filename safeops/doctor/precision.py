@@ -245,10 +245,14 @@ def _policy_label(policy):
 def _fix(entry, layer):
     """The safeops fix for a layer that loses bits (promote, swap for the stable layer, rescale)."""
     name = entry.dtype
-    if entry.nonfinite > 0 or entry.range_ratio >= 1.0:
+    if entry.range_ratio >= 1.0:
         return (f"rescale: values reach {entry.max_abs:.3g}, beyond the {name} maximum "
                 f"{_dtypes.limits(name).max:.3g} (scale the input or weights down), or promote it "
                 "to float32 (so.layers.Promote / a DTypePolicyMap entry)")
+    if entry.nonfinite > 0 and entry.input_bits_mean < entry.local_bits_mean - 1.0:
+        return (f"promote it to float32: an intermediate overflows {name} although its output "
+                "fits (inf/NaN from finite inputs); or compute its formula with the stable "
+                "safeops op (so.reduce_logsumexp, so.log_softmax, so.softplus, so.safe_exp...)")
     if entry.grad_underflow is not None and entry.grad_underflow > 0.1:
         return (f"rescale: {entry.grad_underflow:.0%} of its gradients underflow {name}: loss "
                 "scaling (so.mixed_precision.LossScaleOptimizer), or promote it to float32")
