@@ -85,36 +85,32 @@ def _axes(op, x, axis):
     return axes if axes is not None else dynamic_axes(op, axis, x)
 
 
-def _dense_sum(op, x, axis, keepdims):
+def _dense(op, x, axis, keepdims, mean):
+    """The sum (or mean) of a floating tensor: fused kernel, double-double tree or widening."""
     axes = _axes(op, x, axis)
-    if isinstance(axes, tuple) and not axes:
-        return tf.identity(x)
     if isinstance(axes, tuple):
-        fused = _fused_reduce(x, axes, keepdims, mean=False)
-        if fused is not None:
-            return fused
-    if x.dtype == tf.float64:
-        s, c, _ = cs.sum_dd(x, axes, keepdims)
-        return cs.finish(s, c)
-    acc = accumulation_dtype(x.dtype)
-    return tf.cast(tf.reduce_sum(tf.cast(x, acc), axes if isinstance(axes, tuple) else axes,
-                                 keepdims), x.dtype)
-
-
-def _dense_mean(op, x, axis, keepdims):
-    axes = _axes(op, x, axis)
-    if isinstance(axes, tuple) and not axes:
-        return tf.identity(x)
-    if isinstance(axes, tuple):
-        fused = _fused_reduce(x, axes, keepdims, mean=True)
+        if not axes:
+            return tf.identity(x)
+        fused = _fused_reduce(x, axes, keepdims, mean=mean)
         if fused is not None:
             return fused
     if x.dtype == tf.float64:
         s, c, n = cs.sum_dd(x, axes, keepdims)
+        if not mean:
+            return cs.finish(s, c)
         q, r = cs.dd_div(s, c, n)
         return q + r
     acc = accumulation_dtype(x.dtype)
-    return tf.cast(tf.reduce_mean(tf.cast(x, acc), axes, keepdims), x.dtype)
+    reduce = tf.reduce_mean if mean else tf.reduce_sum
+    return tf.cast(reduce(tf.cast(x, acc), axes, keepdims), x.dtype)
+
+
+def _dense_sum(op, x, axis, keepdims):
+    return _dense(op, x, axis, keepdims, mean=False)
+
+
+def _dense_mean(op, x, axis, keepdims):
+    return _dense(op, x, axis, keepdims, mean=True)
 
 
 def _masked_mean(x, mask, axes, keepdims):

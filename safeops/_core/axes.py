@@ -131,14 +131,21 @@ def scan_axis(op, axis, rank, arg="axis"):
     """
     if axis is None:
         raise ValueError(f"{op}: argument '{arg}' must be an integer, not None")
+    return _scalar_axis(op, arg, axis, rank, _iae, None)
+
+
+def _scalar_axis(op, arg, axis, rank, not_scalar, unknown_rank):
+    """A scalar axis: None when its value is unknown; `unknown_rank(a)` when the rank is;
+    else non-negative. Not a scalar: `not_scalar(msg)`; out of range:
+    InvalidArgumentError in every mode (scans and softmax check it when they run)."""
     arr = _static(op, arg, axis)
     if arr is None:
         return None
     if arr.ndim != 0:
-        raise _iae(f"{op}: argument '{arg}' must be a scalar; got {arr.tolist()}")
-    if rank is None:
-        return None
+        raise not_scalar(f"{op}: argument '{arg}' must be a scalar; got {arr.tolist()}")
     a = int(arr)
+    if rank is None:
+        return unknown_rank
     if not -rank <= a < rank:
         raise _out_of_range(op, arg, a, rank, tf.errors.InvalidArgumentError)
     return a % rank
@@ -161,17 +168,11 @@ def class_axis(op, axis, rank, arg="axis"):
         raise _iae(msg) if _eager() else ValueError(msg)
     if isinstance(axis, (str, bytes)):
         raise TypeError(f"{op}: argument '{arg}' must be an integer; got {axis!r}")
-    arr = _static(op, arg, axis)
-    if arr is None:
-        return None
-    if arr.ndim != 0:
-        raise TypeError(f"{op}: argument '{arg}' must be a scalar; got {arr.tolist()}")
-    a = int(arr)
-    if rank is None:
-        return a
-    if not -rank <= a < rank:
-        raise _out_of_range(op, arg, a, rank, tf.errors.InvalidArgumentError)
-    return a % rank
+    if rank is None:  # the axis as given (e.g. -1), for ops that work on an unknown rank
+        arr = _static(op, arg, axis)
+        if arr is not None and arr.ndim == 0:
+            return int(arr)
+    return _scalar_axis(op, arg, axis, rank, TypeError, None)
 
 
 def norm_axes(op, axis, rank, arg="axis"):
