@@ -146,3 +146,10 @@ def test_dtypes_and_bad_input():
         so.dot(tf.constant([1.0]), tf.constant([1.0], tf.float64))
     nan = so.dot(tf.constant([np.inf, 1.0], tf.float64), tf.constant([1.0, np.nan], tf.float64))
     assert np.isnan(float(nan))
+
+
+def test_python_number_takes_the_tensor_dtype():
+    y = tf.constant([1e-20, 1.0], tf.float64)
+    out = so.dot([3.0, -1.0], y)  # 3e-20 - 1 in float64
+    assert out.dtype == tf.float64 and float(out) == 3e-20 - 1.0
+    assert so.matmul([[1.0, 2.0]], tf.constant([[1.0], [1.0]], tf.float64)).dtype == tf.float64

@@ -186,3 +186,15 @@ def test_prod_dw_bound_in_every_mode(dtype):
     for mode, (pp, ee) in nf.items():  # non-finite products as TF's multiply, error term 0
         np.testing.assert_array_equal(pp, [np.inf, np.nan, -np.inf], err_msg=mode)
         np.testing.assert_array_equal(ee, [0.0, 0.0, 0.0], err_msg=mode)
+
+
+def test_python_number_takes_the_tensor_dtype():
+    # TF's rule: a Python number takes the other argument's dtype (no float32 mismatch)
+    b = tf.constant([2.0**-60, 3.0], tf.float64)
+    for fn in (so.two_sum, so.fast_two_sum, so.two_prod):
+        r, e = fn(1.0, b)
+        assert r.dtype == e.dtype == tf.float64
+    s, e = so.two_sum(1.0, b)
+    assert s.numpy().tolist() == [1.0, 4.0] and e.numpy().tolist() == [2.0**-60, 0.0]
+    with pytest.raises(TypeError):  # two tensors of different dtypes: TF's error
+        so.two_sum(tf.constant(1.0), b)
