@@ -79,37 +79,28 @@ _BLOCK_ELEMS = 1 << 16
 # ----------------------------------------------------------------------------- decomposition
 
 def _decompose(x, fmt):
-    """Limbs [..., limbs] (int64), digit index [...] (int32) and slot class [...] of x.
+    """Limbs [..., limbs] (int64) and slot [...] (int32) of x.
 
-    Slot class: the digit index for finite values other than -0.0; J + c for
-    the counters (c = NaN, +inf, -inf, -0.0), whose limb 0 is 1.
+    Slot: the digit index of limb 0 for finite values other than -0.0; J + c
+    for the counters (c = NaN, +inf, -inf, -0.0), whose limb 0 is 1 and whose
+    other limbs are ignored (`_accumulate`).
     """
+    wide = fmt.width == 64
+    itype = tf.int64 if wide else tf.int32
     bits = tf.bitcast(x, fmt.bits_dtype)
-    if fmt.width < 64:
-        bits = tf.cast(bits, tf.int32)
-        if fmt.width == 16:
-            bits = tf.bitwise.bitwise_and(bits, 0xFFFF)
-            neg = tf.bitwise.bitwise_and(bits, 0x8000) != 0
-            mag = tf.bitwise.bitwise_and(bits, 0x7FFF)
-        else:
-            neg = bits < 0
-            mag = tf.bitwise.bitwise_and(bits, 0x7FFFFFFF)
-    else:
-        neg = bits < 0
-        mag = tf.bitwise.bitwise_and(bits, tf.constant((1 << 63) - 1, tf.int64))
-    one = tf.ones([], mag.dtype)
+    if fmt.width == 16:
+        bits = tf.bitwise.bitwise_and(tf.cast(bits, tf.int32), 0xFFFF)
+    mag = tf.bitwise.bitwise_and(bits, tf.constant((1 << (fmt.width - 1)) - 1, itype))
+    neg = tf.not_equal(bits, mag)
     fbits = fmt.p - 1
-    biased = tf.bitwise.right_shift(mag, tf.cast(fbits, mag.dtype))
-    frac = tf.bitwise.bitwise_and(mag, tf.constant((1 << fbits) - 1, mag.dtype))
-    emax_field = (1 << fmt.ebits) - 1
-    finite = biased < emax_field
-    normal = biased > 0
-    m = tf.where(normal, frac + tf.constant(1 << fbits, mag.dtype), frac)
-    pos = tf.maximum(biased, one) - one
-    j = tf.cast(tf.bitwise.right_shift(pos, tf.cast(5, pos.dtype)), tf.int32)
-    off = tf.cast(tf.bitwise.bitwise_and(pos, tf.cast(31, pos.dtype)), tf.int64)
-    m = tf.cast(tf.where(finite, m, tf.zeros_like(m)), tf.int64)
-    neg_zero = neg & tf.equal(mag, tf.zeros_like(mag))
+    biased = tf.bitwise.right_shift(mag, tf.constant(fbits, itype))
+    frac = tf.bitwise.bitwise_and(mag, tf.constant((1 << fbits) - 1, itype))
+    normal = tf.minimum(biased, tf.constant(1, itype))  # 1 for normal numbers (and inf/NaN)
+    m = tf.bitwise.bitwise_or(frac, tf.bitwise.left_shift(normal, tf.constant(fbits, itype)))
+    pos = biased - normal  # x = m * 2**(pos + emin_sub)
+    j = tf.bitwise.right_shift(pos, tf.constant(5, itype))
+    off = tf.cast(tf.bitwise.bitwise_and(pos, tf.constant(31, itype)), tf.int64)
+    m = tf.cast(m, tf.int64)
     mask = tf.constant(ed.MASK32, tf.int64)
     s32 = tf.constant(32, tf.int64)
     if fmt.limbs == 2:
@@ -125,14 +116,12 @@ def _decompose(x, fmt):
         limbs = [tf.bitwise.bitwise_and(a, mask), tf.bitwise.bitwise_and(mid, mask),
                  tf.bitwise.right_shift(mid, s32)]
     # counters: NaN, +inf, -inf, -0.0 go to slots J..J+3 with limb 0 = 1
-    is_nan = ~finite & tf.not_equal(frac, tf.zeros_like(frac))
-    is_inf = ~finite & tf.equal(frac, tf.zeros_like(frac))
-    J = fmt.digits
-    special = tf.where(is_nan, J + ed.NAN, tf.where(
-        is_inf & ~neg, J + ed.PINF, tf.where(is_inf, J + ed.NINF, J + ed.NEGZERO)))
-    is_special = ~finite | neg_zero
-    slot = tf.where(is_special, special, j)
-    limbs[0] = tf.where(is_special, tf.ones_like(limbs[0]), limbs[0])
+    finite = biased < (1 << fmt.ebits) - 1
+    special = ~finite | (neg & tf.equal(mag, tf.zeros_like(mag)))
+    code = tf.where(finite, ed.NEGZERO, tf.where(tf.equal(frac, tf.zeros_like(frac)),
+                                                 ed.PINF + tf.cast(neg, tf.int32), ed.NAN))
+    slot = tf.where(special, fmt.digits + code, tf.cast(j, tf.int32))
+    limbs[0] = tf.where(special, tf.ones_like(limbs[0]), limbs[0])
     return tf.stack(limbs, -1), slot
 
 
@@ -168,7 +157,7 @@ def _to_2d(x, axes):
     return y, tf.cast(plain, tf.int32), tf.cast(keep, tf.int32)
 
 
-def _accumulate(limbs, slot, group, num_groups, fmt):
+def _accumulate(limbs, slot, group, num_groups, fmt, may_drop=False):
     """Scatter-add limbs into [num_groups, J + 4] digit/counter sums (rows with group < 0 dropped).
 
     Limb l of a finite value goes to digit slot + l (one scatter of all limbs:
@@ -176,11 +165,14 @@ def _accumulate(limbs, slot, group, num_groups, fmt):
     """
     width = fmt.digits + 4
     size = num_groups * width
-    ids = group * width + tf.cast(slot, group.dtype)
-    finite = tf.cast(slot < fmt.digits, group.dtype)  # counters: limbs 1.. are 0, kept in place
-    ids = tf.stack([ids + l * finite for l in range(fmt.limbs)], -1)
-    # dropped rows go past the end, where a bincount ignores them
-    ids = tf.where((group < 0)[..., None], tf.fill(tf.shape(ids), tf.cast(size, ids.dtype)), ids)
+    ids = slot if group is None else group * width + tf.cast(slot, group.dtype)
+    # past the end, where a bincount ignores them: dropped rows, and the limbs
+    # above limb 0 of the counters
+    end = tf.cast(size, ids.dtype)
+    finite = slot < fmt.digits
+    ids = tf.stack([ids] + [tf.where(finite, ids + l, end) for l in range(1, fmt.limbs)], -1)
+    if may_drop:
+        ids = tf.where((group < 0)[..., None], end, ids)
     # an integer bincount with weights: exact, and several times faster than
     # unsorted_segment_sum on int64 on the CPU (it compiles to a scatter under XLA)
     acc = tf.raw_ops.DenseBincount(input=tf.reshape(ids, [-1]), size=tf.cast(size, ids.dtype),
@@ -206,9 +198,9 @@ def _state_rows(y, fmt):
     itype = tf.int64 if big else tf.int32
     outer = static_outer if static_outer is not None else tf.shape(y, out_type=itype)[0]
     if static_outer == 1:
-        group = tf.zeros_like(slot, itype)
+        group = None
     else:
-        group = tf.broadcast_to(tf.range(outer, dtype=itype)[:, None], tf.shape(slot, itype))
+        group = tf.range(outer, dtype=itype)[:, None]  # broadcast against the slots
     acc = _accumulate(limbs, slot, group, outer, fmt)
     return _with_count(acc, tf.shape(y)[1], fmt)
 
@@ -370,7 +362,7 @@ def exact_segment_state(data, segment_ids, num_segments, counts):
     valid = (ids >= 0) & (ids < num)
     group = ids[:, None] * tf.cast(inner, itype) + tf.range(tf.cast(inner, itype), dtype=itype)
     group = tf.where(valid[:, None], group, -tf.ones_like(group))
-    acc = _accumulate(limbs, slot, group, num * inner, fmt)
+    acc = _accumulate(limbs, slot, group, num * inner, fmt, may_drop=True)
     acc = tf.reshape(acc, tf.stack([tf.cast(num, tf.int64), tf.cast(inner, tf.int64),
                                     tf.constant(fmt.digits + 4, tf.int64)]))
     state = _with_count(acc, tf.cast(counts, tf.int64)[:, None], fmt)
@@ -500,8 +492,9 @@ def _prefix_states(y, fmt, exclusive):
     limbs, slot = _decompose(y, fmt)
     width = fmt.digits + 4
     dense = None
-    for l in range(fmt.limbs):  # limb l lands l digits up; counters have limbs 1.. zero
-        part = tf.one_hot(slot + l, width, dtype=tf.int64) * limbs[..., l:l + 1]
+    for l in range(fmt.limbs):  # limb l lands l digits up; counters keep limb 0 only
+        index = slot if l == 0 else tf.where(slot < fmt.digits, slot + l, width)
+        part = tf.one_hot(index, width, dtype=tf.int64) * limbs[..., l:l + 1]
         dense = part if dense is None else dense + part
     dense = tf.cumsum(dense, axis=1, exclusive=exclusive)
     count = tf.cumsum(tf.ones_like(slot, tf.int64), axis=1, exclusive=exclusive)
