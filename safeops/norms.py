@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from safeops._core.args import dtype_error
 from safeops._core.axes import norm_axes
+from safeops._core.compensated import shape_of
 from safeops._core.dtypes import COMPLEX_DTYPES, FLOAT_DTYPES, square_threshold, working_dtype
 from safeops._core.registry import drop_in
 
@@ -68,7 +69,7 @@ def _scaled_norm(x, axes=None, keepdims=False):
             q = tf.where(zero, tf.zeros_like(n), g / tf.where(zero, tf.ones_like(n), n))
             return tf.cast(c * q, x.dtype)
 
-        out = n if keepdims else (tf.reshape(n, []) if axes is None else tf.squeeze(n, axes))
+        out = n if keepdims else (tf.reshape(n, shape_of([])) if axes is None else tf.squeeze(n, axes))
         return tf.cast(out, x.dtype), grad
 
     return inner(x)
@@ -179,7 +180,7 @@ def norm(tensor, ord="euclidean", axis=None, keepdims=None, name=None):  # noqa:
 def _keep(n, axes, keepdims):
     if keepdims:
         return n
-    return tf.reshape(n, []) if axes is None else tf.squeeze(n, axes)
+    return tf.reshape(n, shape_of([])) if axes is None else tf.squeeze(n, axes)
 
 
 def _complex_euclidean(x, axes, keepdims):
