@@ -261,7 +261,12 @@ def _certified_float32_sum(y):
     interval lies strictly between the two midpoints around ``r = fl32(s)``,
     the exact sum rounds to r: r is the correctly rounded sum (the exact
     accumulator's bits). Results that are tiny, the largest float32 or not
-    finite are never certified.
+    finite are never certified. Rows whose float64 sum is exact (`exact_rows`,
+    computed only when needed) are certified too, exact ties included.
+
+    Returns:
+      (r, ok, exact_rows): the rounded sums, the rows the bound certifies,
+      and a function giving the rows whose float64 sum is exact.
     """
     y64 = tf.cast(y, tf.float64)
     n_int = tf.cast(tf.shape(y)[1], tf.int64)
@@ -289,9 +294,17 @@ def _certified_float32_sum(y):
     r64 = tf.cast(r, tf.float64)
     m1, m2 = (r64 + n1) / 2.0, (r64 + n2) / 2.0  # exact in float64
     lo_mid, hi_mid = tf.minimum(m1, m2), tf.maximum(m1, m2)
-    ok = (tf.abs(r64) >= _TINY32) & (tf.abs(r64) < big) & (s - bound > lo_mid) & \
-        (s + bound < hi_mid)
-    return r, ok
+    in_range = (tf.abs(r64) >= _TINY32) & (tf.abs(r64) < big)
+    ok = in_range & (s - bound > lo_mid) & (s + bound < hi_mid)
+
+    def exact_rows():
+        """Rows whose float64 sum is exact (every lo is 0, no float32 subnormal that a device
+        may have read as 0): r = fl32(s) is then the correctly rounded sum, ties included."""
+        bits = tf.bitwise.bitwise_and(tf.bitcast(y, tf.int32), 0x7FFFFFFF)
+        subnormal = tf.reduce_any((bits > 0) & (bits < 0x00800000), 1)
+        return in_range & tf.reduce_all(tf.equal(lo, 0.0), 1) & ~subnormal
+
+    return r, ok, exact_rows
 
 
 def sum_state(x, axis=None, keepdims=False):
@@ -449,8 +462,9 @@ def exact_reduce_sum(x, axis=None, keepdims=False):
             return state_to_sum(_rows_state(y, fmt), v.dtype)
 
         if v.dtype == tf.float32 and _FAST_FLOAT32:
-            fast, ok = _certified_float32_sum(y)
-            sums = tf.cond(tf.reduce_all(ok), lambda: fast, exact_path)
+            fast, ok, exact_rows = _certified_float32_sum(y)
+            sums = tf.cond(tf.reduce_all(ok), lambda: fast, lambda: tf.cond(
+                tf.reduce_all(ok | exact_rows()), lambda: fast, exact_path))
         else:
             sums = exact_path()
         out = tf.reshape(sums, keep if keepdims else plain)
