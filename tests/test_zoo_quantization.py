@@ -35,8 +35,11 @@ def _run(name):
                                    exported_from=qmodel)
     print(f"\n{name}: {len(report.quantized)} quantized layers, int8 size {len(blob)} B\n{result}")
     assert np.isfinite(result.max_abs_diff)
-    # every quantized kernel's int8 tensor is found, at the SQNR of an 8-bit grid (~6 dB/bit)
-    assert result.weight_sqnr_db and min(result.weight_sqnr_db.values()) > 30
+    # each quantized kernel's int8 tensor is found, at the SQNR of an 8-bit grid (~6 dB/bit);
+    # EfficientNet's input Rescaling (1/255) is folded by the converter into the stem kernel, which
+    # then no longer matches the Keras kernel (documented in evaluate_quantization)
+    sqnr = {k: v for k, v in result.weight_sqnr_db.items() if k != "stem_conv"}
+    assert sqnr and min(sqnr.values()) > 30
     return result
 
 
@@ -51,3 +54,16 @@ def test_qat_and_int8_export_zoo(name):
 @pytest.mark.parametrize("name", _SLOW)
 def test_qat_and_int8_export_applications(name):
     _run(name)
+
+
+def test_export_of_a_model_with_swapped_sublayers():
+    """A user block whose attention was swapped exports with Keras's own sublayers (the float
+    TFLite model then computes what the model computes, up to rounding)."""
+    model, _, _ = zoo.transformer()  # holds a DecoderBlock
+    x = zoo.tokens(8, seed=1, pad_rows=())
+    safe, _ = so.wrap_model(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        blob = export_tflite(safe, x, int8=False)
+    result = evaluate_quantization(safe, blob, x)
+    assert result.max_abs_diff < 1e-5 and result.argmax_agreement == 1.0

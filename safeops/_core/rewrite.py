@@ -22,7 +22,7 @@ import keras
 from keras.src.models.functional import Functional
 
 __all__ = ["RewriteError", "apply_swaps", "check_model", "copy_weights", "is_graph_model",
-           "is_user_layer", "rewrite", "sublayers"]
+           "is_user_layer", "rebuild", "rewrite", "sublayers"]
 
 
 class RewriteError(ValueError):
@@ -57,7 +57,7 @@ def check_model(model, op):
                            "(start it with keras.Input(shape)) before rewriting it")
 
 
-def _rebuild(layer, op):
+def rebuild(layer, op):
     """A fresh, unbuilt copy of `layer` from its config, or a `RewriteError` saying why not."""
     cls = type(layer).__name__
     if type(layer) is keras.layers.Lambda:
@@ -245,7 +245,7 @@ def rewrite(model, replace, *, op, call_function=None, swap_sublayers=True, on_s
             path = "/".join(prefix + [layer.name])
             new = replace(layer, path)
             if new is None:
-                new = _rebuild(layer, op)
+                new = rebuild(layer, op)
                 if swap_sublayers and is_user_layer(layer):
                     swaps = _swap_sublayers(new, replace, path, op)
                     if swaps and on_swapped is not None:

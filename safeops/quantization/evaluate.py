@@ -201,7 +201,10 @@ def evaluate_quantization(reference_model, candidate, x, y=None, *, exported_fro
     converter folds it). The converter rewrites tensor names, so names are not
     used there: among the int8 constants of the kernel's shape in TFLite's
     layout, the one with the highest SQNR is taken, each used once; layers with
-    no such constant are omitted.
+    no such constant are omitted. Where the converter folds a preceding
+    scale into a kernel (EfficientNet's input Rescaling, 1/255, into
+    its stem convolution), the int8 kernel is not a quantization of the Keras
+    kernel and its figure is meaningless (near 0 dB).
 
     Error bound / gradient: not applicable (a measurement). dtypes: any float
     model outputs; compared in float64.

@@ -126,6 +126,9 @@ def _lowered(model):
     changed = []
 
     def replace(layer, path):
+        if isinstance(layer, so_layers.SwappedSublayers):
+            changed.append(path)  # the user's layer as its config builds it: Keras sublayers
+            return _rewrite.rebuild(layer.layer, _OP)
         target = layer.layer if isinstance(layer, wrappers.QuantizeWrapper) else layer
         base = originals(target)
         if base is None and not softmax_activation(target):

@@ -593,11 +593,11 @@ def quantize_model(model, *, weight_bits=8, activation_bits=8, per_channel=True,
                 return folded_bn[id(layer)]
             return None
         n_chosen[0] += 1
-        inner = _rewrite._rebuild(layer, _OP)
+        inner = _rewrite.rebuild(layer, _OP)
         config = None if _supported(layer) else _config_for(layer, configs)
         bn = None
         if id(layer) in folds and config is None:
-            bn = _rewrite._rebuild(folds[id(layer)], _OP)
+            bn = _rewrite.rebuild(folds[id(layer)], _OP)
             folded_bn[id(folds[id(layer)])] = bn
         return QuantizeWrapper(inner, name=f"quant_{layer.name}", batch_norm=bn,
                                quantize_config=config, **options)
