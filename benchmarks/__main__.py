@@ -1,7 +1,7 @@
 """Entry point: ``python -m benchmarks [--quick|--full|--smoke] [--only=PATTERN] ...``.
 
-On every device: the A/A check, the machine's bandwidth, the selected cases, the A/A check
-again; then the accuracy sweeps; then the report (`benchmarks.report`).
+On every device: the A/A check, the machine's bandwidth, the selected cases, the bandwidth
+and the A/A check again; then the accuracy sweeps; then the report (`benchmarks.report`).
 """
 
 import fnmatch
@@ -169,19 +169,25 @@ def main(argv):
               + (f" [A/A check, {position}]" if position else ""), flush=True)
         return result
 
-    for device in devices:
-        aa_checks.append(run_case(harness.AA_CASE, device, "first"))
+    def run_bandwidth(device, position):
         t0 = time.time()
         try:
-            bandwidth[device.name] = harness.measure_bandwidth(device, size, repeats, warmup)
+            bw = harness.measure_bandwidth(device, size, repeats, warmup)
         except Exception as err:  # reported, not fatal
-            bandwidth[device.name] = {"error": f"{type(err).__name__}: {err}"[:300]}
-        bw = bandwidth[device.name]
-        print(f"[bandwidth] {device.name.split('device:')[-1]}: " + ", ".join(
+            bw = {"error": f"{type(err).__name__}: {err}"[:300]}
+        print(f"[bandwidth, {position}] {device.name.split('device:')[-1]}: " + ", ".join(
             f"{k} {bw[k]['gbps']:.1f} GB/s" if "gbps" in bw.get(k, {}) else f"{k} failed"
             for k in ("copy", "read")) + f" ({time.time() - t0:.1f} s)", flush=True)
+        return bw
+
+    for device in devices:
+        aa_checks.append(run_case(harness.AA_CASE, device, "first"))
+        bw_first = run_bandwidth(device, "first")
         for case in selected:
             results.append(run_case(case, device))
+        # measured again at the end: a limit lowered by a load during one run is not kept
+        bandwidth[device.name] = report.combine_bandwidth(bw_first,
+                                                          run_bandwidth(device, "last"))
         aa_checks.append(run_case(harness.AA_CASE, device, "last"))
     sweep_results = []
     for sw in selected_sweeps:
@@ -195,7 +201,7 @@ def main(argv):
         sweep_results.append(entry)
         print(f"[sweep] {sw.name}: {'ERROR ' + entry['error'] if 'error' in entry else 'ok'} "
               f"({time.time() - t0:.1f} s; elapsed {time.time() - start:.0f} s)", flush=True)
-    header = report.finalize_header(header, aa_checks)
+    header = report.finalize_header(header, aa_checks, bandwidth)
     out = report.write(FLAGS.output_dir, header, results, sweep_results, aa_checks, bandwidth)
     print(report.markdown_table(results))
     for line in report.status_banner(header):

@@ -11,14 +11,19 @@ it costs.
 import json
 import os
 
-__all__ = ["aa_verdict", "annotate_bandwidth", "bandwidth_lines", "bar_summary",
-           "finalize_header", "fixes_text", "judge_bars",
+__all__ = ["aa_verdict", "annotate_bandwidth", "bandwidth_lines", "bandwidth_verdict",
+           "bar_summary", "combine_bandwidth", "finalize_header", "fixes_text", "judge_bars",
            "markdown_table", "progress_line", "status_banner", "target_text", "write"]
 
 SCHEMA = 2
 
-# the A/A check's ratio must lie in this range for the run's timings to count
+# the A/A check's ratio must lie in this range for the run's timings to count; the same range
+# bounds the ratio of the two bandwidth measurements (first and last) of a device
 AA_RANGE = (0.9, 1.1)
+
+# a median of fewer timed rounds is one or two samples: a burst of load can fall on all of them
+# with the A/A checks, taken at other moments, still passing
+MIN_JUDGED_REPEATS = 5
 
 
 def _fmt_time(s):
@@ -89,6 +94,46 @@ def aa_verdict(aa_results, low=AA_RANGE[0], high=AA_RANGE[1]):
             if not low <= m <= high:
                 reasons.append(f"{where} {t['mode']}/{t['direction']}: {m:.2f}x, outside "
                                f"{low:g}-{high:g}x (the same op timed against itself)")
+    return not reasons, reasons
+
+
+def combine_bandwidth(first, last):
+    """One device's bandwidth from its two measurements (before the cases and after them).
+
+    Each kernel keeps its faster run: a load that slows one run lowers the limit, and a
+    lower limit would make an op look closer to it than it is. Both runs stay under
+    ``"runs"`` for `bandwidth_verdict`.
+    """
+    out = {k: v for k, v in first.items() if k not in ("copy", "read")}
+    for kind in ("copy", "read"):
+        runs = [m.get(kind) for m in (first, last) if m.get(kind)]
+        timed = [k for k in runs if "gbps" in k]
+        if timed:
+            out[kind] = max(timed, key=lambda k: k["gbps"])
+        elif runs:
+            out[kind] = runs[0]
+    out["runs"] = {"first": first, "last": last}
+    return out
+
+
+def bandwidth_verdict(bandwidth, low=AA_RANGE[0], high=AA_RANGE[1]):
+    """Whether every device's two bandwidth runs agree: ``(reliable, reasons)``.
+
+    A device measured once (no ``"runs"``) has nothing to compare and is not held against
+    the run; a kernel that ran both times must give last/first within [low, high].
+    """
+    reasons = []
+    for device, bw in bandwidth.items():
+        runs = bw.get("runs")
+        if not runs:
+            continue
+        for kind in ("copy", "read"):
+            a = runs.get("first", {}).get(kind, {}).get("gbps")
+            b = runs.get("last", {}).get(kind, {}).get("gbps")
+            if a and b and not low <= b / a <= high:
+                reasons.append(f"bandwidth ({device.split('device:')[-1]}, {kind}): last run "
+                               f"{b:.1f} GB/s against {a:.1f} GB/s first, {b / a:.2f}x, outside "
+                               f"{low:g}-{high:g}x")
     return not reasons, reasons
 
 
@@ -391,6 +436,12 @@ def _bandwidth_lines(bandwidth):
                 parts.append(f"{kind} failed: {k['error']}")
         if "error" in bw:
             parts.append(f"failed: {bw['error']}")
+        runs = bw.get("runs") or {}
+        if runs:
+            parts.append("faster of two runs, before and after the cases (" + ", ".join(
+                f"{pos}: " + "/".join(f"{runs[pos].get(kind, {}).get('gbps', 0):.1f}"
+                                      for kind in ("copy", "read"))
+                for pos in ("first", "last") if pos in runs) + " GB/s copy/read)")
         lines.append(f"- {device}: " + "; ".join(parts))
     return lines + [""]
 
@@ -434,16 +485,22 @@ def _aa_lines(aa_results, reliable, reasons):
     return lines
 
 
-def finalize_header(header, aa_checks):
-    """`header` plus the run's verdict: ``timings_reliable`` and why not (the A/A checks),
-    ``bars_judged`` and why not (a smoke run, unreliable timings)."""
+def finalize_header(header, aa_checks, bandwidth=None):
+    """`header` plus the run's verdict: ``timings_reliable`` and why not (the A/A checks,
+    the two bandwidth runs), ``bars_judged`` and why not (a smoke run, unreliable timings,
+    fewer than `MIN_JUDGED_REPEATS` timed rounds)."""
     reliable, reasons = aa_verdict(list(aa_checks))
+    bw_reliable, bw_reasons = bandwidth_verdict(bandwidth or {})
+    reliable, reasons = reliable and bw_reliable, reasons + bw_reasons
     header = dict(header, timings_reliable=reliable, timings_unreliable_because=reasons)
     why_not = []
     if header.get("mode") == "smoke":
         why_not.append("smoke run: tiny sizes, one repeat")
+    elif header.get("repeats", MIN_JUDGED_REPEATS) < MIN_JUDGED_REPEATS:
+        why_not.append(f"{header['repeats']} timed round(s), fewer than the "
+                       f"{MIN_JUDGED_REPEATS} a median needs")
     if not reliable:
-        why_not.append("timings unreliable: the A/A check failed")
+        why_not.append("timings unreliable: the A/A check or the bandwidth runs disagree")
     header["bars_judged"] = not why_not
     header["bars_not_judged_because"] = "; ".join(why_not) or None
     return header
@@ -458,7 +515,7 @@ def write(output_dir, header, results, sweeps=(), aa_checks=(), bandwidth=None):
     """
     bandwidth = bandwidth or {}
     aa_checks = list(aa_checks)
-    header = finalize_header(header, aa_checks)
+    header = finalize_header(header, aa_checks, bandwidth)
     reliable = header["timings_reliable"]
     reasons = header["timings_unreliable_because"]
     smoke = header.get("mode") == "smoke"

@@ -39,9 +39,23 @@ def _load(path):
     return doc
 
 
+# the default run smokes a few cases (one sweep, seed and repeats flags set); the whole suite's
+# smoke run takes minutes and is marked slow
+SMOKE_ONLY = "summation/reduce_sum/*,division/safe_divide/*,sum_error_*"
+
+
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("smoke")
+    out = _run("--smoke", f"--only={SMOKE_ONLY}", "--seed=1", "--repeats=2",
+               "--output_dir", str(out_dir))
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out, out_dir, _load(out_dir / "results.json")
+
+
+@pytest.fixture(scope="module")
+def smoke_all(tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("smoke_all")
     out = _run("--smoke", "--output_dir", str(out_dir))
     assert out.returncode == 0, out.stderr[-3000:]
     return out, out_dir, _load(out_dir / "results.json")
@@ -61,8 +75,9 @@ def test_schema_rejects_a_timing_row_without_times():
         schema.validate(doc)
 
 
-def test_smoke_every_case_and_row_ran(smoke):
-    _, _, doc = smoke
+@pytest.mark.slow
+def test_smoke_every_case_and_row_ran(smoke_all):
+    _, _, doc = smoke_all
     failed = [r["case"] for r in doc["results"] if r.get("error")]
     assert not failed, failed
     row_errors = [(r["case"], t["mode"], t["direction"], t["error"])
@@ -74,8 +89,9 @@ def test_smoke_every_case_and_row_ran(smoke):
     assert doc["header"]["mode"] == "smoke"
 
 
-def test_smoke_every_family_has_cases_with_accuracy(smoke):
-    _, _, doc = smoke
+@pytest.mark.slow
+def test_smoke_every_family_has_cases_with_accuracy(smoke_all):
+    _, _, doc = smoke_all
     families = {r["family"] for r in doc["results"]}
     assert set(REQUIRED_FAMILIES) <= families, set(REQUIRED_FAMILIES) - families
     # accuracy next to speed: a metric for every case, or an explicit "n/a: <reason>"
@@ -87,8 +103,9 @@ def test_smoke_every_family_has_cases_with_accuracy(smoke):
             assert "safeops" in acc, r["case"]
 
 
-def test_smoke_plots_and_report(smoke):
-    _, out_dir, doc = smoke
+@pytest.mark.slow
+def test_smoke_plots_and_report(smoke_all):
+    _, out_dir, doc = smoke_all
     sweeps = {sw["name"]: sw for sw in doc["sweeps"]}
     for name in REQUIRED_PLOTS:
         if name != "overhead":
@@ -103,8 +120,9 @@ def test_smoke_plots_and_report(smoke):
         assert f"- {r['case']} [" in report, r["case"]
 
 
-def test_smoke_missing_tf_op_is_absent_not_zero(smoke):
-    _, out_dir, doc = smoke
+@pytest.mark.slow
+def test_smoke_missing_tf_op_is_absent_not_zero(smoke_all):
+    _, out_dir, doc = smoke_all
     sw = next(s for s in doc["sweeps"] if s["name"] == "bits_of_error_float32")
     tf_series = sw["data"]["series"]["TF / TFP op"]
     cats = sw["data"]["categories"]
@@ -126,20 +144,36 @@ def test_smoke_progress_shows_eta(smoke):
     assert re.search(rf"^\[{n}/{n}\] .*about 0 s left\) \[A/A check, last\]$", out.stdout, re.M)
 
 
-def test_flags_only_seed_repeats(smoke, tmp_path):
-    _, _, doc0 = smoke
-    out = _run("--smoke", "--only=summation/reduce_sum/*,sum_error_*", "--seed=1",
-               "--repeats=2", "--output_dir", str(tmp_path))
-    assert out.returncode == 0, out.stderr[-3000:]
-    doc1 = _load(tmp_path / "results.json")
-    assert [r["case"] for r in doc1["results"]] == ["summation/reduce_sum/4K"]
-    assert [r["position"] for r in doc1["aa_checks"]] == ["first", "last"]
-    assert [s["name"] for s in doc1["sweeps"]] == ["sum_error_vs_condition"]
-    assert doc1["header"]["seed"] == 1 and doc1["header"]["repeats"] == 2
-    r0 = next(r for r in doc0["results"] if r["case"] == "summation/reduce_sum/4K")
-    assert doc1["results"][0]["inputs_sha1"] != r0["inputs_sha1"]  # --seed changed the inputs
-    s0 = next(s for s in doc0["sweeps"] if s["name"] == "sum_error_vs_condition")
-    assert doc1["sweeps"][0]["data"] != s0["data"]
+def test_flags_only_seed_repeats(smoke):
+    import benchmarks.cases  # noqa: F401
+    from benchmarks.__main__ import _input_digest
+    from benchmarks.registry import cases, sweeps
+
+    _, _, doc = smoke
+    assert sorted(r["case"] for r in doc["results"]) == ["division/safe_divide/4K",
+                                                         "summation/reduce_sum/4K"]
+    assert [r["position"] for r in doc["aa_checks"]] == ["first", "last"]
+    assert [s["name"] for s in doc["sweeps"]] == ["sum_error_vs_condition"]
+    assert doc["header"]["seed"] == 1 and doc["header"]["repeats"] == 2
+    case = next(c for c in cases() if c.name == "summation/reduce_sum")
+    seed0 = _input_digest(case.make_inputs(np.random.default_rng(0), "smoke"))
+    seed1 = _input_digest(case.make_inputs(np.random.default_rng(1), "smoke"))
+    sums = next(r for r in doc["results"] if r["case"] == "summation/reduce_sum/4K")
+    assert sums["inputs_sha1"] == seed1 != seed0  # --seed reached the inputs
+    sweep = next(s for s in sweeps() if s.name == "sum_error_vs_condition")
+    assert doc["sweeps"][0]["data"] == json.loads(json.dumps(sweep.run("smoke", 1)))
+
+
+def test_smoke_subset_plots_report_and_names(smoke):
+    _, out_dir, doc = smoke
+    for name in ("overhead", "sum_error_vs_condition"):
+        assert (out_dir / f"{name}.png").stat().st_size > 1000, name
+    report = (out_dir / "report.md").read_text()
+    assert report.index("## Summary: speed targets") < report.index("## Results")
+    for r in doc["results"]:  # every case states its bar (or that there is none)
+        assert f"- {r['case']} [" in report, r["case"]
+        assert not re.search(r"/(8M|4M)(/|$)", r["case"]), r["case"]  # the size that ran
+    assert not [r["case"] for r in doc["results"] if r.get("error") or not r["timings"]]
 
 
 def test_every_case_and_sweep_honours_the_seed():
@@ -213,8 +247,9 @@ def test_smoke_run_is_marked_and_judges_nothing(smoke):
                          "memory bandwidth (not measured in this run)"), line
 
 
-def test_smoke_names_carry_the_size_run(smoke):
-    _, _, doc = smoke
+@pytest.mark.slow
+def test_smoke_names_carry_the_size_run(smoke_all):
+    _, _, doc = smoke_all
     names = {r["case"] for r in doc["results"]}
     # smoke sizes (4K vectors, 1K special-function inputs, 64x64 axis sums), not 8M/4M/4096
     for expected in ("summation/reduce_sum/4K", "division/safe_divide/4K",
@@ -231,6 +266,10 @@ def test_smoke_bandwidth_and_aa_checks_recorded(smoke):
     assert [a["position"] for a in doc["aa_checks"]] == ["first", "last"]
     (bw,) = doc["bandwidth"].values()
     assert set(bw) >= {"copy", "read", "n"}
+    # measured before and after the cases; the limit is the faster run of each kernel
+    assert set(bw["runs"]) == {"first", "last"}
+    for kind in ("copy", "read"):
+        assert bw[kind]["gbps"] == max(bw["runs"][p][kind]["gbps"] for p in ("first", "last"))
     sums = next(r for r in doc["results"] if r["case"] == "summation/reduce_sum/4K")
     row = sums["timings"][0]
     n = 1 << 12
@@ -501,3 +540,45 @@ def test_no_tracker_references_in_the_benchmark_package():
                         if re.search(r"\bissues?\s*#?\d+|\bissue's\b|\bthe issue\b", line, re.I):
                             found.append(f"{os.path.relpath(path, ROOT)}:{i}: {line.strip()}")
     assert not found, found
+
+
+def _bw_run(copy, read):
+    return {"n": 8, "dtype": "float32",
+            "copy": {"bytes": 64, "median_s": 1.0, "min_s": 1.0, "max_s": 1.0, "gbps": copy},
+            "read": {"bytes": 32, "median_s": 1.0, "min_s": 1.0, "max_s": 1.0, "gbps": read}}
+
+
+def test_bandwidth_lowered_by_a_load_is_not_the_limit(tmp_path):
+    from benchmarks import report
+
+    # a load during the first run halved the read bandwidth: the faster run is the limit,
+    # and the disagreement makes the run's timings unreliable
+    bw = {"/device:CPU:0": report.combine_bandwidth(_bw_run(10.0, 10.0), _bw_run(10.0, 20.0))}
+    assert bw["/device:CPU:0"]["read"]["gbps"] == 20.0
+    ok, (reason,) = report.bandwidth_verdict(bw)
+    assert not ok and "read" in reason and "2.00x, outside 0.9-1.1x" in reason
+    report.write(str(tmp_path), dict(_HEADER), _cases(), (), _aa(1.0, 1.0), bw)
+    doc = _load(tmp_path / "results.json")
+    assert doc["header"]["timings_reliable"] is False and doc["header"]["bars_judged"] is False
+    sums = doc["results"][1]["timings"][0]
+    assert "meets_bar_limit" not in sums
+    assert sums["bandwidth"]["over_limit"] == pytest.approx(20.0 / 8.000004)
+    md = (tmp_path / "report.md").read_text()
+    assert md.startswith("# safeops benchmark report\n\n**TIMINGS UNRELIABLE: bandwidth (CPU:0, read)")
+    assert not re.search(r": (met|NOT MET)\b", md)
+    # runs that agree keep the run reliable
+    agree = {"d": report.combine_bandwidth(_bw_run(10.0, 20.0), _bw_run(10.5, 19.0))}
+    assert report.bandwidth_verdict(agree) == (True, [])
+    assert agree["d"]["copy"]["gbps"] == 10.5 and agree["d"]["read"]["gbps"] == 20.0
+
+
+def test_too_few_repeats_judge_nothing(tmp_path):
+    from benchmarks import report
+
+    report.write(str(tmp_path), dict(_HEADER, repeats=report.MIN_JUDGED_REPEATS - 1), _cases(),
+                 (), _aa(1.0, 1.0), _BW)
+    doc = _load(tmp_path / "results.json")
+    assert doc["header"]["timings_reliable"] is True and doc["header"]["bars_judged"] is False
+    assert "fewer than the 5 a median needs" in doc["header"]["bars_not_judged_because"]
+    md = (tmp_path / "report.md").read_text()
+    assert "Withheld" in md and not re.search(r": (met|NOT MET)\b", md)
