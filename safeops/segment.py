@@ -115,7 +115,7 @@ def segment_sum(data, segment_ids, name=None):
     dtypes: float16, bfloat16, float32, float64 (correctly rounded);
     complex64/128 by real and imaginary parts; integer types are delegated to
     `tf.math.segment_sum` (exact); other dtypes raise what TensorFlow raises.
-    Memory while it runs: about ``J + 5`` int64 per output element (J = 4
+    Memory while it runs: about ``2 J + 9`` int64 per output element (J = 4
     for float16, 11 for bfloat16/float32, 68 for float64).
 
     Args:
