@@ -29,8 +29,8 @@ _CHECKS = {"loss": ("loss",), "gradients": ("loss", "gradients"),
          "names the first layer whose output or gradient is non-finite, and the step (`report`)",
          "skips the update of the failing step, so the weights stay finite (TerminateOnNaN lets "
          "the NaN update through)",
-         "extra arguments mode ('stop'/'warn') and check ('loss'/'gradients'/'all'); "
-         "raise_error is the third positional argument (TerminateOnNaN: the first)")
+         "extra arguments mode ('stop'/'warn') and check ('loss'/'gradients'/'all') come first; "
+         "a bool in the first place is read as TerminateOnNaN's raise_error")
 @keras.saving.register_keras_serializable(package="safeops")
 class NumericsMonitor(keras.callbacks.Callback):
     """Stop (or warn) on the first non-finite value and name the layer that produced it.
@@ -95,6 +95,8 @@ class NumericsMonitor(keras.callbacks.Callback):
     Args:
       mode: ``"stop"`` (set ``model.stop_training`` at the failing step) or
         ``"warn"`` (log, warn and continue; only the first failure is reported).
+        A bool here is `keras.callbacks.TerminateOnNaN`'s positional
+        ``raise_error`` (with ``mode="stop"``), so its calls keep their meaning.
       check: ``"loss"``, ``"gradients"`` or ``"all"`` (see above).
       raise_error: as `keras.callbacks.TerminateOnNaN`'s: False stops
         gracefully (``mode``); True raises a `RuntimeError` at the failing
@@ -117,6 +119,11 @@ class NumericsMonitor(keras.callbacks.Callback):
 
     def __init__(self, mode="stop", check="loss", raise_error=False):
         super().__init__()
+        if isinstance(mode, bool):  # TerminateOnNaN(True): its only argument is raise_error
+            if raise_error is not False:
+                raise ValueError("safeops.callbacks.NumericsMonitor: argument 'mode' is a bool "
+                                 "(read as raise_error) and 'raise_error' is given too")
+            mode, raise_error = "stop", mode
         if raise_error not in (True, False):
             raise ValueError("safeops.callbacks.NumericsMonitor: argument 'raise_error' must be "
                              f"True or False; got {raise_error!r}")

@@ -300,3 +300,15 @@ def test_signature_keeps_mode_and_check_first():
     keras_names = list(inspect.signature(keras.callbacks.TerminateOnNaN).parameters)
     assert keras_names == ["raise_error"]
     assert callbacks.NumericsMonitor(raise_error=True).raise_error is True
+
+
+@pytest.mark.parametrize("raise_error", [True, False])
+def test_positional_raise_error_as_terminate_on_nan(raise_error):
+    # TerminateOnNaN(True) -> NumericsMonitor(True): the same meaning, not mode=True
+    keras_cb = keras.callbacks.TerminateOnNaN(raise_error)
+    ours = callbacks.NumericsMonitor(raise_error)
+    assert ours.raise_error is keras_cb.raise_error is raise_error
+    assert ours.mode == "stop"
+    with pytest.raises(ValueError, match="'mode' is a bool"):
+        callbacks.NumericsMonitor(True, raise_error=True)
+
