@@ -9,11 +9,14 @@ what each one replaces and how it differs.
 from safeops._version import __version__
 from safeops import testing
 
-# -- sums, means, variances, scans, products (compensated; fused CPU kernels) --
+# -- sums, means, variances, scans, products, segment sums (compensated or correctly
+#    rounded; fused CPU kernels), and the reproducibility switch --
 from safeops.eft import fast_two_sum, two_prod, two_sum
 from safeops.summation import cumsum, reduce_mean, reduce_std, reduce_sum, reduce_variance
 from safeops.dot import dot, matmul
 from safeops.accumulator import KahanAccumulator
+from safeops.segment import segment_mean, segment_sum, unsorted_segment_sum
+from safeops import config
 from safeops import native
 # -- divisions, wheres, smooth switches, straight-through estimators --
 from safeops.division import divide_no_nan, relative_error, safe_divide, safe_reciprocal
@@ -47,6 +50,7 @@ __all__ = [
     "two_sum", "fast_two_sum", "two_prod",
     "reduce_sum", "reduce_mean", "reduce_variance", "reduce_std", "cumsum",
     "dot", "matmul", "KahanAccumulator", "native",
+    "segment_sum", "unsorted_segment_sum", "segment_mean", "config",
     # divisions, wheres, smooth switches, straight-through estimators
     "divide_no_nan", "relative_error", "safe_divide", "safe_reciprocal",
     "safe_where", "smooth_where",
