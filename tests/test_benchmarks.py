@@ -17,7 +17,7 @@ from benchmarks import schema
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# the plots the issue asks for, by name
+# the plots the report promises, by name
 REQUIRED_PLOTS = ("overhead", "sum_error_vs_condition", "dot_error_vs_condition",
                   "cumsum_error_vs_condition", "bits_of_error_float32", "bits_of_error_float64")
 # every op family in the package must have at least one case

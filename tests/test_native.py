@@ -189,7 +189,7 @@ def test_float64_sum2_bound(path, n, cond):
     abs_sum = float(testing.exact_sum(np.abs(x)))
     u = 2.0**-53
     gamma = (n - 1) * u / (1 - (n - 1) * u)
-    # the issue's Sum2 bound u|s| + gamma_{n-1}^2 sum|x|, plus u|s| for the float64 reference
+    # Sum2's bound (Ogita, Rump and Oishi 2005) u|s| + gamma_{n-1}^2 sum|x|, plus u|s| for the float64 reference
     bound = 2 * u * abs(exact) + gamma**2 * abs_sum
     assert abs(float(so.reduce_sum(x)) - exact) <= bound
     assert abs(float(tf.reduce_sum(x)) - exact) > bound

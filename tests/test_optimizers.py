@@ -334,7 +334,7 @@ def test_bad_input_raises():
 
 def test_global_clipnorm_routes_through_overflow_free_clipping():
     # ||g|| = sqrt(2) * 1e30 overflows float32 when squared: Keras' clipping turns the step
-    # into NaN; safeops.clipping (issue 11) computes the scaled norm. Exact: g / ||g|| = 1/sqrt(2).
+    # into NaN; safeops.clipping computes the scaled norm. Exact: g / ||g|| = 1/sqrt(2).
     g = tf.constant([1e30, 1e30])
     naive = keras.Variable(np.zeros(2), dtype="float32")
     keras.optimizers.SGD(1.0, global_clipnorm=1.0).apply([g], [naive])
@@ -346,7 +346,7 @@ def test_global_clipnorm_routes_through_overflow_free_clipping():
 
 def test_float16_with_stochastic_rounding_keeps_kahan():
     # stochastic_rounding applies to bfloat16 only; float16 variables keep the automatic
-    # Kahan summation (before: no compensation at all, the weight stayed at 1.0).
+    # Kahan summation (uncompensated, 1e-4 steps leave a float16 weight of 1.0 unchanged).
     exact = _exact_sgd(1.0, 1e-4, 200, tf.float16)
     w = keras.Variable(1.0, dtype="float16")
     b = keras.Variable(1.0, dtype="bfloat16")
@@ -408,8 +408,8 @@ def test_clipping_with_overflowing_norm(name, kwargs, clip, kahan):
     assert not all(np.all(np.isfinite(w)) and np.any(w != w0_) for w, w0_ in zip(naive, w0))
     got = run(getattr(O, name), grads, kahan_summation=kahan, **clip_kw)
     # Reference 1: the same float32 optimizer without clipping, fed the exactly clipped
-    # gradient rounded to float32. Our clipped gradient is within 1 ulp of that (issue 11's
-    # guarantee at this input); SGD with lr = 0.5 (exact) and Adam's first step (m / sqrt(v),
+    # gradient rounded to float32. Our clipped gradient is within 1 ulp of that
+    # (safeops.clip_by_global_norm's bound at this input); SGD with lr = 0.5 (exact) and Adam's first step (m / sqrt(v),
     # insensitive to a 1-ulp change of g up to eps / |g| ~ 1e-7) keep it within 1 ulp.
     ref32 = run(getattr(O, name), [tf.constant(g) for g in _clip64(
         grads, clip_kw.get("clipnorm"), clip_kw.get("global_clipnorm"))], kahan_summation=kahan)
