@@ -132,6 +132,7 @@ plugins:
             docstring_style: google
             docstring_options:
               warn_missing_types: false
+              warn_unknown_params: false
             show_source: false
             members_order: source
             show_signature_annotations: false

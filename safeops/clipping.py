@@ -424,7 +424,8 @@ def clip_by_global_norm(t_list, clip_norm, use_norm=None, name=None, nonfinite="
       ValueError: negative clip_norm or unknown policy.
 
     Example:
-      >>> so.clip_by_global_norm([[3e19, 4e19]], 1.)[0][0].numpy()
+      >>> clipped, norm = so.clip_by_global_norm([[3e19, 4e19]], 1.)
+      >>> clipped[0].numpy()
       array([0.6, 0.8], dtype=float32)
     """
     op = "safeops.clip_by_global_norm"

@@ -109,9 +109,6 @@ def reproducible(enabled=True):
 def is_reproducible():
     """Whether ops built now use the exact accumulator (innermost scope, else the process setting).
 
-    Args:
-      (none)
-
     Returns:
       bool.
     """
