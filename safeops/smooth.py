@@ -11,7 +11,7 @@ temperature or eps) gives NaN.
 import tensorflow as tf
 
 from safeops._core import args
-from safeops._core.elementwise import fused, name_scope
+from safeops._core.elementwise import abs_, cast, fused, name_scope
 from safeops._core.elementwise import up as _up
 from safeops._core.gradient import custom_gradient
 from safeops._core.registry import new
@@ -252,33 +252,55 @@ def _soft_abs_backward(g, x, eps):
 _soft_abs = custom_gradient("SoftAbs", fused(_soft_abs_forward), _soft_abs_backward)
 
 
-def _soft_max_forward(x, y, t):
-    """``max(x, y) + t * softplus(-|x - y| / t)`` in the working dtype."""
-    # x == y (also both +inf or both -inf, where x - y is NaN) counts as
-    # d = 0: the value max + T log 2 (+-inf for infinities), gradients 0.5.
-    d = tf.where(tf.equal(x, y), tf.zeros_like(x), x - y)
-    out = tf.where(d >= 0, x, y) + t * tf.math.softplus(-tf.abs(d) / t)
-    return tf.where(tf.math.is_nan(d), d, out), (d,)  # NaN in x or y
+def _soft_max_parts(x, y, t, negate):
+    """(x, y, t) in the working dtype; x and y negated for the smooth minimum."""
+    xw, yw, tw = _up(x), _up(y), _up(t)
+    return (-xw, -yw, tw) if negate else (xw, yw, tw)
 
 
-def _soft_max_backward(g, x, y, t, d):
-    return g * tf.sigmoid(d / t), g * tf.sigmoid(-d / t)
+def _soft_max_forward(negate):
+    def forward(x, y, t):
+        """``max(x, y) + T * log1p(exp(-|x - y| / T))`` (negated for the minimum);
+        saves the exponential, which the gradient reuses."""
+        xw, yw, tw = _soft_max_parts(x, y, t, negate)
+        # x == y (also both +inf or both -inf, where x - y is NaN) counts as
+        # d = 0: the value max + T log 2 (+-inf for infinities), gradients 0.5.
+        d = tf.where(tf.equal(xw, yw), tf.zeros_like(xw), xw - yw)
+        e = tf.exp(-abs_(d) / tw)
+        out = tf.where(d >= 0, xw, yw) + tw * tf.math.log1p(e)
+        out = tf.where(tf.math.is_nan(d), d, out)  # NaN in x or y
+        return cast(-out if negate else out, x.dtype), (e,)
+    return forward
 
 
-_soft_max = custom_gradient("SoftMaximum", _soft_max_forward, _soft_max_backward, n_inputs=2,
-                           saves=True)
+def _soft_max_backward(negate):
+    def backward(g, x, y, t, e):
+        """sigmoid(+-(x - y) / T) from the saved e = exp(-|x - y| / T): the larger
+        weight is 1 / (1 + e), the smaller e / (1 + e); 0.5 each at x == y."""
+        xw, yw, _ = _soft_max_parts(x, y, t, negate)
+        den = 1.0 + e
+        big, small = 1.0 / den, e / den
+        gw = _up(g)
+        x_wins = xw >= yw
+        gx = gw * tf.where(x_wins, big, small)
+        gy = gw * tf.where(x_wins, small, big)
+        return cast(gx, x.dtype), cast(gy, x.dtype)
+    return backward
+
+
+# Inside a graph the forward and the backward each run as one XLA-compiled loop,
+# with one exponential and one log1p per element in all.
+_soft_max = custom_gradient("SoftMaximum", _soft_max_forward(False), _soft_max_backward(False),
+                            n_inputs=2, saves=True, fuse=True)
+_soft_min = custom_gradient("SoftMinimum", _soft_max_forward(True), _soft_max_backward(True),
+                            n_inputs=2, saves=True, fuse=True)
 
 
 def _soft_max_op(op, x, y, temperature, name, negate):
     with name_scope(name or op.split(".")[-1]):
         x, y = args.convert_n(op, ("x", "y"), (x, y))
         t = args.param(op, "temperature", temperature, x.dtype)
-        xw, yw, tw = _up(x), _up(y), _up(t)
-        if negate:
-            out = -_soft_max(-xw, -yw, tw)
-        else:
-            out = _soft_max(xw, yw, tw)
-        return tf.cast(out, x.dtype)
+        return (_soft_min if negate else _soft_max)(x, y, t)
 
 
 @new("T * logaddexp(x / T, y / T), a smooth stand-in for tf.maximum; gradient 0.5 each at x == y")
