@@ -66,21 +66,53 @@ def smooth_step(x, edge0, edge1, order=1, name=None):
         return args.with_deps(deps, step(x, e0, e1))
 
 
+def _smooth_step_t(x, e0, e1):
+    """(t, edge1 - edge0) in the working dtype, t = clip((x - e0) / (e1 - e0), 0, 1)."""
+    xw, e0w, e1w = _up(x), _up(e0), _up(e1)
+    d = e1w - e0w
+    return tf.clip_by_value((xw - e0w) / d, 0.0, 1.0), d
+
+
 def _smooth_step_forward(order):
     def forward(x, e0, e1):
-        xw, e0w, e1w = _up(x), _up(e0), _up(e1)
-        t = tf.clip_by_value((xw - e0w) / (e1w - e0w), 0.0, 1.0)
+        t, _ = _smooth_step_t(x, e0, e1)
         if order == 1:
             y = t * t * (3.0 - 2.0 * t)
         else:
             y = t * t * t * (t * (6.0 * t - 15.0) + 10.0)
-        return tf.cast(y, x.dtype)
+        return cast(y, x.dtype)
     return forward
 
 
-# TF differentiates these (backward None); the template runs them at every rank.
-_smooth_step_1 = custom_gradient("SmoothStep", _smooth_step_forward(1), None)
-_smooth_step_2 = custom_gradient("SmoothStep", _smooth_step_forward(2), None)
+def _smooth_step_slope(order, t):
+    """dy/dt: 6 t (1 - t) or 30 t**2 (1 - t)**2; exactly 0 at t = 0 and t = 1."""
+    u = t * (1.0 - t)
+    return 6.0 * u if order == 1 else 30.0 * (u * u)
+
+
+def _smooth_step_gx(order):
+    def gx(g, x, e0, e1):
+        t, d = _smooth_step_t(x, e0, e1)
+        return cast(_up(g) * (_smooth_step_slope(order, t) / d), x.dtype)
+    return gx
+
+
+def _smooth_step_backward(order):
+    gx_fused = fused(_smooth_step_gx(order))
+
+    def backward(g, x, e0, e1):
+        # dt/de0 = (t - 1) / d, dt/de1 = -t / d (plain ops: pruned unless asked for)
+        t, d = _smooth_step_t(x, e0, e1)
+        gs = _up(g) * (_smooth_step_slope(order, t) / d)
+        return gx_fused(g, x, e0, e1), cast(gs * (t - 1.0), x.dtype), cast(-gs * t, x.dtype)
+    return backward
+
+
+# Inside a graph the forward and d/dx each run as one XLA-compiled loop.
+_smooth_step_1 = custom_gradient("SmoothStep", fused(_smooth_step_forward(1)),
+                                 _smooth_step_backward(1))
+_smooth_step_2 = custom_gradient("SmoothStep", fused(_smooth_step_forward(2)),
+                                 _smooth_step_backward(2))
 
 
 @new("a smooth, strictly increasing stand-in for tf.clip_by_value (softplus form, no cancellation)")
