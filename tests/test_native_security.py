@@ -6,10 +6,12 @@ must fail the test, not pytest) against a temporary SAFEOPS_CACHE_DIR, with a st
 compiler (test_native_support) so that no scenario compiles for real.
 """
 
+import contextlib
 import hashlib
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -336,3 +338,23 @@ def test_status_says_why_not(tmp_path, monkeypatch):
     assert st["cache_dir"] == str(tmp_path / "cache")
     monkeypatch.setenv("SAFEOPS_NATIVE", "0")
     assert native.status()["state"] == "disabled"
+
+
+def test_compiler_timeout_is_bounded_when_a_child_leaves_its_group(tmp_path):
+    """A compiler child in its own session keeps the output pipes open: the build still ends
+    at its deadline (the pipes are abandoned, the compiler's group killed)."""
+    pidfile = tmp_path / "escaped.pid"
+    cmd = ["sh", "-c", f"setsid sh -c 'echo $$ > {pidfile}; exec sleep 60' & exec sleep 600"]
+    start = time.monotonic()
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            _build._run(cmd, time.monotonic() + 1.0, dict(os.environ))  # noqa: SLF001
+        assert time.monotonic() - start < 20
+    finally:
+        for _ in range(50):
+            if pidfile.exists() and pidfile.read_text().strip():
+                break
+            time.sleep(0.1)
+        if pidfile.exists() and pidfile.read_text().strip():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pidfile.read_text()), signal.SIGKILL)

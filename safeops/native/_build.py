@@ -314,7 +314,14 @@ def _run(cmd, deadline, env):
     except BaseException:
         with contextlib.suppress(OSError):
             os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
+        # a child that left the group (setsid) may hold the pipes open for ever: read what
+        # comes for a moment, then close them and reap the killed leader
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.communicate(timeout=2.0)
+        for pipe in (proc.stdout, proc.stderr):
+            with contextlib.suppress(OSError):
+                pipe.close()
+        proc.wait()
         raise
 
 
