@@ -65,6 +65,7 @@ import tensorflow as tf
 from safeops._core import keras_compat
 from safeops._core.dtypes import FLOAT_DTYPES, accumulation_dtype, convert_to_floating
 from safeops._core.registry import drop_in, new
+from safeops.division import relative_error as _relative_error
 from safeops.summation import reduce_sum as _accurate_sum
 
 __all__ = [
@@ -385,11 +386,11 @@ def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False, ignore_cl
 
 @new("relative error |y - p| / max(|y|, eps) as a loss, within 1 ulp")
 def relative_error(y_true, y_pred, eps=None):
-    """Relative error loss; the loss form of `safeops.relative_error` (division issue).
+    """Relative error loss; the loss form of `safeops.relative_error`.
 
     Replaces hand-written ``|y - p| / (|y| + 1e-8)``, which loses the relative
-    scale when |y| is small. Delegates to ``safeops.division.relative_error``
-    (imported lazily), whose docstring has the details: method (float32 in
+    scale when |y| is small. Delegates to ``safeops.division.relative_error``,
+    whose docstring has the details: method (float32 in
     float64, float64 with double-double), error <= 1 ulp, gradient at y_true ==
     y_pred (0 w.r.t. y_pred) and at y_true = 0 (the floor `eps` is active),
     saturation at the largest finite value.
@@ -417,8 +418,7 @@ def relative_error(y_true, y_pred, eps=None):
     >>> float(so.losses.relative_error([1e-10], [2e-10])[0])
     1.0
     """
-    from safeops.division import relative_error as _rel  # lazily: owned by issue 4
-    return _rel(y_true, y_pred, eps=eps)
+    return _relative_error(y_true, y_pred, eps=eps)
 
 
 def _squeeze_or_expand(x1, x2, expand_rank_1=True):

@@ -14,8 +14,8 @@ def _ulps32(actual, exact):
     return int(np.max(testing.ulp_distance(np.float32(actual), np.float64(exact), "float32")))
 
 
-def test_issue_example_in_tf_function():
-    """1e6 then 100 000 x 0.01 (the issue's example), updates inside one tf.function."""
+def test_small_steps_after_a_large_total_in_tf_function():
+    """1e6 then 100 000 x 0.01 (Keras's Sum gives 1000000.0), updates inside one tf.function."""
     exact = testing.exact_sum(np.concatenate([[np.float32(1e6)],
                                               np.full(100_000, np.float32(0.01))]))
 
@@ -36,13 +36,13 @@ def test_issue_example_in_tf_function():
     assert _ulps32(theirs.result(), exact) > 1000
 
 
-def _issue_stream(n):
-    """The issue's stream: float32 1e6, then n values of float32 0.01; exact sum by fsum."""
+def _large_then_small_stream(n):
+    """The stream: float32 1e6, then n values of float32 0.01; exact sum by fsum."""
     return testing.exact_sum(np.concatenate([[np.float32(1e6)], np.full(n, np.float32(0.01))]))
 
 
-def test_issue_example_eager():
-    """The issue's full stream (1e6 then 100 000 x 0.01), eagerly, in the default run.
+def test_small_steps_after_a_large_total_eager():
+    """The full stream (1e6 then 100 000 x 0.01), eagerly, in the default run.
 
     An eager `update_state` costs ~1-3 ms here, so 100 000 single eager updates
     take minutes (that version is the @slow test below). This one sends the
@@ -50,7 +50,7 @@ def test_issue_example_eager():
     float32 total already sticks at 1e6), then the other 99 500 values of 0.01
     in one batch.
     """
-    exact = _issue_stream(100_000)  # 1001000.0000223517...
+    exact = _large_then_small_stream(100_000)  # 1001000.0000223517...
     ours, theirs = metrics.Sum(), keras.metrics.Sum()
     for m in (ours, theirs):
         m.update_state(1e6)
@@ -74,10 +74,10 @@ def test_issue_example_eager():
     assert _ulps32(ours.result(), exact) <= 1
 
 
-def test_issue_example_mean_eager():
+def test_small_steps_after_a_large_total_mean_eager():
     """Keras's Mean drifts the same way; ours stays within 1 ulp of total/count."""
     n_single, n_batch = 300, 99_700  # eager Mean updates cost ~2-8 ms: few single ones
-    exact = _issue_stream(n_single + n_batch) / (1 + n_single + n_batch)
+    exact = _large_then_small_stream(n_single + n_batch) / (1 + n_single + n_batch)
     ours, theirs = metrics.Mean(), keras.metrics.Mean()
     for m in (ours, theirs):
         m.update_state(1e6)
@@ -91,9 +91,9 @@ def test_issue_example_mean_eager():
     assert _ulps32(theirs.result(), exact) > 10
 
 
-def test_issue_example_mean_in_tf_function():
-    """Mean on the issue's example inside tf.function (graph) and tf.function(jit_compile=True)."""
-    exact = _issue_stream(100_000) / 100_001
+def test_small_steps_after_a_large_total_mean_in_tf_function():
+    """Mean on the 1e6 + 100 000 x 0.01 stream inside tf.function (graph) and tf.function(jit_compile=True)."""
+    exact = _large_then_small_stream(100_000) / 100_001
 
     def run(m, n_single):
         m.update_state(1e6)
@@ -113,15 +113,15 @@ def test_issue_example_mean_in_tf_function():
 
 
 @pytest.mark.slow
-def test_issue_example_eager_full():
-    """100 000 single eager updates, exactly as the issue states them (minutes)."""
+def test_small_steps_after_a_large_total_eager_full():
+    """100 000 single eager updates, one value per call (minutes)."""
     ours, theirs = metrics.Sum(), keras.metrics.Sum()
     ours.update_state(1e6)
     theirs.update_state(1e6)
     for _ in range(100_000):
         ours.update_state(0.01)
         theirs.update_state(0.01)
-    exact = _issue_stream(100_000)
+    exact = _large_then_small_stream(100_000)
     assert _ulps32(ours.result(), exact) <= 1
     assert float(theirs.result()) == 1e6
 
@@ -265,11 +265,11 @@ def test_config_round_trip_and_keras_file(tmp_path):
 
 
 def test_distributed_two_replicas(two_cpu_strategy):
-    """The issue's example split over two replicas: accurate, not only in agreement.
+    """The 1e6 + 100 000 x 0.01 stream split over two replicas: accurate, not only in agreement.
 
     Replica 0 adds 1e6 (replica 1 adds 0.0), then each replica adds 0.01 in
     500 single updates and then 49 500 more in one batch: the sum reads
-    1e6 + 100 000 x 0.01, the issue's stream.
+    1e6 + 100 000 x 0.01.
     """
     strategy = two_cpu_strategy
     with strategy.scope():
@@ -292,7 +292,7 @@ def test_distributed_two_replicas(two_cpu_strategy):
         strategy.run(replica_fn, args=(tf.fill([n_batch], tf.constant(0.01, tf.float32)),))
 
     run(first)
-    exact = _issue_stream(2 * (n_single + n_batch))  # the 0.0 adds nothing
+    exact = _large_then_small_stream(2 * (n_single + n_batch))  # the 0.0 adds nothing
     count = 2 + 2 * (n_single + n_batch)  # the 0.0 is one sample of replica 1
     # bound across replicas: hi and lo summed separately, one extra rounding -> <= 1 ulp
     assert _ulps32(ours.result(), exact) <= 1
