@@ -74,7 +74,19 @@ def float_ops(blob):
 
     QUANTIZE and DEQUANTIZE are conversions (the float input and output of an
     int8 model go through them) and are not listed; any other op with a float
-    input or output tensor is."""
+    input or output tensor is.
+
+    Args:
+      blob: the TFLite flatbuffer (`bytes`), e.g. from `export_tflite`.
+
+    Returns:
+      A list of ``(op index, op name, dtype names joined by "/")``, in graph
+      order; empty for a model that computes in integers only.
+
+    Example:
+      >>> so.quantization.float_ops(blob)          # doctest: +SKIP
+      [(4, 'NEG', 'float32')]
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         interpreter = tf.lite.Interpreter(model_content=bytes(blob))
