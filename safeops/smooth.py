@@ -133,9 +133,9 @@ def soft_clip(x, lo, hi, sharpness=1.0, name=None):
     well-conditioned input); float64 natively (<= 4 ulp away from lo, hi = 0).
 
     Gradient: ``sigmoid(s (hi - x)) - sigmoid(s (lo - x))``, > 0 everywhere in
-    exact arithmetic and computed by automatic differentiation in the working
-    precision (float32 / float64 for the low-precision dtypes / float32), then
-    rounded to x's dtype. Outside [lo, hi] it decays like ``exp(-s * dist(x,
+    exact arithmetic and computed as that difference in the working precision
+    (float32 / float64 for the low-precision dtypes / float32), then rounded
+    to x's dtype. Outside [lo, hi] it decays like ``exp(-s * dist(x,
     [lo, hi]))``, so it is **0** exactly where its exact value is below the
     smallest normal number `tiny` of x's dtype (TF on CPU flushes subnormals;
     elsewhere a subnormal may remain): for ``hi - lo >> 1 / s`` that is ``s *
@@ -144,7 +144,8 @@ def soft_clip(x, lo, hi, sharpness=1.0, name=None):
     0. No formulation avoids this: any bounded increasing function has an
     average slope of at most ``(hi - lo) / (max - hi)`` between hi and the
     dtype's largest value, which is ~1e-38 in float32 for ``hi - lo = 1``.
-    Gradients w.r.t. lo and hi by automatic differentiation.
+    Gradients w.r.t. lo and hi: ``sigmoid(s (lo - x))`` and ``sigmoid(s (x -
+    hi))``.
 
     dtypes: float16, bfloat16, float32, float64; lo, hi converted to x's dtype.
 
@@ -174,19 +175,51 @@ def soft_clip(x, lo, hi, sharpness=1.0, name=None):
         return args.with_deps(deps, _soft_clip(x, lo, hi, s))
 
 
-def _soft_clip_forward(x, lo, hi, s):
+def _soft_clip_parts(x, lo, hi, s):
+    """(a, b, base, sign, s) in the working dtype: y = base + sign (f(s a) - f(s b)) / s,
+    f = softplus, with a the signed distance to the near bound (no cancellation)."""
     xw, low, hiw, sw = _up(x), _up(lo), _up(hi), _up(s)
-    sp = tf.math.softplus
     upper = xw > 0.5 * low + 0.5 * hiw
     a = tf.where(upper, hiw - xw, xw - low)   # distance to the near bound (signed)
     b = tf.where(upper, low - xw, xw - hiw)   # distance to the far bound (signed)
     base = tf.where(upper, hiw, low)
     sign = tf.where(upper, -tf.ones_like(xw), tf.ones_like(xw))
-    y = base + sign * (sp(sw * a) - sp(sw * b)) / sw
-    return tf.cast(y, x.dtype)
+    return a, b, base, sign, sw
 
 
-_soft_clip = custom_gradient("SoftClip", _soft_clip_forward, None)
+def _soft_clip_forward(x, lo, hi, s):
+    a, b, base, sign, sw = _soft_clip_parts(x, lo, hi, s)
+    sp = tf.math.softplus
+    return cast(base + sign * (sp(sw * a) - sp(sw * b)) / sw, x.dtype)
+
+
+def _soft_clip_gx(g, x, lo, hi, s):
+    """``g * (sigmoid(s a) - sigmoid(s b))`` in the working dtype, a and b the signed
+    distances of `_soft_clip_parts`: both sigmoids small on each side of the
+    midpoint, so far outside [lo, hi] the difference does not cancel."""
+    a, b, _, _, sw = _soft_clip_parts(x, lo, hi, s)
+    return cast(_up(g) * (tf.sigmoid(sw * a) - tf.sigmoid(sw * b)), x.dtype)
+
+
+_soft_clip_gx_fused = fused(_soft_clip_gx)
+
+
+def _soft_clip_backward(g, x, lo, hi, s):
+    # d/dlo = sigmoid(s (lo - x)), d/dhi = sigmoid(s (x - hi)), d/ds = (y - x) / s
+    # (x y' is the s-scaled part); plain ops, pruned unless asked for.
+    xw, low, hiw, sw = _up(x), _up(lo), _up(hi), _up(s)
+    gw = _up(g)
+    y = _up(_soft_clip_forward(x, lo, hi, s))
+    # y(x; lo, hi, s) = lo + f(s (x - lo)) / s - f(s (x - hi)) / s with f = softplus:
+    # d/ds = ((x - lo) f'(s (x - lo)) - (x - hi) f'(s (x - hi))) / s - (y - lo) / s
+    g_s = ((xw - low) * tf.sigmoid(sw * (xw - low)) - (xw - hiw) * tf.sigmoid(sw * (xw - hiw))
+           - (y - low)) / sw
+    return (_soft_clip_gx_fused(g, x, lo, hi, s), cast(gw * tf.sigmoid(sw * (low - xw)), x.dtype),
+            cast(gw * tf.sigmoid(sw * (xw - hiw)), x.dtype), cast(gw * g_s, x.dtype))
+
+
+# Inside a graph the forward and d/dx each run as one XLA-compiled loop.
+_soft_clip = custom_gradient("SoftClip", fused(_soft_clip_forward), _soft_clip_backward)
 
 
 @new("sqrt(x**2 + eps**2) - eps without cancellation; inf at +-inf with gradient +-1")
