@@ -67,3 +67,18 @@ def test_export_of_a_model_with_swapped_sublayers():
         blob = export_tflite(safe, x, int8=False)
     result = evaluate_quantization(safe, blob, x)
     assert result.max_abs_diff < 1e-5 and result.argmax_agreement == 1.0
+
+
+@pytest.mark.parametrize("name", ["two_in_two_out", "nested", "lstm"])
+def test_quantize_model_rewrites_the_other_graphs(name):
+    """Several inputs and outputs, shared layers, nested models, masks: rewritten, finite."""
+    model, x, _ = getattr(zoo, name)()
+    safe, _ = so.wrap_model(model)
+    qmodel = quantize_model(safe)
+    report = so.quantization.quantization_report(qmodel)
+    assert report.quantized
+    if name == "nested":  # layers of the nested models are quantized too
+        assert any("/" in layer for layer, _ in report.quantized)
+    out = qmodel(x)
+    for o in out if isinstance(out, (list, tuple)) else [out]:
+        assert np.isfinite(np.asarray(o, np.float64)).all()
