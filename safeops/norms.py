@@ -95,7 +95,7 @@ def norm(tensor, ord="euclidean", axis=None, keepdims=None, name=None):  # noqa:
     reduction, i.e. the same as `tf.norm` where `tf.norm` is finite and nonzero.
 
     Gradient (euclidean): ``x / norm(x)``; **exactly 0 at the zero vector** (TF:
-    NaN, TF issue #12071); finite wherever the norm is finite. ord 1: sign(x)
+    NaN, tensorflow/tensorflow#12071); finite wherever the norm is finite. ord 1: sign(x)
     (0 at 0); ord inf: TF's reduce_max gradient.
 
     dtypes: float16/bfloat16 computed in float32, float32 and float64 in

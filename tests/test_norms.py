@@ -99,7 +99,7 @@ def _norm_mp(*v):
 
 @pytest.mark.parametrize("dtype,big", [("float32", 1e30), ("float64", 1e300)])
 def test_bits_of_error(dtype, big):
-    # issue 5: mean <= 0.5 and max <= 2 bits (log2(1 + ulp distance)) vs mpmath, 2000 rows of 4
+    # documented bound: mean <= 0.5 and max <= 2 bits (log2(1 + ulp distance)) vs mpmath, 2000 rows of 4
     # over bit patterns in [-big, big]; the naive sqrt(sum x^2) over/underflows and fails
     rows = testing.sample_floats(dtype, 8000, -big, big, seed=11).reshape(2000, 4)
     rows = rows[((np.abs(rows) >= np.finfo(dtype).tiny) | (rows == 0)).all(axis=1)]

@@ -37,7 +37,7 @@ def _grad(fn, x, **kw):
 def test_masked_rows():
     x = np.array([[NINF, NINF, NINF], [1.0, 2.0, 3.0]], np.float32)
     y, g = _grad(so.reduce_logsumexp, x, axis=-1)
-    assert np.isneginf(y[0]) and np.all(g[0] == 0.0)  # issue: zero gradient
+    assert np.isneginf(y[0]) and np.all(g[0] == 0.0)  # zero gradient, not NaN
     _, gt = _grad(tf.reduce_logsumexp, x, axis=-1)
     assert np.isnan(gt[0]).all()                      # TF: NaN gradient
     p, gp = _grad(so.softmax, x)
@@ -136,7 +136,7 @@ def test_bad_input_raises():
     assert np.isnan(so.reduce_logsumexp([np.nan, 1.0]).numpy())
 
 
-# --- issue 5: bits of error (Herbie's metric) against mpmath, mean <= 0.5 and max <= 2 ------
+# --- bits of error (Herbie's metric) against mpmath: mean <= 0.5 and max <= 2 (documented) ---
 
 _DOMAIN = {"float32": 100.0, "float64": 1e4}  # past exp's overflow: the naive formulas fail
 
@@ -183,7 +183,7 @@ def _check_bits(dtype, n):
     }
     for name, (ours, naive, ref) in cases.items():
         b = _bits(ours, ref, dtype)
-        assert b.mean() <= 0.5 and b.max() <= 2, (name, b.mean(), b.max())   # issue 5's bound
+        assert b.mean() <= 0.5 and b.max() <= 2, (name, b.mean(), b.max())   # the documented bound
         nb = _bits(naive, ref, dtype)
         assert nb.mean() > 0.5 or nb.max() > 2, (name, "naive passes")       # the check bites
 
@@ -233,7 +233,7 @@ def test_logsumexp_long_row_compensated():
     assert testing.ulp_distance(plain, ref, "float64") > 2
 
 
-# --- issue 5: gradients against the mpmath derivative, 4 ulp --------------------------------
+# --- gradients against the mpmath derivative, 4 ulp (documented bound) ------------------------
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_gradient_matches_mpmath(dtype):
@@ -292,10 +292,10 @@ def test_log_softmax_sum_of_flushed_terms(mode):
     fn = so.log_softmax if mode == "eager" else tf.function(so.log_softmax)
     out = fn(tf.constant(row)).numpy()[:, 1]
     assert ref[0] < -np.finfo(np.float32).tiny          # a normal float32 result
-    assert testing.bits_of_error(out, ref, "float32").max() <= 2   # issue 5's bound
+    assert testing.bits_of_error(out, ref, "float32").max() <= 2   # the documented bound
 
 
-# --- the graph path's backward recomputes e from x and the row max (issue 5 speed) ------------
+# --- the graph path's backward recomputes e from x and the row max ----------------------------
 
 def _softmax_vjp64(x, g, axis):
     """p (g - sum(g p)) in float64 from float64 p, and the scale of its error terms."""
