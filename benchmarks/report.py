@@ -329,7 +329,7 @@ def bar_summary(results, judged=True, why_not=""):
             state = "no target"
         elif not barred:
             state = "not measured in this run"
-        elif not judged:
+        elif not judged or not verdicts:
             state = "not judged"
         else:
             state = "met" if all(verdicts) else "NOT MET"

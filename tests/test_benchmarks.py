@@ -220,7 +220,7 @@ def test_flag_full_is_accepted(tmp_path):
     for aa in doc["aa_checks"]:
         assert aa["case"] == "harness/aa_check_reduce_sum/1M"
         assert {(t["mode"], t["direction"]) for t in aa["timings"]} == {
-            ("graph", "fwd"), ("graph", "fwd+bwd"), ("xla", "fwd"), ("xla", "fwd+bwd")}
+            (m, d) for m in ("graph", "xla", "eager") for d in ("fwd", "fwd+bwd")}
     (bw,) = doc["bandwidth"].values()
     assert bw["n"] == 1 << 25 and bw["copy"]["bytes"] == 2 * 4 * bw["n"]
 
@@ -582,3 +582,22 @@ def test_too_few_repeats_judge_nothing(tmp_path):
     assert "fewer than the 5 a median needs" in doc["header"]["bars_not_judged_because"]
     md = (tmp_path / "report.md").read_text()
     assert "Withheld" in md and not re.search(r": (met|NOT MET)\b", md)
+
+
+def test_every_mode_with_a_target_is_covered_by_the_aa_check():
+    import benchmarks.cases  # noqa: F401
+    from benchmarks import harness
+    from benchmarks.registry import cases
+
+    barred = {key.split("/")[0] for c in cases()
+              for kind in (c.bar, c.bar_s, c.bar_limit) for key in kind}
+    assert barred <= set(harness.AA_CASE.modes), barred - set(harness.AA_CASE.modes)
+
+
+def test_a_case_with_no_verdict_is_not_reported_met():
+    from benchmarks import report
+
+    case = _result("x/y/1", [_timing("graph", "fwd", 1e-3, 1e-3, bar=2.0)])
+    _, per_case = report.bar_summary([case], judged=True)  # judge_bars never ran on it
+    assert per_case[0].startswith("- x/y/1 [CPU:0]: note -> not judged;"), per_case[0]
+
