@@ -492,3 +492,17 @@ def test_execution_modes(mode):
         if mode != "eager":
             ours = tf.function(ours, jit_compile=(mode == "xla"))
         check(ours, theirs, scale=16.0)
+
+
+def test_ragged_in_tf_function():
+    # a RaggedTensor of unknown row lengths in a graph: the same result type and values
+    spec = tf.RaggedTensorSpec([None, None], tf.float64, ragged_rank=1)
+    r = _ragged("float64")
+    cases = [(lambda v: so.reduce_sum(v, 1), lambda v: tf.reduce_sum(v, 1)),
+             (lambda v: so.reduce_std(v, 1), lambda v: tf.math.reduce_std(v, 1)),
+             (lambda v: so.reduce_mean(v, 0, True), lambda v: tf.reduce_mean(v, 0, True)),
+             (lambda v: so.softmax(v), lambda v: tf.nn.softmax(v)),
+             (lambda v: so.cumsum(v, 1), lambda v: tf.cumsum(v, 1))]
+    for ours, theirs in cases:
+        check(lambda: tf.function(ours, input_signature=[spec])(r),
+              lambda: tf.function(theirs, input_signature=[spec])(r), scale=8.0)
