@@ -307,7 +307,7 @@ def test_shared_layers_trainability_dtype_policies_and_masks_carry_over():
 
 
 def test_subclassed_block_sublayers_swapped_and_saved(tmp_path):
-    from tests import zoo
+    import zoo
 
     model, x, _ = zoo.transformer()
     new, report = so.wrap_model(model)

@@ -9,7 +9,7 @@ import pytest
 
 import safeops as so
 from safeops.quantization import evaluate_quantization, export_tflite, quantize_model
-from tests import zoo
+import zoo  # tests/zoo: pytest puts tests/ on sys.path
 
 _DEFAULT = ["small_cnn", "mlp", "wrapped_transformer", "unet"]
 _SLOW = ["mobilenet", "resnet50", "efficientnet"]

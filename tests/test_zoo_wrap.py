@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 import safeops as so
-from tests import zoo
+import zoo  # tests/zoo: pytest puts tests/ on sys.path
 
 # Relative agreement of wrapped and original outputs: each swapped layer is within a few ulp
 # of its original (docstring of wrap_model: ~10 u relative per swapped layer on
