@@ -203,7 +203,8 @@ def _logaddexp_backward(g, x, y, ed, eq):
     return g * gx, g * gy
 
 
-_logaddexp = custom_gradient("Logaddexp", _logaddexp_forward, _logaddexp_backward, saves=True)
+_logaddexp = custom_gradient("Logaddexp", _logaddexp_forward, _logaddexp_backward, saves=True,
+                             fuse=True)
 
 
 @new("as tfp.math.log_sub_exp; no overflow, -inf at x == y, NaN for x < y")
@@ -295,7 +296,8 @@ def _logsubexp_backward(g, x, y, em, ex, e):
     return g * gx, g * gy
 
 
-_logsubexp = custom_gradient("Logsubexp", _logsubexp_forward, _logsubexp_backward, saves=True)
+_logsubexp = custom_gradient("Logsubexp", _logsubexp_forward, _logsubexp_backward, saves=True,
+                             fuse=True)
 
 
 @drop_in("tf.math.softplus",
@@ -480,7 +482,7 @@ def _softplus_inverse_backward(g, x):
 
 
 _softplus_inverse = custom_gradient("SoftplusInverse", _softplus_inverse_forward,
-                                    _softplus_inverse_backward)
+                                    _softplus_inverse_backward, fuse=True)
 
 
 @new("log(cosh(x)) without overflow (naive form inf for |x| > 89 in float32); gradient tanh(x)")
