@@ -116,8 +116,13 @@ def test_sparse_input_as_dense_and_accurate():
     dense2, ours2 = _pair(2)
     _build_same(dense2, ours2, 3)
     got3 = ours2(tf.sparse.from_dense(d))
-    np.testing.assert_allclose(got3, dense2(d), rtol=1e-6, atol=1e-6)
-    assert got3.shape == (5, 4, 2)
+    assert got3.shape == dense2(d).shape == (5, 4, 2)
+    # float32 products are exact in float64 and 3-term sums nearly so: the sparse path rounds
+    # the same value once as the dense path does, so they agree bit for bit.
+    np.testing.assert_array_equal(got3.numpy(), ours2(d).numpy())
+    w, b = (np.float64(v) for v in dense2.get_weights())
+    ref = np.float64(d) @ w + b  # the bias is 0: one rounding, |err| <= u |ref|
+    assert np.all(np.abs(np.float64(got3) - ref) <= 2.0**-24 * np.abs(ref))
 
 
 def test_lora_as_dense():
