@@ -370,3 +370,24 @@ def test_wrapping_twice_keeps_the_drop_ins():
     x = [rng.standard_normal((4, 8)).astype(np.float32), np.ones((4, 8), bool)]
     for a, b in zip(once(x), twice(x)):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_swapped_sublayers_config_round_trip():
+    import copy
+
+    import zoo
+
+    model, _, _ = zoo.transformer()
+    block = so.wrap_model(model)[0].get_layer("decoder")
+    config = block.get_config()
+    assert {"path": [["attention", None]],
+            "class_name": "safeops>StableMultiHeadAttention"} in config["swaps"]
+    clone = layers.SwappedSublayers.from_config(copy.deepcopy(config))
+    assert clone.get_config() == config
+    assert isinstance(clone.layer.ffn[0], keras.layers.Dense)
+    assert isinstance(clone.layer.norm2, layers.StableLayerNormalization)
+    bad = copy.deepcopy(config)
+    bad["swaps"].append({"path": [["nothing", None]],
+                         "class_name": "safeops>StableLayerNormalization"})
+    with pytest.raises(ValueError, match="SwappedSublayers.*no sublayer"):
+        layers.SwappedSublayers.from_config(bad)

@@ -65,4 +65,7 @@ class SwappedSublayers(keras.layers.Wrapper):
         return self.layer.compute_mask(inputs, mask)
 
     def get_config(self):
-        return {**super().get_config(), "swaps": self.swaps}
+        # plain lists (the attribute is a Keras TrackedList)
+        swaps = [{"path": [list(step) for step in s["path"]], "class_name": s["class_name"]}
+                 for s in self.swaps]
+        return {**super().get_config(), "swaps": swaps}
