@@ -69,7 +69,8 @@ def _scaled_norm(x, axes=None, keepdims=False):
             q = tf.where(zero, tf.zeros_like(n), g / tf.where(zero, tf.ones_like(n), n))
             return tf.cast(c * q, x.dtype)
 
-        out = n if keepdims else (tf.reshape(n, shape_of([])) if axes is None else tf.squeeze(n, axes))
+        out = n if keepdims else (
+            tf.reshape(n, shape_of([])) if axes is None else tf.squeeze(n, axes))
         return tf.cast(out, x.dtype), grad
 
     return inner(x)
