@@ -150,9 +150,6 @@ class KahanAccumulator(tf.Module):
     def value(self):
         """The total ``sum + compensation``, rounded once to the accumulator's dtype.
 
-        Args:
-          (none)
-
         Returns:
           A tensor of the accumulator's shape and dtype.
         """
@@ -163,9 +160,6 @@ class KahanAccumulator(tf.Module):
 
     def reset(self):
         """Sets the total (and its compensation) back to zero.
-
-        Args:
-          (none)
 
         Returns:
           The assign op's result.

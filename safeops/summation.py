@@ -235,10 +235,10 @@ def reduce_sum(input_tensor, axis=None, keepdims=False, name=None):
       The reduced tensor, of the input dtype and TF's output shape.
 
     Raises:
-      Those of `tf.reduce_sum` (`safeops._core.axes`): InvalidArgumentError
-      for a duplicated axis, and for an out-of-range axis eagerly (ValueError
-      in a graph); TypeError for a float axis; InvalidArgumentError for a bool
-      or string tensor.
+      tf.errors.InvalidArgumentError: a duplicated axis; an out-of-range axis
+        eagerly; a bool or string tensor (also a TypeError), as TF.
+      ValueError: an out-of-range axis while a graph is built, as TF.
+      TypeError: a float axis, as TF.
 
     Example:
       >>> x = tf.constant([1e8, 1.0, -1e8])
@@ -289,7 +289,9 @@ def reduce_mean(input_tensor, axis=None, keepdims=False, name=None):
       The mean, of the input dtype and TF's output shape.
 
     Raises:
-      As `reduce_sum`.
+      tf.errors.InvalidArgumentError: as `reduce_sum`.
+      ValueError: as `reduce_sum`.
+      TypeError: as `reduce_sum`.
 
     Example:
       >>> x = tf.constant([1e8, 3.0, -1e8])
