@@ -35,7 +35,8 @@ __all__ = [
 
 # (kind, target, used by). kind "module_attr": `target` is "module:attribute";
 # "class_attr": "keras.path.Class.attribute" (a method safeops calls or overrides);
-# "instance_attr": an attribute of a built instance of that class.
+# "instance_attr": an attribute of a built instance of that class (an optimizer);
+# "layer_attr": an attribute of a new instance of that layer class.
 TOUCHPOINTS = (
     ("module_attr", "keras.src.backend:get_keras_mask", "losses (masks)"),
     ("module_attr", "keras.src.backend:set_keras_mask", "losses (ignore_class)"),
@@ -63,6 +64,10 @@ TOUCHPOINTS = (
     ("class_attr", "keras.layers.Dense._int8_build", "layers.CompensatedDense (quantize)"),
     ("class_attr", "keras.layers.Dense._float8_build", "layers.CompensatedDense (quantize)"),
     ("class_attr", "keras.layers.Dense._int4_build", "layers.CompensatedDense (quantize)"),
+    ("module_attr", "keras.src.models.functional:Functional", "wrap_model, quantize_model"),
+    ("layer_attr", "keras.layers.Dense._layers", "wrap_model (sublayers of a user's layer)"),
+    ("layer_attr", "keras.layers.Dense._tracker", "wrap_model (sublayers of a user's layer)"),
+    ("layer_attr", "keras.layers.Lambda._output_shape", "wrap_model (Lambda layers)"),
 )
 
 
@@ -139,6 +144,12 @@ def check_touchpoints():
         try:
             if kind == "module_attr":
                 _module_attr(target)
+            elif kind == "layer_attr":
+                path, attr = target.rsplit(".", 1)
+                module, cls = path.rsplit(".", 1)
+                klass = getattr(importlib.import_module(module), cls)
+                layer = klass(lambda x: x) if cls == "Lambda" else klass(1)
+                getattr(layer, attr)
             elif kind == "instance_attr":
                 path, attr = target.rsplit(".", 1)
                 module, cls = path.rsplit(".", 1)
