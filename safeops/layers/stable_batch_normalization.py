@@ -41,11 +41,14 @@ class StableBatchNormalization(keras.layers.BatchNormalization):
 
     dtypes: any floating dtype; output in the layer's compute dtype.
 
+    The constructor takes `keras.layers.BatchNormalization`'s arguments (axis,
+    momentum, epsilon, center, scale, the initializers, regularizers and
+    constraints, synchronized, renorm, renorm_clipping, renorm_momentum) with
+    Keras's meaning and defaults.
+
     Args:
-      axis, momentum, epsilon, center, scale, initializers, regularizers,
-        constraints, synchronized, renorm, renorm_clipping, renorm_momentum:
-        as Keras.
-      **kwargs: base layer arguments (``name``, ``dtype``...).
+      **kwargs: Keras's arguments above and the base layer arguments (``name``,
+        ``dtype``...).
 
     Raises:
       ValueError: a mask whose rank is not the input rank minus one (as Keras).

@@ -35,11 +35,13 @@ class StableGroupNormalization(keras.layers.GroupNormalization):
 
     dtypes: any floating dtype; output in the layer's compute dtype.
 
+    The constructor takes `keras.layers.GroupNormalization`'s arguments (groups,
+    axis, epsilon, center, scale, beta/gamma initializers, regularizers and
+    constraints) with Keras's meaning and defaults.
+
     Args:
-      groups, axis, epsilon, center, scale, beta_initializer,
-        gamma_initializer, beta_regularizer, gamma_regularizer,
-        beta_constraint, gamma_constraint: as Keras.
-      **kwargs: base layer arguments (``name``, ``dtype``...).
+      **kwargs: Keras's arguments above and the base layer arguments (``name``,
+        ``dtype``...).
 
     Raises:
       ValueError: groups that do not divide the channels (as Keras, at build).

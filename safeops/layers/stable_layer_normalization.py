@@ -47,10 +47,9 @@ class StableLayerNormalization(keras.layers.LayerNormalization):
     Args:
       axis: int or list of ints to normalize over (default -1).
       epsilon: small float added to the variance (default 1e-3).
-      center, scale, rms_scaling, beta_initializer, gamma_initializer,
-        beta_regularizer, gamma_regularizer, beta_constraint,
-        gamma_constraint: as Keras.
-      **kwargs: base layer arguments (``name``, ``dtype``...).
+      **kwargs: Keras's other arguments (center, scale, rms_scaling, beta/gamma
+        initializers, regularizers and constraints, with Keras's meaning and
+        defaults) and the base layer arguments (``name``, ``dtype``...).
 
     Raises:
       TypeError: if `axis` is not an int or a list of ints (as Keras).

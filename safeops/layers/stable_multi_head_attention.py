@@ -48,9 +48,9 @@ class StableMultiHeadAttention(keras.layers.MultiHeadAttention):
 
     dtypes: as Keras (any floating compute dtype).
 
-    Args:
-      As `keras.layers.MultiHeadAttention`. ``flash_attention=True`` is
-      rejected (the fused kernel has no rule for fully masked rows).
+    The constructor takes `keras.layers.MultiHeadAttention`'s arguments with
+    Keras's meaning and defaults; ``flash_attention=True`` is rejected (the
+    fused kernel has no rule for fully masked rows).
 
     Raises:
       ValueError: ``flash_attention=True``; otherwise as Keras.

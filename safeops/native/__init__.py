@@ -97,9 +97,6 @@ def disabled():
     called in the scope for an input signature it has already seen; trace a
     new `tf.function` (or `get_concrete_function`) inside the scope instead.
 
-    Args:
-      (none)
-
     Yields:
       None.
 
@@ -276,9 +273,6 @@ def _warn_once(error):
 def library():
     """The loaded kernel library, building it on first use; None where unavailable.
 
-    Args:
-      (none)
-
     Returns:
       The module `tf.load_op_library` returns, or None when disabled
       (``SAFEOPS_NATIVE=0``) or when building/loading failed (the reason is
@@ -309,9 +303,6 @@ def library():
 
 def status():
     """Where the fused kernels stand, without building or loading anything.
-
-    Args:
-      (none)
 
     Returns:
       A dict: ``state`` (what ops built now use: "disabled", "loaded", "not
