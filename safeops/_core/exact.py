@@ -213,8 +213,9 @@ def _chunked_state(y, fmt):
     n = y.shape[1]
     k = -(-n // _MAX_TERMS)
     pad = k * _MAX_TERMS - n
-    # a tensor: tf.pad takes a Python -0.0 (== 0) for "no constant" and pads +0.0
-    y = tf.pad(y, [[0, 0], [0, pad]], constant_values=tf.constant(-0.0, y.dtype))
+    # concatenated, not tf.pad: TF's Pad kernel may write +0.0 for a -0.0 constant
+    neg_zeros = tf.fill([tf.shape(y)[0], pad], tf.constant(-0.0, y.dtype))
+    y = tf.concat([y, neg_zeros], 1)
     states = tf.reshape(_state_rows(tf.reshape(y, [-1, _MAX_TERMS]), fmt),
                         [-1, k, fmt.digits + ed.NCOUNT])
     total = combine_states(states, axis=1)
