@@ -54,9 +54,9 @@ from tensorflow.python.eager import context
 from tensorflow.python.ops import control_flow_util
 
 from safeops.native import _build
-from safeops.native._build import Invalid, Unavailable
+from safeops.native._build import Invalid as _Invalid, Unavailable
 
-__all__ = ["build", "disabled", "library", "status"]
+__all__ = ["Unavailable", "build", "disabled", "library", "status"]
 
 _SOURCES = tuple(Path(__file__).parent / f for f in ("compensated.cc", "softmax.cc"))
 _HEADERS = (Path(__file__).parent / "common.h",)  # part of the cache key, not compiled alone
@@ -230,7 +230,7 @@ def _load_verified(target):
             return tf.load_op_library(path)
         except (RuntimeError, tf.errors.OpError) as err:
             msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise Invalid(f"{target} does not load: {msg}") from None
+            raise _Invalid(f"{target} does not load: {msg}") from None
     finally:
         os.close(fd)
 
@@ -242,7 +242,7 @@ def _load():
     target = directory / _name(cxx)
     try:
         return _load_verified(target), target
-    except Invalid as err:
+    except _Invalid as err:
         reason = err
     if cxx is None:
         raise Unavailable("no C++ compiler found (set $CXX)")
@@ -256,7 +256,7 @@ def _load():
         raise Unavailable(f"building into {directory}: {err.strerror or err}") from None
     try:
         return _load_verified(target), target
-    except Invalid as err:
+    except _Invalid as err:
         _build.remember_failure(target, cxx, str(err))
         raise
 
