@@ -35,6 +35,7 @@ the same arithmetic.
 import tensorflow as tf
 
 from safeops._core import compensated as cs
+from safeops._core import exact
 from safeops._core.args import dtype_error
 from safeops._core.axes import dynamic_axes, reduction_axes, scan_axis
 from safeops._core.dtypes import COMPLEX_DTYPES, FLOAT_DTYPES, accumulation_dtype
@@ -42,6 +43,7 @@ from safeops._core.eft import prod_dw, two_sum
 from safeops._core.native import kernels
 from safeops._core.ragged import is_ragged, ragged_reduce
 from safeops._core.registry import drop_in
+from safeops.config import is_reproducible
 
 __all__ = ["cumsum", "reduce_mean", "reduce_std", "reduce_sum", "reduce_variance"]
 
@@ -89,6 +91,9 @@ def _dense(op, x, axis, keepdims, mean):
     """The sum (or mean) of a floating tensor: fused kernel, double-double tree or widening."""
     axes = _axes(op, x, axis)
     if isinstance(axes, tuple):
+        if is_reproducible():  # correctly rounded: the same bits on every path
+            reduce = exact.exact_reduce_mean if mean else exact.exact_reduce_sum
+            return reduce(x, sorted(axes), keepdims)
         if not axes:
             return tf.identity(x)
         fused = _fused_reduce(x, axes, keepdims, mean=mean)
@@ -187,6 +192,11 @@ def reduce_sum(input_tensor, axis=None, keepdims=False, name=None):
     pairwise). float16/bfloat16 accumulate in float32. One rounding to the
     input dtype in every case.
 
+    Reproducible mode (`safeops.config.reproducible()`, static axes): the
+    result is the correctly rounded exact sum, computed with integer
+    accumulation by exponent (`docs/reproducibility.md`): the same bits for
+    any order, thread count, batch split, device and execution mode.
+
     Error bound (u = unit roundoff of the input dtype, u64 = 2**-53, n =
     reduced elements, gamma_k = k u / (1 - k u), cond = ``sum|x| / |sum x|``):
       float64: ``|res - s| <= u|s| + gamma_{n-1}^2 sum|x|``: as if computed
@@ -264,7 +274,9 @@ def reduce_mean(input_tensor, axis=None, keepdims=False, name=None):
     a double-word from the TwoSum tree) divided by n in the accumulation
     precision (float64: double-word division, the remainder s - q n exact by
     FMA in the kernel or from exact partial products in TF), rounded once to
-    the input dtype.
+    the input dtype. In reproducible mode (`safeops.config.reproducible()`,
+    static axes) the exact sum is divided exactly and rounded once: the mean
+    is correctly rounded.
 
     Error bound: that of `reduce_sum` divided by n, plus one rounding:
     ``|res - mean| <= u|mean| + (bound of reduce_sum) / n``; float32
@@ -528,6 +540,8 @@ def _scan(op, v, axis, exclusive, reverse):
         out = tf.reshape(_scan(op, y, 1, exclusive, reverse), tf.shape(v))
         out.set_shape(v.shape)
         return out
+    if ax is not None and is_reproducible():  # each prefix correctly rounded
+        return exact.exact_cumsum(v, ax, exclusive, reverse)
     if ax is None:
         ax = _dynamic_scan_axis(op, axis, v)
     elif v.shape[ax] == 0:
@@ -571,7 +585,8 @@ def cumsum(x, axis=0, exclusive=False, reverse=False, name=None):
     ``e_j = (c_{j-1} + x_j) - c_j`` is computed exactly (TwoSum plus a
     Sterbenz-exact difference) and ``c + cumsum(e)`` is every prefix to about
     twice the scan precision, whatever order TF's scan adds in. Rounded once
-    to the input dtype.
+    to the input dtype. In reproducible mode (`safeops.config.reproducible()`,
+    a static axis) every prefix is correctly rounded.
 
     Error bound, per prefix P_j: ``|res_j - P_j| <= u|P_j| + O(j u_acc^2)
     sum_{i<=j} |x_i|`` (u_acc: unit roundoff of the scan dtype, float64 for

@@ -2,6 +2,9 @@
 
 import threading
 
+import mpmath
+import numpy as np
+
 import pytest
 
 from safeops import config
@@ -70,3 +73,37 @@ def test_registered():
     names = {e.name for e in entries()}
     assert {"safeops.config.set_reproducible", "safeops.config.reproducible",
             "safeops.config.is_reproducible"} <= names
+
+
+def _hard_float32_data(seed, n=4001):
+    """Terms spanning 16 decades with heavy cancellation: TF's float32 sum loses digits."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(n) * 10.0 ** rng.integers(-8, 9, n)
+    x = np.concatenate([x, -x[: n // 2] * (1 + 2.0 ** -20)])
+    return rng.permutation(x).astype(np.float32)
+
+
+def test_switch_makes_reduce_sum_mean_and_cumsum_correctly_rounded():
+    """Under the switch the public ops give the correctly rounded sum, mean and prefixes
+    (exact references from safeops.testing), in every execution mode and any order."""
+    import tensorflow as tf
+    import safeops as so
+    from safeops import testing
+
+    x = _hard_float32_data(0)
+    want = testing.exact_sum(x, dtype=np.float32)
+    assert float(tf.reduce_sum(x)) != float(want)  # the data defeats a float32 sum
+    rows = x[:4000].reshape(40, 100)
+    want_mean = testing.round_to_dtype(
+        [mpmath.mpf(testing.exact_sum(r, dtype=np.float64)) / 100 for r in rows], np.float32)
+    prefixes = testing.round_to_dtype(
+        [testing.exact_sum(x[: j + 1], dtype=np.float64) for j in range(60)], np.float32)
+    with config.reproducible():
+        for fn in (so.reduce_sum, tf.function(so.reduce_sum),
+                   tf.function(so.reduce_sum, jit_compile=True)):
+            assert np.float32(fn(tf.constant(x)).numpy()).tobytes() == np.float32(want).tobytes()
+        flipped = so.reduce_sum(tf.constant(x[::-1].copy())).numpy()
+        assert flipped.tobytes() == np.float32(want).tobytes()
+        np.testing.assert_array_equal(so.reduce_mean(tf.constant(rows), axis=1).numpy(), want_mean)
+        np.testing.assert_array_equal(so.cumsum(tf.constant(x[:60])).numpy(), prefixes)
+    assert not config.is_reproducible()
