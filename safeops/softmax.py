@@ -260,8 +260,10 @@ def _native_rows(kind, x, axis):
                                        kind=kind)
         return tf.reshape(y, cs.shape_of(static if kind != "logsumexp"
                                          else static[:-1] + [1])), stats
-    n = x.shape[-1] if x.shape[-1] is not None else tf.shape(x)[-1]
-    y, stats = lib.safeops_softmax(tf.reshape(x, [-1, n]), kind=kind)
+    # rows counted, not inferred: a [0, 0] input has 0 rows of length 0 (reshape's -1 says 1)
+    shape = tf.shape(x)
+    y, stats = lib.safeops_softmax(
+        tf.reshape(x, tf.stack([tf.reduce_prod(shape[:-1]), shape[-1]])), kind=kind)
     if kind != "logsumexp":
         out = tf.reshape(y, tf.shape(x))
         out.set_shape(x.shape)

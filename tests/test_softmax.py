@@ -380,3 +380,15 @@ def test_gradient_edge_rows_in_graph_log_ops(op):
     for m in ("function", "jit_compile"):
         np.testing.assert_array_equal(r[m][:2], r["eager"][:2])
         assert np.max(testing.ulp_distance(r[m][2], r["eager"][2], "float32")) <= 2
+
+
+@pytest.mark.parametrize("shape", [[0, 0], [0, 3], [2, 0]])
+def test_empty_rows_with_unknown_shape_match_tf(shape):
+    """Shapes known only when the graph runs: 0 rows of length 0 stay 0 rows (the kernel path
+    must not infer one row from reshape's -1)."""
+    spec = [tf.TensorSpec([None, None], tf.float32)]
+    x = tf.zeros(shape)
+    lse = tf.function(lambda v: so.reduce_logsumexp(v, axis=-1), input_signature=spec)(x)
+    np.testing.assert_array_equal(lse.numpy(), tf.reduce_logsumexp(x, axis=-1).numpy())
+    sm = tf.function(so.softmax, input_signature=spec)(x)
+    assert sm.shape == tf.nn.softmax(x).shape
