@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 
+import keras
 import pytest
 
 import safeops
@@ -84,13 +85,17 @@ def _run_page(path):
     parser = doctest.DocTestParser()
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     globs = {"__name__": "__docs__"}
-    for i, block in enumerate(_FENCE.findall(text)):
-        if ">>>" in block:
-            test = parser.get_doctest(block, globs, f"{path.name}[{i}]", str(path), 0)
-            runner.run(test, clear_globs=False)
-            globs = test.globs
-        else:
-            exec(compile(block, f"{path.name}[{i}]", "exec"), globs)  # noqa: S102
+    try:
+        for i, block in enumerate(_FENCE.findall(text)):
+            if ">>>" in block:
+                test = parser.get_doctest(block, globs, f"{path.name}[{i}]", str(path), 0)
+                runner.run(test, clear_globs=False)
+                globs = test.globs
+            else:
+                exec(compile(block, f"{path.name}[{i}]", "exec"), globs)  # noqa: S102
+    finally:  # a page may set process-wide state (a Keras dtype policy, reproducible mode)
+        keras.mixed_precision.set_global_policy("float32")
+        safeops.config.set_reproducible(False)
     return runner.summarize(verbose=False)
 
 

@@ -52,6 +52,11 @@ class StableMultiHeadAttention(keras.layers.MultiHeadAttention):
     Keras's meaning and defaults; ``flash_attention=True`` is rejected (the
     fused kernel has no rule for fully masked rows).
 
+    Args:
+      **kwargs: `keras.layers.MultiHeadAttention`'s arguments (num_heads,
+        key_dim, value_dim, dropout, use_bias, ...) and the base layer
+        arguments (``name``, ``dtype``...).
+
     Raises:
       ValueError: ``flash_attention=True``; otherwise as Keras.
 

@@ -43,7 +43,11 @@ _DEFAULT_TIMEOUT_S = 300.0
 
 
 class Unavailable(RuntimeError):
-    """The kernels cannot be built or loaded here; the message says why (one line)."""
+    """The kernels cannot be built or loaded here; the message says why (one line).
+
+    Args:
+      message: why, in one line (the first argument, as for any RuntimeError).
+    """
 
 
 class Invalid(Unavailable):
