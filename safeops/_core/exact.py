@@ -213,8 +213,9 @@ def _chunked_state(y, fmt):
     n = y.shape[1]
     k = -(-n // _MAX_TERMS)
     pad = k * _MAX_TERMS - n
-    # concatenated, not tf.pad: TF's Pad kernel may write +0.0 for a -0.0 constant
-    neg_zeros = tf.fill([tf.shape(y)[0], pad], tf.constant(-0.0, y.dtype))
+    # -0.0 made by negation: TF's eager cache of scalar constants keys on the value, and
+    # -0.0 == 0.0, so tf.constant(-0.0) can return a cached +0.0 tensor
+    neg_zeros = -tf.zeros(tf.stack([tf.shape(y)[0], pad]), y.dtype)
     y = tf.concat([y, neg_zeros], 1)
     states = tf.reshape(_state_rows(tf.reshape(y, [-1, _MAX_TERMS]), fmt),
                         [-1, k, fmt.digits + ed.NCOUNT])
