@@ -1,4 +1,5 @@
-"""Eager per-call cost of the reductions, scans, softmax, norm and products on 16 float32 values.
+"""Eager per-call cost of the drop-ins on 16 float32 values: reductions, scans, softmax, norm,
+products, the element-wise ops and the clipping ops.
 
 An eager training loop pays an op's Python and kernel-launch overhead on every call; on
 small tensors that overhead is the whole cost. Target: each safeops call at most 3x the
@@ -27,6 +28,17 @@ def _rows(rng, size):
     return (rng.uniform(-2.0, 2.0, (4, _N // 4)).astype(np.float32),)
 
 
+def _positive(rng, size):
+    del size
+    return (rng.uniform(0.5, 2.0, _N).astype(np.float32),)
+
+
+def _quotient(rng, size):
+    del size
+    return (rng.uniform(-2.0, 2.0, _N).astype(np.float32),
+            rng.uniform(0.5, 2.0, _N).astype(np.float32))
+
+
 def _pair(rng, size):
     del size
     return (rng.uniform(-2.0, 2.0, (4, _N // 4)).astype(np.float32),
@@ -47,6 +59,15 @@ _CASES = (
     ("norm", _vector, so.norm, tf.norm, "tf.norm"),
     ("matmul", _pair, lambda a, b: so.matmul(a, b, transpose_b=True),
      lambda a, b: tf.linalg.matmul(a, b, transpose_b=True), "tf.linalg.matmul"),
+    ("divide_no_nan", _quotient, so.divide_no_nan, tf.math.divide_no_nan,
+     "tf.math.divide_no_nan"),
+    ("sqrt", _positive, so.sqrt, tf.math.sqrt, "tf.math.sqrt"),
+    ("softplus", _positive, so.softplus, tf.math.softplus, "tf.math.softplus"),
+    ("log_sigmoid", _positive, so.log_sigmoid, tf.math.log_sigmoid, "tf.math.log_sigmoid"),
+    ("clip_by_norm", _positive, lambda x: so.clip_by_norm(x, 1.0),
+     lambda x: tf.clip_by_norm(x, 1.0), "tf.clip_by_norm"),
+    ("clip_by_global_norm", _quotient, lambda x, y: so.clip_by_global_norm([x, y], 1.0),
+     lambda x, y: tf.clip_by_global_norm([x, y], 1.0), "tf.clip_by_global_norm"),
 )
 
 for _name, _inputs, _ours, _theirs, _label in _CASES:
