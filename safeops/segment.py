@@ -88,6 +88,17 @@ def _compensated(data):
     return data.dtype in dtypes.FLOAT_DTYPES or data.dtype in dtypes.COMPLEX_DTYPES
 
 
+def _sorted_segments(op, data, segment_ids, mean):
+    """segment_sum (mean=False) or segment_mean (mean=True) of sorted ids, correctly rounded."""
+    data = _data(data)
+    ids = tf.convert_to_tensor(segment_ids)
+    if not _compensated(data) or _mismatch(data, ids):
+        return (tf.math.segment_mean if mean else tf.math.segment_sum)(data, ids)
+    counts = tf.math.segment_sum(_leading(data, ids), ids)
+    num = tf.shape(counts, out_type=ids.dtype)[0]
+    return _by_parts(lambda v: _exact(v, ids, num, counts, mean, op), data)
+
+
 @drop_in("tf.math.segment_sum",
          "floating sums are correctly rounded (the exact sum of each segment rounded once), "
          "so the result has the same bits on every device, order and thread count",
@@ -137,14 +148,7 @@ def segment_sum(data, segment_ids, name=None):
       array([1., 2.], dtype=float32)
     """
     with tf.name_scope(name or "segment_sum"):
-        data = _data(data)
-        ids = tf.convert_to_tensor(segment_ids)
-        if not _compensated(data) or _mismatch(data, ids):
-            return tf.math.segment_sum(data, ids)
-        counts = tf.math.segment_sum(_leading(data, ids), ids)
-        num = tf.shape(counts, out_type=ids.dtype)[0]
-        return _by_parts(
-            lambda v: _exact(v, ids, num, counts, False, "safeops.segment_sum"), data)
+        return _sorted_segments("safeops.segment_sum", data, segment_ids, mean=False)
 
 
 @drop_in("tf.math.unsorted_segment_sum",
@@ -238,11 +242,4 @@ def segment_mean(data, segment_ids, name=None):
       array([1.], dtype=float32)
     """
     with tf.name_scope(name or "segment_mean"):
-        data = _data(data)
-        ids = tf.convert_to_tensor(segment_ids)
-        if not _compensated(data) or _mismatch(data, ids):
-            return tf.math.segment_mean(data, ids)
-        counts = tf.math.segment_sum(_leading(data, ids), ids)
-        num = tf.shape(counts, out_type=ids.dtype)[0]
-        return _by_parts(
-            lambda v: _exact(v, ids, num, counts, True, "safeops.segment_mean"), data)
+        return _sorted_segments("safeops.segment_mean", data, segment_ids, mean=True)

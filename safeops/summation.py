@@ -454,17 +454,22 @@ _VAR_DOC = """Accurate {what} across dimensions; drop-in for `tf.math.reduce_{tf
     """
 
 
+def _spread(op, x, axis, keepdims, std):
+    """reduce_variance (std=False) or reduce_std (std=True) through the shared dispatch."""
+    return _dispatch(
+        op, x, axis, keepdims,
+        lambda o, v, a, k: _variance(o, v, a, k, std=std),
+        lambda v, m, a, k: _variance(op, v, a, k, std, m),
+        _tf_std if std else _tf_variance, real_out=True)
+
+
 @drop_in("tf.math.reduce_variance",
          "two passes around an accurate mean (float64: double-double): within a few ulp where "
          "TF's loses most digits (large mean relative to the spread)")
 def reduce_variance(input_tensor, axis=None, keepdims=False, name=None):
     with tf.name_scope(name or "reduce_variance"):
         x = _input(input_tensor)
-        return _dispatch(
-            "safeops.reduce_variance", x, axis, keepdims,
-            lambda op, v, a, k: _variance(op, v, a, k, std=False),
-            lambda v, m, a, k: _variance("safeops.reduce_variance", v, a, k, False, m),
-            _tf_variance, real_out=True)
+        return _spread("safeops.reduce_variance", x, axis, keepdims, std=False)
 
 
 @drop_in("tf.math.reduce_std",
@@ -474,11 +479,7 @@ def reduce_variance(input_tensor, axis=None, keepdims=False, name=None):
 def reduce_std(input_tensor, axis=None, keepdims=False, name=None):
     with tf.name_scope(name or "reduce_std"):
         x = _input(input_tensor)
-        return _dispatch(
-            "safeops.reduce_std", x, axis, keepdims,
-            lambda op, v, a, k: _variance(op, v, a, k, std=True),
-            lambda v, m, a, k: _variance("safeops.reduce_std", v, a, k, True, m),
-            _tf_std, real_out=True)
+        return _spread("safeops.reduce_std", x, axis, keepdims, std=True)
 
 
 reduce_variance.__doc__ = _VAR_DOC.format(
