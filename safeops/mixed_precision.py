@@ -39,6 +39,8 @@ or, with any Keras optimizer and a standalone loss scale::
 """
 
 import math
+import sys
+import warnings
 
 import keras
 import tensorflow as tf
@@ -452,6 +454,9 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
                 raise ValueError(f"{self._OP}: argument 'max_consecutive_skips' must be None or "
                                  f"an integer >= 0; got {max_consecutive_skips!r}")
             max_consecutive_skips = int(max_consecutive_skips)
+        # Keras's constructor turns the inner optimizer's loss_scale_factor off; a safeops
+        # optimizer warns when that comes from Keras's class, not from this one.
+        object.__setattr__(inner_optimizer, "_scaled_by_safeops", True)
         super().__init__(inner_optimizer, initial_scale=loss_scale.initial_scale,
                          dynamic_growth_steps=loss_scale.growth_interval, name=name, **kwargs)
         self._loss_scale = loss_scale
@@ -592,3 +597,40 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
         inner = keras.saving.deserialize_keras_object(config.pop("inner_optimizer"),
                                                       custom_objects=custom_objects)
         return cls(inner, **config)
+
+
+def _frame_self(depth, code):
+    """The ``self`` of the frame `depth` levels above the caller if it runs `code`, else None."""
+    try:
+        frame = sys._getframe(depth + 1)  # pylint: disable=protected-access
+    except ValueError:
+        return None
+    return frame.f_locals.get("self") if frame.f_code is code else None
+
+
+def adopt_compile_wrapper(inner, op):
+    """Turn the Keras LossScaleOptimizer that `model.compile` is wrapping `inner` in into
+    safeops's `LossScaleOptimizer` (same initial scale and growth interval; a floor of 1).
+
+    Called from a safeops optimizer while Keras's constructor runs (see
+    `safeops.optimizers`); the wrapper is recognised by its frame: Keras's
+    `LossScaleOptimizer.__init__`, itself called by `Trainer.compile`. A wrapper
+    the user built explicitly, or a Keras whose call chain differs, is left as
+    it is, with a warning that says what to do instead.
+    """
+    keras_init = keras_compat.keras_loss_scale_init_code()
+    wrapper = _frame_self(2, keras_init)  # adopt <- __setattr__ <- Keras's __init__
+    compiling = _frame_self(3, keras_compat.keras_compile_code()) is not None
+    if type(wrapper) is keras.optimizers.LossScaleOptimizer and compiling:  # pylint: disable=unidiomatic-typecheck
+        initial = float(wrapper.initial_scale)
+        wrapper.__class__ = LossScaleOptimizer
+        wrapper._loss_scale = DynamicLossScale(  # pylint: disable=protected-access
+            initial_scale=initial, growth_interval=int(wrapper.dynamic_growth_steps),
+            min_scale=min(1.0, initial), max_scale=max(2.0**24, initial))
+        wrapper.max_consecutive_skips = None
+        return
+    warnings.warn(
+        f"{op} was wrapped in keras.optimizers.LossScaleOptimizer, whose loss scale has no "
+        "floor and can halve to 0, after which training silently stops. Use "
+        f"so.mixed_precision.LossScaleOptimizer({op}(...)) instead.", UserWarning, stacklevel=4)
+

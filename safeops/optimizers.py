@@ -54,6 +54,11 @@ which compensation does not touch. ``kahan_summation=True`` compensates the
 float32 weights (one float32 slot per variable), which matters only when
 updates fall below 2**-24 of the weights (long runs, tiny learning rates).
 
+Under ``mixed_float16``, ``model.compile(so.optimizers.Adam())`` gets safeops's
+`safeops.mixed_precision.LossScaleOptimizer` (a floor on the scale) where
+Keras would wrap the optimizer in its own (whose scale can halve to 0); a
+safeops optimizer wrapped explicitly in Keras's class warns.
+
 For dense variables of 32768 elements or more the compensated add is one
 XLA-fused kernel (a nested ``tf.function(jit_compile=True)``); smaller ones run
 the same ops unfused (an XLA call costs ~20 us). Gradients are not modified
@@ -63,6 +68,7 @@ a compensated add of ``-lr * wd * w`` computed in the working dtype).
 
 import inspect
 import random
+import warnings
 
 import keras
 import tensorflow as tf
@@ -178,6 +184,21 @@ class _Compensated:
         self.kahan_summation = kahan_summation
         self.stochastic_rounding = bool(stochastic_rounding)
         self.seed = int(seed)
+        object.__setattr__(self, "_constructed", True)
+
+    # Keras's LossScaleOptimizer turns its inner optimizer's own loss scaling off
+    # (``inner.loss_scale_factor = None``, the last line of its constructor): the one moment
+    # an optimizer learns it is being wrapped. When the wrapping is `model.compile`'s
+    # automatic one (mixed_float16), the wrapper becomes safeops's LossScaleOptimizer
+    # (`mixed_precision.adopt_compile_wrapper`); any other wrapping by Keras's class warns.
+    # safeops's own class marks the inner optimizer first and is left alone.
+    def __setattr__(self, name, value):
+        if (name == "loss_scale_factor" and value is None
+                and self.__dict__.get("_constructed")
+                and not self.__dict__.pop("_scaled_by_safeops", False)):
+            from safeops import mixed_precision  # pylint: disable=import-outside-toplevel
+            mixed_precision.adopt_compile_wrapper(self, f"safeops.optimizers.{type(self).__name__}")
+        super().__setattr__(name, value)
 
     # -- which variables, which slots ----------------------------------------------
     def _mode_of_dtype(self, dtype):

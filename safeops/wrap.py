@@ -203,9 +203,9 @@ def _mixed_note(model, report):
     policy = _policy_name(model)
     if policy == "mixed_float16":
         report.mixed_precision = (
-            f"{policy}: the model is not compiled; compile it with "
-            "optimizer=so.mixed_precision.LossScaleOptimizer(<optimizer>) for safeops's loss "
-            "scaling (Keras wraps other optimizers in its own LossScaleOptimizer)")
+            f"{policy}: the model is not compiled; compile it with a so.optimizers optimizer "
+            "(or so.mixed_precision.LossScaleOptimizer(<optimizer>)) for safeops's loss "
+            "scaling (Keras wraps its own optimizers in its LossScaleOptimizer)")
     elif policy == "mixed_bfloat16":
         report.mixed_precision = f"{policy}: no loss scaling needed (bfloat16 has float32's range)"
 

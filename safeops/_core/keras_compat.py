@@ -13,6 +13,7 @@ each against the installed Keras.
 """
 
 import importlib
+import inspect
 
 import keras
 
@@ -21,6 +22,8 @@ __all__ = [
     "check_touchpoints",
     "get_keras_logits",
     "get_keras_mask",
+    "keras_compile_code",
+    "keras_loss_scale_init_code",
     "key_as",
     "optimizer_distribution_strategy",
     "optimizer_ema_variables",
@@ -56,6 +59,10 @@ TOUCHPOINTS = (
     ("class_attr", "keras.optimizers.LossScaleOptimizer._tf_apply", "mixed_precision (overridden)"),
     ("class_attr", "keras.optimizers.LossScaleOptimizer._common_apply",
      "mixed_precision (overridden)"),
+    ("class_attr", "keras.optimizers.LossScaleOptimizer.__init__",
+     "optimizers (the wrapper model.compile builds under mixed_float16 is recognised)"),
+    ("class_attr", "keras.src.trainers.trainer.Trainer.compile",
+     "optimizers (the wrapper model.compile builds under mixed_float16 is recognised)"),
     ("instance_attr", "keras.optimizers.Nadam._u_product", "optimizers.Nadam"),
     ("instance_attr", "keras.optimizers.Nadam._variables", "optimizers.Nadam"),
     ("instance_attr", "keras.optimizers.SGD._distribution_strategy", "optimizers (slots)"),
@@ -164,3 +171,15 @@ def check_touchpoints():
             missing.append(f"{target} (used by safeops {used_by}) is gone from Keras "
                            f"{keras.__version__}: {err}")
     return missing
+
+
+def keras_loss_scale_init_code():
+    """The code object of Keras's `LossScaleOptimizer.__init__` (its frame is recognised)."""
+    return inspect.unwrap(keras.optimizers.LossScaleOptimizer.__init__).__code__
+
+
+def keras_compile_code():
+    """The code object of Keras's `Trainer.compile` body (under its decorators)."""
+    trainer = importlib.import_module("keras.src.trainers.trainer")
+    return inspect.unwrap(trainer.Trainer.compile).__code__
+
