@@ -8,13 +8,29 @@ eps)``, in at least float32: Keras's ``x * inv + (beta - mean * inv)`` form
 
 import tensorflow as tf
 
+from safeops._core import exact
 from safeops._core.dtypes import HALF_DTYPES
+from safeops.config import is_reproducible
 
 
 def working(x):
     """`x` in its working dtype: float16/bfloat16 in float32, the rest as they are."""
     x = tf.convert_to_tensor(x)
     return tf.cast(x, tf.float32) if x.dtype in HALF_DTYPES else x
+
+
+def _mean(v, axes):
+    """Mean over `axes` (keepdims); under ``so.config.reproducible()`` correctly rounded, so
+    a row's statistics do not depend on the batch it is in or the order of its entries."""
+    if is_reproducible():
+        return exact.exact_reduce_mean(v, sorted(a % v.shape.rank for a in axes), keepdims=True)
+    return tf.reduce_mean(v, axis=axes, keepdims=True)
+
+
+def _sum(v, axes):
+    if is_reproducible():
+        return exact.exact_reduce_sum(v, sorted(a % v.shape.rank for a in axes), keepdims=True)
+    return tf.reduce_sum(v, axis=axes, keepdims=True)
 
 
 def centred_moments(x, axes):
@@ -33,10 +49,10 @@ def centred_moments(x, axes):
         shift = tf.gather(shift, [0], axis=a)
     shift = tf.stop_gradient(shift)
     d = x - shift
-    m = tf.reduce_mean(d, axis=axes, keepdims=True)
+    m = _mean(d, axes)
     c = d - m
-    s = tf.reduce_mean(c, axis=axes, keepdims=True)
-    var = tf.reduce_mean(tf.square(c), axis=axes, keepdims=True) - tf.square(s)
+    s = _mean(c, axes)
+    var = _mean(tf.square(c), axes) - tf.square(s)
     var = tf.maximum(var, tf.zeros_like(var))
     return c - s, shift + (m + s), var
 
@@ -46,11 +62,11 @@ def masked_centred_moments(x, weights, axes):
 
     An all-masked group has mean 0 and variance 0 (not 0/0)."""
     weights = tf.broadcast_to(tf.cast(weights, x.dtype), tf.shape(x))
-    count = tf.reduce_sum(weights, axis=axes, keepdims=True)
+    count = _sum(weights, axes)
     safe = tf.maximum(count, tf.ones_like(count))
 
     def mean(v):
-        return tf.reduce_sum(v * weights, axis=axes, keepdims=True) / safe
+        return _sum(v * weights, axes) / safe
 
     shift = tf.stop_gradient(mean(x))  # plain first pass; corrected below
     d = x - shift
