@@ -16,7 +16,7 @@ from safeops.summation import cumsum, reduce_mean, reduce_std, reduce_sum, reduc
 from safeops.dot import dot, matmul
 from safeops.accumulator import KahanAccumulator
 from safeops.segment import segment_mean, segment_sum, unsorted_segment_sum
-from safeops import config
+from safeops import config, exact
 from safeops import native
 # -- divisions, wheres, smooth switches, straight-through estimators --
 from safeops.division import divide_no_nan, relative_error, safe_divide, safe_reciprocal
@@ -50,7 +50,7 @@ __all__ = [
     "two_sum", "fast_two_sum", "two_prod",
     "reduce_sum", "reduce_mean", "reduce_variance", "reduce_std", "cumsum",
     "dot", "matmul", "KahanAccumulator", "native",
-    "segment_sum", "unsorted_segment_sum", "segment_mean", "config",
+    "segment_sum", "unsorted_segment_sum", "segment_mean", "config", "exact",
     # divisions, wheres, smooth switches, straight-through estimators
     "divide_no_nan", "relative_error", "safe_divide", "safe_reciprocal",
     "safe_where", "smooth_where",
