@@ -25,17 +25,21 @@ through s to the whole row.
 
 Fused kernel: float32 rows along the last axis on the CPU, outside XLA, run a
 C++ kernel (`safeops.native`, softmax.cc) for the softmax forward and backward
-and the reduce_logsumexp forward: the same method in one cached pass per row,
-softmax rounded once from the double quotient e / (1 + s). log_softmax and the
-logsumexp backward keep the XLA-fused path below, which measured faster for them
-(figures in BUILD_NOTES.md).
+and the log_softmax and reduce_logsumexp forwards: the same method in one cached
+pass per row, softmax rounded once from the double quotient e / (1 + s),
+log_softmax from the double (x - m) - log1p(s). The log_softmax and logsumexp
+backward passes in a graph are the XLA-fused ones below, fed with the kernel's
+row max and s (they measured faster than the kernel's backward, which recomputes
+the exps in double; figures in BUILD_NOTES.md); eagerly log_softmax's backward is
+the kernel's (one op instead of the formula's many).
 
 Speed: inside a graph the forward and the backward pass of float16/bfloat16/
 float32 inputs are each one XLA-compiled function (fused loops instead of a
 kernel per elementwise op; traced once per shape and axis); float64 runs the
 same formulas as plain ops. The forward passes keep row quantities only; the
-backward passes recompute e from x and the row max. Eagerly, log_softmax is one
-call of the traced function rather than some sixty small ops.
+backward passes recompute e from x and the row max. Eagerly, where the kernel
+does not apply, log_softmax is one call of the traced function rather than some
+sixty small ops.
 
 Measured (bits of error = log2(1 + ulp distance) against mpmath, eager, 1000
 rows of 4 from `safeops.testing.sample_floats` on [-80, 80], every entry):
@@ -59,10 +63,13 @@ from safeops._core.native import kernels
 from safeops._core.ragged import is_ragged, ragged_reduce, ragged_rows
 from safeops._core.registry import drop_in
 from safeops._core.elementwise import fused as _fused
+from safeops._core.elementwise import name_scope
 
 __all__ = ["log_softmax", "reduce_logsumexp", "softmax"]
 
 _EXP_M64 = math.exp(-64.0)  # float64, within 1/2 ulp
+_EAGER_TENSOR = type(tf.constant(0.0))
+_FLOATS = frozenset(FLOAT_DTYPES)
 
 
 def _compute(dtype):
@@ -252,6 +259,8 @@ def _native_rows(kind, x, axis):
     if lib is None:
         return None
     static = x.shape.as_list()
+    if rank == 2 and None not in static:  # already [rows, n]: the kernel alone
+        return lib.safeops_softmax(x, kind=kind)
     if None not in static:  # cached shape constants: the eager fast path (one op each)
         rows = 1
         for d in static[:-1]:
@@ -325,24 +334,74 @@ def _softmax(x, axis):
 
 
 def _log_softmax(x, axis):
-    # The fused kernel also computes log_softmax, but measured slower forward+backward
-    # (1.20-1.30x tf.nn.log_softmax against 1.04-1.10x for the XLA-fused path: its backward
-    # recomputes the exps in double-stored rows): log_softmax keeps the XLA-fused path.
     high = _rows_3d(_log_softmax, x, axis)
     if high is not None:
         return high
     if tf.executing_eagerly():
-        # eagerly, one call of the traced function (the same XLA-fused passes) costs less
-        # than the ~60 small ops of the formula run one by one
-        return _EAGER_LOG_SOFTMAX(x, axis)
-    return _fused_op(_log_softmax_fwd, _log_softmax_bwd, x, axis)
+        # eagerly the fused kernel, forward and backward (one op each, the backward
+        # registered in `safeops.native`); without it one call of the traced function
+        # (the XLA-fused passes) costs less than the ~60 small ops of the formula
+        fused = _native_rows("log_softmax", x, axis)
+        return fused[0] if fused is not None else _EAGER_LOG_SOFTMAX(x, axis)
+    return _log_softmax_graph(x, axis)
+
+
+def _log_softmax_graph(x, axis):
+    # in a graph: the forward on the fused kernel where it applies, the backward the
+    # XLA-fused `_log_softmax_bwd` from the kernel's row max and s (the kernel's own backward
+    # recomputes the exps in double and measured slower forward+backward; BUILD_NOTES.md)
+    @tf.custom_gradient
+    def inner(v):
+        fused = _native_rows("log_softmax", v, axis)
+        if fused is None:
+            out, *saved = _call(_log_softmax_fwd, v.dtype, v, axis)
+        else:
+            out, stats = fused
+            saved = None  # formed in the backward pass only
+
+        def grad(g):
+            if saved is None:
+                return _log_softmax_bwd_from_stats(g, v, stats, axis)
+            return tf.cast(_call(_log_softmax_bwd, v.dtype, g, v, *saved, axis), v.dtype)
+
+        return out, grad
+
+    return inner(x)
+
+
+def _log_softmax_bwd_from_stats(g, v, stats, axis):
+    """`_log_softmax_bwd` fed with the row max, 1 / (1 + s) and s / (1 + s) formed from the
+    kernel's row statistics (float64 [rows, 2]), which carry no gradient: its own gradient
+    (second order) is the plain formula ``g - softmax(v) sum(g)`` differentiated by a tape,
+    as for the kernel's backward (no accuracy bound is claimed for second derivatives)."""
+    @tf.custom_gradient
+    def bwd(g, v):
+        keep = _keep_shape(v)
+        s = stats[:, 1]
+        r = 1.0 / (1.0 + s)
+        m, r, sr = (tf.reshape(tf.cast(t, tf.float32), keep) for t in (stats[:, 0], r, s * r))
+        dx = tf.cast(_call(_log_softmax_bwd, v.dtype, g, v, m, r, sr, axis), v.dtype)
+
+        def grad2(h):
+            with tf.GradientTape() as tape:
+                tape.watch([g, v])
+                plain = g - tf.nn.softmax(v, axis) * tf.reduce_sum(g, axis, keepdims=True)
+            return tape.gradient(plain, [g, v], output_gradients=h)
+
+        return dx, grad2
+
+    return bwd(g, v)
 
 
 def _input(op, arg, value):
     """A floating tensor or RaggedTensor; other dtypes raise TF's error for them
     (InvalidArgumentError eagerly, TypeError in a graph: `DTypeError` is both)."""
-    x = value if isinstance(value, (tf.Tensor, tf.RaggedTensor)) else tf.convert_to_tensor(value)
-    if x.dtype not in FLOAT_DTYPES:
+    if type(value) is _EAGER_TENSOR:  # the eager fast path
+        x = value
+    else:
+        x = value if isinstance(value, (tf.Tensor, tf.RaggedTensor)) else tf.convert_to_tensor(
+            value)
+    if x.dtype not in _FLOATS:
         raise dtype_error(op, f"argument '{arg}' must have dtype float16, bfloat16, float32 or "
                               f"float64; got {x.dtype.name}")
     return x
@@ -443,7 +502,7 @@ def reduce_logsumexp(input_tensor, axis=None, keepdims=False, name=None):
       9.357622912219837e-14
     """
     op = "safeops.reduce_logsumexp"
-    with tf.name_scope(name or "reduce_logsumexp"):
+    with name_scope(name or "reduce_logsumexp"):
         x = _input(op, "input_tensor", input_tensor)
         if is_ragged(x):
             return ragged_reduce(op, x, axis, keepdims,
@@ -504,7 +563,7 @@ def softmax(logits, axis=None, name=None):
       array([0., 0.], dtype=float32)
     """
     op = "safeops.softmax"
-    with tf.name_scope(name or "softmax"):
+    with name_scope(name or "softmax"):
         x = _input(op, "logits", logits)
         if is_ragged(x):
             return ragged_rows(op, x, axis, _softmax, -float("inf"))
@@ -526,7 +585,8 @@ def log_softmax(logits, axis=None, name=None):
 
     Method: ``(x_i - m) - log1p(s)`` (module doc), with x_i - m = hi + lo exact
     and, for float32 inputs, the subtraction evaluated in float64 and rounded
-    once; float16/bfloat16 computed in float32.
+    once; float16/bfloat16 computed in float32. float32 along the last axis on
+    the CPU (outside XLA): the fused kernel (`safeops.native`), same method.
 
     Bound: <= 3 ulp (2 bits) of the result for every entry, measured max 1.6 bits;
     in particular the max entry ``-log1p(s)`` keeps its relative accuracy when
@@ -566,7 +626,7 @@ def log_softmax(logits, axis=None, name=None):
       -6.1834608544586445e-09
     """
     op = "safeops.log_softmax"
-    with tf.name_scope(name or "log_softmax"):
+    with name_scope(name or "log_softmax"):
         x = _input(op, "logits", logits)
         if is_ragged(x):
             return ragged_rows(op, x, axis, _log_softmax, -float("inf"))

@@ -392,3 +392,146 @@ def test_empty_rows_with_unknown_shape_match_tf(shape):
     np.testing.assert_array_equal(lse.numpy(), tf.reduce_logsumexp(x, axis=-1).numpy())
     sm = tf.function(so.softmax, input_signature=spec)(x)
     assert sm.shape == tf.nn.softmax(x).shape
+
+
+# --- log_softmax on the fused kernel (eager forward and backward; in a graph its forward
+# --- with the XLA-fused backward) and on the pure-TF path: the same documented bounds ---------
+
+def _lsm_rows():
+    """Rows of 37 (two 16-lane blocks and a tail) with spreads past exp's range, a dominant
+    entry, a masked row, -inf entries, a +inf row with two +inf entries and ties."""
+    rng = np.random.default_rng(21)
+    x = (rng.standard_normal((12, 37)) * np.array([[1.0], [5.0], [30.0], [60.0]] * 3)).astype(
+        np.float32)
+    x[4] = -30.0
+    x[4, 17] = 25.0                              # one entry dominates: log p_top ~ -1e-23
+    x[5] = NINF                                  # masked row
+    x[6, ::3] = NINF                             # -inf entries in a finite row
+    x[7, [2, 30]] = np.inf                       # +inf row: -log 2 on its two +inf entries
+    x[8, [0, 20, 36]] = x[8].max() + 1.0         # three tied maxima
+    return x
+
+
+def _lsm_reference(x):
+    """x_ij - logsumexp(x_i) at 80 digits, rounded once to float32."""
+    out = np.empty(x.shape, object)
+    with mpmath.workdps(80):
+        for i, row in enumerate(x.astype(np.float64)):
+            if np.isposinf(row).any():
+                k = int(np.isposinf(row).sum())
+                out[i] = [-mpmath.log(k) if np.isposinf(v) else mpmath.mpf("-inf") for v in row]
+                continue
+            finite = [mpmath.mpf(float(v)) for v in row if np.isfinite(v)]
+            lse = mpmath.log(mpmath.fsum(mpmath.exp(v) for v in finite)) if finite else None
+            out[i] = [mpmath.mpf(float(v)) - lse if np.isfinite(v) else mpmath.mpf("-inf")
+                      for v in row]
+    return testing.round_to_dtype(out, "float32")
+
+
+def _lsm_check(out, ref):
+    # documented bound: <= 3 ulp (2 bits) of every entry; -inf entries exactly
+    out = np.asarray(out)
+    assert np.array_equal(np.isneginf(out), np.isneginf(ref))
+    keep = np.isfinite(ref.astype(np.float64)) & (np.abs(ref) >= np.finfo(np.float32).tiny)
+    assert np.max(testing.ulp_distance(out[keep], ref[keep], "float32")) <= 3
+
+
+def test_log_softmax_kernel_kind(_path):
+    if _path == "tf":
+        pytest.skip("the kernel itself")
+    x = _lsm_rows()
+    lib = so.native.library()
+    y, stats = lib.safeops_softmax(tf.constant(x), kind="log_softmax")
+    ref = _lsm_reference(x)
+    _lsm_check(y, ref)
+    # the row statistics are those of the other kinds: (max, s)
+    _, stats_sm = lib.safeops_softmax(tf.constant(x), kind="softmax")
+    np.testing.assert_array_equal(stats.numpy(), stats_sm.numpy())
+    assert np.isnan(lib.safeops_softmax(tf.constant([[1.0, np.nan]]), kind="log_softmax")[0]).all()
+    # the pure-TF path meets the same bound on the same rows
+    with so.native.disabled():
+        _lsm_check(so.log_softmax(x), ref)
+
+
+def test_log_softmax_modes_match_reference():
+    x = tf.constant(_lsm_rows())
+    ref = _lsm_reference(x.numpy())
+    for out in testing.run_modes(so.log_softmax, x).values():
+        _lsm_check(out, ref)
+    # the dominant entry keeps its relative accuracy (TF's kernel returns 0.0 there)
+    assert ref[4, 17] < 0 and tf.nn.log_softmax(x).numpy()[4, 17] == 0.0
+
+
+def _lsm_vjp(fn, x, g):
+    def vjp(xt):
+        with tf.GradientTape() as t:
+            t.watch(xt)
+            y = fn(xt)
+        return t.gradient(y, xt, output_gradients=g)
+    return testing.run_modes(vjp, tf.constant(x))
+
+
+def test_log_softmax_gradient_float32():
+    # g - p sum(g) against float64 from float64 p. Bound: p carries <= 2 eps relative (the
+    # exp, ~1 ulp, and 1 / (1 + s)); sum(g) <= (n - 1) eps sum|g| (a float32 sum on the
+    # XLA-fused path); plus the roundings of the product and the difference (2 eps):
+    # |error| <= (n + 4) eps (|g_i| + p_i sum|g|) + 1 ulp of the result.
+    x = _lsm_rows()[[0, 1, 2, 3, 4, 6, 8]]
+    g = np.random.default_rng(22).standard_normal(x.shape).astype(np.float32)
+    x64, g64 = x.astype(np.float64), g.astype(np.float64)
+    p = np.exp(x64 - x64.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    ref = g64 - p * g64.sum(-1, keepdims=True)
+    n, eps = x.shape[1], np.finfo(np.float32).eps
+    tol = (n + 4) * eps * (np.abs(g64) + p * np.abs(g64).sum(-1, keepdims=True))
+    tol += np.spacing(np.abs(ref).astype(np.float32))
+    for mode, out in _lsm_vjp(so.log_softmax, x, tf.constant(g)).items():
+        assert np.all(np.abs(out - ref) <= tol), mode
+
+
+def test_log_softmax_gradient_of_dominant_entry():
+    # d log p_0 / d x_0 = 1 - p_0 = s / (1 + s) = 3 e^-20 / (1 + 3 e^-20): computed as
+    # 1 - p it is 0.0 in float32; the documented formula keeps it to a few ulp.
+    # d log p_0 / d x_1 = -p_1 = -e^-20 / (1 + s).
+    x = np.array([[20.0, 0.0, 0.0, 0.0]], np.float32)
+    g = tf.constant([[1.0, 0.0, 0.0, 0.0]])
+    with mpmath.workdps(40):
+        s = 3 * mpmath.exp(-20)
+        exact = testing.round_to_dtype(np.array([s / (1 + s), -mpmath.exp(-20) / (1 + s)],
+                                                object), "float32")
+    for mode, out in _lsm_vjp(so.log_softmax, x, g).items():
+        assert testing.ulp_distance(out[0, 0], exact[0], "float32") <= 2, (mode, out)
+        assert testing.ulp_distance(out[0, 1], exact[1], "float32") <= 1, (mode, out)
+
+
+def test_log_softmax_second_order(_path):
+    # d/dx of sum(v * (g - p sum(g))) = -sum(g) p_j (v_j - sum(v p)); no bound is documented
+    # for second derivatives: float32 against float64 within 1e-5 relative to the scale.
+    # The kernel's backward (eager) and the backward fed with its row statistics (graph)
+    # each have their own second-order rule; under XLA the kernel does not run.
+    if _path == "tf":
+        pytest.skip("the kernel paths' second-order rules")
+    rng = np.random.default_rng(23)
+    x = (rng.standard_normal((5, 19)) * 4).astype(np.float32)
+    g = rng.standard_normal(x.shape).astype(np.float32)
+    v = rng.standard_normal(x.shape).astype(np.float32)
+    x64, g64, v64 = (a.astype(np.float64) for a in (x, g, v))
+    p = np.exp(x64 - x64.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    ref = -g64.sum(-1, keepdims=True) * p * (v64 - (v64 * p).sum(-1, keepdims=True))
+
+    def second(xt):
+        with tf.GradientTape() as outer:
+            outer.watch(xt)
+            with tf.GradientTape() as inner:
+                inner.watch(xt)
+                y = so.log_softmax(xt)
+            dx = inner.gradient(y, xt, output_gradients=tf.constant(g))
+            z = tf.reduce_sum(dx * v)
+        return outer.gradient(z, xt)
+
+    xt = tf.constant(x)
+    for mode, out in (("eager", second(xt)), ("function", tf.function(second)(xt))):
+        out = out.numpy()
+        assert np.all(np.isfinite(out)), mode
+        np.testing.assert_allclose(out, ref, rtol=0, atol=1e-5 * np.abs(ref).max(), err_msg=mode)

@@ -1,6 +1,5 @@
-// safeops fused CPU kernels for softmax and reduce_logsumexp of float32 rows,
-// forward and backward. (A log_softmax kind was built and measured slower
-// forward+backward than the XLA-fused pure-TF path; it was removed.)
+// safeops fused CPU kernels for softmax, log_softmax and reduce_logsumexp of float32
+// rows, forward and backward.
 //
 // Method (as the pure-TF path, safeops/softmax.py): per row, m = max x (NaN
 // anywhere: the row is NaN); x_i - m = hi + lo exactly (TwoSum in float32);
@@ -11,8 +10,9 @@
 // softmax denominator and log1p(s) keeps its accuracy when s is tiny). A double
 // exp was tried first: 0 ulp, but 2.7x tf.nn.softmax. Then, rounded once to
 // float32:
-//   softmax_i = e_i / (1 + s),  logsumexp = m + log1p(s).
-// Masked rows (m = -inf): softmax 0, logsumexp -inf; a row
+//   softmax_i = e_i / (1 + s),  logsumexp = m + log1p(s),
+//   log_softmax_i = (x_i - m) - log1p(s)   (two terms <= 0 in double: no cancellation).
+// Masked rows (m = -inf): softmax 0, log_softmax -inf, logsumexp -inf; a row
 // holding +inf: its +inf entries count as exp(0) = 1, the others as 0.
 // Compile without -ffast-math (see compensated.cc). Both kernels check every
 // input's rank and shape and the kind attribute before reading anything.
@@ -48,7 +48,7 @@ typedef float VF __attribute__((vector_size(4 * kW)));
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
-enum Kind { kSoftmax = 0, kLogSumExp = 1 };
+enum Kind { kSoftmax = 0, kLogSumExp = 1, kLogSoftmax = 2 };
 
 inline VD Splat(double v) {
   VD r;
@@ -209,8 +209,10 @@ int ParseKind(OpKernelConstruction* ctx, const char* op) {
   }
   if (kind == "softmax") return kSoftmax;
   if (kind == "logsumexp") return kLogSumExp;
+  if (kind == "log_softmax") return kLogSoftmax;
   ctx->CtxFailure(::tensorflow::errors::InvalidArgument(
-      op, ": attribute 'kind' must be 'softmax' or 'logsumexp'; got '", kind, "'"));
+      op, ": attribute 'kind' must be 'softmax', 'log_softmax' or 'logsumexp'; got '", kind,
+      "'"));
   return -1;
 }
 
@@ -265,6 +267,27 @@ class SoftmaxOp : public OpKernel {
           continue;
         }
         float* yr = y + r * n;
+        if (kind_ == kLogSoftmax) {
+          const float ninf = -std::numeric_limits<float>::infinity();
+          if (row.mode == 3) {
+            for (int64_t i = 0; i < n; ++i) yr[i] = nanf;
+          } else if (row.mode == 1) {
+            for (int64_t i = 0; i < n; ++i) yr[i] = ninf;
+          } else {
+            // x_i - m is exact in double for |x_i - m| < 2^29 ulp(m), else rounded once at
+            // 2^-53: far below the final rounding; (x_i - m) <= 0 and -log1p(s) <= 0 add
+            // without cancellation. A +inf row: 0 on its +inf entries, -inf on the rest.
+            const double l = std::log1p(s);
+            if (row.mode == 2) {
+              for (int64_t i = 0; i < n; ++i) yr[i] = e[i] == 1.0 ? static_cast<float>(-l) : ninf;
+            } else {
+              for (int64_t i = 0; i < n; ++i) {
+                yr[i] = static_cast<float>((static_cast<double>(xr[i]) - row.m) - l);
+              }
+            }
+          }
+          continue;
+        }
         if (row.mode == 3) {
           for (int64_t i = 0; i < n; ++i) yr[i] = nanf;
         } else if (row.mode == 1) {
@@ -280,6 +303,82 @@ class SoftmaxOp : public OpKernel {
  private:
   int kind_;
 };
+
+// sum of x[0..n) in double, 8 lanes (the order is fixed: bits do not depend on threads).
+double SumD(const float* x, int64_t n) {
+  VD acc = Splat(0.0);
+  int64_t i = 0;
+  for (; i + kW <= n; i += kW) {
+    VF v;
+    std::memcpy(&v, x + i, sizeof(v));
+    acc += __builtin_convertvector(v, VD);
+  }
+  double s = 0.0;
+  for (int l = 0; l < kW; ++l) s += acc[l];
+  for (; i < n; ++i) s += x[i];
+  return s;
+}
+
+// The first index of x[0..n) equal to v (n if none), 16 at a time to the chunk holding it.
+int64_t First(const float* x, int64_t n, float v) {
+  int64_t i = 0;
+  const VF16 vv = SplatF(v);
+  for (; i + 16 <= n; i += 16) {
+    VF16 c;
+    std::memcpy(&c, x + i, sizeof(c));
+    const VF16 hit = c == vv ? SplatF(1.0f) : SplatF(0.0f);
+    float any = 0.0f;
+    for (int l = 0; l < 16; ++l) any += hit[l];
+    if (any > 0.0f) break;
+  }
+  while (i < n && x[i] != v) ++i;
+  return i;
+}
+
+// The log_softmax backward of one row: g_i - p_i sum(g), p_i = e_i / (1 + s) with e
+// recomputed from x and the forward's row max m and s. The first max entry (e == 1, the
+// one s leaves out) takes (g_top s - sum_{j != top} g_j) / (1 + s), so its 1 - p = s / (1 + s)
+// does not cancel when s is tiny. Masked row (m = -inf): p = 0, the gradient is g; NaN row:
+// NaN; a row holding +inf: p = 1 / (1 + s) on its +inf entries (s + 1 of them), 0 elsewhere.
+void LogSoftmaxRowGrad(const float* gr, const float* xr, int64_t n, double m, double s,
+                       float* dr) {
+  if (m != m) {
+    for (int64_t i = 0; i < n; ++i) dr[i] = std::numeric_limits<float>::quiet_NaN();
+    return;
+  }
+  if (m == -kInf) {
+    for (int64_t i = 0; i < n; ++i) dr[i] = gr[i];
+    return;
+  }
+  const float mf = static_cast<float>(m);
+  const float pinf = std::numeric_limits<float>::infinity();
+  const int64_t top = First(xr, n, mf);  // the first max entry, as Inspect finds it
+  const double rest = SumD(gr, top) + SumD(gr + top + 1, n - top - 1);  // all but top
+  const double gt = static_cast<double>(gr[top]);
+  const double inv = 1.0 / (1.0 + s);
+  const double scale = (gt + rest) * inv;  // sum(g) / (1 + s)
+  if (m == kInf) {
+    for (int64_t i = 0; i < n; ++i) {
+      dr[i] = xr[i] == pinf ? static_cast<float>(gr[i] - scale) : gr[i];
+    }
+  } else {
+    double buf[16];
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+      Exp16(xr + i, mf, buf);
+      for (int l = 0; l < 16; ++l) dr[i + l] = static_cast<float>(gr[i + l] - buf[l] * scale);
+    }
+    if (i < n) {
+      float pad[16];
+      for (int l = 0; l < 16; ++l) pad[l] = i + l < n ? xr[i + l] : -pinf;
+      Exp16(pad, mf, buf);
+      for (int64_t l = 0; i + l < n; ++l) {
+        dr[i + l] = static_cast<float>(gr[i + l] - buf[l] * scale);
+      }
+    }
+  }
+  dr[top] = static_cast<float>((gt * s - rest) * inv);
+}
 
 class SoftmaxGradOp : public OpKernel {
  public:
@@ -297,7 +396,7 @@ class SoftmaxGradOp : public OpKernel {
                     kOp, ": input 'x' must be rank 2 [rows, n]; got shape ",
                     in.shape().DebugString()));
     const int64_t rows = in.dim_size(0), n = in.dim_size(1);
-    const int64_t out_n = kind_ == kSoftmax ? n : 1;  // the forward output's row length
+    const int64_t out_n = kind_ == kLogSumExp ? 1 : n;  // the forward output's row length
     OP_REQUIRES_OK(ctx, CheckShape(kOp, "g", gt, rows, out_n));
     OP_REQUIRES_OK(ctx, CheckShape(kOp, "y", yt, rows, out_n));
     OP_REQUIRES_OK(ctx, CheckShape(kOp, "stats", stt, rows, 2));
@@ -331,6 +430,10 @@ class SoftmaxGradOp : public OpKernel {
           for (int64_t i = 0; i < n; ++i) {
             dr[i] = static_cast<float>(pr[i] * ((static_cast<double>(gr[i]) - c) - t));
           }
+          continue;
+        }
+        if (kind_ == kLogSoftmax) {
+          LogSoftmaxRowGrad(g + r * n, xr, n, st[2 * r], st[2 * r + 1], dr);
           continue;
         }
         // logsumexp: g e_i / (1 + s) with the forward's row max and s, in one pass
@@ -376,7 +479,7 @@ REGISTER_OP("SafeopsSoftmax")
     .Input("x: float")
     .Output("y: float")
     .Output("stats: double")
-    .Attr("kind: {'softmax', 'logsumexp'}")
+    .Attr("kind: {'softmax', 'log_softmax', 'logsumexp'}")
     .SetShapeFn([](shape_inference::InferenceContext* c) {
       shape_inference::ShapeHandle x;
       TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &x));
@@ -393,7 +496,7 @@ REGISTER_OP("SafeopsSoftmaxGrad")
     .Input("y: float")
     .Input("stats: double")
     .Output("dx: float")
-    .Attr("kind: {'softmax', 'logsumexp'}")
+    .Attr("kind: {'softmax', 'log_softmax', 'logsumexp'}")
     .SetShapeFn([](shape_inference::InferenceContext* c) {
       shape_inference::ShapeHandle x, g, y, st, out_rows;
       TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, &x));
