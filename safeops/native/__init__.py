@@ -419,6 +419,8 @@ def _softmax_grad_grad(op, grad):
         p = tf.nn.softmax(x)
         if kind == "softmax":
             dx = p * (g - tf.reduce_sum(g * p, -1, keepdims=True))
+        elif kind == "log_softmax":
+            dx = g - p * tf.reduce_sum(g, -1, keepdims=True)
         else:
             dx = g * p
     return tape.gradient(dx, [g, x], output_gradients=grad) + [None, None]
