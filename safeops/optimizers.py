@@ -388,10 +388,12 @@ class _Compensated:
         mode = self._mode(var)
         comp = self._compensations[work.index]
         cdt = work.dtype
-        step = tf.cast(self.iterations, tf.int64)
-        seed = tf.stack([tf.constant(self.seed, tf.int64),
-                         step * len(keras_compat.optimizer_trainable_variables(self)) +
-                         work.index])
+        seed = None
+        if mode == "stochastic":  # the random bits' key; Kahan needs none
+            step = tf.cast(self.iterations, tf.int64)
+            seed = tf.stack([tf.constant(self.seed, tf.int64),
+                             step * len(keras_compat.optimizer_trainable_variables(self)) +
+                             work.index])
         comp_var = _tf_variable(comp) if comp is not None else None
         if isinstance(delta, tf.IndexedSlices):
             indices, position = tf.unique(delta.indices)
