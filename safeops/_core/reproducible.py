@@ -83,8 +83,15 @@ def moments(x, axes, keepdims=False):
     c = w - m
     var = mean(c * c, axes, keepdims=keepdims)
     if not keepdims:
-        m = tf.squeeze(m, axes) if axes is not None else tf.reshape(m, [])
+        m = _drop(m, axes)
     return _narrow(m, x.dtype), _narrow(var, x.dtype)
+
+
+def _drop(v, axes):
+    """v (reduced with keepdims) without its reduced axes."""
+    if axes is None:
+        return tf.reshape(v, [])
+    return tf.squeeze(v, list(axes)) if axes else v
 
 
 def _narrow(v, dtype):
@@ -141,7 +148,7 @@ def logsumexp(x, axes, keepdims=False):
     s = exact.exact_reduce_sum(tf.exp(w - m), axes, keepdims=True)
     out = m + tf.math.log(s)
     if not keepdims:
-        out = tf.squeeze(out, axes) if axes is not None else tf.reshape(out, [])
+        out = _drop(out, axes)
     return _narrow(out, x.dtype)
 
 
