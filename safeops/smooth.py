@@ -15,6 +15,7 @@ from safeops._core.elementwise import abs_, cast, fused, name_scope
 from safeops._core.elementwise import up as _up
 from safeops._core.gradient import custom_gradient
 from safeops._core.registry import new
+from safeops._core.transcendental import exp_nonpositive, log1p_unit
 
 __all__ = ["smooth_step", "soft_abs", "soft_clip", "soft_maximum", "soft_minimum"]
 
@@ -317,67 +318,62 @@ def _soft_abs_backward(g, x, eps):
 _soft_abs = custom_gradient("SoftAbs", fused(_soft_abs_forward), _soft_abs_backward)
 
 
-def _log1p_unit(e, dtype):
-    """``log1p(e)`` for e in [0, 1] in the working dtype of `dtype`.
+def _exp_neg(z, dtype):
+    """``exp(z)`` for z <= 0 in the working dtype of `dtype` (float32: the float64
+    polynomial, which XLA vectorises; float64's own exp is a scalar call there)."""
+    return exp_nonpositive(z) if dtype == tf.float32 else tf.exp(z)
 
-    float16/bfloat16/float32 (working in float32/float64): from float32's
-    log1p y0, one correction ``y0 + log1p(r)``, ``r = (1 + e) exp(-y0) - 1``
-    (|r| ~ 1e-7, so ``r - r**2 / 2`` is exact to ~1e-21), absolute error
-    ~3e-16, and for e < 2**-10 the series to e**5 (relative error < 2e-16):
-    float64's log1p costs several float64 exponentials on CPUs (XLA and Eigen).
-    float64 itself: log1p.
-    """
-    if e.dtype == tf.float32 or dtype == tf.float64:
-        return tf.math.log1p(e)
-    y0 = tf.cast(tf.math.log1p(tf.cast(e, tf.float32)), e.dtype)
-    r = (1.0 + e) * tf.exp(-y0) - 1.0
-    corrected = y0 + r * (1.0 - 0.5 * r)
-    series = e * (1.0 - e * (0.5 - e * (1.0 / 3.0 - e * (0.25 - e * 0.2))))
-    return tf.where(e < 2.0 ** -10, series, corrected)
+
+def _log1p_e(e, dtype):
+    """``log1p(e)`` for e in [0, 1] in the working dtype of `dtype` (as `_exp_neg`)."""
+    return log1p_unit(e) if dtype == tf.float32 else tf.math.log1p(e)
 
 
 def _soft_max_parts(x, y, t, negate):
-    """(x, y, t) in the working dtype; x and y negated for the smooth minimum."""
+    """(x, y, T, d, e) in the working dtype, x and y negated for the smooth minimum:
+    ``d = x - y`` and ``e = exp(-|d| / T)``. x == y (also both +inf or both -inf,
+    where x - y is NaN) counts as d = 0: the value max + T log 2 (+-inf for
+    infinities), gradients 0.5."""
     xw, yw, tw = _up(x), _up(y), _up(t)
-    return (-xw, -yw, tw) if negate else (xw, yw, tw)
+    if negate:
+        xw, yw = -xw, -yw
+    d = tf.where(tf.equal(xw, yw), tf.zeros_like(xw), xw - yw)
+    return xw, yw, tw, d, _exp_neg(-abs_(d) / tw, x.dtype)
 
 
 def _soft_max_forward(negate):
     def forward(x, y, t):
-        """``max(x, y) + T * log1p(exp(-|x - y| / T))`` (negated for the minimum);
-        saves the exponential, which the gradient reuses."""
-        xw, yw, tw = _soft_max_parts(x, y, t, negate)
-        # x == y (also both +inf or both -inf, where x - y is NaN) counts as
-        # d = 0: the value max + T log 2 (+-inf for infinities), gradients 0.5.
-        d = tf.where(tf.equal(xw, yw), tf.zeros_like(xw), xw - yw)
-        e = tf.exp(-abs_(d) / tw)
-        out = tf.where(d >= 0, xw, yw) + tw * _log1p_unit(e, x.dtype)
+        """``max(x, y) + T * log1p(exp(-|x - y| / T))`` (negated for the minimum)."""
+        xw, yw, tw, d, e = _soft_max_parts(x, y, t, negate)
+        out = tf.where(d >= 0, xw, yw) + tw * _log1p_e(e, x.dtype)
         out = tf.where(tf.math.is_nan(d), d, out)  # NaN in x or y
-        return cast(-out if negate else out, x.dtype), (e,)
+        return cast(-out if negate else out, x.dtype)
     return forward
 
 
 def _soft_max_backward(negate):
-    def backward(g, x, y, t, e):
-        """sigmoid(+-(x - y) / T) from the saved e = exp(-|x - y| / T): the larger
-        weight is 1 / (1 + e), the smaller e / (1 + e); 0.5 each at x == y."""
-        xw, yw, _ = _soft_max_parts(x, y, t, negate)
-        den = 1.0 + e
-        big, small = 1.0 / den, e / den
+    def backward(g, x, y, t):
+        """sigmoid(+-(x - y) / T) from e = exp(-|x - y| / T): the larger weight is
+        1 / (1 + e), the smaller e / (1 + e); 0.5 each at x == y. Each gradient is
+        its own quotient, so XLA makes each one loop over x and y (a quotient
+        shared by both would be written to memory and read back)."""
+        xw, yw, _, _, e = _soft_max_parts(x, y, t, negate)
         gw = _up(g)
+        one = tf.ones_like(e)
         x_wins = xw >= yw
-        gx = gw * tf.where(x_wins, big, small)
-        gy = gw * tf.where(x_wins, small, big)
+        gx = gw * tf.where(x_wins, one, e) / (1.0 + e)
+        gy = gw * tf.where(x_wins, e, one) / (1.0 + e)
         return cast(gx, x.dtype), cast(gy, x.dtype)
     return backward
 
 
-# Inside a graph the forward and the backward each run as one XLA-compiled loop,
-# with one exponential and one log1p per element in all.
+# Inside a graph the forward and each gradient run as one XLA-compiled loop over
+# x and y: one exponential and one log1p per element forward, one exponential per
+# gradient (recomputing it costs less than storing a float64 tensor and reading it back).
 _soft_max = custom_gradient("SoftMaximum", _soft_max_forward(False), _soft_max_backward(False),
-                            n_inputs=2, saves=True, fuse=True)
+                            n_inputs=2, fuse=True)
 _soft_min = custom_gradient("SoftMinimum", _soft_max_forward(True), _soft_max_backward(True),
-                            n_inputs=2, saves=True, fuse=True)
+                            n_inputs=2, fuse=True)
 
 
 def _soft_max_op(op, x, y, temperature, name, negate):
