@@ -38,6 +38,13 @@ zeros is -0.0; the empty sum is +0.0.
 float32 sums first try a float64 route whose error bound proves the
 rounding (`_certified_float32_sum`); where it cannot, the accumulator runs.
 
+On the CPU outside XLA, `exact_reduce_sum` and `exact_reduce_mean` run the
+fused kernel (``safeops/native/exact.cc``): a double-double pass whose
+rigorous error bound proves the rounding of most rows, and this integer
+accumulator in C++ for the rows it cannot decide. Both are correctly
+rounded, so the bits are those of the pure-TF path, which runs under XLA, on
+a GPU and where the kernels are unavailable (``SAFEOPS_NATIVE=0``).
+
 Entry points take axes already normalized to sorted, non-negative Python
 ints (or None for all axes); argument checking is the public op's job.
 References: Kulisch's long accumulator; R. M. Neal, "Fast exact summation
@@ -52,6 +59,7 @@ import tensorflow as tf
 
 from safeops._core import dtypes
 from safeops._core import exact_digits as ed
+from safeops._core.native import kernels
 
 __all__ = [
     "combine_states",
@@ -441,6 +449,15 @@ def _broadcast_back(g, x, axis, keepdims):
     return tf.broadcast_to(g, tf.shape(x))
 
 
+def _fused_rows(x, y, mean):
+    """The fused kernel's correctly rounded sums (or means) of the rows of y [outer, n], a
+    view of x; None where the kernel does not run (XLA, GPU, unavailable)."""
+    lib = kernels(x, dtypes.FLOAT_DTYPES)
+    if lib is None:
+        return None
+    return lib.safeops_exact_sum(y, mean=mean)
+
+
 def exact_reduce_sum(x, axis=None, keepdims=False):
     """Correctly rounded sum of a float tensor over `axis` (sorted non-negative ints or None).
 
@@ -449,9 +466,10 @@ def exact_reduce_sum(x, axis=None, keepdims=False):
     device, thread count or compilation. float32 first tries an accurate
     float64 sum with a rigorous error bound (`_certified_float32_sum`): where the bound
     proves the rounding, that is the correctly rounded sum; otherwise the
-    exact accumulator runs. Either way the bits are the same. Gradient: the
-    upstream gradient broadcast to x (as `tf.reduce_sum`). Empty reductions
-    give +0.0.
+    exact accumulator runs; on the CPU outside XLA the fused kernel does the
+    same in one pass (`_fused_rows`). Either way the bits are the same.
+    Gradient: the upstream gradient broadcast to x (as `tf.reduce_sum`).
+    Empty reductions give +0.0.
     """
     _check(x, "exact_reduce_sum")
 
@@ -463,7 +481,10 @@ def exact_reduce_sum(x, axis=None, keepdims=False):
         def exact_path():
             return state_to_sum(_rows_state(y, fmt), v.dtype)
 
-        if v.dtype == tf.float32 and _FAST_FLOAT32:
+        fused = _fused_rows(v, y, mean=False)
+        if fused is not None:
+            sums = fused
+        elif v.dtype == tf.float32 and _FAST_FLOAT32:
             fast, ok, exact_rows = _certified_float32_sum(y)
             sums = tf.cond(tf.reduce_all(ok), lambda: fast, lambda: tf.cond(
                 tf.reduce_all(ok | exact_rows()), lambda: fast, exact_path))
@@ -489,8 +510,11 @@ def exact_reduce_mean(x, axis=None, keepdims=False):
 
     @tf.custom_gradient
     def impl(v):
-        state, plain, keep = _sum_state_2d(v, axis)
-        out = tf.reshape(state_to_mean(state, v.dtype), keep if keepdims else plain)
+        y, plain, keep = _to_2d(v, None if axis is None else sorted(axis))
+        means = _fused_rows(v, y, mean=True)
+        if means is None:
+            means = state_to_mean(_rows_state(y, ed.binary_format(v.dtype)), v.dtype)
+        out = tf.reshape(means, keep if keepdims else plain)
 
         def grad(g):
             shape = tf.shape(v)

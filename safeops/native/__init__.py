@@ -8,7 +8,11 @@ registers and add with TwoSum in double (Ogita-Rump-Oishi Sum2), so
 `so.reduce_sum`, `so.reduce_mean`, `so.cumsum` and `so.KahanAccumulator.add`
 cost about what the TF op does (figures in BUILD_NOTES.md). ``softmax.cc``
 computes the float32 softmax (forward and backward) and logsumexp forward of
-`safeops.softmax` in one cached pass per row.
+`safeops.softmax` in one cached pass per row. ``exact.cc`` gives the correctly
+rounded row sums and means of the reproducible reductions
+(`so.config.set_reproducible`): a certified double-double pass, and the
+exact integer accumulator for the rows it cannot decide -- the same bits as
+the pure-TF accumulator.
 
 Build: on first use the source is compiled with the C++ compiler (``$CXX``,
 else ``c++``) and the flags TensorFlow reports (``tf.sysconfig``), tuned for
@@ -58,7 +62,7 @@ from safeops.native._build import Invalid as _Invalid, Unavailable
 
 __all__ = ["Unavailable", "build", "disabled", "library", "status"]
 
-_SOURCES = tuple(Path(__file__).parent / f for f in ("compensated.cc", "softmax.cc"))
+_SOURCES = tuple(Path(__file__).parent / f for f in ("compensated.cc", "softmax.cc", "exact.cc"))
 _HEADERS = (Path(__file__).parent / "common.h",)  # part of the cache key, not compiled alone
 _LOG = logging.getLogger("safeops")
 _LOCK = threading.Lock()
@@ -393,6 +397,12 @@ def _sum_grad(op, grad):
     if op.get_attr("mean"):
         grad = grad / tf.cast(shape[1], grad.dtype)
     return tf.broadcast_to(tf.expand_dims(grad, 1), shape)
+
+
+@_register_gradient("SafeopsExactSum")
+def _exact_sum_grad(op, grad):
+    """Broadcast ones (sum) or 1/n (mean) over the row, as TF's."""
+    return _sum_grad(op, grad)
 
 
 def _kind(op):
