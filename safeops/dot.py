@@ -6,7 +6,8 @@ input          method
 float16        products and accumulation in float32 (products exact)
 bfloat16       products and accumulation in float32 (products exact)
 float32        products and accumulation in float64 (products exact:
-               24 + 24 bits <= 53), TF's kernels, one rounding back
+               24 + 24 bits <= 53), one rounding back; matmul on CPU
+               through the native kernel (`safeops/native/matmul.cc`)
 float64        Dot2: every product as an exact-partial double word
                (bit-mask split, FMA-proof), TwoSum tree over the sum
 complex        each of the real and imaginary parts as ONE real dot of
@@ -22,6 +23,7 @@ from safeops._core.args import convert_n, dtype_error
 from safeops._core.axes import dynamic_axes, reduction_axes
 from safeops._core.dtypes import COMPLEX_DTYPES, FLOAT_DTYPES, accumulation_dtype
 from safeops._core.eft import prod_dw
+from safeops._core.native import kernels
 from safeops._core.registry import drop_in, new
 
 __all__ = ["dot", "matmul"]
@@ -174,8 +176,12 @@ def matmul(a, b, transpose_a=False, transpose_b=False, adjoint_a=False, adjoint_
     """Accurate matrix product; drop-in for `tf.linalg.matmul` (rank >= 2, batched).
 
     Method: float16/bfloat16 multiply in float32 and float32 in float64
-    (exact products, accumulation in the wider type by TF's matmul kernel),
-    rounded once. float64: Dot2 on every output element -- the products
+    (exact products, accumulation in the wider type), rounded once. On a CPU
+    the float32 product runs in the native kernel (`safeops.native`: each
+    operand widened once, a float64 GEMM compiled for the CPU it runs on;
+    tiles fixed by the shape, so the bits do not depend on the thread count);
+    under XLA, on a GPU or with the kernels off, TF's float64 matmul between
+    two casts, which rounds the same float64 sum once. float64: Dot2 on every output element -- the products
     ``a[..., i, k] * b[..., k, j]`` are formed as exact-partial double words
     and summed with the TwoSum tree. That materialises an ``[..., m, n, k]`` tensor: float64
     memory and time are O(m n k); use it for moderate sizes.
@@ -243,12 +249,14 @@ def matmul(a, b, transpose_a=False, transpose_b=False, adjoint_a=False, adjoint_
         ra, rb = a.shape.rank, b.shape.rank
         if (ra is not None and ra < 2) or (rb is not None and rb < 2):
             return tf.linalg.matmul(a, b)  # TF's error for a rank below 2
+        ta, tb = transpose_a or adjoint_a, transpose_b or adjoint_b  # real: the same
+        if dtype == tf.float32:
+            return _wide_matmul(a, b, ta, tb)
         if dtype in FLOAT_DTYPES and dtype != tf.float64:
-            # exact products, accumulated in the wider type by TF's kernel (its flags transpose)
+            # exact products, accumulated in float32 by TF's kernel (its flags transpose)
             acc = accumulation_dtype(dtype)
-            out = tf.linalg.matmul(tf.cast(a, acc), tf.cast(b, acc),
-                                   transpose_a=transpose_a or adjoint_a,
-                                   transpose_b=transpose_b or adjoint_b)
+            out = tf.linalg.matmul(tf.cast(a, acc), tf.cast(b, acc), transpose_a=ta,
+                                   transpose_b=tb)
             return tf.cast(out, dtype)
         if transpose_a or adjoint_a:
             a = tf.linalg.adjoint(a) if adjoint_a else tf.linalg.matrix_transpose(a)
@@ -265,8 +273,104 @@ def matmul(a, b, transpose_a=False, transpose_b=False, adjoint_a=False, adjoint_
 
 
 def _real_matmul(op, a, b):
+    if a.dtype == tf.float32:
+        return _wide_matmul(a, b, False, False)
     if a.dtype != tf.float64:
         acc = accumulation_dtype(a.dtype)
         return tf.cast(tf.linalg.matmul(tf.cast(a, acc), tf.cast(b, acc)), a.dtype)
     bt = tf.linalg.matrix_transpose(b)  # [..., n, k]
     return _dot2(op, a[..., :, None, :], bt[..., None, :, :], -1, False)
+
+
+_F32 = (tf.float32,)
+
+
+def _wide_matmul(a, b, ta, tb):
+    """float32 ``op(a) @ op(b)`` (op: transpose where ta/tb) accumulated in float64, rounded once.
+
+    On CPU (graph and eager) the native kernel widens each operand once and
+    multiplies with a GEMM compiled for this CPU; TF's own float64 matmul is
+    built for the lowest common CPU and costs about twice as much. Under XLA,
+    on a GPU, or where the kernels are unavailable: TF's float64 matmul
+    between two casts. Both round the float64 sum once.
+    """
+    lib = kernels(a, _F32)
+    ra, rb = a.shape.rank, b.shape.rank
+    if lib is None or ra is None or rb is None or not hasattr(lib, "safeops_wide_matmul"):
+        return tf.cast(tf.linalg.matmul(tf.cast(a, tf.float64), tf.cast(b, tf.float64),
+                                        transpose_a=ta, transpose_b=tb), a.dtype)
+    if _static_mismatch(a, b, ta, tb):
+        return tf.linalg.matmul(a, b, transpose_a=ta, transpose_b=tb)  # TF's error
+    if ra == rb == 2:
+        return lib.safeops_wide_matmul(a, b, transpose_a=ta, transpose_b=tb)
+    return _wide_batched(lib, a, b, ta, tb)
+
+
+def _static_mismatch(a, b, ta, tb):
+    """Whether the static shapes already show TF's error (inner or batch dimensions)."""
+    ka, kb = a.shape[-2 if ta else -1], b.shape[-1 if tb else -2]
+    if ka is not None and kb is not None and ka != kb:
+        return True
+    try:
+        tf.broadcast_static_shape(a.shape[:-2], b.shape[:-2])
+    except ValueError:
+        return True
+    return False
+
+
+def _wide_batched(lib, a, b, ta, tb):
+    """`_wide_matmul` of operands with batch dimensions: broadcast, flattened to one."""
+    batch_static = tf.broadcast_static_shape(a.shape[:-2], b.shape[:-2])
+    static = (batch_static.is_fully_defined() and a.shape[-2:].is_fully_defined()
+              and b.shape[-2:].is_fully_defined())
+    if static:
+        batch = batch_static.as_list()
+        size = 1
+        for d in batch:
+            size *= d
+
+        def flat(x):
+            mat = x.shape[-2:].as_list()
+            if x.shape[:-2] != batch_static:
+                x = tf.broadcast_to(x, cs.shape_of(batch + mat))
+            return tf.reshape(x, cs.shape_of([size] + mat))
+    else:
+        batch = tf.broadcast_dynamic_shape(tf.shape(a)[:-2], tf.shape(b)[:-2])
+        size = tf.reduce_prod(batch, keepdims=True)
+
+        def flat(x):
+            mat = tf.shape(x)[-2:]
+            return tf.reshape(tf.broadcast_to(x, tf.concat([batch, mat], 0)),
+                              tf.concat([size, mat], 0))
+
+    out = lib.safeops_wide_matmul(flat(a), flat(b), transpose_a=ta, transpose_b=tb)
+    if static:
+        return tf.reshape(out, cs.shape_of(batch + out.shape[1:].as_list()))
+    res = tf.reshape(out, tf.concat([batch, tf.shape(out)[1:]], 0))
+    res.set_shape(batch_static.concatenate(out.shape[1:]))
+    return res
+
+
+def _register_gradient(op_type):
+    """`tf.RegisterGradient`, tolerating a second import of this module (a reload)."""
+    def register(fn):
+        try:
+            tf.RegisterGradient(op_type)(fn)
+        except KeyError:
+            pass
+        return fn
+    return register
+
+
+@_register_gradient("SafeopsWideMatmul")
+def _wide_matmul_grad(op, grad):
+    """TF's MatMul gradient, each product accumulated as the forward (float64, one rounding)."""
+    a, b = op.inputs
+    ta, tb = op.get_attr("transpose_a"), op.get_attr("transpose_b")
+    if not ta and not tb:
+        return _wide_matmul(grad, b, False, True), _wide_matmul(a, grad, True, False)
+    if not ta:
+        return _wide_matmul(grad, b, False, False), _wide_matmul(grad, a, True, False)
+    if not tb:
+        return _wide_matmul(b, grad, False, True), _wide_matmul(a, grad, False, False)
+    return _wide_matmul(b, grad, True, True), _wide_matmul(grad, a, True, True)

@@ -153,3 +153,113 @@ def test_python_number_takes_the_tensor_dtype():
     out = so.dot([3.0, -1.0], y)  # 3e-20 - 1 in float64
     assert out.dtype == tf.float64 and float(out) == 3e-20 - 1.0
     assert so.matmul([[1.0, 2.0]], tf.constant([[1.0], [1.0]], tf.float64)).dtype == tf.float64
+
+
+def _rounded_once(x, y, tx=False, ty=False):
+    """float32 of the float64 product: float32 products are exact in float64, and the float64
+    sum is within k u64 sum|x y| of the exact one, far inside half a float32 ulp here."""
+    x, y = np.float64(x), np.float64(y)
+    x = np.swapaxes(x, -1, -2) if tx else x
+    y = np.swapaxes(y, -1, -2) if ty else y
+    return np.float32(np.matmul(x, y))
+
+
+_FLAGS = [{}, {"transpose_a": True}, {"transpose_b": True}, {"adjoint_a": True, "adjoint_b": True}]
+
+
+@pytest.mark.parametrize("flags", _FLAGS, ids=lambda f: ",".join(f) or "plain")
+def test_float32_matmul_is_the_float64_product_rounded_once(flags):
+    # the documented float32 method, in every mode and on both paths (native kernel on the
+    # CPU, TF's float64 matmul under XLA or with the kernels off)
+    rng = np.random.default_rng(5)
+    ta = flags.get("transpose_a", False) or flags.get("adjoint_a", False)
+    tb = flags.get("transpose_b", False) or flags.get("adjoint_b", False)
+    a = rng.standard_normal((300, 40) if ta else (40, 300)).astype(np.float32)
+    b = rng.standard_normal((24, 300) if tb else (300, 24)).astype(np.float32)
+    ref = _rounded_once(a, b, ta, tb)
+    outs = testing.run_modes(lambda u, w: so.matmul(u, w, **flags), a, b)
+    with so.native.disabled():
+        outs["pure TF"] = so.matmul(a, b, **flags).numpy()
+    for mode, v in outs.items():
+        assert v.dtype == np.float32 and v.shape == (40, 24), mode
+        u = testing.ulp_distance(v, ref, "float32")
+        # one rounding of a float64 sum: equal to the rounded reference unless both float64
+        # sums straddle a float32 midpoint (never here); 1 ulp is the documented bound
+        assert np.max(u) <= 1 and np.median(u) == 0, mode
+    naive = testing.ulp_distance(tf.linalg.matmul(a, b, **flags).numpy(), ref, "float32")
+    assert np.median(naive) > 0  # float32 accumulation fails the same check
+
+
+def test_float32_matmul_gradients_round_once():
+    rng = np.random.default_rng(6)
+    a = rng.standard_normal((12, 200)).astype(np.float32)
+    b = rng.standard_normal((200, 9)).astype(np.float32)
+    g = rng.standard_normal((12, 9)).astype(np.float32)
+    da_ref, db_ref = _rounded_once(g, b, ty=True), _rounded_once(a, g, tx=True)
+    for ta, tb in [(False, False), (True, False), (False, True), (True, True)]:
+        u, w = (a.T.copy() if ta else a), (b.T.copy() if tb else b)
+
+        def flagged(x, y, ta=ta, tb=tb):
+            with tf.GradientTape() as tape:
+                tape.watch([x, y])
+                out = so.matmul(x, y, transpose_a=ta, transpose_b=tb)
+            return tape.gradient(out, [x, y], output_gradients=tf.constant(g))
+
+        for mode, (da, db) in testing.run_modes(flagged, tf.constant(u), tf.constant(w)).items():
+            ra, rb = (da_ref.T if ta else da_ref), (db_ref.T if tb else db_ref)
+            for got, ref in ((da, ra), (db, rb)):
+                assert got.shape == ref.shape, (mode, ta, tb)
+                # computed in the accumulation precision: one rounding, as the forward
+                u_ = testing.ulp_distance(got, ref, "float32")
+                assert np.max(u_) <= 1 and np.median(u_) == 0, (mode, ta, tb)
+    # second order: the gradient is itself a compensated matmul, differentiable again
+    x = tf.constant(a[:3, :4])
+    with tf.GradientTape() as outer:
+        outer.watch(x)
+        with tf.GradientTape() as inner:
+            inner.watch(x)
+            y = tf.reduce_sum(so.matmul(x, x, transpose_b=True))
+        dx = inner.gradient(y, x)
+    # y = sum_k (sum_i x_ik)^2: dy/dx_ik = 2 colsum_k, and d(sum dx)/dx = 2 * 3 everywhere
+    np.testing.assert_array_equal(outer.gradient(dx, x).numpy(), np.full((3, 4), 6.0))
+
+
+def test_float32_shapes_and_errors_as_tf():
+    rng = np.random.default_rng(7)
+
+    def data(*shape):
+        return tf.constant(rng.standard_normal(shape).astype(np.float32))
+
+    cases = [(data(2, 1, 3, 4), data(5, 4, 2)),        # broadcast batch dimensions
+             (data(3, 4, 5), data(5, 2)),              # one operand unbatched
+             (data(0, 3), data(3, 4)), (data(2, 0), data(0, 3)),  # empty; k = 0 gives zeros
+             (data(2, 0, 3), data(2, 3, 4))]
+    for a, b in cases:
+        want = tf.linalg.matmul(a, b)
+        for mode, got in testing.run_modes(so.matmul, a, b).items():
+            assert got.shape == tuple(want.shape) and got.dtype == np.float32, mode
+            np.testing.assert_array_equal(got, _rounded_once(a, b), err_msg=mode)
+    # unknown dimensions and rank: the static shape TF infers, the values of the known case
+    a, b = data(2, 3, 4), data(2, 4, 5)
+    for spec in ([None, None, None], [2, None, None], None):
+        sig = [tf.TensorSpec(spec, tf.float32)] * 2
+        ours = tf.function(so.matmul, input_signature=sig)
+        theirs = tf.function(tf.linalg.matmul, input_signature=sig)
+        got = ours(a, b)
+        assert got.shape == (2, 3, 5)
+        assert ours.get_concrete_function().structured_outputs.shape == \
+            theirs.get_concrete_function().structured_outputs.shape, spec
+        np.testing.assert_array_equal(got.numpy(), _rounded_once(a, b))
+    # mismatched inner or batch dimensions: TF's error type, eagerly and while tracing
+    for a, b in [(data(2, 3), data(4, 2)), (data(2, 2, 3), data(3, 3, 2))]:
+        for wrap in (lambda f: f, tf.function):
+            with pytest.raises(Exception) as theirs:
+                wrap(tf.linalg.matmul)(a, b)
+            with pytest.raises(type(theirs.value)):
+                wrap(so.matmul)(a, b)
+    # the same mismatch found only when the graph runs
+    sig = [tf.TensorSpec([None, None], tf.float32)] * 2
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        tf.function(tf.linalg.matmul, input_signature=sig)(data(2, 3), data(4, 2))
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        tf.function(so.matmul, input_signature=sig)(data(2, 3), data(4, 2))
