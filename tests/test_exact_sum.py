@@ -5,6 +5,10 @@ sum rounded once by `safeops.testing.round_to_dtype` (mpmath), and
 `math.fsum` (correctly rounded in float64). Correct rounding is asserted bit
 for bit (0 ulp), so permutation, reshaping, batch splitting, execution mode
 and replica count cannot change a bit either.
+
+This module holds the pure-TF accumulator (the path of XLA, GPUs and
+``SAFEOPS_NATIVE=0``) to that standard in every mode; the fused CPU kernel is
+held to the same bits in tests/test_exact_native.py.
 """
 
 import math
@@ -67,6 +71,11 @@ def _wide_data(rng, rows, n, lo, hi, dtype):
     x[:, half:2 * half] = -x[:, :half]  # exact cancellation of the big terms...
     x[:, half:2 * half] *= rng.choice([1.0, 1.0 + 2.0 ** -10], (rows, half)).astype(_NP[dtype])
     return rng.permuted(x, axis=1)
+
+
+@pytest.fixture(autouse=True)
+def _pure_tf_path(monkeypatch):
+    monkeypatch.setenv("SAFEOPS_NATIVE", "0")
 
 
 # -------------------------------------------------------------------- correct rounding
