@@ -28,6 +28,7 @@ from safeops._core.eft import two_diff
 from safeops._core.elementwise import (abs_, add, cast, div, map_values, name_scope,
                                         native, saturate, up)
 from safeops._core.gradient import custom_gradient
+from safeops._core.native import kernels
 from safeops._core.registry import drop_in, new
 
 __all__ = [
@@ -41,6 +42,9 @@ __all__ = [
 ]
 
 _LN2 = math.log(2.0)
+# the fused softplus kernel evaluates libm's double exp and log1p per element: faster than
+# three kernel launches up to about this many elements (2 CPU cores), slower beyond
+_NATIVE_SOFTPLUS_MAX = 1024
 # fdlibm's split of log(2): _LN2_HI has 32 trailing zero bits, so x - _LN2_HI is
 # exact for x near log(2) (Sterbenz), and _LN2_HI + _LN2_LO = log(2) to ~1e-26.
 _LN2_HI = 6.93147180369123816490e-01
@@ -313,7 +317,9 @@ def softplus(features, name=None):
     so <= 3 ulp (measured max 2 bits, mean 0.04 bits, float32 and float64). The naive
     ``log(1 + exp(x))`` loses ~8 bits on average and overflows for x > 88.7
     (float32). Eagerly, float16/bfloat16/float32 instead run TF's kernel one
-    precision up, rounded once (fewer kernel launches; within the same bound).
+    precision up, rounded once (fewer kernel launches; within the same bound);
+    small float32 tensors on the CPU run the same double evaluation as one
+    fused kernel (`safeops.native`).
 
     Gradient: ``sigmoid(features)``, computed as ``1/(1+e)`` or ``e/(1+e)`` with
     ``e = exp(-|x|)`` (<= 1 ulp; `tf.sigmoid` is up to 5 ulp off): 0 at -inf,
@@ -348,9 +354,16 @@ def _softplus_forward(x):
         # Eagerly each kernel launch costs more than the arithmetic on small
         # tensors: TF's kernel one precision up is 3 launches instead of 6 and
         # meets the bound (its exp(x) branch, taken below log(eps) + 2 of the
-        # wider dtype, is within 2**-49 relative of softplus there).
+        # wider dtype, is within 2**-49 relative of softplus there). Small
+        # float32 tensors on the CPU take the fused kernel instead: the same
+        # double evaluation rounded once, in one launch.
+        size = x.shape.num_elements()
+        if x.dtype == tf.float32 and size is not None and size <= _NATIVE_SOFTPLUS_MAX:
+            lib = kernels(x, (tf.float32,))
+            if lib is not None:
+                return lib.safeops_softplus(x), (None, None)
         c = up(x)
-        return cast(tf.math.softplus(c), x.dtype), (c, None)
+        return cast(tf.raw_ops.Softplus(features=c), x.dtype), (c, None)
     c = native(x)
     e = tf.exp(tf.negative(abs_(c)))
     out = add(tf.maximum(c, 0.0), tf.math.log1p(e))
@@ -358,6 +371,8 @@ def _softplus_forward(x):
 
 
 def _softplus_backward(g, x, c, e):
+    if c is None:  # the fused forward: sigmoid one precision up, as the eager forward's
+        c = up(x)
     return tf.multiply(g, cast(_sigmoid(c, e), x.dtype))  # reuses the forward's exp
 
 

@@ -40,6 +40,7 @@ from safeops._core.args import dtype_error
 from safeops._core.axes import dynamic_axes, reduction_axes, scan_axis
 from safeops._core.dtypes import COMPLEX_DTYPES, FLOAT_DTYPES, accumulation_dtype
 from safeops._core.eft import prod_dw, two_sum
+from safeops._core.elementwise import name_scope
 from safeops._core.native import kernels
 from safeops._core.ragged import is_ragged, ragged_reduce
 from safeops._core.registry import drop_in
@@ -48,11 +49,12 @@ from safeops.config import is_reproducible
 __all__ = ["cumsum", "reduce_mean", "reduce_std", "reduce_sum", "reduce_variance"]
 
 _COMPLEX = COMPLEX_DTYPES
+_EAGER_TENSOR = type(tf.constant(0.0))
 
 
 def _input(value):
     """A tensor (or RaggedTensor) of value; TF's conversion and TF's errors."""
-    if isinstance(value, (tf.Tensor, tf.RaggedTensor)):
+    if type(value) is _EAGER_TENSOR or isinstance(value, (tf.Tensor, tf.RaggedTensor)):
         return value
     return tf.convert_to_tensor(value)
 
@@ -255,7 +257,7 @@ def reduce_sum(input_tensor, axis=None, keepdims=False, name=None):
       >>> float(tf.reduce_sum(x)), float(so.reduce_sum(x))
       (0.0, 1.0)
     """
-    with tf.name_scope(name or "reduce_sum"):
+    with name_scope(name or "reduce_sum"):
         x = _input(input_tensor)
         return _dispatch("safeops.reduce_sum", x, axis, keepdims, _dense_sum, None,
                          tf.reduce_sum)
@@ -310,7 +312,7 @@ def reduce_mean(input_tensor, axis=None, keepdims=False, name=None):
       >>> float(so.reduce_mean(x))   # tf.reduce_mean gives 0.0
       1.0
     """
-    with tf.name_scope(name or "reduce_mean"):
+    with name_scope(name or "reduce_mean"):
         x = _input(input_tensor)
         return _dispatch("safeops.reduce_mean", x, axis, keepdims, _dense_mean, _masked_mean,
                          tf.reduce_mean)
@@ -467,7 +469,7 @@ def _spread(op, x, axis, keepdims, std):
          "two passes around an accurate mean (float64: double-double): within a few ulp where "
          "TF's loses most digits (large mean relative to the spread)")
 def reduce_variance(input_tensor, axis=None, keepdims=False, name=None):
-    with tf.name_scope(name or "reduce_variance"):
+    with name_scope(name or "reduce_variance"):
         x = _input(input_tensor)
         return _spread("safeops.reduce_variance", x, axis, keepdims, std=False)
 
@@ -477,7 +479,7 @@ def reduce_variance(input_tensor, axis=None, keepdims=False, name=None):
          "root): within a few ulp where TF's loses most digits",
          "the gradient at a constant input (std = 0) is 0, where TF's is NaN")
 def reduce_std(input_tensor, axis=None, keepdims=False, name=None):
-    with tf.name_scope(name or "reduce_std"):
+    with name_scope(name or "reduce_std"):
         x = _input(input_tensor)
         return _spread("safeops.reduce_std", x, axis, keepdims, std=True)
 
@@ -550,12 +552,28 @@ def _scan(op, v, axis, exclusive, reverse):
     else:
         lib = kernels(v)
         if lib is not None:
-            y, _ = cs.as_3d(v, [ax])
-            y = lib.safeops_compensated_cumsum(y, exclusive=exclusive, reverse=reverse)
-            return tf.reshape(y, cs.shape_of(v.shape.as_list()) if v.shape.is_fully_defined()
-                              else tf.shape(v))
+            return _native_scan(lib, v, ax, exclusive, reverse)
     acc = accumulation_dtype(v.dtype)
     return tf.cast(_cumsum(tf.cast(v, acc), ax, exclusive, reverse), v.dtype)
+
+
+def _native_scan(lib, v, ax, exclusive, reverse):
+    """The fused kernel's scan of v along the static axis `ax` (viewed as [outer, n, inner])."""
+    static = v.shape.as_list()
+    if None in static:
+        y, _ = cs.as_3d(v, [ax])
+        y = lib.safeops_compensated_cumsum(y, exclusive=exclusive, reverse=reverse)
+        return tf.reshape(y, tf.shape(v))
+    # static shape: the raw Reshape kernel with cached shape constants (eagerly tf.reshape's
+    # wrapper costs more than the scan of a small tensor)
+    outer = inner = 1
+    for d in static[:ax]:
+        outer *= d
+    for d in static[ax + 1:]:
+        inner *= d
+    y = tf.raw_ops.Reshape(tensor=v, shape=cs.shape_of([outer, static[ax], inner]))
+    y = lib.safeops_compensated_cumsum(y, exclusive=exclusive, reverse=reverse)
+    return tf.raw_ops.Reshape(tensor=y, shape=cs.shape_of(static))
 
 
 def _ragged_cumsum(op, rt, axis, exclusive, reverse):
@@ -625,7 +643,7 @@ def cumsum(x, axis=0, exclusive=False, reverse=False, name=None):
       100000.0
     """
     op = "safeops.cumsum"
-    with tf.name_scope(name or "cumsum"):
+    with name_scope(name or "cumsum"):
         t = _input(x)
         if is_ragged(t):
             return _ragged_cumsum(op, t, axis, exclusive, reverse)

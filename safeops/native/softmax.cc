@@ -14,7 +14,14 @@
 //   log_softmax_i = (x_i - m) - log1p(s)   (two terms <= 0 in double: no cancellation).
 // Masked rows (m = -inf): softmax 0, log_softmax -inf, logsumexp -inf; a row
 // holding +inf: its +inf entries count as exp(0) = 1, the others as 0.
-// Compile without -ffast-math (see compensated.cc). Both kernels check every
+//
+// SafeopsSoftplus: softplus(x) = log(e^x + e^0), the log-sum-exp of the pair (x, 0),
+// elementwise for float32: max(x, 0) + log1p(exp(-|x|)) evaluated in double (libm's exp
+// and log1p) and rounded once; one kernel launch where TF's ops need three for the same
+// accuracy (cast, softplus in float64, cast back). Scalar libm calls: meant for small
+// tensors, where the launch cost dominates.
+//
+// Compile without -ffast-math (see compensated.cc). The softmax kernels check every
 // input's rank and shape and the kind attribute before reading anything.
 
 #include <cmath>
@@ -473,7 +480,37 @@ class SoftmaxGradOp : public OpKernel {
   int kind_;
 };
 
+class SoftplusOp : public OpKernel {
+ public:
+  explicit SoftplusOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& in = ctx->input(0);
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, in.shape(), &out));
+    const int64_t n = in.NumElements();
+    if (n == 0) return;
+    const float* x = in.flat<float>().data();
+    float* y = out->flat<float>().data();
+    ParallelFor(ctx, n, 60, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) {
+        const double d = x[i];
+        // NaN: fabs, exp and log1p propagate it (the 0 of the max is added to NaN)
+        y[i] = static_cast<float>((d > 0.0 ? d : 0.0) + std::log1p(std::exp(-std::fabs(d))));
+      }
+    });
+  }
+};
+
 }  // namespace
+
+REGISTER_OP("SafeopsSoftplus")
+    .Input("x: float")
+    .Output("y: float")
+    .SetShapeFn([](shape_inference::InferenceContext* c) {
+      c->set_output(0, c->input(0));
+      return ::tensorflow::OkStatus();
+    });
 
 REGISTER_OP("SafeopsSoftmax")
     .Input("x: float")
@@ -510,6 +547,7 @@ REGISTER_OP("SafeopsSoftmaxGrad")
       return ::tensorflow::OkStatus();
     });
 
+REGISTER_KERNEL_BUILDER(Name("SafeopsSoftplus").Device(::tensorflow::DEVICE_CPU), SoftplusOp);
 REGISTER_KERNEL_BUILDER(Name("SafeopsSoftmax").Device(::tensorflow::DEVICE_CPU), SoftmaxOp);
 REGISTER_KERNEL_BUILDER(Name("SafeopsSoftmaxGrad").Device(::tensorflow::DEVICE_CPU),
                         SoftmaxGradOp);

@@ -1,0 +1,70 @@
+"""softplus on the fused kernel (small float32 tensors, eagerly): the same documented bounds
+as the other paths, against mpmath."""
+
+import mpmath
+import numpy as np
+import tensorflow as tf
+
+import safeops as so
+from safeops import testing
+
+_TINY = np.finfo(np.float32).tiny
+
+
+def _softplus_inputs():
+    # 1000 values over the float32 range (mostly small magnitudes: bit-uniform), the branch
+    # points of TF's kernel (log(eps) + 2 ~ -13.9 and its negation) and the edges
+    x = testing.sample_floats("float32", 1000, -100.0, 100.0, seed=31)
+    edges = np.array([0.0, -0.0, 1e-30, -1e-30, -13.9, -14.0, -15.0, 13.9, 14.0, 15.5, 88.0,
+                      -87.0, 1e30, -1e30, np.inf, -np.inf], np.float32)
+    x = np.concatenate([x, edges])
+    return x[(np.abs(x) >= _TINY) | (x == 0)]  # TF's CPU kernels read subnormals as 0
+
+
+def test_softplus_small_tensors_match_reference():
+    x = _softplus_inputs()
+    ref = testing.reference(lambda v: mpmath.log1p(mpmath.exp(v)), x, dtype="float32")
+    keep = (np.abs(ref.astype(np.float64)) >= _TINY) | ~np.isfinite(ref.astype(np.float64))
+    outs = {}
+    for size in (16, 1000):  # single calls of at most the kernel's size limit
+        outs[size] = np.concatenate([so.softplus(tf.constant(c)).numpy()
+                                     for c in np.array_split(x, len(x) // size)])
+    with so.native.disabled():  # the three-kernel float64 path
+        outs["tf"] = np.concatenate([so.softplus(tf.constant(c)).numpy()
+                                     for c in np.array_split(x, len(x) // 16)])
+    for path, out in outs.items():
+        # the module's bound: <= 3 ulp (2 bits); evaluated in double and rounded once
+        # these are within 1 ulp (a double rounding)
+        assert np.max(testing.ulp_distance(out[keep], ref[keep], "float32")) <= 1, path
+    np.testing.assert_array_equal(outs[16], outs["tf"])  # the same double evaluation
+    naive = tf.math.softplus(tf.constant(x)).numpy()    # TF's kernel fails that bound
+    assert np.max(testing.ulp_distance(naive[keep], ref[keep], "float32")) > 3
+
+
+def test_softplus_kernel_edges_and_gradient():
+    x = tf.constant([np.nan, np.inf, -np.inf, 0.0, -200.0, 200.0], tf.float32)
+    with tf.GradientTape() as t:
+        t.watch(x)
+        y = so.softplus(x)
+    g = t.gradient(y, x).numpy()
+    y = y.numpy()
+    assert np.isnan(y[0]) and y[1] == np.inf and y[2] == 0.0 and y[3] == np.float32(np.log(2))
+    assert y[4] == 0.0 and y[5] == 200.0
+    # sigmoid(x): NaN propagates, 1 at +inf, 0 at -inf, exactly 0.5 at 0
+    assert np.isnan(g[0]) and list(g[1:]) == [1.0, 0.0, 0.5, 0.0, 1.0]
+    z = np.linspace(-30, 30, 61).astype(np.float32)
+    ref = testing.reference(lambda v: 1 / (1 + mpmath.exp(-v)), z, dtype="float32")
+    zt = tf.constant(z)
+    keep = np.abs(ref.astype(np.float64)) >= _TINY
+    for mode, out in testing.run_modes(lambda v: _grad(so.softplus, v), zt).items():
+        # eagerly sigmoid is evaluated one precision up and rounded once (<= 1 ulp); in a
+        # graph in float32, within the 4-ulp gradient bound of the element-wise ops
+        bound = 1 if mode == "eager" else 4
+        assert np.max(testing.ulp_distance(out[keep], ref[keep], "float32")) <= bound, mode
+
+
+def _grad(fn, v):
+    with tf.GradientTape() as t:
+        t.watch(v)
+        y = fn(v)
+    return t.gradient(y, v)
