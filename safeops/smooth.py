@@ -15,7 +15,7 @@ from safeops._core.elementwise import abs_, cast, fused, name_scope
 from safeops._core.elementwise import up as _up
 from safeops._core.gradient import custom_gradient
 from safeops._core.registry import new
-from safeops._core.transcendental import exp_nonpositive, log1p_unit
+from safeops._core.transcendental import exp_neg, log1p_for
 
 __all__ = ["smooth_step", "soft_abs", "soft_clip", "soft_maximum", "soft_minimum"]
 
@@ -318,17 +318,6 @@ def _soft_abs_backward(g, x, eps):
 _soft_abs = custom_gradient("SoftAbs", fused(_soft_abs_forward), _soft_abs_backward)
 
 
-def _exp_neg(z, dtype):
-    """``exp(z)`` for z <= 0 in the working dtype of `dtype` (float32: the float64
-    polynomial, which XLA vectorises; float64's own exp is a scalar call there)."""
-    return exp_nonpositive(z) if dtype == tf.float32 else tf.exp(z)
-
-
-def _log1p_e(e, dtype):
-    """``log1p(e)`` for e in [0, 1] in the working dtype of `dtype` (as `_exp_neg`)."""
-    return log1p_unit(e) if dtype == tf.float32 else tf.math.log1p(e)
-
-
 def _soft_max_parts(x, y, t, negate):
     """(x, y, T, d, e) in the working dtype, x and y negated for the smooth minimum:
     ``d = x - y`` and ``e = exp(-|d| / T)``. x == y (also both +inf or both -inf,
@@ -338,14 +327,14 @@ def _soft_max_parts(x, y, t, negate):
     if negate:
         xw, yw = -xw, -yw
     d = tf.where(tf.equal(xw, yw), tf.zeros_like(xw), xw - yw)
-    return xw, yw, tw, d, _exp_neg(-abs_(d) / tw, x.dtype)
+    return xw, yw, tw, d, exp_neg(-abs_(d) / tw, x.dtype)
 
 
 def _soft_max_forward(negate):
     def forward(x, y, t):
         """``max(x, y) + T * log1p(exp(-|x - y| / T))`` (negated for the minimum)."""
         xw, yw, tw, d, e = _soft_max_parts(x, y, t, negate)
-        out = tf.where(d >= 0, xw, yw) + tw * _log1p_e(e, x.dtype)
+        out = tf.where(d >= 0, xw, yw) + tw * log1p_for(e, x.dtype)
         out = tf.where(tf.math.is_nan(d), d, out)  # NaN in x or y
         return cast(-out if negate else out, x.dtype)
     return forward

@@ -10,10 +10,10 @@ jump.
 import tensorflow as tf
 
 from safeops._core.args import convert, convert_n, param
-from safeops._core.dtypes import accumulation_dtype
-from safeops._core.elementwise import name_scope, reduce_to, select
+from safeops._core.elementwise import abs_, cast, fused, name_scope, reduce_to, select, up
 from safeops._core.gradient import custom_gradient
 from safeops._core.registry import new
+from safeops._core.transcendental import exp_neg
 
 __all__ = ["safe_where", "smooth_where"]
 
@@ -143,24 +143,29 @@ def smooth_where(x, threshold, if_above, if_below, temperature=1.0, name=None):
     `temperature` around the threshold instead of a jump gradient descent
     cannot see.
 
-    Method: ``w`` and ``1 - w`` are both computed as sigmoids
-    (``sigmoid(z)``, ``sigmoid(-z)``, never ``1 - w``), which saturate to exact
-    0 and 1 without overflow, so for large ``|x - threshold| / temperature``
-    the result is exactly the selected branch; at the threshold it is exactly
-    the rounded average ``(if_above + if_below) / 2``. float16/bfloat16 are
-    computed in float32 and float32 in float64, rounded once; float64 natively.
+    Method: with ``e = exp(-|z|)``, ``z = (x - threshold) / temperature``, the
+    weights are ``1 / (1 + e)`` and ``e / (1 + e)`` (which is which follows the
+    sign of z), so ``1 - w`` is never formed, they saturate to exact 0 and 1
+    without overflow, and for large ``|z|`` the result is exactly the selected
+    branch; at the threshold it is exactly the rounded average ``(if_above +
+    if_below) / 2``. float16/bfloat16 are computed in float32 and float32 in
+    float64 (its exponential as a polynomial XLA vectorises, see
+    `safeops._core.transcendental`), rounded once; float64 natively.
     Error bound: ``|err| <= u * |out| + c * u * (|w * if_above| + |(1-w) *
     if_below|)`` with u the unit roundoff of the dtype and c = 0 (low precision
     dtypes) or c <= 4 (float64) -- within 1 ulp (4 ulp in float64) unless the
-    two branches have opposite signs and cancel.
+    two branches have opposite signs and cancel. Inside a `tf.function` the
+    value and each gradient run as one XLA-compiled loop.
 
     Gradient: w.r.t. x ``w (1 - w) (if_above - if_below) / temperature``
     (continuous, 0 in the saturated tails, ``(a - b) / (4 T)`` at the
-    threshold), computed as ``(w (1-w) a - w (1-w) b) / T`` in the working
-    precision: finite wherever ``(|a| + |b|) / (4 T)`` is at most x's
-    dtype's largest value (+-inf only beyond, where the exact value itself
-    may not be representable); w.r.t. `if_above` ``w`` and `if_below` ``1 -
-    w``; w.r.t. `threshold` minus that of x.
+    threshold), computed as ``e (a - b) / ((1 + e)**2 T)`` in the working
+    precision, a product of the difference (formed one precision up for
+    float16/float32, as ``a/2 - b/2`` for bfloat16/float64, so it cannot
+    overflow): finite wherever ``(|a| + |b|) / (4 T)`` is at most x's dtype's
+    largest value (+-inf only beyond, where the exact value itself may not be
+    representable); w.r.t. `if_above` ``w`` and `if_below` ``1 - w``; w.r.t.
+    `threshold` minus that of x; w.r.t. `temperature` ``-z`` times that of x.
 
     NaN: not guarded. NaN in x, threshold or temperature gives NaN; NaN in a
     branch gives NaN even where that branch's weight is 0 (``0 * NaN``),
@@ -193,11 +198,74 @@ def smooth_where(x, threshold, if_above, if_below, temperature=1.0, name=None):
     with name_scope(name or "smooth_where"):
         x, threshold, if_above, if_below = convert_n(
             op, ("x", "threshold", "if_above", "if_below"), (x, threshold, if_above, if_below))
-        dtype = x.dtype
-        temperature = param(op, "temperature", temperature, dtype)
-        work = accumulation_dtype(dtype)
-        c = [tf.cast(t, work) for t in (x, threshold, if_above, if_below, temperature)]
-        z = (c[0] - c[1]) / c[4]
-        w_hi, w_lo = tf.sigmoid(z), tf.sigmoid(-z)
-        out = w_hi * c[2] + w_lo * c[3]
-        return tf.cast(out, dtype)
+        temperature = param(op, "temperature", temperature, x.dtype)
+        return _smooth_where(x, threshold, if_above, if_below, temperature)
+
+
+# float16 and float32 work in float32 and float64, whose range holds the difference
+# of any two of their values: ``if_above - if_below`` is formed without overflow.
+_DIFF_FITS = frozenset((tf.float16, tf.float32))
+
+
+def _sw_parts(x, threshold, temperature):
+    """(z, e, w) in the working dtype: ``z = (x - threshold) / T``, ``e = exp(-|z|)``
+    and ``w`` the weight 1 or e on the side of if_above (the other side has the other),
+    both over ``1 + e``: ``sigmoid(z) = w / (1 + e)``, ``sigmoid(-z) = (1 + e - w) / (1 + e)``
+    without forming ``1 - sigmoid``."""
+    z = (up(x) - up(threshold)) / up(temperature)
+    e = exp_neg(-abs_(z), x.dtype)
+    return z, e, tf.where(z >= 0, tf.ones_like(e), e)
+
+
+def _sw_forward(x, threshold, a, b, temperature):
+    # (a w + b w') / (1 + e) with {w, w'} = {1, e}: one quotient; exactly a or b
+    # once e is 0, (a + b) / 2 (one rounding) at the threshold.
+    z, e, w = _sw_parts(x, threshold, temperature)
+    aw, bw = up(a), up(b)
+    return cast((aw * w + bw * tf.where(z >= 0, e, tf.ones_like(e))) / (1.0 + e), x.dtype)
+
+
+def _sw_slope(x, threshold, a, b, temperature):
+    """``sigmoid(z) sigmoid(-z) (a - b) / T = e (a - b) / ((1 + e)**2 T)``; products and
+    quotients of ``a - b`` only (no sum of rounded products for XLA's FMA contraction to
+    change), ``a - b`` formed one precision up where it cannot overflow there, else as
+    ``a/2 - b/2`` (the factor 2 restored in the product)."""
+    _, e, _ = _sw_parts(x, threshold, temperature)
+    aw, bw = up(a), up(b)
+    if x.dtype in _DIFF_FITS:
+        diff, p = aw - bw, e / ((1.0 + e) * (1.0 + e))
+    else:
+        diff, p = 0.5 * aw - 0.5 * bw, (2.0 * e) / ((1.0 + e) * (1.0 + e))
+    return diff * p / up(temperature)
+
+
+def _sw_gx(g, x, threshold, a, b, temperature):
+    return cast(up(g) * _sw_slope(x, threshold, a, b, temperature), x.dtype)
+
+
+def _sw_ga(g, x, threshold, temperature):
+    _, e, w = _sw_parts(x, threshold, temperature)
+    return cast(up(g) * w / (1.0 + e), x.dtype)
+
+
+def _sw_gb(g, x, threshold, temperature):
+    z, e, _ = _sw_parts(x, threshold, temperature)
+    return cast(up(g) * tf.where(z >= 0, e, tf.ones_like(e)) / (1.0 + e), x.dtype)
+
+
+# Each gradient is its own XLA-compiled loop inside a graph (one a graph prunes
+# when it is not asked for), recomputing the exponential from x rather than
+# reading a saved float64 tensor.
+_sw_gx_fused, _sw_ga_fused, _sw_gb_fused = fused(_sw_gx), fused(_sw_ga), fused(_sw_gb)
+
+
+def _sw_backward(g, x, threshold, a, b, temperature):
+    gx = _sw_gx_fused(g, x, threshold, a, b, temperature)
+    # d/dthreshold = -d/dx; d/dT = -z d/dx (plain ops: pruned unless asked for)
+    z = (up(x) - up(threshold)) / up(temperature)
+    g_t = cast(-(up(g) * _sw_slope(x, threshold, a, b, temperature)) * z, x.dtype)
+    return (gx, -gx, _sw_ga_fused(g, x, threshold, temperature),
+            _sw_gb_fused(g, x, threshold, temperature), g_t)
+
+
+_smooth_where = custom_gradient("SmoothWhere", fused(_sw_forward), _sw_backward)

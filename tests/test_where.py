@@ -272,6 +272,9 @@ def test_smooth_where_gradients():
     _, (gx,) = _grads(lambda v: so.smooth_where(v, 0.0, 3.0, 1.0, temperature=0.5),
                       tf.constant([0.0], tf.float64))
     assert gx[0] == 1.0
+    # w.r.t. the temperature: -z times the gradient w.r.t. x
+    temp_fn = lambda v, tt: so.smooth_where(v, 0.1, a, b, temperature=tt)  # noqa: E731
+    assert testing.check_gradients(temp_fn, x, np.float64(0.7)) <= 1e-6
     # the hard switch it replaces has no gradient w.r.t. x at all
     xs = tf.constant([0.0, 1.0])
     with tf.GradientTape() as tape:
@@ -299,3 +302,28 @@ def test_smooth_where_modes_and_bad_input():
     assert np.isfinite(dynamic(tf.constant(1.0)).numpy()).all()
     with pytest.raises(tf.errors.InvalidArgumentError, match="temperature"):
         dynamic(tf.constant(-1.0))
+
+
+@pytest.mark.parametrize("mode", ["eager", "function", "jit_compile"])
+def test_smooth_where_float32_gradients_round_the_exact_ones(mode):
+    # float32 is computed in float64 and rounded once: the value and each gradient
+    # within 1 ulp of the float64 ones (themselves within a few float64 ulp of exact
+    # for same-sign branches), in every mode (graph and XLA evaluate the exponential
+    # as a polynomial).
+    rng = np.random.default_rng(9)
+    x, t = rng.normal(0, 4, 200), rng.normal(0, 1, 200)
+    a, b = rng.uniform(0.1, 10, 200), rng.uniform(0.1, 10, 200)
+    x32, t32, a32, b32 = (v.astype(np.float32) for v in (x, t, a, b))
+
+    def grads(*v):
+        with tf.GradientTape() as tape:
+            tape.watch(v)
+            out = so.smooth_where(*v, temperature=0.75)  # exact in both dtypes
+        return [out] + tape.gradient(out, list(v))
+
+    wrap = {"eager": lambda f: f, "function": tf.function,
+            "jit_compile": lambda f: tf.function(f, jit_compile=True)}[mode]
+    got = wrap(grads)(*[tf.constant(v) for v in (x32, t32, a32, b32)])
+    want = grads(*[tf.constant(v.astype(np.float64)) for v in (x32, t32, a32, b32)])
+    for g32, g64 in zip(got, want):
+        assert testing.ulp_distance(g32.numpy(), g64.numpy(), "float32").max() <= 1

@@ -19,7 +19,7 @@ import math
 
 import tensorflow as tf
 
-__all__ = ["exp_nonpositive", "log1p_unit"]
+__all__ = ["exp_neg", "exp_nonpositive", "log1p_for", "log1p_unit"]
 
 # ln 2 split so that k * _LN2_HI is exact for |k| < 2**11 (fdlibm's constants).
 _LN2_HI = 6.93147180369123816490e-01
@@ -82,3 +82,16 @@ def log1p_unit(e):
         p = p * s2 + c
     t = 2.0 * s * p
     return tf.where(upper, _LN2_HI + (t + _LN2_LO), t)
+
+
+def exp_neg(z, dtype):
+    """``exp(z)`` for ``z <= 0`` in the working dtype of an op on `dtype` inputs: the
+    polynomial for float32 (working in float64), TF's kernel for the others (float32
+    for float16/bfloat16, whose exp XLA vectorises; float64's own)."""
+    return exp_nonpositive(z) if dtype == tf.float32 else tf.exp(z)
+
+
+def log1p_for(e, dtype):
+    """``log1p(e)`` for e in [0, 1] in the working dtype of an op on `dtype` inputs
+    (as `exp_neg`)."""
+    return log1p_unit(e) if dtype == tf.float32 else tf.math.log1p(e)
