@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from safeops import testing
 from safeops.layers import CompensatedDense
 
 MODES = ["int8", "int4", "float8"]
@@ -174,3 +175,25 @@ def test_checkpoint_round_trip(tmp_path):
     ckpt.restore(saved)
     for a, b in zip(ours.get_weights(), before):
         np.testing.assert_array_equal(a, b)
+
+
+def test_forward_rounds_the_product_once_then_adds_the_bias_as_dense():
+    # inputs with a large common offset (the benchmark's data): Dense's float32 matmul loses
+    # low bits, CompensatedDense rounds the float64 product once and adds the bias in float32
+    dense, ours = _pair(32, bias_initializer="random_normal")
+    _build_same(dense, ours, 256)
+    rng = np.random.default_rng(6)
+    x = (1e3 + rng.standard_normal((16, 2, 256))).astype("float32")
+    w, b = dense.get_weights()
+    product = np.float32(np.float64(x) @ np.float64(w))  # float64 sum: within 1e-12 relative
+    want = product + b  # the documented contract: Keras's float32 bias add after one rounding
+    runs = {"eager": ours(x).numpy(), "function": tf.function(ours)(x).numpy(),
+            "jit_compile": tf.function(ours, jit_compile=True)(x).numpy()}
+    for mode, got in runs.items():
+        assert got.shape == (16, 2, 32) and got.dtype == np.float32, mode
+        np.testing.assert_array_equal(got, want, err_msg=mode)
+    # against float64 x @ w + b: at most the bias add's half ulp (the product is rounded once)
+    ref = np.float64(x) @ np.float64(w) + np.float64(b)
+    ulps = testing.ulp_distance(runs["eager"], ref, "float32")
+    assert np.max(ulps) <= 1 and np.median(ulps) == 0
+    assert np.median(testing.ulp_distance(dense(x).numpy(), ref, "float32")) > 0

@@ -263,3 +263,23 @@ def test_float32_shapes_and_errors_as_tf():
         tf.function(tf.linalg.matmul, input_signature=sig)(data(2, 3), data(4, 2))
     with pytest.raises(tf.errors.InvalidArgumentError):
         tf.function(so.matmul, input_signature=sig)(data(2, 3), data(4, 2))
+
+
+def _op_types(fn, *args, jit_compile=False):
+    graph = tf.function(fn, jit_compile=jit_compile).get_concrete_function(*args).graph
+    return {op.type for op in graph.get_operations()}
+
+
+def test_float32_matmul_kernel_where_it_can_run():
+    lib = so.native.library()
+    if lib is None or not hasattr(lib, "safeops_wide_matmul"):
+        pytest.skip(f"native kernels without the matmul kernel: {so.native.status()['error']}")
+    a = tf.ones([4, 3])
+    assert "SafeopsWideMatmul" in _op_types(so.matmul, a, a, False, True)
+    assert "SafeopsWideMatmul" not in _op_types(so.matmul, a, a, False, True, jit_compile=True)
+    with so.native.disabled():
+        assert "SafeopsWideMatmul" not in _op_types(so.matmul, a, a, False, True)
+    # float16/bfloat16 keep TF's float32 matmul; float64 keeps Dot2
+    for dtype in (tf.float16, tf.float64):
+        assert "SafeopsWideMatmul" not in _op_types(so.matmul, tf.cast(a, dtype),
+                                                    tf.cast(a, dtype), False, True)

@@ -4,8 +4,8 @@ cost of NumericsMonitor(check="loss"/"all") and SmoothedLoss.
 
 Targets (fwd+bwd, CPU, graph): StableLayerNormalization <= 1.3x Keras's, StableSoftmax
 <= 1.2x Keras's Softmax, NumericsMonitor(check="loss") <= 1.05x a training step; SmoothSwitch
-keeps smooth_where's (graph <= 1.5x, jit_compile <= 1.1x the naive blend). No target for
-CompensatedDense, Promote or SmoothedLoss."""
+keeps smooth_where's (graph <= 1.5x, jit_compile <= 1.1x the naive blend); CompensatedDense
+forward (graph) <= 2.0x keras Dense. No target for Promote or SmoothedLoss."""
 
 import keras
 import numpy as np
@@ -201,7 +201,10 @@ register(Case(
     name="layers/CompensatedDense", family=_FAMILY, make_inputs=_dense_inputs,
     baseline=lambda x: _DENSE["pair"][0](x), candidate=lambda x: _DENSE["pair"][1](x),
     baseline_name="keras.layers.Dense", candidate_name="so.layers.CompensatedDense",
-    accuracy=_dense_accuracy, bar_source=_NO_BAR,
+    accuracy=_dense_accuracy, bar={"graph/fwd": 2.0},
+    bar_source=("forward in graph mode, accuracy kept (0 ulp median vs float64); the float64 "
+                "GEMM's floor is 2x (halved vector width). No XLA target: XLA cannot run "
+                "the native kernel and uses TF's float64 dot"),
     extra={"shape": "rows x 1024 @ 1024x1024 (compute-bound: no bandwidth figure)"}))
 
 

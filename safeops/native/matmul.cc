@@ -38,7 +38,7 @@ template <typename S>
 using RowMajor = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
 constexpr int64_t kMinTile = 128;   // no tile edge below this (GEMM efficiency)
-constexpr int64_t kTiles = 8;       // split until this many tiles per matrix (or kMinTile)
+constexpr int64_t kTiles = 4;       // split until this many tiles per matrix (or kMinTile)
 
 // Tile edges (tm, tn) for an m x n output: halve the larger edge (rounded up to a multiple
 // of 8) until there are kTiles tiles or both edges are at kMinTile. Shape-only.
