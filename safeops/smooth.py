@@ -131,7 +131,11 @@ def soft_clip(x, lo, hi, sharpness=1.0, name=None):
     / s + softplus(s (lo - x)) / s`` is used, so neither form cancels (the
     naive ``x - softplus(s (x - hi)) / s`` returns 0 instead of hi at x = 1e30).
     Computed one precision up for float16/bfloat16/float32 (<= 1 ulp on
-    well-conditioned input); float64 natively (<= 4 ulp away from lo, hi = 0).
+    well-conditioned input; float32's softplus and sigmoid in float64 as
+    ``max(z, 0) + log1p(exp(-|z|))`` and ``w / (1 + exp(-|z|))`` from the
+    polynomials of `safeops._core.transcendental`, which XLA vectorises);
+    float64 natively (<= 4 ulp away from lo, hi = 0). Inside a `tf.function`
+    the value and d/dx each run as one XLA-compiled loop.
 
     Gradient: ``sigmoid(s (hi - x)) - sigmoid(s (lo - x))``, > 0 everywhere in
     exact arithmetic and computed as that difference in the working precision
@@ -188,10 +192,27 @@ def _soft_clip_parts(x, lo, hi, s):
     return a, b, base, sign, sw
 
 
+def _softplus_w(z, dtype):
+    """softplus(z) in the working dtype of `dtype`: ``max(z, 0) + log1p(exp(-|z|))``
+    from the polynomials for float32 (working in float64), TF's kernel otherwise."""
+    if dtype != tf.float32:
+        return tf.math.softplus(z)
+    return tf.maximum(z, 0.0) + log1p_for(exp_neg(-abs_(z), dtype), dtype)
+
+
+def _sigmoid_w(z, dtype):
+    """sigmoid(z) in the working dtype of `dtype`: ``w / (1 + e)``, e = exp(-|z|),
+    w = 1 (z >= 0) or e, for float32 (working in float64); TF's kernel otherwise."""
+    if dtype != tf.float32:
+        return tf.sigmoid(z)
+    e = exp_neg(-abs_(z), dtype)
+    return tf.where(z >= 0, tf.ones_like(e), e) / (1.0 + e)
+
+
 def _soft_clip_forward(x, lo, hi, s):
     a, b, base, sign, sw = _soft_clip_parts(x, lo, hi, s)
-    sp = tf.math.softplus
-    return cast(base + sign * (sp(sw * a) - sp(sw * b)) / sw, x.dtype)
+    sp_a, sp_b = _softplus_w(sw * a, x.dtype), _softplus_w(sw * b, x.dtype)
+    return cast(base + sign * (sp_a - sp_b) / sw, x.dtype)
 
 
 def _soft_clip_gx(g, x, lo, hi, s):
@@ -199,7 +220,7 @@ def _soft_clip_gx(g, x, lo, hi, s):
     distances of `_soft_clip_parts`: both sigmoids small on each side of the
     midpoint, so far outside [lo, hi] the difference does not cancel."""
     a, b, _, _, sw = _soft_clip_parts(x, lo, hi, s)
-    return cast(_up(g) * (tf.sigmoid(sw * a) - tf.sigmoid(sw * b)), x.dtype)
+    return cast(_up(g) * (_sigmoid_w(sw * a, x.dtype) - _sigmoid_w(sw * b, x.dtype)), x.dtype)
 
 
 _soft_clip_gx_fused = fused(_soft_clip_gx)
@@ -379,7 +400,10 @@ def soft_maximum(x, y, temperature=1.0, name=None):
     Method: the stable form ``max(x, y) + T * softplus(-|x - y| / T)``: no
     exp of a large argument, no overflow of ``x / T``; ``x - y = +-inf`` gives
     exactly the max. Between ``max(x, y)`` and ``max(x, y) + T log 2``.
-    Computed one precision up for float16/bfloat16/float32 (<= 1 ulp);
+    Computed one precision up for float16/bfloat16/float32 (<= 1 ulp; float32's
+    exp and log1p in float64 as the polynomials of
+    `safeops._core.transcendental`, which XLA vectorises; inside a
+    `tf.function` the value and each gradient run as one XLA-compiled loop);
     float64 natively: ``|err| <= 2 u |max| + 2 u T log 2`` (<= 4 ulp unless
     the max is negative and cancels against the softplus term). Equal
     infinities give that infinity (``max(inf, inf) = inf``); NaN in x or y
