@@ -364,6 +364,16 @@ def _re_backward(g, t, p, eps):
     bw = tf.constant(limits(t.dtype).max, work)
     den = tf.maximum(tf.abs(tw), ew)
     d = tw - pw
+    if t.dtype != tf.float64:
+        # One precision up nothing overflows (|d| / den and g / den stay below
+        # 2**256), and each gradient is its own quotient: a quotient shared by
+        # both, or with the value's |d| / den, would be written to memory by XLA
+        # and read back instead of fused into each gradient's loop.
+        gw = tf.cast(g, work)
+        pull = tf.where(tf.abs(tw) >= ew, gw * tf.sign(tw) * tf.abs(d) / den, tf.zeros_like(d))
+        gt = tf.clip_by_value((gw * tf.sign(d) - pull) / den, -bw, bw)
+        gp = tf.clip_by_value(-(tf.sign(d) * gw) / den, -bw, bw)
+        return tf.cast(gt, t.dtype), tf.cast(gp, t.dtype)
     gd = tf.cast(g, work) / den
     # d/dt = (sign(d) - [|t| >= eps] sign(t) q) / den; the bracket as a select so
     # that q = inf (|d| / eps overflowing) never meets a 0.
@@ -392,8 +402,8 @@ def relative_error(y_true, y_pred, eps=None, name=None):
     correction of the quotient with Dekker's TwoProduct: error <= 1 ulp. The
     result saturates at the dtype's largest finite value (|diff| / eps
     overflowing), so it is finite for finite inputs. Inside a `tf.function`
-    the forward and the backward each run as one XLA-compiled loop (same
-    results as eager up to XLA's rounding of the same float64 operations).
+    the value and each gradient run as one XLA-compiled loop (same results as
+    eager up to XLA's rounding of the same float64 operations).
 
     Gradient: w.r.t. y_pred ``-sign(y_true - y_pred) / den`` (0 where y_pred ==
     y_true); w.r.t. y_true ``sign(diff) / den - [|y_true| >= eps] * sign(y_true)
