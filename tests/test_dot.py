@@ -233,7 +233,8 @@ def test_float32_shapes_and_errors_as_tf():
     cases = [(data(2, 1, 3, 4), data(5, 4, 2)),        # broadcast batch dimensions
              (data(3, 4, 5), data(5, 2)),              # one operand unbatched
              (data(0, 3), data(3, 4)), (data(2, 0), data(0, 3)),  # empty; k = 0 gives zeros
-             (data(2, 0, 3), data(2, 3, 4))]
+             (data(2, 0, 3), data(2, 3, 4)),
+             (data(2100, 8), data(8, 1030)), (data(50, 9, 7), data(50, 7, 3))]  # many tiles
     for a, b in cases:
         want = tf.linalg.matmul(a, b)
         for mode, got in testing.run_modes(so.matmul, a, b).items():

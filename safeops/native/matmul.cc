@@ -38,14 +38,17 @@ template <typename S>
 using RowMajor = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
 constexpr int64_t kMinTile = 128;   // no tile edge below this (GEMM efficiency)
+constexpr int64_t kMaxTile = 1024;  // no tile edge above this (the float64 tile buffer)
 constexpr int64_t kTiles = 4;       // split until this many tiles per matrix (or kMinTile)
 
 // Tile edges (tm, tn) for an m x n output: halve the larger edge (rounded up to a multiple
-// of 8) until there are kTiles tiles or both edges are at kMinTile. Shape-only.
+// of 8) until there are kTiles tiles or both edges are at kMinTile, and while an edge
+// passes kMaxTile. Shape-only.
 void Tiles(int64_t m, int64_t n, int64_t* tm, int64_t* tn) {
   int64_t a = std::max<int64_t>(m, 1), b = std::max<int64_t>(n, 1);
   auto count = [&]() { return ((m + a - 1) / a) * ((n + b - 1) / b); };
-  while (count() < kTiles && (a > kMinTile || b > kMinTile)) {
+  while ((count() < kTiles && (a > kMinTile || b > kMinTile)) || a > kMaxTile ||
+         b > kMaxTile) {
     if (a >= b) {
       a = ((a + 1) / 2 + 7) / 8 * 8;
     } else {
