@@ -9,20 +9,25 @@
 //
 // Two passes, the second only for the rows the first cannot decide:
 //
-// 1. Filter. Every element is widened exactly to double and added by TwoSum into one of
-//    kLanes (s, c) lanes, with sum |x| alongside (Ogita-Rump-Oishi Sum2). The lanes of a
-//    block of at most kBlock elements, then blocks and segments, are merged by TwoSum; the
-//    result is a double-double s + c and a rigorous bound E >= |s + c - S|:
-//      E = 2 (0.51 u^2 sum_blocks k (k + 1) A_block + u sum_merges |m|),
+// 1. Filter. Every element is widened exactly to double. float64 terms are added by TwoSum
+//    into one of kLanes (s, c) lanes, with sum |x| alongside (Ogita-Rump-Oishi Sum2);
+//    float32/half/bfloat16 terms are first summed kChain at a time in plain double (each such
+//    sum errs by at most gamma_{kChain-1} times its terms' sum |x|), and those sums go by
+//    TwoSum into the lanes. The lanes of a block of at most kBlock elements, then blocks and segments, are
+//    merged by TwoSum; the result is a double-double s + c and a rigorous bound
+//    E >= |s + c - S|:
+//      E = 2 (0.51 u^2 sum_blocks k (k + 1) A_block + u sum_merges |m|
+//             + gamma_{kChain-1} sum_narrow A_block),
 //    u = 2^-53, k the longest lane of a block and A_block its sum |x| (within a lane, the
 //    i-th addition to c errs by at most u |c_i| <= 1.02 i u^2 A_lane), m every rounded
 //    addition of the merges (a-posteriori: each errs by at most u |m|); the factor 2 covers
 //    the rounding of the bound itself. The candidate r (s + c rounded to the dtype) is the
 //    correctly rounded sum when [s + c - E, s + c + E] lies strictly between the midpoints
 //    around r: every comparison is exact (Sterbenz differences, monotone rounding). The mean
-//    is certified the same way from q + t ~ (s + c) / n (q = fl(s / n), the remainder exact by
-//    FMA), with the bound E / n + 3 u |t|. Results that are zero, tiny (below twice the
-//    dtype's smallest normal), in the top binade or not finite never certify: pass 2 decides.
+//    is certified the same way from q + t ~ (s + c) / n (q = fl(s / n), the remainder exact
+//    by FMA), with the bound E / n + 3 u |t| (and 2^-1070 for a subnormal quotient).
+//    Results that are zero, tiny (below twice the dtype's smallest normal), in the top
+//    binade or not finite never certify: pass 2 decides them.
 // 2. Exact. Integer mantissas are summed per exponent in int64 bins (float64's 53-bit
 //    mantissa split into 26 + 27 bits), so up to 2^36 terms cannot overflow a bin; the bins
 //    are folded into 32-bit digits (digit k weighs 2^(32 k + emin_sub)), carry-propagated to
@@ -282,8 +287,8 @@ Partial FilterBlock(const T* x, int64_t len) {
 // plain double (each such sum errs by at most gamma_{kChain-1} times its terms' sum |x|), each
 // added by TwoSum into one of kLanes (s, c) lanes, with sum |x| in float lanes (an upper bound
 // within a factor 1 + m 2^-23 for chains of m float additions; inf where it overflows, which
-// fails the certification). The bound gains u gamma_{kChain-1}/u A; for float output that is
-// still far below half an ulp unless the sum's condition number passes about 2^20.
+// fails the certification). The bound gains gamma_{kChain-1} A: for a float32 sum of condition
+// number below 2^20, at most 1/40 of half an ulp.
 constexpr int kChain = 4;
 typedef float VF16 __attribute__((vector_size(64)));
 typedef int32_t VI16 __attribute__((vector_size(64)));
@@ -431,7 +436,8 @@ bool Certify(const Partial& p, int64_t n, bool mean, uint64_t* out) {
     *out = std::signbit(p.s) ? Params<T>::kSignBit : 0;
     return true;
   }
-  double e = 2.0 * (0.51 * kU * kU * p.chain + kU * p.err);
+  // (+ 2^-1070: a division's result may be subnormal, where its error is absolute)
+  double e = 2.0 * (0.51 * kU * kU * p.chain + kU * p.err) + 0x1p-1070;
   if (!mean) return CertifyDW<T>(p.s, p.c, e, out);
   const double dn = static_cast<double>(n);
   double h, l;
@@ -440,7 +446,7 @@ bool Certify(const Partial& p, int64_t n, bool mean, uint64_t* out) {
   if (!(std::fabs(q) >= 0x1p-1000)) return false;  // the remainder below must be exact
   const double rem = std::fma(-q, dn, h);
   const double t = (rem + l) / dn;
-  e = 2.0 * (e / dn + 3.0 * kU * std::fabs(t));
+  e = 2.0 * (e / dn + 3.0 * kU * std::fabs(t)) + 0x1p-1070;
   return CertifyDW<T>(q, t, e, out);
 }
 
