@@ -13,9 +13,9 @@
 //    into one of kLanes (s, c) lanes, with sum |x| alongside (Ogita-Rump-Oishi Sum2);
 //    float32/half/bfloat16 terms are first summed kChain at a time in plain double (each such
 //    sum errs by at most gamma_{kChain-1} times its terms' sum |x|), and those sums go by
-//    TwoSum into the lanes. The lanes of a block of at most kBlock elements, then blocks and segments, are
-//    merged by TwoSum; the result is a double-double s + c and a rigorous bound
-//    E >= |s + c - S|:
+//    TwoSum into the lanes. The lanes of a block of at most kBlock elements, then blocks
+//    and segments, are merged by TwoSum; the result is a double-double s + c and a rigorous
+//    bound E >= |s + c - S|:
 //      E = 2 (0.51 u^2 sum_blocks k (k + 1) A_block + u sum_merges |m|
 //             + gamma_{kChain-1} sum_narrow A_block),
 //    u = 2^-53, k the longest lane of a block and A_block its sum |x| (within a lane, the
@@ -735,7 +735,9 @@ class ExactSumOp : public OpKernel {
                     const int64_t b0 = k * nb / esegs, b1 = (k + 1) * nb / esegs;
                     const int64_t start = b0 * kBlock, end = std::min(n, b1 * kBlock);
                     states[u].Clear();
-                    if (end > start) ExactRange(x + o * n + start, end - start, &states[u], &scratch);
+                    if (end > start) {
+                      ExactRange(x + o * n + start, end - start, &states[u], &scratch);
+                    }
                   }
                 });
     for (int64_t i = 0; i < np; ++i) {
