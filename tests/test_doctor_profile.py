@@ -344,8 +344,12 @@ def test_bad_input_raises():
         def call(self, z):
             return z
 
-    with pytest.raises(TypeError, match="subclassed"):
+    with pytest.raises(ValueError, match="not built"):
         profile(Sub(), x, verbose=False)
+    built = Sub()
+    built(x)
+    with pytest.raises(ValueError, match="tracks no layers"):
+        profile(built, x, verbose=False)
     with pytest.raises(TypeError, match="keras.Model"):
         profile(lambda z: z, x, verbose=False)
     with pytest.raises(ValueError, match="policy"):
@@ -373,6 +377,186 @@ def test_keras_touchpoints():
     assert node.operation is not None and node.outputs and node.input_tensors
     args, _ = node.arguments.fill_in({id(t): 1.0 for t in node.input_tensors})
     assert args == (1.0,)
+    # subclassed models: the tracked sublayers, and a model re-created from its config
+    net = SubclassedNet()
+    net(np.zeros((1, 5), np.float32))
+    children = net._flatten_layers(include_self=False, recursive=False)
+    assert [type(c).__name__ for c in children] == ["Dense", "ResidualBlock", "ResidualBlock", "Dense"]
+    assert type(net).from_config(net.get_config())._flatten_layers is not None
+
+
+# ---------------------------------------------------------------- subclassed models
+
+class ResidualBlock(keras.layers.Layer):
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(units)
+        self.norm = keras.layers.LayerNormalization()
+
+    def call(self, x):
+        return self.norm(x + self.dense(x))
+
+
+class SubclassedNet(keras.Model):
+    def __init__(self, width=8, **kwargs):
+        super().__init__(**kwargs)
+        self.first = keras.layers.Dense(width, activation="relu")
+        self.blocks = [ResidualBlock(width) for _ in range(2)]
+        self.head = keras.layers.Dense(2)
+
+    def call(self, x, training=False):
+        h = self.first(x)
+        for block in self.blocks:
+            h = block(h)
+        return self.head(h)
+
+
+def _net_and_twin(seed=0):
+    """A subclassed model and the Functional model of the same layers, with the same weights."""
+    keras.utils.set_random_seed(seed)
+    net = SubclassedNet()
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((32, 5)).astype(np.float32)
+    y = rng.standard_normal((32, 2)).astype(np.float32)
+    net(x)
+    inp = keras.Input((5,))
+    h = keras.layers.Dense(8, activation="relu", name="first")(inp)
+    names = ["first"]
+    for k in range(2):
+        h = keras.layers.LayerNormalization(name=f"norm{k}")(h + keras.layers.Dense(8, name=f"dense{k}")(h))
+        names += [f"dense{k}", f"norm{k}"]
+    twin = keras.Model(inp, keras.layers.Dense(2, name="head")(h))
+    names.append("head")
+    sub = [net.first, net.blocks[0].dense, net.blocks[0].norm, net.blocks[1].dense,
+           net.blocks[1].norm, net.head]
+    for name, layer in zip(names, sub):
+        twin.get_layer(name).set_weights(layer.get_weights())
+    return net, twin, x, y, dict(zip([la.name for la in sub], names))
+
+
+def test_subclassed_model_profiles_as_its_functional_twin():
+    net, twin, x, y, name_of = _net_and_twin()
+    sub = profile(net, (x, y), policy="float16", loss="mse", verbose=False)
+    func = profile(twin, (x, y), policy="float16", loss="mse", verbose=False)
+    blocks = [b.name for b in net.blocks]
+    assert [e.name for e in sub.layers] == [
+        net.first.name, f"{blocks[0]}/{net.blocks[0].dense.name}", f"{blocks[0]}/{net.blocks[0].norm.name}",
+        f"{blocks[1]}/{net.blocks[1].dense.name}", f"{blocks[1]}/{net.blocks[1].norm.name}", net.head.name]
+    assert sub.loss == func.loss and sub.output_error == func.output_error
+    # The same operations on the same values in both: the same figures (the sums may be
+    # ordered differently: 1e-12 relative).
+    for e in sub.layers:
+        f = func.layer(name_of[e.name.split("/")[-1]])
+        assert e.dtype == f.dtype == "float16" and e.class_name == f.class_name
+        for key in ("bits_mean", "bits_max", "local_bits_mean", "local_bits_max", "input_bits_mean",
+                    "grad_bits_mean", "weight_grad_bits_mean", "max_abs", "underflow", "flops"):
+            if e.name == net.first.name and key == "input_bits_mean":
+                continue  # below
+            assert getattr(e, key) == pytest.approx(getattr(f, key), rel=1e-12, abs=1e-12), (e.name, key)
+    # The subclassed model in float16 rounds its inputs to float16 itself (a Functional model's
+    # float32 Input does not): the first layer's input bits are what that rounding costs.
+    kernel, bias = (w.astype(np.float64) for w in net.first.get_weights())
+    ref = np.maximum(x.astype(np.float64) @ kernel + bias, 0.0)
+    rounded = np.maximum(x.astype(np.float16).astype(np.float64) @ kernel + bias, 0.0)
+    assert sub.layer(net.first.name).input_bits_mean == pytest.approx(_bits(rounded, ref, P16).mean(), rel=1e-9)
+    assert func.layer("first").input_bits_mean == 0.0
+
+
+def test_subclassed_planted_bottleneck_and_modes():
+    net, _, x, y, _ = _net_and_twin(1)
+    norm = net.blocks[1].norm
+    net.blocks[1].dense.bias.assign(np.full(8, 1e4, np.float32))  # |mean|/std ~ 1e4 into the norm
+    eager = profile(net, (x, y), policy="float16", loss="mse", mode="eager", verbose=False)
+    graph = profile(net, (x, y), policy="float16", loss="mse", mode="graph", verbose=False)
+    label = f"{net.blocks[1].name}/{norm.name}"
+    assert graph.worst[0][0] == label and graph.layer(label).local_bits_mean > 8.0
+    assert graph.layer(net.first.name).local_bits_mean <= 3.0
+    for a, b in zip(eager.layers, graph.layers):
+        for key in ("bits_mean", "bits_max", "local_bits_mean", "local_bits_max", "max_abs"):
+            assert getattr(a, key) == getattr(b, key), (a.name, key)
+    assert eager.loss == graph.loss and eager.worst == graph.worst
+
+
+def test_subclassed_model_that_cannot_be_copied_is_refused():
+    class Wrapper(keras.Model):  # its constructor takes a layer: no config re-creates it
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def call(self, x):
+            return self.inner(x)
+
+    model = Wrapper(keras.layers.Dense(3))
+    x = np.ones((4, 2), np.float32)
+    model(x)
+    with pytest.raises(TypeError, match="get_config"):
+        profile(model, x, verbose=False)
+    net, _, x, y, _ = _net_and_twin()
+    with pytest.raises(TypeError, match="subclassed"):
+        advise(net, (x, y), loss="mse", verbose=False)
+
+
+# ---------------------------------------------------------------- engine
+
+def test_profile_reuses_its_copies_and_follows_weight_changes():
+    import gc
+    import weakref
+
+    from safeops.doctor import _engine
+
+    model, x, y = _planted()
+    first = profile(model, (x, y), policy="float16", loss="mse", verbose=False)
+    engine = _engine.engine(model, x)
+    again = profile(model, (x, y), policy="float16", loss="mse", verbose=False)
+    assert _engine.engine(model, x) is engine and again.as_dict() == first.as_dict()
+    # new weights: the profile is that of a fresh copy of the model with them
+    model.get_layer("shift").bias.assign(np.zeros(32, np.float32))
+    changed = profile(model, (x, y), policy="float16", loss="mse", verbose=False)
+    fresh = keras.models.clone_model(model)
+    fresh.set_weights(model.get_weights())
+    expected = profile(fresh, (x, y), policy="float16", loss="mse", verbose=False)
+    assert changed.as_dict() == expected.as_dict()
+    assert changed.layer("ln").local_bits_mean < 3.0 < first.layer("ln").local_bits_mean
+    ref = weakref.ref(model)
+    del model, engine
+    gc.collect()
+    assert ref() is None  # the copies go with the model
+
+
+def test_in_graph_statistics_match_the_definition():
+    """`_sweep` (chunked fast path, masked slow path) gives what `rel_errors`/`bits_lost` define."""
+    from safeops._core.dtypes import limits
+    from safeops.doctor._engine import _CHUNK, _means, _range, _sweep
+
+    rng = np.random.default_rng(5)
+    n = 2 * _CHUNK + 7  # several chunks and a tail
+    r = rng.standard_normal(n) * 10.0 ** rng.integers(-6, 3, n)
+    r[:50] = 0.0
+    r[50:60] = 2.0 ** -20  # below float16's smallest normal
+    y = (r * (1 + rng.standard_normal(n) * 2.0 ** -10)).astype(np.float16)
+    tiny = limits("float16").tiny
+    cases = [(r, y)]
+    y_bad = y.copy()
+    y_bad[7], y_bad[9] = np.inf, np.nan
+    r_bad = r.copy()
+    r_bad[3] = np.inf
+    cases += [(r, y_bad), (r_bad, y), (np.zeros(100), np.zeros(100, np.float16))]
+    p, down = tf.constant(11.0, tf.float64), tf.constant(2.0 ** -11, tf.float64)
+    sweep = tf.function(lambda rr, yy: _sweep(rr, [yy], p, down, tf.constant(tiny, tf.float64)),
+                        autograph=False)
+    for rr, yy in cases:
+        parts, ranges = sweep(tf.constant(rr), tf.constant(yy))
+        mean, worst, rel = (float(v) for v in _means([parts[0]], p))
+        expected = rel_errors(yy, rr)
+        bits = bits_lost(expected, P16)
+        assert mean == pytest.approx(bits.mean(), rel=1e-12, abs=1e-300)
+        assert worst == bits.max() and rel == pytest.approx(expected.mean(), rel=1e-12, abs=1e-300)
+        max_abs, _, under, nonfinite = (float(v) for v in _range([ranges], 65504.0))
+        fin = np.isfinite(rr)
+        a = np.abs(rr[fin])
+        assert max_abs == a.max()
+        assert under == (np.mean(a[a > 0] < tiny) if np.any(a > 0) else 0.0)
+        assert nonfinite == np.mean(~np.isfinite(yy.astype(np.float64)[fin]))
 
 
 # ---------------------------------------------------------------- advise

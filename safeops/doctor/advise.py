@@ -7,6 +7,7 @@ from typing import Dict, Tuple
 import keras
 
 from safeops._core.registry import new
+from safeops.doctor import _engine
 from safeops.doctor import _keras_graph as kg
 from safeops.doctor import _runner
 from safeops.doctor import precision as _precision
@@ -187,7 +188,13 @@ def advise(model, data, budget=1e-2, loss=None, dtypes=("float16", "bfloat16"), 
     halves = list(dict.fromkeys(_HALF[d] for d in dtypes))
     x, y = _runner.split_data(data, loss, _OP)
     loss_fn = _runner.resolve_loss(loss)
-    runner = _runner.Runner(model, lambda layer: ("float32", None))
+    if isinstance(model, keras.Model) and _engine.is_subclassed(model):
+        raise TypeError(
+            f"{_OP}: model {model.name!r} is a subclassed Model ({type(model).__name__}): advice is "
+            "applied by cloning the model layer by layer into its dtypes, which Keras does only "
+            "for Functional and Sequential models (so.doctor.profile measures a subclassed model "
+            "per layer in one policy)")
+    runner = _engine.engine(model, x)
     has_loss = loss_fn is not None
     steps = []
 
@@ -195,11 +202,7 @@ def advise(model, data, budget=1e-2, loss=None, dtypes=("float16", "bfloat16"), 
         runner.set_assignment(lambda layer: kg.split_policy(assign[kg.layer_key(layer)]))
         return _precision.run_profile(runner, x, y, loss_fn, 4.0, 0, mode, dict(assign))
 
-    layers = []
-    for node in runner.nodes:
-        op = node.operation
-        if isinstance(op, keras.layers.Layer) and all(op is not la for la in layers):
-            layers.append(op)
+    layers = list(runner.layers)
     node_of = {runner.labels[i]: i for i in range(len(runner.nodes))}
     assign = {kg.layer_key(layer): "float32" for layer in layers}
 
@@ -299,9 +302,8 @@ def advise(model, data, budget=1e-2, loss=None, dtypes=("float16", "bfloat16"), 
         default_policy=None,
         policy_map={p: keras.dtype_policies.get(a) for p, a in float_assign.items()})
     # 4. verify: re-profile the final assignment on the original weights.
-    final = _runner.Runner(model, lambda layer: ("float32", None))
-    final.set_assignment(lambda layer: kg.split_policy(assign[kg.layer_key(layer)]))
-    verified = _precision.run_profile(final, x, y, loss_fn, 4.0, 3, mode, dict(assign))
+    runner.set_assignment(lambda layer: kg.split_policy(assign[kg.layer_key(layer)]))
+    verified = _precision.run_profile(runner, x, y, loss_fn, 4.0, 3, mode, dict(assign))
     error = _metric(verified, has_loss)
     total = sum(e.flops for e in verified.layers) or 1.0
     low = sum(e.flops for e in verified.layers if e.dtype != "float32" or e.quantization)

@@ -35,8 +35,7 @@ import tensorflow as tf
 
 from safeops._core import dtypes as _dtypes
 from safeops._core.registry import new
-from safeops.doctor import _bits
-from safeops.doctor import _keras_graph as kg
+from safeops.doctor import _engine
 from safeops.doctor import _runner
 from safeops.doctor._report import format_table
 
@@ -271,106 +270,51 @@ def _fix(entry, layer):
     return "promote it to float32 (so.layers.Promote / a DTypePolicyMap entry: so.doctor.advise)"
 
 
-def _measure(runner, res, threshold, top, loss_scale, policy):
+def _measure(eng, res, threshold, top, policy):
     entries = []
-    has_loss = "ref_g" in res
-    for i, node in enumerate(runner.nodes):
-        ref, low, local = res["ref"][i], res["low"][i], res["local"][i]
-        if not ref:
+    has_loss = "loss" in res
+    for i, node in enumerate(eng.nodes):
+        row = dict(zip(_engine.FIELDS, (float(v) for v in res["units"][i])))
+        if math.isnan(row["bits_mean"]):  # no floating output
             continue
         op = node.operation
-        dt = tf.as_dtype(low[0].dtype) if low else tf.float32
-        quant = runner.assign.get(id(op), (None, None))[1] if isinstance(op, keras.layers.Layer) else None
-        if quant is not None and not kg.quantizable(op, quant):
-            quant = None
-        p = _bits.precision_bits(dt)
-        r64 = [_bits.f64(t) for t in ref]
-        y64 = [_bits.f64(t) for t in low]
-        l64 = [_bits.f64(t) for t in local]
-        bm, bx, rel = _bits.bits_stats(y64, r64, p)
-        lm, lx, lrel = _bits.bits_stats(l64, r64, p)
-        im, _, _ = _bits.bits_stats([_bits.f64(t) for t in res["rounding"][i]], r64, p)
-        max_abs, ratio, under, nonfinite = _bits.range_stats(r64, y64, dt)
-        emulated = isinstance(runner.low.get(id(op)), _runner.EmulatedFloat16)
-        fields = dict(name=runner.labels[i], class_name=type(op).__name__, dtype=dt.name,
-                      emulated=emulated,
-                      quantization=quant, flops=_bits.layer_flops(op, ref), bits_mean=bm, bits_max=bx,
-                      local_bits_mean=lm, local_bits_max=lx, input_bits_mean=im,
-                      rel_error=rel, local_rel_error=lrel,
-                      max_abs=max_abs, range_ratio=ratio, underflow=under, nonfinite=nonfinite)
-        if has_loss:
-            rg = [_bits.f64(g) for g in res["ref_g"][i]]
-            lg = [_bits.f64(g) / loss_scale for g in res["low_g"][i]]
-            pairs = [(a, b) for a, b in zip(lg, rg) if int(tf.size(a)) and int(tf.size(b))]
-            if pairs:
-                gm, gx, _ = _bits.bits_stats([a for a, _ in pairs], [b for _, b in pairs], p)
-                _, gratio, gunder, _ = _bits.range_stats([b * loss_scale for _, b in pairs], [], dt)
-                fields.update(grad_bits_mean=gm, grad_bits_max=gx, grad_range_ratio=gratio,
-                              grad_underflow=gunder)
-            rw, lw = res["ref_gw"][i], res["low_gw"][i]
-            common = [k for k in rw if k in lw]
-            if common:
-                wm, wx, _ = _bits.bits_stats([_bits.f64(lw[k]) / loss_scale for k in common],
-                                        [_bits.f64(rw[k]) for k in common], p)
-                fields.update(weight_grad_bits_mean=wm, weight_grad_bits_max=wx)
-        entries.append(LayerPrecision(**fields))
+        fields = {k: (None if math.isnan(v) else v) for k, v in row.items()}
+        if not has_loss:
+            for k in ("grad_bits_mean", "grad_bits_max", "grad_range_ratio", "grad_underflow",
+                      "weight_grad_bits_mean", "weight_grad_bits_max"):
+                fields[k] = None
+        quant = eng.quantization(i) if isinstance(op, keras.layers.Layer) else None
+        entries.append(LayerPrecision(name=eng.labels[i], class_name=type(op).__name__,
+                                      dtype=eng.unit_dtype(i), quantization=quant,
+                                      emulated=eng.emulated(i), flops=float(res["flops"][i]), **fields))
     first = next((e.name for e in entries if e.bits_mean > threshold), None)
     ranked = sorted(enumerate(entries), key=lambda ie: (-ie[1].local_bits_mean, -ie[1].local_bits_max, ie[0]))
-    ops = {runner.labels[i]: n.operation for i, n in enumerate(runner.nodes)}
+    ops = {eng.labels[i]: n.operation for i, n in enumerate(eng.nodes)}
     worst = tuple((e.name, e.local_bits_mean, _fix(e, ops[e.name])) for _, e in ranked[:top]
                   if e.local_bits_mean > 1.0 or e.nonfinite > 0)
-    out_err = _bits.norm_error([kg.to_numpy64(t) for t in res["low_out"]],
-                         [kg.to_numpy64(t) for t in res["ref_out"]])
+    num, den, finite = (float(v) for v in res["out"])
+    if not finite:
+        out_err = math.inf
+    elif num == 0.0:
+        out_err = 0.0
+    else:
+        out_err = math.sqrt(num / den) if den > 0 else math.inf
     loss = loss_err = None
     if has_loss:
-        loss = (float(res["low_loss"]), float(res["ref_loss"]))
+        loss = (float(res["loss"][0]), float(res["loss"][1]))
         if not math.isfinite(loss[0]):
             loss_err = math.inf
         elif loss[1] == 0.0:
             loss_err = 0.0 if loss[0] == 0.0 else math.inf
         else:
             loss_err = abs(loss[0] - loss[1]) / abs(loss[1])
-    return PrecisionProfile(policy, tuple(entries), out_err, loss, loss_err, float(loss_scale),
+    return PrecisionProfile(policy, tuple(entries), out_err, loss, loss_err, float(res["scale"]),
                             float(threshold), first, worst)
 
 
-def _grads_finite(res):
-    for gs in res["low_g"]:
-        for g in gs:
-            if not bool(tf.reduce_all(tf.math.is_finite(tf.cast(g, tf.float32)))):
-                return False
-    for gw in res["low_gw"]:
-        for g in gw.values():
-            if not bool(tf.reduce_all(tf.math.is_finite(tf.cast(g, tf.float32)))):
-                return False
-    return True
-
-
-def run_profile(runner, x, y, loss_fn, threshold, top, mode, policy):
-    """Run the passes (eager or each traced once in a tf.function) and measure them."""
-    inputs = _runner.as_list_inputs(runner.graph, x)
-    if y is not None:
-        y = tf.nest.map_structure(tf.convert_to_tensor, y)
-    low_fn, ref_fn = runner.low_pass, runner.ref_pass
-    # Keras's float8 layers differentiate only inside a tf.function (eagerly their custom
-    # gradient fails to unpack): their gradients are traced in either mode.
-    float8 = loss_fn is not None and any(
-        getattr(c, "quantization_mode", None) == "float8" for c in runner.low.values())
-    if mode == "graph" or float8:
-        low_fn = tf.function(low_fn, reduce_retracing=True)
-    if mode == "graph":
-        ref_fn = tf.function(ref_fn, reduce_retracing=True)
-    # Dynamic loss scaling of float16 gradients as Keras's LossScaleOptimizer starts it:
-    # 2^15, halved until the gradients are finite.
-    float16 = loss_fn is not None and any(
-        getattr(c, "compute_dtype", None) == "float16" for c in runner.low.values())
-    scale = 2.0 ** 15 if float16 else 1.0
-    res = low_fn(inputs, y, loss_fn, tf.constant(scale, tf.float64))
-    while float16 and not _grads_finite(res) and scale > 2.0 ** -10:
-        scale /= 2.0
-        res = low_fn(inputs, y, loss_fn, tf.constant(scale, tf.float64))
-    res = dict(res, **ref_fn(inputs, y, loss_fn))
-    return _measure(runner, res, threshold, top, scale, policy)
+def run_profile(eng, x, y, loss_fn, threshold, top, mode, policy):
+    """Run the passes (eager, or traced once per shape in a tf.function) and measure them."""
+    return _measure(eng, eng.run(x, y, loss_fn, mode), threshold, top, policy)
 
 
 @new("a per-layer precision profile: bits lost against a float64 run of the same weights, "
@@ -445,8 +389,9 @@ def profile(model, data, policy="mixed_float16", loss=None, threshold=4.0, top=3
         raise ValueError(f"{_OP}: argument 'threshold' must be a number of bits >= 0; got {threshold!r}")
     x, y = _runner.split_data(data, loss)
     loss_fn = _runner.resolve_loss(loss)
-    runner = _runner.Runner(model, _runner.assigner(policy), emulate)
-    result = run_profile(runner, x, y, loss_fn, threshold, top, mode, policy)
+    eng = _engine.engine(model, x, emulate)
+    eng.set_assignment(_runner.assigner(policy))
+    result = run_profile(eng, x, y, loss_fn, threshold, top, mode, policy)
     if plot is not None:
         result.plot(plot)
     if verbose:
