@@ -76,8 +76,9 @@ def _log1mexp_c(a, parts=False):
 
     With parts=True also returns expm1(-a) and exp(-a), which gradients reuse.
     """
-    em, ex = tf.math.expm1(-a), tf.exp(-a)
-    out = tf.where(a <= _LN2, tf.math.log(-em), tf.math.log1p(-ex))
+    na = tf.negative(a)
+    em, ex = tf.math.expm1(na), tf.exp(na)
+    out = tf.where(a <= _LN2, tf.math.log(tf.negative(em)), tf.math.log1p(tf.negative(ex)))
     return (out, em, ex) if parts else out
 
 
@@ -122,8 +123,8 @@ def _log1mexp_forward(x):
 
 def _log1mexp_backward(g, x):
     c = native(x)
-    a = tf.abs(c)
-    d = tf.where(a == 0, tf.zeros_like(c), tf.sign(c) / tf.math.expm1(a))
+    # sign(x) / expm1(|x|); 0 / 0 at x = 0 gives 0 (divide_no_nan: one kernel, no select)
+    d = tf.math.divide_no_nan(tf.sign(c), tf.math.expm1(tf.abs(c)))
     return g * cast(saturate(d, x.dtype), x.dtype)
 
 
