@@ -297,6 +297,11 @@ def _wide_matmul(a, b, ta, tb):
     lib = kernels(a, _F32)
     ra, rb = a.shape.rank, b.shape.rank
     if lib is None or ra is None or rb is None or not hasattr(lib, "safeops_wide_matmul"):
+        if ra == rb == 2 and tf.executing_eagerly():  # the same ops without their wrappers' cost
+            wide = tf.raw_ops.MatMul(a=tf.raw_ops.Cast(x=a, DstT=tf.float64),
+                                     b=tf.raw_ops.Cast(x=b, DstT=tf.float64),
+                                     transpose_a=ta, transpose_b=tb)
+            return tf.raw_ops.Cast(x=wide, DstT=a.dtype)
         return tf.cast(tf.linalg.matmul(tf.cast(a, tf.float64), tf.cast(b, tf.float64),
                                         transpose_a=ta, transpose_b=tb), a.dtype)
     if _static_mismatch(a, b, ta, tb):
