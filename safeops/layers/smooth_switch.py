@@ -66,7 +66,8 @@ class SmoothSwitch(keras.layers.Layer):
             x, above, below = inputs
         else:
             x = inputs
-            above, below = tf.ones_like(x), tf.zeros_like(x)
+            # scalars, broadcast by smooth_where: no tensors of ones and zeros to read
+            above, below = tf.ones((), x.dtype), tf.zeros((), x.dtype)
         out = smooth_where(x, tf.constant(self.threshold, x.dtype), tf.cast(above, x.dtype),
                            tf.cast(below, x.dtype), temperature=self.temperature)
         return tf.cast(out, self.compute_dtype)
