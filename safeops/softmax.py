@@ -30,7 +30,7 @@ pass per row, softmax rounded once from the double quotient e / (1 + s),
 log_softmax from the double (x - m) - log1p(s). The log_softmax and logsumexp
 backward passes in a graph are the XLA-fused ones below, fed with the kernel's
 row max and s (they measured faster than the kernel's backward, which recomputes
-the exps in double; figures in BUILD_NOTES.md); eagerly log_softmax's backward is
+the exps row by row; figures in BUILD_NOTES.md); eagerly log_softmax's backward is
 the kernel's (one op instead of the formula's many).
 
 Speed: inside a graph the forward and the backward pass of float16/bfloat16/
@@ -348,8 +348,8 @@ def _log_softmax(x, axis):
 
 def _log_softmax_graph(x, axis):
     # in a graph: the forward on the fused kernel where it applies, the backward the
-    # XLA-fused `_log_softmax_bwd` from the kernel's row max and s (the kernel's own backward
-    # recomputes the exps in double and measured slower forward+backward; BUILD_NOTES.md)
+    # XLA-fused `_log_softmax_bwd` from the kernel's row max and s (the kernel's own backward,
+    # which recomputes the exps row by row, measured slower forward+backward; BUILD_NOTES.md)
     @tf.custom_gradient
     def inner(v):
         fused = _native_rows("log_softmax", v, axis)
