@@ -535,3 +535,24 @@ def test_log_softmax_second_order(_path):
         out = out.numpy()
         assert np.all(np.isfinite(out)), mode
         np.testing.assert_allclose(out, ref, rtol=0, atol=1e-5 * np.abs(ref).max(), err_msg=mode)
+
+
+def test_log_softmax_dispatch(_path):
+    # float32 along the last axis: the kernel's forward in a graph (its backward the
+    # XLA-fused one, from the row statistics); never under XLA or for float64
+    def op_types(fn, x, jit=False):
+        def f(v):
+            with tf.GradientTape() as t:
+                t.watch(v)
+                y = fn(v)
+            return y, t.gradient(y, v)
+        graph = tf.function(f, jit_compile=jit).get_concrete_function(x).graph
+        return {op.type for op in graph.get_operations()}
+
+    x = tf.ones([4, 8])
+    used = "SafeopsSoftmax" in op_types(so.log_softmax, x)
+    assert used == (_path == "fused")
+    assert "SafeopsSoftmaxGrad" not in op_types(so.log_softmax, x)
+    assert "SafeopsSoftmax" not in op_types(so.log_softmax, x, jit=True)
+    assert "SafeopsSoftmax" not in op_types(so.log_softmax, tf.ones([4, 8], tf.float64))
+    assert "SafeopsSoftmax" not in op_types(lambda v: so.log_softmax(v, axis=0), x)
