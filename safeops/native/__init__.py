@@ -413,8 +413,8 @@ def _kind(op):
 
 @_register_gradient("SafeopsSoftmax")
 def _softmax_grad(op, grad, _):
-    """The hand-written backward of softmax / logsumexp rows (softmax.cc); the row
-    statistics output is not differentiated."""
+    """The hand-written backward of softmax / log_softmax / logsumexp rows (softmax.cc); the
+    row statistics output is not differentiated."""
     return _STATE["lib"].safeops_softmax_grad(grad, op.inputs[0], *op.outputs, kind=_kind(op))
 
 
