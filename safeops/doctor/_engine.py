@@ -175,12 +175,16 @@ class _Base:
                 rest = tf.function(rest, autograph=False)
             # The statistics are traced alone in both modes (the same graph: the same bits),
             # once for every assignment: the precisions are arguments.
-            stats_key = (_loss_key(loss_fn), mode)
-            stats = self._stats.get(stats_key)
-            if stats is None:
-                stats = self._stats[stats_key] = tf.function(
-                    lambda low_res, passes, scale, consts: self._statistics(
-                        low_res, passes, loss_fn, scale, consts), autograph=False)
+            # A sweep whose fast path does not hold (non-finite or all-zero references, NaN
+            # results) makes the whole computation run again with every mask.
+            stats = []
+            for exact in (False, True):
+                stats_key = (_loss_key(loss_fn), mode, exact)
+                if stats_key not in self._stats:
+                    self._stats[stats_key] = tf.function(
+                        lambda low_res, passes, scale, consts, exact=exact: self._statistics(
+                            low_res, passes, loss_fn, scale, consts, exact), autograph=False)
+                stats.append(self._stats[stats_key])
             fns = self._fns[key] = (low, rest, stats)
         return fns
 
@@ -207,7 +211,10 @@ class _Base:
             p = float(_bits.precision_bits(self.unit_dtype(i)))
             lim = _dtypes.limits(self.unit_dtype(i))
             consts.append([p, 2.0 ** -p, lim.tiny, lim.max])
-        out = stats_fn(low, passes, scale_t, tf.constant(consts, tf.float64, shape=[len(consts), 4]))
+        consts = tf.constant(consts, tf.float64, shape=[len(consts), 4])
+        out = stats_fn[0](low, passes, scale_t, consts)
+        if not bool(out["fast"]):
+            out = stats_fn[1](low, passes, scale_t, consts)
         res = {k: v.numpy() for k, v in out.items()}
         res["flops"] = self._flops[self.key]
         res["scale"] = scale
@@ -263,14 +270,19 @@ class _Base:
         self._flops[self.key] = [_bits.layer_flops(n.operation, ts) if ts else 0.0
                                  for n, ts in zip(self.nodes, ref_units)]
 
-    def _statistics(self, low, passes, loss_fn, scale, consts):
+    def _statistics(self, low, passes, loss_fn, scale, consts, exact):
         ref, local, rounding = passes
-        figures = {"units": self._figures(low, ref, local, rounding, loss_fn, scale, consts)}
+        oks = None if exact else []
+        figures = {"units": self._figures(low, ref, local, rounding, loss_fn, scale, consts, oks)}
+        figures["fast"] = tf.reduce_all(tf.stack(oks)) if oks else tf.constant(True)
         figures.update(self._model_figures(low, ref, loss_fn))
         return figures
 
-    def _figures(self, low, ref, local, rounding, loss_fn, scale, consts):
-        """The statistics of every unit as one [n, len(FIELDS)] float64 tensor (NaN: not applicable)."""
+    def _figures(self, low, ref, local, rounding, loss_fn, scale, consts, oks):
+        """The statistics of every unit as one [n, len(FIELDS)] float64 tensor (NaN: not applicable).
+
+        `oks`: None for the masked computation, else a list that gets each sweep's fast-path
+        condition."""
         rows = []
         nan = tf.constant(math.nan, tf.float64)
         for i in range(len(self.nodes)):
@@ -283,7 +295,8 @@ class _Base:
                 ys = [low["low"][i][j]]
                 if local[i] is not None:
                     ys += [local[i][j], rounding[i][j]]
-                parts, ranges = _sweep(_flat(tf.cast(r, tf.float64)), [_flat(y) for y in ys], p, down, tiny)
+                parts, ranges = _sweep(_flat(tf.cast(r, tf.float64)), [_flat(y) for y in ys], p, down, tiny,
+                                       oks=oks)
                 acc.append(parts[0])
                 loc.append(parts[1] if local[i] is not None else parts[0])
                 if local[i] is not None:
@@ -299,7 +312,7 @@ class _Base:
                          and b.shape.num_elements() != 0]
                 if pairs:
                     # the range of the loss-scaled float64 gradients: |g s| < tiny is |g| < tiny / s
-                    swept = [_sweep(_flat(b), [_flat(a)], p, down, tiny / scale, divisor=scale)
+                    swept = [_sweep(_flat(b), [_flat(a)], p, down, tiny / scale, divisor=scale, oks=oks)
                              for a, b in pairs]
                     g = _means([parts[0] for parts, _ in swept], p)
                     grng = _range([ranges for _, ranges in swept], top, scale)
@@ -307,7 +320,8 @@ class _Base:
                 rw, lw = ref["ref_gw"][i], low["low_gw"][i]
                 common = [k for k in rw if k in lw]
                 if common:
-                    w = _means([_sweep(_flat(rw[k]), [_flat(lw[k])], p, down, tiny, divisor=scale)[0][0]
+                    w = _means([_sweep(_flat(rw[k]), [_flat(lw[k])], p, down, tiny, divisor=scale,
+                                       oks=oks)[0][0]
                                 for k in common], p)
                     grad[4:6] = [w[0], w[1]]
             row += grad
@@ -351,7 +365,7 @@ def _flat(t):
     return tf.reshape(t, [-1])
 
 
-def _sweep(r, ys, p, down, tiny, divisor=None):
+def _sweep(r, ys, p, down, tiny, divisor=None, oks=None):
     """Compare flat `ys` with the flat float64 reference `r`, and measure `r`'s range.
 
     Returns ``([(sum of bits, sum of rel, max rel, count) per y], (max |r|, non-zero count,
@@ -364,8 +378,11 @@ def _sweep(r, ys, p, down, tiny, divisor=None):
     in chunks, computing ``t = rel * 2^p`` as ``|y - r| / (max(|r|, rms) * 2^-p)``
     (scaling by a power of two is exact: the relative error of the definition, bit for
     bit) and ``bits = clip(log(t), 0, p log 2) / log 2`` without masks; anything else
-    takes `_slow_sweep`, the definition with every mask.
+    is computed again by `_slow_sweep`, the definition with every mask: with `oks`
+    None, `_sweep` is `_slow_sweep`; else it appends whether its fast path holds to `oks`.
     """
+    if oks is None:
+        return _slow_sweep(r, ys, p, tiny, divisor)
     n = tf.size(r)
     sum_sq = tf.reduce_sum(tf.square(r))
     count = tf.cast(n, tf.float64)
@@ -392,15 +409,21 @@ def _sweep(r, ys, p, down, tiny, divisor=None):
         return i + 1, out
 
     zero = tf.constant(0.0, tf.float64)
-    steps = (n + _CHUNK - 1) // _CHUNK
-    _, acc = tf.while_loop(lambda i, acc: i < steps, body, (tf.constant(0), [zero] * (3 * len(ys) + 3)))
+    init = [zero] * (3 * len(ys) + 3)
+    size = r.shape.num_elements()
+    if size is not None and size <= _CHUNK:  # one step: no loop to trace
+        _, acc = body(tf.constant(0), init)
+    else:
+        steps = (n + _CHUNK - 1) // _CHUNK
+        _, acc = tf.while_loop(lambda i, acc: i < steps, body, (tf.constant(0), init))
     ok = tf.logical_and(tf.math.is_finite(sum_sq), scale >= 2.0 ** -800)
     for k in range(len(ys)):
         ok = tf.logical_and(ok, tf.math.is_finite(acc[3 * k + 1]))
     fast = ([(acc[3 * k] / _LN2, acc[3 * k + 1] * down, acc[3 * k + 2] * down, count)
              for k in range(len(ys))],
             (acc[-3], count - acc[-2], acc[-1] - acc[-2], count, zero))
-    return tf.cond(ok, lambda: fast, lambda: _slow_sweep(r, ys, p, tiny, divisor))
+    oks.append(ok)
+    return fast
 
 
 def _slow_sweep(r, ys, p, tiny, divisor):
