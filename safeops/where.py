@@ -160,7 +160,9 @@ def smooth_where(x, threshold, if_above, if_below, temperature=1.0, name=None):
     Gradient: w.r.t. x ``w (1 - w) (if_above - if_below) / temperature``
     (continuous, 0 in the saturated tails, ``(a - b) / (4 T)`` at the
     threshold), computed as ``e (a - b) / ((1 + e)**2 T)`` in the working
-    precision, a product of the difference (formed one precision up for
+    precision (float32: within 1 ulp also in the tails, where ``w (1 - w)``
+    formed from w would cancel), a product of the difference (formed one
+    precision up for
     float16/float32, as ``a/2 - b/2`` for bfloat16/float64, so it cannot
     overflow): finite wherever ``(|a| + |b|) / (4 T)`` is at most x's dtype's
     largest value (+-inf only beyond, where the exact value itself may not be

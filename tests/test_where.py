@@ -327,3 +327,22 @@ def test_smooth_where_float32_gradients_round_the_exact_ones(mode):
     want = grads(*[tf.constant(v.astype(np.float64)) for v in (x32, t32, a32, b32)])
     for g32, g64 in zip(got, want):
         assert testing.ulp_distance(g32.numpy(), g64.numpy(), "float32").max() <= 1
+
+
+def test_smooth_where_gradient_accurate_in_the_tails():
+    # d/dx = w (1 - w) (a - b) / T is tiny but representable far from the threshold;
+    # computed as e (a - b) / ((1 + e)**2 T) with e = exp(-|z|) it keeps its relative
+    # precision there, where w (1 - w) with w = sigmoid(z) ~ 1 cancels (the autodiff
+    # of the sigmoid blend gives errors of ~1e9 ulp).
+    rng = np.random.default_rng(11)
+    z = rng.uniform(8.0, 60.0, 120) * rng.choice([-1.0, 1.0], 120)
+    x = (0.25 + 0.75 * z).astype(np.float32)
+    a, b = rng.normal(0, 10, 120).astype(np.float32), rng.normal(0, 10, 120).astype(np.float32)
+    _, (gx,) = _grads(lambda v: so.smooth_where(v, 0.25, a, b, temperature=0.75), tf.constant(x))
+
+    def exact(v, p, q):
+        w = 1 / (1 + mpmath.exp(-(v - mpmath.mpf(0.25)) / mpmath.mpf(0.75)))
+        return w * (1 - w) * (p - q) / mpmath.mpf(0.75)
+
+    ref = testing.reference(exact, x, a, b, dtype="float32")
+    assert testing.ulp_distance(gx, ref, "float32").max() <= 1

@@ -61,7 +61,8 @@ def exp_nonpositive(z):
     for c in _EXP_COEFFS[2:]:
         p = p * r + c
     # 2**k: (k + 1023) << 52; the shift drops the sum's own sign and exponent bits.
-    bits = tf.bitwise.left_shift(tf.bitcast(k + _ROUND, tf.int64) + 1023, tf.constant(52, tf.int64))
+    bits = tf.bitwise.left_shift(tf.bitcast(k + _ROUND, tf.int64) + 1023,
+                                 tf.constant(52, tf.int64))
     out = p * tf.bitcast(bits, tf.float64)
     # z itself is read once (by the clamp): XLA then fuses whatever computed it
     # (a division, say) into the loop instead of materializing it.
@@ -74,8 +75,8 @@ def log1p_unit(e):
 
     Graph: ``2 atanh(s)`` with ``s = e / (2 + e)`` for ``e <= sqrt(2) - 1`` and
     ``ln 2 + 2 atanh(s)``, ``s = (e - 1) / (e + 3)`` above, so ``|s| <= 0.172``;
-    a polynomial of degree 7 in s**2 for atanh(s) / s (Horner). No cancellation: s keeps
-    the relative precision of e. Eagerly: `tf.math.log1p`.
+    a polynomial of degree 7 in s**2 for atanh(s) / s (Horner). No cancellation:
+    s keeps the relative precision of e. Eagerly: `tf.math.log1p`.
     """
     if tf.executing_eagerly():
         return tf.math.log1p(e)
