@@ -153,7 +153,9 @@ def advise(model, data, budget=1e-2, loss=None, dtypes=("float16", "bfloat16"), 
     within `budget` (`within_budget`); other inputs may differ.
 
     Args:
-      model: a built Functional or Sequential `keras.Model` (float32).
+      model: a built Functional or Sequential `keras.Model` (float32); a
+        subclassed model is refused (`TypeError`): Keras clones only graph
+        models layer by layer, which `Advice.apply` needs.
       data: inputs, or ``(x, y)`` with `loss` (as `so.doctor.profile`).
       budget: the allowed relative error: of the mean loss when `loss` is
         given, else the norm-wise relative error of the outputs.
@@ -171,7 +173,7 @@ def advise(model, data, budget=1e-2, loss=None, dtypes=("float16", "bfloat16"), 
     Raises:
       ValueError: a budget that is not a positive number; an unknown dtype or
         quantization mode; and what `so.doctor.profile` raises.
-      TypeError: what `so.doctor.profile` raises.
+      TypeError: a subclassed model; what `so.doctor.profile` raises.
     """
     if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
         raise ValueError(f"{_OP}: argument 'budget' must be a positive relative error; got {budget!r}")

@@ -31,7 +31,6 @@ from typing import Optional, Tuple
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from safeops._core import dtypes as _dtypes
 from safeops._core.registry import new
@@ -332,6 +331,13 @@ def profile(model, data, policy="mixed_float16", loss=None, threshold=4.0, top=3
     float16 gradients use dynamic loss scaling as Keras's LossScaleOptimizer
     does (2^15, halved until finite). The model itself is not changed.
 
+    A subclassed model (no layer graph) is re-created from its config twice,
+    every layer under `policy` or ``float64``, with its weights; its layers
+    (found through its tracked layers, down to Keras and safeops layers)
+    record their calls while it runs, and are named by their path
+    (``block/dense``). The copies and traced runs are kept with the model
+    and reused by the next call while its weights and layers are unchanged.
+
     Definitions (module doc, docs/doctor.md): bits lost =
     ``clip(log2(rel / u), 0, p)`` with ``rel = |y - r| / max(|r|, rms(r))``
     and ``u = 2^-p`` the unit roundoff of the layer's compute dtype; the
@@ -342,7 +348,8 @@ def profile(model, data, policy="mixed_float16", loss=None, threshold=4.0, top=3
     for float32 and lower precisions.
 
     Args:
-      model: a built Functional or Sequential `keras.Model`.
+      model: a built `keras.Model`: Functional, Sequential, or subclassed
+        with a config that re-creates it (`get_config`/`from_config`).
       data: the inputs (an array, a list or dict of arrays for several
         inputs), a tuple ``(x, y)``, or a `tf.data.Dataset` (its first
         batch); run as one batch.
@@ -372,11 +379,14 @@ def profile(model, data, policy="mixed_float16", loss=None, threshold=4.0, top=3
       A `PrecisionProfile` (``.as_dict()`` gives the figures as a plain dict).
 
     Raises:
-      TypeError: `model` is not a Keras model, or a subclassed one (no layer
-        graph); `data` cannot be converted to tensors.
+      TypeError: `model` is not a Keras model, or a subclassed one that its
+        config does not re-create with the same layers; `data` cannot be
+        converted to tensors.
       ValueError: an unknown policy or loss; `data` does not match the
         model's inputs; a loss without targets; a layer that cannot be copied
-        into the policy (its error is included).
+        into the policy (its error is included); a subclassed model that is
+        not built, tracks no layers, or calls its layers differently in
+        another precision.
 
     Example:
       >>> p = so.doctor.profile(model, x, policy="mixed_float16", verbose=False)
