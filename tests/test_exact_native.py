@@ -245,6 +245,31 @@ def test_segmented_long_rows(monkeypatch):
     _same_bits(fused[0][:2], [_reference(r, "float32") for r in x[:2]])
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_leading_and_middle_axes_read_in_place(monkeypatch, dtype):
+    """Reductions over consecutive axes followed by others take the kernel's column layout
+    [outer, n, inner] (no transpose): same bits as the pure-TF path and the reference."""
+    rng = np.random.default_rng(7 + len(dtype))
+    lo, hi = {"float16": (-3, 3), "bfloat16": (-30, 30), "float32": (-30, 30),
+              "float64": (-250, 250)}[dtype]
+    x = _wide(rng, 3 * 4 * 70, 300, lo, hi, dtype, 2.0 ** -6).reshape(3, 4, 70, 300)
+    x = np.ascontiguousarray(np.moveaxis(x, 3, 1))  # [3, 300, 4, 70]: the cancelling axis 1
+    h = 2.0 ** -(ml_dtypes.finfo(NP[dtype]).nmant + 1)
+    x[0, :, 0, :2] = 0.0
+    x[0, :2, 0, :2] = [[1.0, 1.0 + 2 * h], [h, h]]  # ties: to even, down and up
+    def fns(v):
+        return (exact.exact_reduce_sum(v, [1]), exact.exact_reduce_mean(v, [1], True),
+                exact.exact_reduce_sum(v, [0, 1]))
+
+    fused, pure = _both(monkeypatch, fns, x)
+    for a, b in zip(fused, pure):
+        _same_bits(a, b)
+    assert "Transpose" not in _graph_ops(lambda v: exact.exact_reduce_sum(v, [1]), x)
+    _same_bits(fused[0][0, 0, :2], np.array([1.0, 1.0 + 4 * h], NP[dtype]))
+    _same_bits(fused[0][0, 0, :4], [_reference(x[0, :, 0, j], dtype) for j in range(4)])
+    _same_bits(fused[2][1, 60:64], [_reference(x[:, :, 1, j], dtype) for j in range(60, 64)])
+
+
 # -------------------------------------------------------------------- reproducibility
 
 def test_bits_invariant_under_permutation_and_reshape():
@@ -347,6 +372,13 @@ def test_registered_gradient_of_the_op():
         g = tape.gradient(loss, x).numpy()
         want = np.repeat(np.array([[1.0], [2.0], [3.0]]), 4, 1) / (4.0 if mean else 1.0)
         _same_bits(g, want)
+        x3 = tf.reshape(x, [1, 3, 4])  # [outer, n, inner]: columns
+        with tf.GradientTape() as tape:
+            tape.watch(x3)
+            y = lib.safeops_exact_sum(x3, mean=mean)
+            loss = tf.reduce_sum(y * tf.constant([[1.0, 2.0, 3.0, 4.0]], tf.float64))
+        want = np.tile([[[1.0, 2.0, 3.0, 4.0]]], [1, 3, 1]) / (3.0 if mean else 1.0)
+        _same_bits(tape.gradient(loss, x3).numpy(), want)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -365,17 +397,21 @@ def test_odd_shapes(dtype):
                 _same_bits(m, np.full(shape[0], 1.5, t))
             else:
                 assert np.all(np.isnan(m.astype(np.float64)))  # as tf.reduce_mean
-    for bad in (np.ones([3], t), np.ones([2, 2, 2], t), np.ones([], t)):
+    for bad in (np.ones([3], t), np.ones([2, 2, 2, 2], t), np.ones([], t)):
         with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="rank"):
             lib.safeops_exact_sum(bad)
     rng = np.random.default_rng(len(dtype))
     for _ in range(40):  # any rank and size: a result or an error naming the op, never a crash
-        shape = [int(rng.choice([0, 1, 2, 3, 40, 70])) for _ in range(int(rng.integers(0, 4)))]
+        shape = [int(rng.choice([0, 1, 2, 3, 40, 70])) for _ in range(int(rng.integers(0, 5)))]
         try:
             out = lib.safeops_exact_sum(np.zeros(shape, t), mean=bool(rng.integers(2))).numpy()
-            assert len(shape) == 2 and out.shape == (shape[0],)
+            assert len(shape) in (2, 3) and out.shape == tuple(shape[:1] + shape[2:])
         except tf.errors.InvalidArgumentError as err:
-            assert len(shape) != 2 and "SafeopsExactSum" in str(err)
+            assert len(shape) not in (2, 3) and "SafeopsExactSum" in str(err)
+    _same_bits(lib.safeops_exact_sum(np.zeros([2, 0, 3], t), mean=True).numpy().ravel()[:1],
+               np.array([np.nan], t))  # the empty mean of each column is NaN
+    with pytest.raises(tf.errors.InvalidArgumentError):  # [2^62, 2^62] outputs cannot exist
+        lib.safeops_exact_sum(tf.zeros([1 << 62, 0, 1 << 62], t))
     fn = tf.function(lambda v: lib.safeops_exact_sum(v),
                      input_signature=[tf.TensorSpec([None, None], t)])
     assert fn(tf.zeros([4, 0], t)).shape == (4,)

@@ -449,13 +449,44 @@ def _broadcast_back(g, x, axis, keepdims):
     return tf.broadcast_to(g, tf.shape(x))
 
 
-def _fused_rows(x, y, mean):
-    """The fused kernel's correctly rounded sums (or means) of the rows of y [outer, n], a
-    view of x; None where the kernel does not run (XLA, GPU, unavailable)."""
+def _fused(x, axis, keepdims, mean):
+    """The fused kernel's correctly rounded sum (or mean) of x over `axis`; None where the
+    kernel does not run (XLA, GPU, unavailable).
+
+    Axes that are consecutive, with a static shape and dimensions after them, are read in
+    place as [outer, n, inner]; others are moved last first (`_to_2d`).
+    """
     lib = kernels(x, dtypes.FLOAT_DTYPES)
     if lib is None:
         return None
-    return lib.safeops_exact_sum(y, mean=mean)
+    axes = None if axis is None else sorted(axis)
+    static = x.shape.as_list() if x.shape.rank is not None else [None]
+    if axes and None not in static and axes == list(range(axes[0], axes[-1] + 1)) \
+            and math.prod(static[axes[-1] + 1:]) > 1:
+        outer, n = math.prod(static[:axes[0]]), math.prod(static[axes[0]:axes[-1] + 1])
+        y = tf.reshape(x, [outer, n, math.prod(static[axes[-1] + 1:])])
+        shape = [1 if i in axes else d for i, d in enumerate(static)] if keepdims else \
+            [d for i, d in enumerate(static) if i not in axes]
+        return tf.reshape(lib.safeops_exact_sum(y, mean=mean), shape)
+    y, plain, keep = _to_2d(x, axes)
+    return tf.reshape(lib.safeops_exact_sum(y, mean=mean), keep if keepdims else plain)
+
+
+def _pure_sum(v, axis, keepdims):
+    """`exact_reduce_sum` in TF ops (float32: the certified float64 route first)."""
+    y, plain, keep = _to_2d(v, None if axis is None else sorted(axis))
+    fmt = ed.binary_format(v.dtype)
+
+    def exact_path():
+        return state_to_sum(_rows_state(y, fmt), v.dtype)
+
+    if v.dtype == tf.float32 and _FAST_FLOAT32:
+        fast, ok, exact_rows = _certified_float32_sum(y)
+        sums = tf.cond(tf.reduce_all(ok), lambda: fast, lambda: tf.cond(
+            tf.reduce_all(ok | exact_rows()), lambda: fast, exact_path))
+    else:
+        sums = exact_path()
+    return tf.reshape(sums, keep if keepdims else plain)
 
 
 def exact_reduce_sum(x, axis=None, keepdims=False):
@@ -467,7 +498,7 @@ def exact_reduce_sum(x, axis=None, keepdims=False):
     float64 sum with a rigorous error bound (`_certified_float32_sum`): where the bound
     proves the rounding, that is the correctly rounded sum; otherwise the
     exact accumulator runs; on the CPU outside XLA the fused kernel does the
-    same in one pass (`_fused_rows`). Either way the bits are the same.
+    same in one pass (`_fused`). Either way the bits are the same.
     Gradient: the upstream gradient broadcast to x (as `tf.reduce_sum`).
     Empty reductions give +0.0.
     """
@@ -475,22 +506,9 @@ def exact_reduce_sum(x, axis=None, keepdims=False):
 
     @tf.custom_gradient
     def impl(v):
-        y, plain, keep = _to_2d(v, None if axis is None else sorted(axis))
-        fmt = ed.binary_format(v.dtype)
-
-        def exact_path():
-            return state_to_sum(_rows_state(y, fmt), v.dtype)
-
-        fused = _fused_rows(v, y, mean=False)
-        if fused is not None:
-            sums = fused
-        elif v.dtype == tf.float32 and _FAST_FLOAT32:
-            fast, ok, exact_rows = _certified_float32_sum(y)
-            sums = tf.cond(tf.reduce_all(ok), lambda: fast, lambda: tf.cond(
-                tf.reduce_all(ok | exact_rows()), lambda: fast, exact_path))
-        else:
-            sums = exact_path()
-        out = tf.reshape(sums, keep if keepdims else plain)
+        out = _fused(v, axis, keepdims, mean=False)
+        if out is None:
+            out = _pure_sum(v, axis, keepdims)
 
         def grad(g):
             return _broadcast_back(g, v, axis, keepdims)
@@ -510,11 +528,11 @@ def exact_reduce_mean(x, axis=None, keepdims=False):
 
     @tf.custom_gradient
     def impl(v):
-        y, plain, keep = _to_2d(v, None if axis is None else sorted(axis))
-        means = _fused_rows(v, y, mean=True)
-        if means is None:
+        out = _fused(v, axis, keepdims, mean=True)
+        if out is None:
+            y, plain, keep = _to_2d(v, None if axis is None else sorted(axis))
             means = state_to_mean(_rows_state(y, ed.binary_format(v.dtype)), v.dtype)
-        out = tf.reshape(means, keep if keepdims else plain)
+            out = tf.reshape(means, keep if keepdims else plain)
 
         def grad(g):
             shape = tf.shape(v)

@@ -1,6 +1,7 @@
 // safeops fused CPU kernel: the correctly rounded sum (or mean) of each row.
 //
-// SafeopsExactSum: x [rows, n] (half, bfloat16, float, double) -> [rows]: each row's exact
+// SafeopsExactSum: x [rows, n] (half, bfloat16, float, double) -> [rows] (or [outer, n, inner]
+// -> [outer, inner], the reduced axis in the middle, read in place): each row's exact
 // sum (attr mean: exact sum / n) rounded once, to nearest-even, to x's dtype; NaN if a term
 // is NaN or both infinities occur, else +-inf if one occurs; a sum of only -0.0 is -0.0; the
 // empty sum is +0.0 (the empty mean NaN); overflow to inf as round-to-nearest gives;
@@ -465,6 +466,80 @@ bool Certify(const Partial& p, int64_t n, bool mean, uint64_t* out) {
   return CertifyDW<T>(q, t, e, out);
 }
 
+// Column sums of a [n, inner] slab (the reduced axis in the middle, x at column j0): the
+// columns are the lanes, kMv vectors of kW and `tail` scalar columns, restarted every
+// kRowBlock rows (the block's longest lane) and merged into out[j] per column.
+constexpr int64_t kCols = 64;       // columns per unit of a column reduction
+constexpr int64_t kRowBlock = 256;  // rows per block of a column reduction
+
+template <int kMv, typename T>
+void FilterColumnsT(const T* x, int64_t n, int64_t inner, int tail, Partial* out) {
+  for (int64_t r0 = 0; r0 < n; r0 += kRowBlock) {
+    const int64_t r1 = std::min(n, r0 + kRowBlock);
+    VD s[kMv > 0 ? kMv : 1], c[kMv > 0 ? kMv : 1], a[kMv > 0 ? kMv : 1];
+    for (int k = 0; k < kMv; ++k) {
+      s[k] = -VD{};
+      c[k] = a[k] = VD{};
+    }
+    double ts[kW], tc[kW], ta[kW];
+    for (int l = 0; l < tail; ++l) {
+      ts[l] = -0.0;
+      tc[l] = ta[l] = 0.0;
+    }
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* row = x + r * inner;
+      for (int k = 0; k < kMv; ++k) {
+        const VD b = LoadW(row + kW * k);
+        const VD t = s[k] + b;
+        const VD z = t - s[k];
+        c[k] += (s[k] - (t - z)) + (b - z);
+        s[k] = t;
+        a[k] += AbsW(b);
+      }
+      for (int l = 0; l < tail; ++l) {
+        const double v = ToDouble(row[kW * kMv + l]);
+        double e;
+        TwoSum(ts[l], v, &ts[l], &e);
+        tc[l] += e;
+        ta[l] += std::fabs(v);
+      }
+    }
+    const double k = static_cast<double>(r1 - r0);
+    for (int q = 0; q < kMv; ++q) {
+      for (int l = 0; l < kW; ++l) {
+        Partial* p = out + kW * q + l;
+        MergeDW(p, s[q][l], c[q][l]);
+        p->a += a[q][l];
+        p->chain += k * (k + 1.0) * a[q][l];
+      }
+    }
+    for (int l = 0; l < tail; ++l) {
+      Partial* p = out + kW * kMv + l;
+      MergeDW(p, ts[l], tc[l]);
+      p->a += ta[l];
+      p->chain += k * (k + 1.0) * ta[l];
+    }
+  }
+}
+
+// FilterColumnsT for m <= kCols columns; out[0, m) must be fresh partials.
+template <typename T>
+void FilterColumns(const T* x, int64_t n, int64_t inner, int64_t m, Partial* out) {
+  const int tail = static_cast<int>(m % kW);
+  switch (m / kW) {
+    case 8: return FilterColumnsT<8>(x, n, inner, tail, out);
+    case 7: return FilterColumnsT<7>(x, n, inner, tail, out);
+    case 6: return FilterColumnsT<6>(x, n, inner, tail, out);
+    case 5: return FilterColumnsT<5>(x, n, inner, tail, out);
+    case 4: return FilterColumnsT<4>(x, n, inner, tail, out);
+    case 3: return FilterColumnsT<3>(x, n, inner, tail, out);
+    case 2: return FilterColumnsT<2>(x, n, inner, tail, out);
+    case 1: return FilterColumnsT<1>(x, n, inner, tail, out);
+    default: return FilterColumnsT<0>(x, n, inner, tail, out);
+  }
+}
+static_assert(kCols == 8 * kW, "FilterColumns dispatches up to 8 vectors");
+
 // ---------------------------------------------------------------------------- pass 2: exact
 
 constexpr int kNan = 0, kPinf = 1, kNinf = 2, kNegZero = 3, kCount = 4, kNumCounters = 5;
@@ -487,10 +562,11 @@ struct Bins {
   Bins() { std::memset(v, 0, sizeof(v)); }
 };
 
-// Adds x[0, len) (len <= kExactChunk) into st: mantissas into the bins per exponent, folded
-// into the digits at the end; only the bins in the range touched are read and cleared again.
+// Adds x[0], x[stride], ... (len terms, len <= kExactChunk) into st: mantissas into the bins
+// per exponent, folded into the digits at the end; only the bins in the range touched are
+// read and cleared again.
 template <typename T>
-void ExactSpan(const T* x, int64_t len, State<T>* st, Bins<T>* scratch) {
+void ExactSpan(const T* x, int64_t len, State<T>* st, Bins<T>* scratch, int64_t stride) {
   using P = Params<T>;
   typedef typename Fmt<T>::Bits B;
   int64_t* bins = scratch->v;
@@ -499,7 +575,7 @@ void ExactSpan(const T* x, int64_t len, State<T>* st, Bins<T>* scratch) {
   constexpr B kEmask = (B{1} << P::kEbits) - 1;
   constexpr uint64_t kFmask = (uint64_t{1} << (P::kP - 1)) - 1;
   for (int64_t i = 0; i < len; ++i) {
-    const B b = BitsOf(x[i]);
+    const B b = BitsOf(x[i * stride]);
     const int biased = static_cast<int>((b >> (P::kP - 1)) & kEmask);
     const uint64_t frac = static_cast<uint64_t>(b) & kFmask;
     const uint64_t sign = static_cast<uint64_t>(b >> (P::kWidth - 1));
@@ -551,9 +627,10 @@ void ExactSpan(const T* x, int64_t len, State<T>* st, Bins<T>* scratch) {
 }
 
 template <typename T>
-void ExactRange(const T* x, int64_t len, State<T>* st, Bins<T>* scratch) {
+void ExactRange(const T* x, int64_t len, State<T>* st, Bins<T>* scratch,
+                int64_t stride = 1) {
   for (int64_t start = 0; start < len; start += kExactChunk) {
-    ExactSpan(x + start, std::min(kExactChunk, len - start), st, scratch);
+    ExactSpan(x + start * stride, std::min(kExactChunk, len - start), st, scratch, stride);
   }
 }
 
@@ -671,21 +748,32 @@ class ExactSumOp : public OpKernel {
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& in = ctx->input(0);
-    OP_REQUIRES(ctx, in.dims() == 2,
+    OP_REQUIRES(ctx, in.dims() == 2 || in.dims() == 3,
                 ::tensorflow::errors::InvalidArgument(
-                    "SafeopsExactSum: input 'x' must be rank 2 [rows, n]; got shape ",
-                    in.shape().DebugString()));
+                    "SafeopsExactSum: input 'x' must be rank 2 [rows, n] or rank 3 "
+                    "[outer, n, inner]; got shape ", in.shape().DebugString()));
     const int64_t rows = in.dim_size(0), n = in.dim_size(1);
+    const int64_t inner = in.dims() == 3 ? in.dim_size(2) : 1;
+    // [outer, inner] can overflow where n == 0 (an empty input of huge dimensions)
+    ::tensorflow::TensorShape out_shape;
+    const int64_t dims[2] = {rows, inner};
+    OP_REQUIRES_OK(ctx, ::tensorflow::TensorShapeUtils::MakeShape(dims, in.dims() - 1,
+                                                                  &out_shape));
     Tensor* out = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ::tensorflow::TensorShape({rows}), &out));
-    if (rows == 0) return;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, out_shape, &out));
+    const int64_t outputs = out_shape.num_elements();
+    if (outputs == 0) return;
     T* y = out->flat<T>().data();
     if (n == 0) {  // the empty sum is +0.0, the empty mean NaN (as tf.reduce_mean)
       const T v = FromBits<T>(mean_ ? Params<T>::kNanBits : 0);
-      for (int64_t o = 0; o < rows; ++o) y[o] = v;
+      for (int64_t o = 0; o < outputs; ++o) y[o] = v;
       return;
     }
     const T* x = in.flat<T>().data();
+    if (inner > 1) {
+      SumColumns(ctx, x, rows, n, inner, y);
+      return;
+    }
     const int64_t nb = (n + kBlock - 1) / kBlock;
     const int64_t segs = Segments(rows, nb, kSplitBudget);
     const bool filter = n < kMaxFilter;
@@ -763,6 +851,34 @@ class ExactSumOp : public OpKernel {
   }
 
  private:
+  // [outer, n, inner], inner > 1: the columns of each [n, inner] slab, kCols per unit.
+  void SumColumns(OpKernelContext* ctx, const T* x, int64_t outer, int64_t n, int64_t inner,
+                  T* y) {
+    const int64_t ncc = (inner + kCols - 1) / kCols;
+    const bool filter = n < kMaxFilter;
+    ParallelFor(ctx, outer * ncc, n * std::min(inner, kCols) * 8, [&](int64_t lo, int64_t hi) {
+      ::tensorflow::port::ScopedDontFlushDenormal exact_subnormals;
+      Bins<T> scratch;
+      Partial parts[kCols];
+      for (int64_t v = lo; v < hi; ++v) {
+        const int64_t o = v / ncc, j0 = (v % ncc) * kCols, m = std::min(kCols, inner - j0);
+        const T* base = x + o * n * inner + j0;
+        for (int64_t j = 0; j < m; ++j) parts[j] = Partial();
+        if (filter) FilterColumns(base, n, inner, m, parts);
+        for (int64_t j = 0; j < m; ++j) {
+          uint64_t bits;
+          if (!filter || !Certify<T>(parts[j], n, mean_, &bits)) {
+            State<T> st;
+            st.Clear();
+            ExactRange(base + j, n, &st, &scratch, inner);
+            bits = Finish<T>(&st, mean_);
+          }
+          y[o * inner + j0 + j] = FromBits<T>(bits);
+        }
+      }
+    });
+  }
+
   bool mean_;
 };
 
@@ -775,8 +891,15 @@ REGISTER_OP("SafeopsExactSum")
     .Attr("mean: bool = false")
     .SetShapeFn([](shape_inference::InferenceContext* c) {
       shape_inference::ShapeHandle x;
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &x));
-      c->set_output(0, c->Vector(c->Dim(x, 0)));
+      TF_RETURN_IF_ERROR(c->WithRankAtLeast(c->input(0), 2, &x));
+      TF_RETURN_IF_ERROR(c->WithRankAtMost(x, 3, &x));
+      if (!c->RankKnown(x)) {
+        c->set_output(0, c->UnknownShape());
+      } else if (c->Rank(x) == 2) {
+        c->set_output(0, c->Vector(c->Dim(x, 0)));
+      } else {
+        c->set_output(0, c->Matrix(c->Dim(x, 0), c->Dim(x, 2)));
+      }
       return ::tensorflow::OkStatus();
     });
 
