@@ -384,7 +384,7 @@ def _sweep(r, ys, p, down, tiny, divisor=None, oks=None):
     if oks is None:
         return _slow_sweep(r, ys, p, tiny, divisor)
     n = tf.size(r)
-    sum_sq = tf.reduce_sum(tf.square(r))
+    sum_sq = tf.tensordot(r, r, 1)  # no float64 temporary of r * r
     count = tf.cast(n, tf.float64)
     scale = tf.sqrt(tf.math.divide_no_nan(sum_sq, count))
 
