@@ -354,7 +354,7 @@ def _loss_key(loss_fn):
 
 
 _LN2 = math.log(2.0)
-_CHUNK = 1 << 15  # elements per step of a sweep: its float64 temporaries stay in cache
+_CHUNK = 1 << 14  # elements per step of a sweep: its float64 temporaries stay in cache
 
 
 def _to64(t):
