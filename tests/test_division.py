@@ -1,5 +1,7 @@
 """Tests of safeops.division: safe_divide, safe_reciprocal, divide_no_nan, relative_error."""
 
+import re
+
 import mpmath
 import numpy as np
 import pytest
@@ -336,3 +338,22 @@ def test_relative_error_gradient_where_difference_overflows_float64():
     p = tf.constant([9.97920155e291, 2.0], tf.float64)
     for fn in (so.relative_error, tf.function(so.relative_error)):
         testing.assert_finite_gradients(fn, t, p)
+
+
+def test_relative_error_one_xla_loop_per_output():
+    # The value and each gradient are one loop each over the float32 inputs: no
+    # float64 quotient shared by two outputs is written to memory and read back.
+    t = tf.constant(np.linspace(-3.0, 3.0, 256), tf.float32)
+    p = tf.reverse(t, [0])
+
+    def fwd_bwd(a, b):
+        with tf.GradientTape() as tape:
+            tape.watch([a, b])
+            out = so.relative_error(a, b, eps=1e-3)
+        return [out] + tape.gradient(out, [a, b])
+
+    with tf.device("/CPU:0"):
+        hlo = tf.function(fwd_bwd, jit_compile=True).experimental_get_compiler_ir(t, p)(
+            stage="optimized_hlo")
+    loops = re.findall(r"= (\w+)\[[\d,]*\]\{[\d,]*\} fusion\(", hlo[hlo.index("ENTRY"):])
+    assert loops == ["f32"] * 3, loops

@@ -1,5 +1,7 @@
 """Tests of safeops.smooth: smooth_step, soft_clip, soft_abs, soft_maximum, soft_minimum."""
 
+import re
+
 import ml_dtypes
 import mpmath
 import numpy as np
@@ -412,3 +414,36 @@ def test_soft_abs_eps_gradient_matches_finite_differences():
     for e in (0.5, 3.0):
         err = testing.check_gradients(lambda v, ee: so.soft_abs(v, eps=ee), xs, np.float64(e))
         assert err <= 1e-6
+
+
+def _xla_loops(fn, *args):
+    """Result dtypes of the loops (fusions) of the XLA:CPU program of fn's value and gradients."""
+    def fwd_bwd(*vs):
+        with tf.GradientTape() as tape:
+            tape.watch(vs)
+            out = fn(*vs)
+        return [out] + tape.gradient(out, list(vs))
+
+    with tf.device("/CPU:0"):
+        hlo = tf.function(fwd_bwd, jit_compile=True).experimental_get_compiler_ir(*args)(
+            stage="optimized_hlo")
+    entry = hlo[hlo.index("ENTRY"):]
+    return re.findall(r"= (\w+)\[[\d,]*\]\{[\d,]*\} fusion\(", entry), len(args) + 1
+
+
+@pytest.mark.parametrize("name", ["soft_maximum", "soft_minimum", "soft_clip", "smooth_where"])
+def test_one_xla_loop_per_output(name):
+    # The value and each gradient are one loop each over the float32 inputs: no
+    # float64 intermediate is written to memory and read back (XLA:CPU does that
+    # for an expensive operation, e.g. a quotient, that two outputs share).
+    x = tf.constant(np.linspace(-3.0, 3.0, 256), tf.float32)
+    fns = {
+        "soft_maximum": (lambda v, w: so.soft_maximum(v, w, 0.75), (x, tf.reverse(x, [0]))),
+        "soft_minimum": (lambda v, w: so.soft_minimum(v, w, 0.75), (x, tf.reverse(x, [0]))),
+        "soft_clip": (lambda v: so.soft_clip(v, -1.0, 2.0, 1.5), (x,)),
+        "smooth_where": (lambda v, a, b: so.smooth_where(v, 0.5, a, b, 0.75),
+                         (x, 2.0 * x, tf.reverse(x, [0]))),
+    }
+    fn, args = fns[name]
+    loops, outputs = _xla_loops(fn, *args)
+    assert loops == ["f32"] * outputs, loops
