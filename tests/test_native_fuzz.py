@@ -14,7 +14,8 @@ import sys
 import numpy as np
 
 _OPS = ("SafeopsCompensatedSum", "SafeopsCompensatedCumsum", "SafeopsWidenAssignAdd",
-        "SafeopsSoftmax", "SafeopsSoftmaxGrad")
+        "SafeopsSoftmax", "SafeopsSoftmaxGrad", "SafeopsSoftplus", "SafeopsExactSum",
+        "SafeopsWideMatmul")
 
 
 def _fuzz(seed=0, random_cases=400):  # noqa: C901  (one table of cases)
@@ -58,10 +59,10 @@ def _fuzz(seed=0, random_cases=400):  # noqa: C901  (one table of cases)
                                               tf.zeros([1, 2], tf.float64), "softmax"), False)
     expect("SafeopsSoftmaxGrad", lambda: grad(tf.ones([1]), tf.zeros([1]), tf.ones([1]),
                                               tf.zeros([1, 2], tf.float64), "softmax"), False)
-    for kind in ("softmax", "logsumexp"):
+    for kind in ("softmax", "log_softmax", "logsumexp"):
         rows, n = 3, 37
-        good = [t([rows, n if kind == "softmax" else 1]), t([rows, n]),
-                t([rows, n if kind == "softmax" else 1]), t([rows, 2], tf.float64)]
+        good = [t([rows, n if kind != "logsumexp" else 1]), t([rows, n]),
+                t([rows, n if kind != "logsumexp" else 1]), t([rows, 2], tf.float64)]
         expect("SafeopsSoftmaxGrad", lambda: grad(*good, kind), True)
         for i in range(4):
             base = good[i].shape.as_list()
@@ -87,10 +88,16 @@ def _fuzz(seed=0, random_cases=400):  # noqa: C901  (one table of cases)
                                                   tf.zeros([2**62, 0]), tf.zeros([1, 2], tf.float64),
                                                   kind), False, "huge")
         expect("SafeopsSoftmax", lambda: softmax(t([2, 3], tf.float64), kind), False, "float64")
-    for kind in ("log_softmax", "", "SOFTMAX", 3):
+    for kind in ("log-softmax", "", "SOFTMAX", 3):
         expect("SafeopsSoftmax", lambda: softmax(t([2, 3]), kind), False, kind)
         expect("SafeopsSoftmaxGrad", lambda: grad(t([2, 3]), t([2, 3]), t([2, 3]),
                                                   t([2, 2], tf.float64), kind), False, kind)
+
+    # softplus: element-wise, any float32 shape; other dtypes rejected by the wrapper
+    for shape in ([], [0], [1], [3], [2, 3, 4], [0, 5], [1] * 9):
+        expect("SafeopsSoftplus", lambda: lib.safeops_softplus(t(shape)), True, shape)
+    for dtype in (tf.float64, tf.float16, tf.int32):
+        expect("SafeopsSoftplus", lambda: lib.safeops_softplus(t([3], dtype)), False, dtype)
 
     # the reductions: rank 3 [outer, n, inner] only, float32/float64 only
     for op, fn in (("SafeopsCompensatedSum", lambda x: lib.safeops_compensated_sum(x, mean=True)),
@@ -146,10 +153,10 @@ def _fuzz(seed=0, random_cases=400):  # noqa: C901  (one table of cases)
         shape = [int(rng.choice([0, 1, 2, 3, 7, 40])) for _ in range(rank)]
         return t(shape, dtypes[int(rng.integers(len(dtypes)))])
 
-    kinds = ("softmax", "logsumexp")
+    kinds = ("softmax", "log_softmax", "logsumexp")
     for _ in range(random_cases):
-        which = int(rng.integers(5))
-        kind = kinds[int(rng.integers(2))]
+        which = int(rng.integers(7))
+        kind = kinds[int(rng.integers(3))]
         flag = bool(rng.integers(2))
         args = [anything() for _ in range(4)]
         shapes = [a.shape.as_list() for a in args]
@@ -162,8 +169,13 @@ def _fuzz(seed=0, random_cases=400):  # noqa: C901  (one table of cases)
             expect(_OPS[2], lambda: widen(var.handle, args[0]), None, shapes)
         elif which == 3:
             expect(_OPS[3], lambda: softmax(args[0], kind), None, shapes)
-        else:
+        elif which == 4:
             expect(_OPS[4], lambda: grad(*args, kind), None, shapes)
+        elif which == 5:
+            expect(_OPS[6], lambda: lib.safeops_exact_sum(args[0], mean=flag), None, shapes)
+        else:
+            expect(_OPS[7], lambda: lib.safeops_wide_matmul(args[0], args[1], transpose_a=flag),
+                   None, shapes)
     return tally
 
 
