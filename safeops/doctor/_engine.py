@@ -365,6 +365,22 @@ def _flat(t):
     return tf.reshape(t, [-1])
 
 
+@tf.function(autograph=False, reduce_retracing=True)
+def _chunk_sums(rc, ycs, scale, down, plog, tiny, divisor):
+    """One chunk of `_sweep`'s fast path: per y (sum of clipped log t, sum of t, max t), then
+    (max |r|, zero count, count of |r| < tiny). Traced once per number and dtypes of the ys
+    and shared by every sweep (a call in the statistics' graph, not a copy of its ops)."""
+    a = tf.abs(rc)
+    denom = tf.maximum(a, scale) * down
+    out = []
+    for yc in ycs:
+        t = tf.abs(tf.cast(yc, tf.float64) / divisor - rc) / denom
+        out += [tf.reduce_sum(tf.minimum(tf.maximum(tf.math.log(t), 0.0), plog)), tf.reduce_sum(t),
+                tf.reduce_max(t)]
+    return out + [tf.reduce_max(a), tf.reduce_sum(tf.cast(a == 0, tf.float64)),
+                  tf.reduce_sum(tf.cast(a < tiny, tf.float64))]
+
+
 def _sweep(r, ys, p, down, tiny, divisor=None, oks=None):
     """Compare flat `ys` with the flat float64 reference `r`, and measure `r`'s range.
 
@@ -388,24 +404,19 @@ def _sweep(r, ys, p, down, tiny, divisor=None, oks=None):
     count = tf.cast(n, tf.float64)
     scale = tf.sqrt(tf.math.divide_no_nan(sum_sq, count))
 
+    one = tf.constant(1.0, tf.float64) if divisor is None else divisor
+    plog = p * _LN2
+
     def body(i, acc):
         start = i * _CHUNK
         size = tf.minimum(_CHUNK, n - start)
-        rc = tf.slice(r, [start], [size])
-        a = tf.abs(rc)
-        denom = tf.maximum(a, scale) * down
+        part = _chunk_sums(tf.slice(r, [start], [size]), [tf.slice(y, [start], [size]) for y in ys],
+                           scale, down, plog, tiny, one)
         out = []
-        for k, y in enumerate(ys):
-            yc = tf.cast(tf.slice(y, [start], [size]), tf.float64)
-            if divisor is not None:
-                yc = yc / divisor
-            t = tf.abs(yc - rc) / denom
-            out += [acc[3 * k] + tf.reduce_sum(tf.minimum(tf.maximum(tf.math.log(t), 0.0), p * _LN2)),
-                    acc[3 * k + 1] + tf.reduce_sum(t),
-                    tf.maximum(acc[3 * k + 2], tf.reduce_max(t))]
-        out += [tf.maximum(acc[-3], tf.reduce_max(a)),
-                acc[-2] + tf.reduce_sum(tf.cast(a == 0, tf.float64)),
-                acc[-1] + tf.reduce_sum(tf.cast(a < tiny, tf.float64))]
+        for k in range(len(ys)):
+            out += [acc[3 * k] + part[3 * k], acc[3 * k + 1] + part[3 * k + 1],
+                    tf.maximum(acc[3 * k + 2], part[3 * k + 2])]
+        out += [tf.maximum(acc[-3], part[-3]), acc[-2] + part[-2], acc[-1] + part[-1]]
         return i + 1, out
 
     zero = tf.constant(0.0, tf.float64)
