@@ -19,12 +19,14 @@ others         delegated to TF (TF's result and errors)
 import tensorflow as tf
 
 from safeops._core import compensated as cs
+from safeops._core import reproducible
 from safeops._core.args import convert_n, dtype_error
 from safeops._core.axes import dynamic_axes, reduction_axes
 from safeops._core.dtypes import COMPLEX_DTYPES, FLOAT_DTYPES, accumulation_dtype
 from safeops._core.eft import prod_dw
 from safeops._core.native import kernels
 from safeops._core.registry import drop_in, new
+from safeops.config import is_reproducible
 
 __all__ = ["dot", "matmul"]
 
@@ -69,6 +71,13 @@ def _dot2(op, x, y, axis, keepdims):
 
 
 def _real_dot(op, x, y, axis, keepdims):
+    if is_reproducible():  # correctly rounded: the exact sum of the exact products
+        shape = tf.broadcast_static_shape(x.shape, y.shape)
+        axes = reduction_axes(op, axis, shape.rank)
+        if axes is not None:
+            dyn = tf.broadcast_dynamic_shape(tf.shape(x), tf.shape(y))
+            return reproducible.dot(tf.broadcast_to(x, dyn), tf.broadcast_to(y, dyn),
+                                    list(axes), keepdims)
     if x.dtype == tf.float64:
         return _dot2(op, x, y, axis, keepdims)
     acc = accumulation_dtype(x.dtype)

@@ -55,6 +55,7 @@ import math
 import tensorflow as tf
 
 from safeops._core import compensated as cs
+from safeops._core import reproducible
 from safeops._core.args import dtype_error
 from safeops._core.axes import class_axis, dynamic_axes, reduction_axes
 from safeops._core.dtypes import FLOAT_DTYPES, accumulation_dtype, working_dtype
@@ -62,6 +63,7 @@ from safeops._core.eft import two_sum
 from safeops._core.native import kernels
 from safeops._core.ragged import is_ragged, ragged_reduce, ragged_rows
 from safeops._core.registry import drop_in
+from safeops.config import is_reproducible
 from safeops._core.elementwise import fused as _fused
 from safeops._core.elementwise import name_scope
 
@@ -431,6 +433,8 @@ def _logsumexp(op, x, axis, keepdims):
     elif not axes:  # nothing reduced: log(exp(x)) = x
         return tf.identity(x)
     else:
+        if is_reproducible():  # the sum of the exponentials exact: any order, any batch
+            return reproducible.logsumexp(x, list(axes), keepdims)
         axes_arg = axes[0] if len(axes) == 1 else list(axes)
     out = _logsumexp_keep(x, axes_arg)
     if not keepdims:
@@ -567,7 +571,8 @@ def softmax(logits, axis=None, name=None):
         x = _input(op, "logits", logits)
         if is_ragged(x):
             return ragged_rows(op, x, axis, _softmax, -float("inf"))
-        out = _softmax(x, _axis(op, x, axis))
+        a = _axis(op, x, axis)
+        out = reproducible.softmax(x, a % x.shape.rank) if is_reproducible() else _softmax(x, a)
         try:
             out._keras_logits = x
         except AttributeError:
@@ -630,4 +635,7 @@ def log_softmax(logits, axis=None, name=None):
         x = _input(op, "logits", logits)
         if is_ragged(x):
             return ragged_rows(op, x, axis, _log_softmax, -float("inf"))
-        return _log_softmax(x, _axis(op, x, axis))
+        a = _axis(op, x, axis)
+        if is_reproducible():
+            return reproducible.log_softmax(x, a % x.shape.rank)
+        return _log_softmax(x, a)

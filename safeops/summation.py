@@ -44,6 +44,7 @@ from safeops._core.elementwise import name_scope
 from safeops._core.native import kernels
 from safeops._core.ragged import is_ragged, ragged_reduce
 from safeops._core.registry import drop_in
+from safeops._core import reproducible
 from safeops.config import is_reproducible
 
 __all__ = ["cumsum", "reduce_mean", "reduce_std", "reduce_sum", "reduce_variance"]
@@ -392,6 +393,8 @@ def _sqrt0(var):
 
 def _variance(op, x, axis, keepdims, std, mask=None):
     axes = axis if mask is not None else _axes(op, x, axis)
+    if mask is None and isinstance(axes, tuple) and is_reproducible():
+        return reproducible.variance(x, list(axes), keepdims, std)  # exact means, any order
     if x.dtype in _COMPLEX:  # E|x - mean|^2 = var(re) + var(im), real dtype (TF's definition)
         re, im = tf.math.real(x), tf.math.imag(x)
         if re.dtype == tf.float64:

@@ -204,3 +204,50 @@ def test_normalization_layers_train_under_the_switch():
     with so.config.reproducible():
         again = plain(tf.constant(x), training=True).numpy()
     np.testing.assert_allclose(again, default, atol=1e-5)
+
+
+def test_public_variance_std_dot_under_the_switch():
+    rng = np.random.default_rng(10)
+    x = (rng.standard_normal((3, 200)) * 10.0 ** rng.integers(-4, 4, (3, 200))).astype(np.float32)
+    y = rng.standard_normal(200).astype(np.float32)
+    perm = rng.permutation(200)
+    with so.config.reproducible():
+        var = so.reduce_variance(x, axis=1).numpy()
+        std = so.reduce_std(x, axis=-1, keepdims=True).numpy()
+        d = so.dot(x, y, axis=-1).numpy()  # y broadcast against every row
+        np.testing.assert_array_equal(so.reduce_variance(x[:, perm], axis=1).numpy(), var)
+        np.testing.assert_array_equal(so.dot(x[:, perm], y[perm]).numpy(), d)
+        graph = tf.function(lambda v: so.reduce_variance(v, 1), jit_compile=True)
+        np.testing.assert_array_equal(graph(tf.constant(x)).numpy(), var)
+    assert std.shape == (3, 1)
+    for i in range(3):
+        ev, _ = _exact_variance(x[i])
+        assert abs(int(var[i].view(np.int32)) - int(_round(ev, np.float32).view(np.int32))) <= 1
+        assert d[i] == _round(_exact_dot(x[i], y), np.float32)
+    np.testing.assert_allclose(std[:, 0], np.sqrt(var.astype(np.float64)), rtol=2.0 ** -23)
+
+
+def test_public_softmax_family_under_the_switch_matches_the_default_method():
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal((4, 50)) * 8).astype(np.float32)
+    x[3] = -np.inf  # a fully masked row: the default method's documented values and gradients
+    perm = rng.permutation(50)
+    results = {}
+    for on in (False, True):
+        with so.config.reproducible(on):
+            xt = tf.constant(x)
+            with tf.GradientTape(persistent=True) as tape:
+                tape.watch(xt)
+                outs = (so.softmax(xt), so.log_softmax(xt), so.reduce_logsumexp(xt, axis=1))
+            grads = [tape.gradient(o, xt, output_gradients=tf.ones_like(o) * 0.5) for o in outs]
+            results[on] = [o.numpy() for o in outs] + [g.numpy() for g in grads]
+            if on:
+                again = (so.softmax(x[:, perm]), so.log_softmax(x[:, perm]),
+                         so.reduce_logsumexp(x[:, perm], axis=1))
+                np.testing.assert_array_equal(again[0].numpy(), results[on][0][:, perm])
+                np.testing.assert_array_equal(again[1].numpy(), results[on][1][:, perm])
+                np.testing.assert_array_equal(again[2].numpy(), results[on][2])
+    for a, b in zip(results[False], results[True]):
+        assert np.array_equal(np.isfinite(a), np.isfinite(b))
+        np.testing.assert_allclose(np.where(np.isfinite(b), b, 0), np.where(np.isfinite(a), a, 0),
+                                   rtol=4 * 2.0 ** -23, atol=4 * 2.0 ** -24)

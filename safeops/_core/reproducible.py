@@ -140,33 +140,39 @@ def _kept_shape(x, axes):
                                        tf.ones([len(axes)], tf.int32)) if axes else tf.shape(x)
 
 
-def logsumexp(x, axes, keepdims=False):
-    """``log(sum(exp(x), axes))`` with the sum of the exponentials exact (float input)."""
+def _exp_terms(x, axes):
+    """float64 ``(m, x - m, exp(x - m), s, s_safe)``: the row max (0 where not finite), the
+    exact sum s of the exponentials (keepdims) and s with 1 where it is 0 (fully masked)."""
     w = _wide(x)
     m = tf.stop_gradient(tf.reduce_max(w, axis=axes, keepdims=True))
     m = tf.where(tf.math.is_finite(m), m, tf.zeros_like(m))
-    s = exact.exact_reduce_sum(tf.exp(w - m), axes, keepdims=True)
-    out = m + tf.math.log(s)
+    z = w - m
+    e = tf.exp(z)
+    s = exact.exact_reduce_sum(e, axes, keepdims=True)
+    return m, z, e, s, tf.where(s > 0, s, tf.ones_like(s))
+
+
+def logsumexp(x, axes, keepdims=False):
+    """``log(sum(exp(x), axes))`` with the sum of the exponentials exact (float input).
+
+    A row of -inf gives -inf with gradient 0."""
+    m, _, _, s, s_safe = _exp_terms(x, axes)
+    out = tf.where(s > 0, m + tf.math.log(s_safe), tf.fill(tf.shape(s), tf.constant(
+        -float("inf"), _WIDE)))
     if not keepdims:
         out = _drop(out, axes)
     return _narrow(out, x.dtype)
 
 
 def softmax(x, axis):
-    """``exp(x - m) / sum(exp(x - m))`` along one non-negative `axis`, the sum exact."""
-    w = _wide(x)
-    m = tf.stop_gradient(tf.reduce_max(w, axis=axis, keepdims=True))
-    m = tf.where(tf.math.is_finite(m), m, tf.zeros_like(m))
-    e = tf.exp(w - m)
-    return _narrow(e / exact.exact_reduce_sum(e, [axis], keepdims=True), x.dtype)
+    """``exp(x - m) / sum(exp(x - m))`` along one non-negative `axis`, the sum exact; a row
+    of -inf gives 0 (and gradient 0)."""
+    _, _, e, _, s_safe = _exp_terms(x, [axis])
+    return _narrow(e / s_safe, x.dtype)
 
 
 def log_softmax(x, axis):
-    """``x - logsumexp(x)`` along one non-negative `axis`, in float64 before one rounding."""
-    w = _wide(x)
-    m = tf.stop_gradient(tf.reduce_max(w, axis=axis, keepdims=True))
-    m = tf.where(tf.math.is_finite(m), m, tf.zeros_like(m))
-    z = w - m
-    s = exact.exact_reduce_sum(tf.exp(z), [axis], keepdims=True)
-    return _narrow(z - tf.math.log(s), x.dtype)
-
+    """``(x - m) - log(sum(exp(x - m)))`` along one non-negative `axis`, in float64 before
+    one rounding; a row of -inf gives -inf with a finite gradient."""
+    _, z, _, _, s_safe = _exp_terms(x, [axis])
+    return _narrow(z - tf.math.log(s_safe), x.dtype)
