@@ -1,11 +1,14 @@
 """Library-wide switches: reproducible (correctly rounded) reductions.
 
 ``so.config.set_reproducible(True)`` makes the sums built on the exact
-accumulator (`so.reduce_sum`, `so.reduce_mean`, `so.cumsum`) return the
-*correctly rounded* result: the exact sum of the inputs rounded once, whose
-bits depend only on the values summed -- not on their order, the shape, the
-batch split, the device, the thread count or the compilation
-(docs/reproducibility.md). Off by default: the default method is faster and
+accumulator (`so.reduce_sum`, `so.reduce_mean`, `so.cumsum`, `so.dot`) return
+the *correctly rounded* result: the exact sum of the inputs rounded once,
+whose bits depend only on the values summed -- not on their order, the
+shape, the batch split, the device, the thread count or the compilation
+(docs/reproducibility.md). `so.reduce_variance`/`reduce_std` (exact means of
+float64-rounded squares), `so.reduce_logsumexp`, `so.softmax` and
+`so.log_softmax` (an exact sum of the exponentials) and the statistics of the
+stable normalization layers become independent of order and batch split too. Off by default: the default method is faster and
 faithful (within 1 ulp), but its last bit can differ between the CPU kernel
 and the pure-TF path.
 

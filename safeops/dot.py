@@ -129,7 +129,11 @@ def dot(x, y, axis=-1, keepdims=False, name=None):
     float32: ``<= u|x.y| + gamma64_n |x|.|y|`` (worst case; guarantees 1 ulp
     only for condition ``<~ 2**29 / n``); *measured* within 1 ulp for
     condition numbers ``2|x|.|y| / |x.y|`` up to 1e7 at n = 2000 (tested;
-    the naive float32 product fails).
+    the naive float32 product fails). In reproducible mode
+    (`safeops.config.reproducible()`, a static axis and rank) the result is
+    the correctly rounded dot product: the exact products (float32 in
+    float64; float64 split exactly by TwoProd) summed exactly and rounded
+    once, the same bits in any order and every execution mode.
 
     Gradient: y * upstream for x and x * upstream for y (summed over broadcast
     dimensions), as TF's; the error terms are not differentiated.

@@ -431,7 +431,12 @@ _VAR_DOC = """Accurate {what} across dimensions; drop-in for `tf.math.reduce_{tf
     data with ``|mean| / std`` up to 1e6 (e.g. 1e4 + N(0, 1) in float32), where
     `tf.math.reduce_{tfname}` loses most digits. Formally: relative error
     ``<= u + O(n u_acc) + O((|mean|/std)^2 u_acc^2)`` with u_acc the unit
-    roundoff of the accumulation (float64: ~u^2).
+    roundoff of the accumulation (float64: ~u^2). In reproducible mode
+    (`safeops.config.reproducible()`, static axes) the mean is correctly
+    rounded and the squared deviations (rounded in float64) are summed
+    exactly: the same bits in any order, batch split and execution mode;
+    relative error ``<= 3 u64 + u64^2 (mean/std)^2`` before the one rounding
+    to the input dtype (float32: within 1 ulp).
 
     Gradient: {grad}; the gradient of the mean term vanishes as in TF.
 

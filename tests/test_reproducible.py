@@ -231,6 +231,7 @@ def test_public_softmax_family_under_the_switch_matches_the_default_method():
     rng = np.random.default_rng(11)
     x = (rng.standard_normal((4, 50)) * 8).astype(np.float32)
     x[3] = -np.inf  # a fully masked row: the default method's documented values and gradients
+    x[2, [4, 9]] = np.inf  # a row holding +inf: its +inf entries share the probability
     perm = rng.permutation(50)
     results = {}
     for on in (False, True):

@@ -141,38 +141,78 @@ def _kept_shape(x, axes):
 
 
 def _exp_terms(x, axes):
-    """float64 ``(m, x - m, exp(x - m), s, s_safe)``: the row max (0 where not finite), the
-    exact sum s of the exponentials (keepdims) and s with 1 where it is 0 (fully masked)."""
+    """float64 ``(top, z, e, s, s_safe)`` as the default method defines them: with m the row
+    max (0 where it is not finite) ``z = x - m`` and ``e = exp(z)``, except in a row holding
+    +inf, where the +inf entries count as exp(0) = 1 (z = 0) and the others as 0 (z = -inf);
+    ``top`` is +inf in such a row and m elsewhere; s is the exact sum of e (keepdims) and
+    s_safe is s with 1 where it is 0 (a fully masked row)."""
     w = _wide(x)
-    m = tf.stop_gradient(tf.reduce_max(w, axis=axes, keepdims=True))
-    m = tf.where(tf.math.is_finite(m), m, tf.zeros_like(m))
-    z = w - m
+    raw = tf.stop_gradient(tf.reduce_max(w, axis=axes, keepdims=True))
+    m = tf.where(tf.math.is_finite(raw), raw, tf.zeros_like(raw))
+    inf_row = tf.equal(raw, float("inf"))
+    is_inf = tf.equal(w, float("inf"))
+    z = tf.where(inf_row, tf.where(is_inf, tf.zeros_like(w), tf.fill(
+        tf.shape(w), tf.constant(-float("inf"), _WIDE))), w - m)
     e = tf.exp(z)
     s = exact.exact_reduce_sum(e, axes, keepdims=True)
-    return m, z, e, s, tf.where(s > 0, s, tf.ones_like(s))
+    top = tf.where(inf_row, raw, m)
+    return top, z, e, s, tf.where(s > 0, s, tf.ones_like(s))
+
+
+def _row_sum(v, axes):
+    return exact.exact_reduce_sum(v, axes, keepdims=True)
 
 
 def logsumexp(x, axes, keepdims=False):
     """``log(sum(exp(x), axes))`` with the sum of the exponentials exact (float input).
 
-    A row of -inf gives -inf with gradient 0."""
-    m, _, _, s, s_safe = _exp_terms(x, axes)
-    out = tf.where(s > 0, m + tf.math.log(s_safe), tf.fill(tf.shape(s), tf.constant(
-        -float("inf"), _WIDE)))
-    if not keepdims:
-        out = _drop(out, axes)
-    return _narrow(out, x.dtype)
+    A row of -inf gives -inf with gradient 0; a row holding +inf gives +inf.
+    Gradient: ``g p`` with p the softmax (0 in a fully masked row)."""
+    @tf.custom_gradient
+    def impl(v):
+        top, _, e, s, s_safe = _exp_terms(v, axes)
+        out = tf.where(s > 0, top + tf.math.log(s_safe), tf.fill(tf.shape(s), tf.constant(
+            -float("inf"), _WIDE)))
+        if not keepdims:
+            out = _drop(out, axes)
+
+        def grad(g):
+            g = tf.reshape(_wide(g), tf.shape(s))
+            return _narrow(g * (e / s_safe), v.dtype)
+
+        return _narrow(out, v.dtype), grad
+
+    return impl(x)
 
 
 def softmax(x, axis):
     """``exp(x - m) / sum(exp(x - m))`` along one non-negative `axis`, the sum exact; a row
-    of -inf gives 0 (and gradient 0)."""
-    _, _, e, _, s_safe = _exp_terms(x, [axis])
-    return _narrow(e / s_safe, x.dtype)
+    of -inf gives 0 (and gradient 0). Gradient ``p (g - sum(g p))``, its sum exact too."""
+    @tf.custom_gradient
+    def impl(v):
+        _, _, e, _, s_safe = _exp_terms(v, [axis])
+        p = e / s_safe
+
+        def grad(g):
+            g = _wide(g)
+            return _narrow(p * (g - _row_sum(g * p, [axis])), v.dtype)
+
+        return _narrow(p, v.dtype), grad
+
+    return impl(x)
 
 
 def log_softmax(x, axis):
     """``(x - m) - log(sum(exp(x - m)))`` along one non-negative `axis`, in float64 before
-    one rounding; a row of -inf gives -inf with a finite gradient."""
-    _, z, _, _, s_safe = _exp_terms(x, [axis])
-    return _narrow(z - tf.math.log(s_safe), x.dtype)
+    one rounding; a row of -inf gives -inf with gradient g. Gradient ``g - p sum(g)``."""
+    @tf.custom_gradient
+    def impl(v):
+        _, z, e, _, s_safe = _exp_terms(v, [axis])
+
+        def grad(g):
+            g = _wide(g)
+            return _narrow(g - (e / s_safe) * _row_sum(g, [axis]), v.dtype)
+
+        return _narrow(z - tf.math.log(s_safe), v.dtype), grad
+
+    return impl(x)
