@@ -7,8 +7,11 @@ first, which costs 4-7x ``tf.reduce_sum`` at 8M elements. The C++ kernels in
 registers and add with TwoSum in double (Ogita-Rump-Oishi Sum2), so
 `so.reduce_sum`, `so.reduce_mean`, `so.cumsum` and `so.KahanAccumulator.add`
 cost about what the TF op does (figures in BUILD_NOTES.md). ``softmax.cc``
-computes the float32 softmax (forward and backward) and logsumexp forward of
-`safeops.softmax` in one cached pass per row. ``exact.cc`` gives the correctly
+computes the float32 softmax and log_softmax (forward and backward) and the
+logsumexp forward of `safeops.softmax` in one cached pass per row, and the
+eager softplus of small float32 tensors. ``matmul.cc`` is the float32
+`so.matmul`: operands widened once, a float64 GEMM on shape-fixed tiles, one
+rounding. ``exact.cc`` gives the correctly
 rounded row sums and means of the reproducible reductions
 (`so.config.set_reproducible`): a certified double-double pass, and the
 exact integer accumulator for the rows it cannot decide -- the same bits as

@@ -1,4 +1,4 @@
-// Shared by the safeops fused kernels (compensated.cc, softmax.cc).
+// Shared by the safeops fused kernels (compensated.cc, softmax.cc, exact.cc, matmul.cc).
 #ifndef SAFEOPS_NATIVE_COMMON_H_
 #define SAFEOPS_NATIVE_COMMON_H_
 
