@@ -26,6 +26,7 @@ from safeops._core.dtypes import COMPLEX_DTYPES, FLOAT_DTYPES, accumulation_dtyp
 from safeops._core.eft import prod_dw
 from safeops._core.native import kernels
 from safeops._core.registry import drop_in, new
+from safeops._core.gradient import register_gradient
 from safeops.config import is_reproducible
 
 __all__ = ["dot", "matmul"]
@@ -369,18 +370,7 @@ def _wide_batched(lib, a, b, ta, tb):
     return res
 
 
-def _register_gradient(op_type):
-    """`tf.RegisterGradient`, tolerating a second import of this module (a reload)."""
-    def register(fn):
-        try:
-            tf.RegisterGradient(op_type)(fn)
-        except KeyError:
-            pass
-        return fn
-    return register
-
-
-@_register_gradient("SafeopsWideMatmul")
+@register_gradient("SafeopsWideMatmul")
 def _wide_matmul_grad(op, grad):
     """TF's MatMul gradient, each product accumulated as the forward (float64, one rounding)."""
     a, b = op.inputs

@@ -42,7 +42,7 @@ try:  # the tape API under tf.custom_gradient (TF 2.x)
 except (ImportError, AttributeError):  # pragma: no cover - depends on the TF release
     _record = None
 
-__all__ = ["custom_gradient", "eager_recording_available"]
+__all__ = ["custom_gradient", "eager_recording_available", "register_gradient"]
 
 
 def eager_recording_available():
@@ -177,3 +177,16 @@ def custom_gradient(name, forward, backward, n_inputs=None, fuse=False, saves=Fa
 
     op.__name__ = name
     return op
+
+
+def register_gradient(op_type):
+    """`tf.RegisterGradient` as a decorator, tolerating a second registration of the same op
+    type (a module imported again, e.g. a reload)."""
+    def register(fn):
+        try:
+            tf.RegisterGradient(op_type)(fn)
+        except KeyError:
+            pass
+        return fn
+    return register
+

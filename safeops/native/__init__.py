@@ -61,6 +61,7 @@ from tensorflow.python.eager import context
 from tensorflow.python.ops import control_flow_util
 
 from safeops.native import _build
+from safeops._core.gradient import register_gradient
 from safeops.native._build import Invalid as _Invalid, Unavailable
 
 __all__ = ["Unavailable", "build", "disabled", "library", "status"]
@@ -383,18 +384,7 @@ def _usable(x, dtypes=(tf.float32, tf.float64)):
     return library()
 
 
-def _register_gradient(op_type):
-    """`tf.RegisterGradient`, tolerating a second import of this module (a reload)."""
-    def register(fn):
-        try:
-            tf.RegisterGradient(op_type)(fn)
-        except KeyError:
-            pass
-        return fn
-    return register
-
-
-@_register_gradient("SafeopsCompensatedSum")
+@register_gradient("SafeopsCompensatedSum")
 def _sum_grad(op, grad):
     """Broadcast ones (sum) or 1/n (mean), as TF's; the compensation is not differentiated."""
     shape = tf.shape(op.inputs[0])
@@ -403,7 +393,7 @@ def _sum_grad(op, grad):
     return tf.broadcast_to(tf.expand_dims(grad, 1), shape)
 
 
-@_register_gradient("SafeopsExactSum")
+@register_gradient("SafeopsExactSum")
 def _exact_sum_grad(op, grad):
     """Broadcast ones (sum) or 1/n (mean) over the row, as TF's."""
     return _sum_grad(op, grad)
@@ -414,14 +404,14 @@ def _kind(op):
     return kind.decode() if isinstance(kind, bytes) else kind
 
 
-@_register_gradient("SafeopsSoftmax")
+@register_gradient("SafeopsSoftmax")
 def _softmax_grad(op, grad, _):
     """The hand-written backward of softmax / log_softmax / logsumexp rows (softmax.cc); the
     row statistics output is not differentiated."""
     return _STATE["lib"].safeops_softmax_grad(grad, op.inputs[0], *op.outputs, kind=_kind(op))
 
 
-@_register_gradient("SafeopsSoftmaxGrad")
+@register_gradient("SafeopsSoftmaxGrad")
 def _softmax_grad_grad(op, grad):
     """Second order: the plain TF formulas of the backward, differentiated by a tape.
 
@@ -440,7 +430,7 @@ def _softmax_grad_grad(op, grad):
     return tape.gradient(dx, [g, x], output_gradients=grad) + [None, None]
 
 
-@_register_gradient("SafeopsCompensatedCumsum")
+@register_gradient("SafeopsCompensatedCumsum")
 def _cumsum_grad(op, grad):
     """The cumulative sum of the upstream gradient in the opposite direction, as TF's."""
     return _STATE["lib"].safeops_compensated_cumsum(  # loaded: the forward op ran
