@@ -1,5 +1,6 @@
 """Tests for safeops.mixed_precision: loss scale with a floor, skip limits, custom-loop helpers."""
 
+import contextlib
 import math
 
 import keras
@@ -340,6 +341,16 @@ def test_loss_scale_reads_as_a_number():
     assert float(opt.loss_scale) == 256.0 == float(opt.dynamic_scale)
 
 
+@contextlib.contextmanager
+def _policy(name):
+    """The global Keras dtype policy set to `name` inside the block (float32 after)."""
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
 def _mixed_float16_model(seed=0):
     keras.utils.set_random_seed(seed)
     inp = keras.Input((4,))
@@ -352,8 +363,7 @@ def test_compile_under_mixed_float16_gives_safeops_loss_scaling(name, recwarn):
     exactly as compiling with the explicit safeops wrapper does."""
     data = np.random.default_rng(1).standard_normal((16, 4)).astype("float32")
     target = np.random.default_rng(2).standard_normal((16, 2)).astype("float32")
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
+    with _policy("mixed_float16"):
         auto = _mixed_float16_model()
         auto.compile(getattr(so.optimizers, name)(1e-2), "mse")
         explicit = _mixed_float16_model()
@@ -367,24 +377,18 @@ def test_compile_under_mixed_float16_gives_safeops_loss_scaling(name, recwarn):
         for a, b in zip(auto.get_weights(), explicit.get_weights()):
             np.testing.assert_array_equal(a, b)
         assert not [w for w in recwarn if "LossScaleOptimizer" in str(w.message)]
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
 
 
 def test_compiled_safeops_loss_scaling_keeps_its_floor():
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
+    with _policy("mixed_float16"):
         model = _mixed_float16_model()
         model.compile(so.optimizers.SGD(0.5), "mse")
         _overflow_loop(model.optimizer, keras.Variable(1.0), 400)
         assert float(model.optimizer.dynamic_scale) == 1.0  # Keras's: 0.0 (test above)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
 
 
 def test_compiled_model_saves_and_loads_with_safeops_loss_scaling(tmp_path):
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
+    with _policy("mixed_float16"):
         model = _mixed_float16_model()
         model.compile(so.optimizers.Adam(1e-3), "mse")
         path = str(tmp_path / "m.keras")
@@ -392,13 +396,10 @@ def test_compiled_model_saves_and_loads_with_safeops_loss_scaling(tmp_path):
         loaded = keras.saving.load_model(path)
         assert type(loaded.optimizer) is mp.LossScaleOptimizer
         assert isinstance(loaded.optimizer.inner_optimizer, so.optimizers.Adam)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
 
 
 def test_keras_optimizers_and_explicit_keras_wrapping_are_left_to_keras():
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
+    with _policy("mixed_float16"):
         model = _mixed_float16_model()
         model.compile(keras.optimizers.Adam(1e-3), "mse")  # Keras's own: Keras's wrapper
         assert type(model.optimizer) is keras.optimizers.LossScaleOptimizer
@@ -406,15 +407,10 @@ def test_keras_optimizers_and_explicit_keras_wrapping_are_left_to_keras():
                                              r"keras.optimizers.LossScaleOptimizer"):
             wrapped = keras.optimizers.LossScaleOptimizer(so.optimizers.SGD())
         assert type(wrapped) is keras.optimizers.LossScaleOptimizer
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
 
 
 def test_mixed_bfloat16_compile_adds_no_loss_scaling():
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
+    with _policy("mixed_bfloat16"):
         model = _mixed_float16_model()
         model.compile(so.optimizers.Adam(1e-3), "mse")
         assert type(model.optimizer) is so.optimizers.Adam
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
