@@ -61,6 +61,13 @@ def _state(op, state, dtype, arg="state"):
     return state, dtype
 
 
+def _rounded(fn_name, fn, state, dtype, name):
+    """`fn` (a rounding of the engine) on a checked state, in a name scope."""
+    with tf.name_scope(name or fn_name):
+        state, dtype = _state(f"safeops.exact.{fn_name}", state, dtype)
+        return fn(state, dtype)
+
+
 @new("The exact state of a sum: add states of parts, round once.",
      name="safeops.exact.num_digits")
 def num_digits(dtype):
@@ -150,10 +157,7 @@ def state_to_sum(state, dtype, name=None):
       dtype: the dtype of the terms.
       name: optional name scope.
     """
-    op = "safeops.exact.state_to_sum"
-    with tf.name_scope(name or "state_to_sum"):
-        state, dtype = _state(op, state, dtype)
-        return _exact.state_to_sum(state, dtype)
+    return _rounded("state_to_sum", _exact.state_to_sum, state, dtype, name)
 
 
 @new("The exact state of a sum: add states of parts, round once.",
@@ -166,10 +170,7 @@ def state_to_mean(state, dtype, name=None):
       dtype: the dtype of the terms.
       name: optional name scope.
     """
-    op = "safeops.exact.state_to_mean"
-    with tf.name_scope(name or "state_to_mean"):
-        state, dtype = _state(op, state, dtype)
-        return _exact.state_to_mean(state, dtype)
+    return _rounded("state_to_mean", _exact.state_to_mean, state, dtype, name)
 
 
 @new("The correctly rounded sum over all replicas: the same bits for any replica count.",
