@@ -449,6 +449,7 @@ def test_subclassed_model_profiles_as_its_functional_twin():
     assert func.layer("first").input_bits_mean == 0.0
 
 
+@pytest.mark.slow
 def test_subclassed_planted_bottleneck_and_modes():
     net, _, x, y, _ = _net_and_twin(1)
     norm = net.blocks[1].norm
@@ -491,17 +492,17 @@ def test_profile_reuses_its_copies_and_follows_weight_changes():
 
     from safeops.doctor import _engine
 
-    model, x, y = _planted()
-    first = profile(model, (x, y), policy="float16", loss="mse", mode="eager", verbose=False)
+    model, x, _ = _planted()
+    first = profile(model, x, policy="float16", mode="eager", verbose=False)
     engine = _engine.engine(model, x)
-    again = profile(model, (x, y), policy="float16", loss="mse", mode="eager", verbose=False)
+    again = profile(model, x, policy="float16", mode="eager", verbose=False)
     assert _engine.engine(model, x) is engine and again.as_dict() == first.as_dict()
     # new weights: the profile is that of a fresh copy of the model with them
     model.get_layer("shift").bias.assign(np.zeros(32, np.float32))
-    changed = profile(model, (x, y), policy="float16", loss="mse", mode="eager", verbose=False)
+    changed = profile(model, x, policy="float16", mode="eager", verbose=False)
     fresh = keras.models.clone_model(model)
     fresh.set_weights(model.get_weights())
-    expected = profile(fresh, (x, y), policy="float16", loss="mse", mode="eager", verbose=False)
+    expected = profile(fresh, x, policy="float16", mode="eager", verbose=False)
     assert changed.as_dict() == expected.as_dict()
     assert changed.layer("ln").local_bits_mean < 3.0 < first.layer("ln").local_bits_mean
     ref = weakref.ref(model)
