@@ -512,12 +512,12 @@ def test_profile_reuses_its_copies_and_follows_weight_changes():
 
 
 def test_in_graph_statistics_match_the_definition():
-    """`_sweep` (chunked fast path, masked slow path) gives what `rel_errors`/`bits_lost` define."""
+    """`sweep` (chunked fast path, masked slow path) gives what `rel_errors`/`bits_lost` define."""
     from safeops._core.dtypes import limits
-    from safeops.doctor._engine import _CHUNK, _means, _range, _sweep
+    from safeops.doctor._stats import CHUNK, means, value_range, sweep
 
     rng = np.random.default_rng(5)
-    n = 2 * _CHUNK + 7  # several chunks and a tail
+    n = 2 * CHUNK + 7  # several chunks and a tail
     r = rng.standard_normal(n) * 10.0 ** rng.integers(-6, 3, n)
     r[:50] = 0.0
     r[50:60] = 2.0 ** -20  # below float16's smallest normal
@@ -530,25 +530,25 @@ def test_in_graph_statistics_match_the_definition():
     r_bad[3] = np.inf
     cases += [(r, y_bad), (r_bad, y), (np.zeros(100), np.zeros(100, np.float16))]
     p, down = tf.constant(11.0, tf.float64), tf.constant(2.0 ** -11, tf.float64)
-    def sweep(rr, yy):  # the fast path where it holds, else the masked one (as the profiler)
+    def measured(rr, yy):  # the fast path where it holds, else the masked one (as the profiler)
         oks = []
-        out = _sweep(rr, [yy], p, down, tf.constant(tiny, tf.float64), oks=oks)
-        return out if bool(oks[0]) else _sweep(rr, [yy], p, down, tf.constant(tiny, tf.float64))
+        out = sweep(rr, [yy], p, down, tf.constant(tiny, tf.float64), oks=oks)
+        return out if bool(oks[0]) else sweep(rr, [yy], p, down, tf.constant(tiny, tf.float64))
 
     fast = []
     for rr, yy in cases:
         oks = []
-        _sweep(tf.constant(rr), [tf.constant(yy)], p, down, tf.constant(tiny, tf.float64), oks=oks)
+        sweep(tf.constant(rr), [tf.constant(yy)], p, down, tf.constant(tiny, tf.float64), oks=oks)
         fast.append(bool(oks[0]))
-        parts, ranges = sweep(tf.constant(rr), tf.constant(yy))
-        mean, worst, rel = (float(v) for v in _means([parts[0]], p))
+        parts, ranges = measured(tf.constant(rr), tf.constant(yy))
+        mean, worst, rel = (float(v) for v in means([parts[0]], p))
         expected = rel_errors(yy, rr)
         bits = bits_lost(expected, P16)
         assert mean == pytest.approx(bits.mean(), rel=1e-12, abs=1e-300)
         # float64 throughout; log(x) / log(2) here, NumPy's log2 there: a few ulps apart
         assert worst == pytest.approx(bits.max(), rel=1e-12)
         assert rel == pytest.approx(expected.mean(), rel=1e-12, abs=1e-300)
-        max_abs, _, under, nonfinite = (float(v) for v in _range([ranges], 65504.0))
+        max_abs, _, under, nonfinite = (float(v) for v in value_range([ranges], 65504.0))
         fin = np.isfinite(rr)
         a = np.abs(rr[fin])
         assert max_abs == a.max()

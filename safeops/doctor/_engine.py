@@ -41,6 +41,7 @@ from safeops._core import dtypes as _dtypes
 from safeops.doctor import _bits
 from safeops.doctor import _keras_graph as kg
 from safeops.doctor import _runner
+from safeops.doctor._stats import flat, means, sweep, to64, value_range
 
 __all__ = []
 
@@ -205,7 +206,7 @@ class _Base:
         scale_t = tf.constant(scale, tf.float64)
         passes = rest_fn(inputs, y, low, scale_t)
         if mode == "eager":  # float64 arguments (exact): one trace serves every assignment
-            low, passes = tf.nest.map_structure(_to64, (low, passes))
+            low, passes = tf.nest.map_structure(to64, (low, passes))
         consts = []
         for i in range(len(self.nodes)):
             p = float(_bits.precision_bits(self.unit_dtype(i)))
@@ -232,7 +233,7 @@ class _Base:
 
     def _grads(self, tape, loss, unit_values, copies_of):
         """Gradients of `loss` w.r.t. each unit's outputs and its first call's trainable weights."""
-        flat = [t for ts in unit_values for t in ts]
+        outputs = [t for ts in unit_values for t in ts]
         weights, owners, seen = [], [], set()
         for i, node in enumerate(self.nodes):
             copy = copies_of(i)
@@ -242,7 +243,7 @@ class _Base:
             for w in copy.trainable_weights:
                 weights.append(w)
                 owners.append((i, w.path.split("/")[-1]))
-        grads = tape.gradient(loss, flat + weights)
+        grads = tape.gradient(loss, outputs + weights)
         g_units, k = [], 0
         for ts in unit_values:
             g_units.append(list(grads[k:k + len(ts)]))
@@ -295,16 +296,16 @@ class _Base:
                 ys = [low["low"][i][j]]
                 if local[i] is not None:
                     ys += [local[i][j], rounding[i][j]]
-                parts, ranges = _sweep(_flat(tf.cast(r, tf.float64)), [_flat(y) for y in ys], p, down, tiny,
+                parts, ranges = sweep(flat(tf.cast(r, tf.float64)), [flat(y) for y in ys], p, down, tiny,
                                        oks=oks)
                 acc.append(parts[0])
                 loc.append(parts[1] if local[i] is not None else parts[0])
                 if local[i] is not None:
                     inp.append(parts[2])
                 rng.append(ranges)
-            acc, loc = _means(acc, p), _means(loc, p)
-            inp = _means(inp, p) if inp else (tf.constant(0.0, tf.float64),) * 3
-            row = list(acc) + list(loc) + [inp[0]] + list(_range(rng, top))
+            acc, loc = means(acc, p), means(loc, p)
+            inp = means(inp, p) if inp else (tf.constant(0.0, tf.float64),) * 3
+            row = list(acc) + list(loc) + [inp[0]] + list(value_range(rng, top))
             grad = [nan] * 6
             if loss_fn:
                 pairs = [(a, b) for a, b in zip(low["low_g"][i], ref["ref_g"][i])
@@ -312,15 +313,15 @@ class _Base:
                          and b.shape.num_elements() != 0]
                 if pairs:
                     # the range of the loss-scaled float64 gradients: |g s| < tiny is |g| < tiny / s
-                    swept = [_sweep(_flat(b), [_flat(a)], p, down, tiny / scale, divisor=scale, oks=oks)
+                    swept = [sweep(flat(b), [flat(a)], p, down, tiny / scale, divisor=scale, oks=oks)
                              for a, b in pairs]
-                    g = _means([parts[0] for parts, _ in swept], p)
-                    grng = _range([ranges for _, ranges in swept], top, scale)
+                    g = means([parts[0] for parts, _ in swept], p)
+                    grng = value_range([ranges for _, ranges in swept], top, scale)
                     grad[0:4] = [g[0], g[1], grng[1], grng[2]]
                 rw, lw = ref["ref_gw"][i], low["low_gw"][i]
                 common = [k for k in rw if k in lw]
                 if common:
-                    w = _means([_sweep(_flat(rw[k]), [_flat(lw[k])], p, down, tiny, divisor=scale,
+                    w = means([sweep(flat(rw[k]), [flat(lw[k])], p, down, tiny, divisor=scale,
                                        oks=oks)[0][0]
                                 for k in common], p)
                     grad[4:6] = [w[0], w[1]]
@@ -332,7 +333,7 @@ class _Base:
         num = den = tf.constant(0.0, tf.float64)
         finite = tf.constant(True)
         for yv, rv in zip(low["low_out"], ref["ref_out"]):
-            y64, r64 = tf.cast(_flat(yv), tf.float64), tf.cast(_flat(rv), tf.float64)
+            y64, r64 = tf.cast(flat(yv), tf.float64), tf.cast(flat(rv), tf.float64)
             finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(y64)))
             num += tf.reduce_sum(tf.square(y64 - r64))
             den += tf.reduce_sum(r64 * r64)
@@ -351,147 +352,6 @@ def _loss_key(loss_fn):
         except Exception:  # a custom Loss without a config
             return id(loss_fn)
     return loss_fn
-
-
-_LN2 = math.log(2.0)
-_CHUNK = 1 << 14  # elements per step of a sweep: its float64 temporaries stay in cache
-
-
-def _to64(t):
-    return tf.cast(t, tf.float64) if tf.is_tensor(t) and t.dtype.is_floating else t
-
-
-def _flat(t):
-    return tf.reshape(t, [-1])
-
-
-@tf.function(autograph=False, reduce_retracing=True)
-def _chunk_sums(rc, ycs, scale, down, plog, tiny, divisor):
-    """One chunk of `_sweep`'s fast path: per y (sum of clipped log t, sum of t, max t), then
-    (max |r|, zero count, count of |r| < tiny). Traced once per number and dtypes of the ys
-    and shared by every sweep (a call in the statistics' graph, not a copy of its ops)."""
-    a = tf.abs(rc)
-    denom = tf.maximum(a, scale) * down
-    out = []
-    for yc in ycs:
-        t = tf.abs(tf.cast(yc, tf.float64) / divisor - rc) / denom
-        out += [tf.reduce_sum(tf.minimum(tf.maximum(tf.math.log(t), 0.0), plog)), tf.reduce_sum(t),
-                tf.reduce_max(t)]
-    return out + [tf.reduce_max(a), tf.reduce_sum(tf.cast(a == 0, tf.float64)),
-                  tf.reduce_sum(tf.cast(a < tiny, tf.float64))]
-
-
-def _sweep(r, ys, p, down, tiny, divisor=None, oks=None):
-    """Compare flat `ys` with the flat float64 reference `r`, and measure `r`'s range.
-
-    Returns ``([(sum of bits, sum of rel, max rel, count) per y], (max |r|, non-zero count,
-    count of 0 < |r| < tiny, finite count, non-finite count of ys[0] where r is finite))``,
-    with each y divided by `divisor` (a power of two) first; `p` the precision in bits,
-    `down` = 2^-p (float64 scalars).
-
-    The definitions of `_bits.rel_errors` and `_bits.bits_lost`. The fast path (every
-    reference finite, a root mean square far from underflow, every result finite) runs
-    in chunks, computing ``t = rel * 2^p`` as ``|y - r| / (max(|r|, rms) * 2^-p)``
-    (scaling by a power of two is exact: the relative error of the definition, bit for
-    bit) and ``bits = clip(log(t), 0, p log 2) / log 2`` without masks; anything else
-    is computed again by `_slow_sweep`, the definition with every mask: with `oks`
-    None, `_sweep` is `_slow_sweep`; else it appends whether its fast path holds to `oks`.
-    """
-    if oks is None:
-        return _slow_sweep(r, ys, p, tiny, divisor)
-    n = tf.size(r)
-    sum_sq = tf.tensordot(r, r, 1)  # no float64 temporary of r * r
-    count = tf.cast(n, tf.float64)
-    scale = tf.sqrt(tf.math.divide_no_nan(sum_sq, count))
-
-    one = tf.constant(1.0, tf.float64) if divisor is None else divisor
-    plog = p * _LN2
-
-    def body(i, acc):
-        start = i * _CHUNK
-        size = tf.minimum(_CHUNK, n - start)
-        part = _chunk_sums(tf.slice(r, [start], [size]), [tf.slice(y, [start], [size]) for y in ys],
-                           scale, down, plog, tiny, one)
-        out = []
-        for k in range(len(ys)):
-            out += [acc[3 * k] + part[3 * k], acc[3 * k + 1] + part[3 * k + 1],
-                    tf.maximum(acc[3 * k + 2], part[3 * k + 2])]
-        out += [tf.maximum(acc[-3], part[-3]), acc[-2] + part[-2], acc[-1] + part[-1]]
-        return i + 1, out
-
-    zero = tf.constant(0.0, tf.float64)
-    init = [zero] * (3 * len(ys) + 3)
-    size = r.shape.num_elements()
-    if size is not None and size <= _CHUNK:  # one step: no loop to trace
-        _, acc = body(tf.constant(0), init)
-    else:
-        steps = (n + _CHUNK - 1) // _CHUNK
-        _, acc = tf.while_loop(lambda i, acc: i < steps, body, (tf.constant(0), init))
-    ok = tf.logical_and(tf.math.is_finite(sum_sq), scale >= 2.0 ** -800)
-    for k in range(len(ys)):
-        ok = tf.logical_and(ok, tf.math.is_finite(acc[3 * k + 1]))
-    fast = ([(acc[3 * k] / _LN2, acc[3 * k + 1] * down, acc[3 * k + 2] * down, count)
-             for k in range(len(ys))],
-            (acc[-3], count - acc[-2], acc[-1] - acc[-2], count, zero))
-    oks.append(ok)
-    return fast
-
-
-def _slow_sweep(r, ys, p, tiny, divisor):
-    """`_sweep` by the definition, with masks for non-finite and zero values."""
-    keep = tf.math.is_finite(r)
-    r0 = tf.where(keep, r, tf.zeros_like(r))
-    n = tf.reduce_sum(tf.cast(keep, tf.float64))
-    scale = tf.sqrt(tf.math.divide_no_nan(tf.reduce_sum(r0 * r0), n))
-    denom = tf.maximum(tf.abs(r0), scale)
-    inf = tf.fill(tf.shape(r0), tf.constant(math.inf, tf.float64))
-    out = []
-    for y in ys:
-        y = tf.cast(y, tf.float64)
-        if divisor is not None:
-            y = y / divisor
-        diff = tf.abs(y - r0)
-        rel = tf.where(diff == 0, tf.zeros_like(diff), diff / denom)  # x/0 = inf
-        rel = tf.where(tf.math.is_finite(y), rel, inf)
-        rel = tf.where(keep, rel, tf.zeros_like(rel))
-        bits = tf.clip_by_value(tf.math.log(rel) / _LN2 + p, 0.0, p)
-        bits = tf.where(keep, bits, tf.zeros_like(bits))
-        out.append((tf.reduce_sum(bits), tf.reduce_sum(rel),
-                    tf.reduce_max(tf.concat([rel, tf.zeros([1], tf.float64)], 0)), n))
-    a = tf.where(keep, tf.abs(r), tf.zeros_like(r))
-    nz = a > 0
-    bad = tf.constant(0.0, tf.float64)
-    if ys:
-        y0 = tf.cast(ys[0], tf.float64)
-        bad = tf.reduce_sum(tf.cast(tf.logical_and(keep, tf.logical_not(tf.math.is_finite(y0))),
-                                    tf.float64))
-    return out, (tf.reduce_max(tf.concat([a, tf.zeros([1], tf.float64)], 0)),
-                 tf.reduce_sum(tf.cast(nz, tf.float64)),
-                 tf.reduce_sum(tf.cast(tf.logical_and(nz, a < tiny), tf.float64)),
-                 tf.reduce_sum(tf.cast(keep, tf.float64)), bad)
-
-
-def _means(parts, p):
-    """(mean bits, max bits, mean relative error) from `_sweep`'s per-y sums over several tensors."""
-    total = worst = rel_sum = count = tf.constant(0.0, tf.float64)
-    for bits, rels, max_rel, n in parts:
-        total, rel_sum, count = total + bits, rel_sum + rels, count + n
-        worst = tf.maximum(worst, tf.where(n > 0, tf.clip_by_value(
-            tf.math.log(max_rel) / _LN2 + p, 0.0, p), 0.0))
-    safe = tf.maximum(count, 1.0)
-    return (tf.where(count > 0, total / safe, 0.0), tf.where(count > 0, worst, 0.0),
-            tf.where(count > 0, rel_sum / safe, 0.0))
-
-
-def _range(parts, top, scale=1.0):
-    """(max |r|, max |r| / dtype max, underflow fraction, non-finite fraction) from `_sweep`s."""
-    max_abs = nonzero = under = finite = bad = tf.constant(0.0, tf.float64)
-    for m, nz, un, fi, b in parts:
-        max_abs, nonzero, under = tf.maximum(max_abs, m), nonzero + nz, under + un
-        finite, bad = finite + fi, bad + b
-    max_abs = max_abs * scale
-    return (max_abs, max_abs / top, tf.math.divide_no_nan(under, nonzero),
-            tf.math.divide_no_nan(bad, finite))
 
 
 # ---------------------------------------------------------------------- Functional
