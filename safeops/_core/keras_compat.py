@@ -63,6 +63,8 @@ TOUCHPOINTS = (
      "optimizers (the wrapper model.compile builds under mixed_float16 is recognised)"),
     ("class_attr", "keras.src.trainers.trainer.Trainer.compile",
      "optimizers (the wrapper model.compile builds under mixed_float16 is recognised)"),
+    ("class_attr", "keras.layers.Layer._flatten_layers",
+     "doctor.profile (the tracked sublayers of a subclassed model)"),
     ("instance_attr", "keras.optimizers.Nadam._u_product", "optimizers.Nadam"),
     ("instance_attr", "keras.optimizers.Nadam._variables", "optimizers.Nadam"),
     ("instance_attr", "keras.optimizers.SGD._distribution_strategy", "optimizers (slots)"),
