@@ -137,10 +137,12 @@ def bandwidth_verdict(bandwidth, low=AA_RANGE[0], high=AA_RANGE[1]):
     return not reasons, reasons
 
 
-def judge_bars(results, judged):
-    """Set ``meets_bar`` (the ratio or absolute target) and ``meets_bar_limit`` (the target
-    on the distance from the bandwidth limit) on every row with a target when `judged`;
-    remove them otherwise. Call after `annotate_bandwidth`."""
+def judge_bars(results, judged, limits_judged=None):
+    """Set ``meets_bar`` (the ratio or absolute target) on every row with a target when
+    `judged`, and ``meets_bar_limit`` (the target on the distance from the bandwidth limit)
+    when `limits_judged` too (default: `judged`); remove them otherwise. Call after
+    `annotate_bandwidth`."""
+    limits_judged = judged if limits_judged is None else judged and limits_judged
     for r in results:
         for t in r["timings"]:
             t.pop("meets_bar", None)
@@ -151,7 +153,7 @@ def judge_bars(results, judged):
                 t["meets_bar"] = t["ratio"]["median"] <= t["bar"]
             elif t.get("bar_s") is not None and "safeops" in t:
                 t["meets_bar"] = t["safeops"]["median_s"] <= t["bar_s"]
-            if t.get("bar_limit") is not None:
+            if t.get("bar_limit") is not None and limits_judged:
                 # no bandwidth measured: the target cannot be shown met
                 over = t.get("bandwidth", {}).get("over_limit")
                 t["meets_bar_limit"] = over is not None and over <= t["bar_limit"]
@@ -205,6 +207,12 @@ def status_banner(header):
                      + (", compilation inside the timed calls of a run without warm-up"
                         if header.get("warmup") == 0 else "")
                      + "): no ratio below is evidence, and the targets are not judged.")
+    elif not header.get("limits_reliable", True) and header.get("mode") != "smoke":
+        lines.append("BANDWIDTH UNSTABLE: " + "; ".join(header.get(
+            "limits_unreliable_because", [])) + ". The machine's bandwidth changed during the "
+                     "run: the distances from the bandwidth limit are indicative and their "
+                     "targets are not judged. The ratios are judged: the A/A checks passed, "
+                     "and each ratio pairs interleaved calls of the two sides.")
     return lines
 
 
@@ -486,13 +494,15 @@ def _aa_lines(aa_results, reliable, reasons):
 
 
 def finalize_header(header, aa_checks, bandwidth=None):
-    """`header` plus the run's verdict: ``timings_reliable`` and why not (the A/A checks,
-    the two bandwidth runs), ``bars_judged`` and why not (a smoke run, unreliable timings,
-    fewer than `MIN_JUDGED_REPEATS` timed rounds)."""
+    """`header` plus the run's verdict: ``timings_reliable`` and why not (the A/A checks:
+    the interleaved ratios are evidence only when the same op timed against itself gives
+    1.0x), ``limits_reliable`` and why not (the two bandwidth runs: the distances from the
+    limit need a bandwidth that held during the run), ``bars_judged`` and why not (a smoke
+    run, unreliable timings, fewer than `MIN_JUDGED_REPEATS` timed rounds)."""
     reliable, reasons = aa_verdict(list(aa_checks))
     bw_reliable, bw_reasons = bandwidth_verdict(bandwidth or {})
-    reliable, reasons = reliable and bw_reliable, reasons + bw_reasons
-    header = dict(header, timings_reliable=reliable, timings_unreliable_because=reasons)
+    header = dict(header, timings_reliable=reliable, timings_unreliable_because=reasons,
+                  limits_reliable=bw_reliable, limits_unreliable_because=bw_reasons)
     why_not = []
     if header.get("mode") == "smoke":
         why_not.append("smoke run: tiny sizes, one repeat")
@@ -500,7 +510,7 @@ def finalize_header(header, aa_checks, bandwidth=None):
         why_not.append(f"{header['repeats']} timed round(s), fewer than the "
                        f"{MIN_JUDGED_REPEATS} a median needs")
     if not reliable:
-        why_not.append("timings unreliable: the A/A check or the bandwidth runs disagree")
+        why_not.append("timings unreliable: the A/A check is outside its range")
     header["bars_judged"] = not why_not
     header["bars_not_judged_because"] = "; ".join(why_not) or None
     return header
@@ -522,7 +532,7 @@ def write(output_dir, header, results, sweeps=(), aa_checks=(), bandwidth=None):
     judged = header["bars_judged"]
     annotate_bandwidth(results, bandwidth)
     annotate_bandwidth(aa_checks, bandwidth)
-    judge_bars(results, judged)
+    judge_bars(results, judged, header["limits_reliable"])
 
     os.makedirs(output_dir, exist_ok=True)
     paths = []

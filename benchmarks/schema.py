@@ -39,6 +39,8 @@ def validate(doc):
           "targets judged in a smoke run or with failed A/A checks")
     _need(header["timings_reliable"] == (not header["timings_unreliable_because"]),
           "timings_reliable must agree with timings_unreliable_because")
+    _need(header.get("limits_reliable", True) == (not header.get("limits_unreliable_because")),
+          "limits_reliable must agree with limits_unreliable_because")
     _need(isinstance(doc.get("aa_checks"), list), "aa_checks must be a list")
     _need(sorted(r.get("position") for r in doc["aa_checks"])
           == sorted(["first", "last"] * len(header["devices"])),
@@ -67,9 +69,12 @@ def validate(doc):
                     _need(t["ratio"][k] > 0, f"{r['case']}: ratio.{k}")
             if judged and ("bar" in t or "bar_s" in t):
                 _need(isinstance(t.get("meets_bar"), bool), f"{r['case']}: bar without meets_bar")
-            if judged and "bar_limit" in t:
+            limits_judged = judged and header.get("limits_reliable", True)
+            if limits_judged and "bar_limit" in t:
                 _need(isinstance(t.get("meets_bar_limit"), bool),
                       f"{r['case']}: bar_limit without meets_bar_limit")
+            _need(limits_judged or "meets_bar_limit" not in t,
+                  f"{r['case']}: a distance-from-limit target judged with unstable bandwidth")
             _need(judged or ("meets_bar" not in t and "meets_bar_limit" not in t),
                   f"{r['case']}: a target judged in a run that judges none")
             if "bandwidth" in t:
