@@ -156,3 +156,32 @@ def test_advise_command_saves_the_advised_model(tmp_path, capsys):
     policies = {layer.name: layer.dtype_policy.name for layer in advised.layers[1:]}
     assert policies["ln"] == "float32" and policies["shift"] == "float32"
     assert policies["head"] in ("mixed_float16", "mixed_bfloat16")
+
+
+def test_subclassed_model_profiles_with_data_and_refuses_a_probe(tmp_path, monkeypatch, capsys):
+    module = "doctor_cli_subclassed"
+    (tmp_path / f"{module}.py").write_text(
+        "import keras\n\n"
+        "@keras.saving.register_keras_serializable(package='doctor_cli_test')\n"
+        "class Net(keras.Model):\n"
+        "    def __init__(self, **kwargs):\n"
+        "        super().__init__(**kwargs)\n"
+        "        self.hidden = keras.layers.Dense(8, activation='relu', name='hidden')\n"
+        "        self.out = keras.layers.Dense(2, name='out')\n"
+        "    def call(self, x):\n"
+        "        return self.out(self.hidden(x))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+    mod = importlib.import_module(module)
+    keras.utils.set_random_seed(0)
+    model = mod.Net()
+    x = np.random.default_rng(0).standard_normal((32, 4)).astype(np.float32)
+    model(x)
+    path, data = str(tmp_path / "net.keras"), str(tmp_path / "x.npy")
+    model.save(path)
+    np.save(data, x)
+    assert main(["profile", path, "--data", data, "--policy", "float64"]) == 0
+    out = capsys.readouterr().out
+    assert "hidden" in out and "out" in out
+    assert main(["profile", path, "--policy", "float16"]) == 2  # no shapes for a probe
+    assert "subclassed" in capsys.readouterr().err

@@ -31,10 +31,11 @@ exit status:
      profile: a layer losing more than --threshold bits; advise: budget not met)
   2  could not run: bad arguments, an --import that fails, a model that does not load,
      a random probe larger than --max-probe-elements, inputs that cannot be made up
-     (string inputs: give --data), or an error while running
+     (string inputs, or a subclassed model's: give --data), or an error while running
 
 data files (--data): .npy (one input) or .npz (arrays named as the model's inputs, else
-taken in file order; an array named "y" holds the targets for --loss).
+taken in file order, as for a subclassed model; an array named "y" holds the targets for
+--loss).
 """
 
 
@@ -153,8 +154,8 @@ def _load(path):
 def _model_inputs(model):
     inputs = getattr(model, "inputs", None)
     if not inputs:
-        raise _CannotRun(f"model {model.name!r} has no symbolic inputs (a subclassed model that "
-                         "was never called); save a Functional or Sequential model")
+        raise _CannotRun(f"model {model.name!r} has no symbolic inputs (a subclassed model): "
+                         "the random probe cannot know their shapes; give the inputs with --data")
     return inputs
 
 
@@ -202,13 +203,17 @@ def _read_data(model, args):
         loaded = np.load(args.data, allow_pickle=False)
     except Exception as err:
         raise _CannotRun(f"cannot read --data {args.data!r}: {type(err).__name__}: {err}") from None
-    names = [t.name for t in _model_inputs(model)]
     if isinstance(loaded, np.ndarray):
         arrays, y = [loaded], None
     else:
         files = {k: loaded[k] for k in loaded.files}
         y = files.pop("y", None)
-        arrays = [files[n] for n in names] if all(n in files for n in names) else list(files.values())
+        arrays = list(files.values())
+    if not getattr(model, "inputs", None):  # a subclassed model: the arrays in the file's order
+        return arrays, y
+    names = [t.name for t in model.inputs]
+    if not isinstance(loaded, np.ndarray) and all(n in files for n in names):
+        arrays = [files[n] for n in names]
     if len(arrays) != len(names):
         raise _CannotRun(f"--data {args.data!r} holds {len(arrays)} input array(s); the model "
                          f"takes {len(names)} ({', '.join(names)})")
