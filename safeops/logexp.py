@@ -30,6 +30,7 @@ from safeops._core.elementwise import (abs_, add, cast, div, map_values, name_sc
 from safeops._core.gradient import custom_gradient
 from safeops._core.native import kernels
 from safeops._core.registry import drop_in, new
+from safeops._core.transcendental import exp_neg, log1p_for
 
 __all__ = [
     "log1mexp",
@@ -170,6 +171,12 @@ def logaddexp(x, y, name=None):
         return _logaddexp(x, y)
 
 
+def _logaddexp_diff(cx, cy, eq):
+    """-|x - y| in the compute dtype, 0 where x == y (equal infinities included,
+    where x - y is NaN): exp of it is then exactly 1, the gradients exactly 0.5."""
+    return -tf.where(eq, tf.zeros_like(cx), tf.abs(cx - cy))
+
+
 def _logaddexp_forward(x, y):
     cx, cy = up(x), up(y)
     eq = tf.equal(cx, cy)
@@ -182,23 +189,29 @@ def _logaddexp_forward(x, y):
         ed = tf.exp(-s * d) * (1.0 - s * e)  # exp(-|x - y|) with the exact difference
         ed = tf.where(tf.math.is_finite(e), ed, tf.exp(-tf.abs(d)))
         out = tf.where(eq, cx + _LN2, tf.maximum(cx, cy) + tf.math.log1p(ed))
+        return cast(out, x.dtype), (ed, eq)
+    # float32 in float64: inside a graph exp and log1p are the vectorisable
+    # polynomials of `safeops._core.transcendental` (eagerly TF's kernels), and
+    # nothing is saved: the backward recomputes the exponential in its own
+    # compiled loop, cheaper than writing a float64 tensor and reading it back.
+    ed = exp_neg(_logaddexp_diff(cx, cy, eq), x.dtype)
+    out = tf.maximum(cx, cy) + log1p_for(ed, x.dtype)
+    return cast(out, x.dtype), ()
+
+
+def _logaddexp_backward(g, x, y, *saved):
+    # sigmoid(x - y) and sigmoid(y - x) from ed = exp(-|x - y|)
+    # (float64: the forward's ed, with the exact difference, else exp(-|d|) is
+    # off by ~|d|/2 ulp; float32 and lower: ed recomputed, in its own compiled
+    # loop inside a graph, and rounded once to the input precision, then
+    # 1/(1 + e): <= 1.5 ulp, e/(1 + e): <= 2.5 ulp; the bound is 4 ulp)
+    if x.dtype == tf.float64:
+        ed, eq = saved
     else:
-        # x == y: ed = 1 exactly (and 0.5 / 0.5 gradients below); equal
-        # infinities (inf - inf = NaN) are sent to that case too
-        ad = tf.abs(cx - cy)
-        ed = tf.exp(-tf.where(eq, tf.constant(0, cx.dtype), ad))
-        out = tf.maximum(cx, cy) + tf.math.log1p(ed)
-    return cast(out, x.dtype), (ed, eq)
-
-
-def _logaddexp_backward(g, x, y, ed, eq):
-    # sigmoid(x - y) and sigmoid(y - x) from the forward's ed = exp(-|x - y|)
-    # (float64: with the exact difference, else exp(-|d|) is off by ~|d|/2 ulp)
-    # float32 and lower: in the input precision from ed rounded once
-    # (1/(1 + e): <= 1.5 ulp, e/(1 + e): <= 2.5 ulp; the bound is 4 ulp)
-    e32 = ed if x.dtype == tf.float64 else cast(ed, x.dtype)
-    big = 1.0 / (1.0 + e32)
-    small = e32 * big
+        cx, cy = up(x), up(y)
+        ed = cast(exp_neg(_logaddexp_diff(cx, cy, tf.equal(cx, cy)), x.dtype), x.dtype)
+    big = 1.0 / (1.0 + ed)
+    small = ed * big
     pos = x >= y
     gx = tf.where(pos, big, small)
     gy = tf.where(pos, small, big)
