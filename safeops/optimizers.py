@@ -98,12 +98,15 @@ def _stochastic_round_bf16(x32, seed):
     return tf.cast(tf.where(tf.math.is_finite(x32), out, x32), tf.bfloat16)  # exact cast
 
 
-def _add(w, comp, delta, seed, mode):
-    """``w + delta`` compensated; `w`, `delta` in the working dtype, `comp` in the variable's.
+def _add(w, comp, delta, seed, mode, negate=False):
+    """``w + delta`` (``w - delta`` if `negate`) compensated; `w`, `delta` in the working
+    dtype, `comp` in the variable's.
 
     Returns (new variable value, new compensation), both in the variable's dtype.
     """
     dtype = comp.dtype
+    if negate:  # exact, and inside the fused kernel rather than a pass of its own
+        delta = -delta
     if mode == "kahan":
         y = delta - tf.cast(comp, w.dtype)
         t = tf.cast(w + y, dtype)
@@ -377,13 +380,13 @@ class _Compensated:
         if isinstance(variable, _Working):
             if isinstance(value, tf.IndexedSlices):
                 value = tf.IndexedSlices(-value.values, value.indices, value.dense_shape)
-            else:
-                value = -tf.convert_to_tensor(value)
-            return self._compensated_assign(variable, value)
+                return self._compensated_assign(variable, value)
+            return self._compensated_assign(variable, value, negate=True)
         return super().assign_sub(variable, value)
 
-    def _compensated_assign(self, work, delta):
-        """Add `delta` (dense or IndexedSlices, working dtype) to the variable, compensated."""
+    def _compensated_assign(self, work, delta, negate=False):
+        """Add `delta` (dense or IndexedSlices, working dtype; dense: subtract it if `negate`)
+        to the variable, compensated."""
         var = _tf_variable(work.variable)
         mode = self._mode(var)
         comp = self._compensations[work.index]
@@ -411,7 +414,7 @@ class _Compensated:
         size = tf.TensorShape(var.shape).num_elements()
         add = _fused_add if size is None or size >= _FUSE_MIN_SIZE else _add
         new_w, new_c = add(tf.cast(tf.convert_to_tensor(var), cdt), c,
-                           tf.cast(delta, cdt), seed, mode)
+                           tf.cast(delta, cdt), seed, mode, negate)
         var.assign(new_w)
         if comp_var is not None:
             comp_var.assign(new_c)
