@@ -1,5 +1,6 @@
-"""softplus on the fused kernel (small float32 tensors, eagerly): the same documented bounds
-as the other paths, against mpmath."""
+"""softplus on the fused kernel (small float32 tensors, eagerly), and float32 logaddexp /
+logsubexp on the float64 polynomials inside graphs: the same documented bounds and bits as
+the other paths, against mpmath."""
 
 import mpmath
 import numpy as np
@@ -68,3 +69,53 @@ def _grad(fn, v):
         t.watch(v)
         y = fn(v)
     return t.gradient(y, v)
+
+
+def _value_and_grads(fn):
+    def run(x, y):
+        with tf.GradientTape() as t:
+            t.watch([x, y])
+            out = fn(x, y)
+        return (out, *t.gradient(out, [x, y]))
+    return run
+
+
+def _pair_inputs(seed):
+    # bit-uniform pairs, pairs a few units apart (where exp(-|x - y|) matters), the edges
+    x = testing.sample_floats("float32", 1000, -100.0, 100.0, seed=seed)
+    y = testing.sample_floats("float32", 1000, -100.0, 100.0, seed=seed + 1)
+    rng = np.random.default_rng(seed)
+    near = rng.uniform(-20, 20, 1000).astype(np.float32)
+    edges = np.array([0.0, 1.0, -1.0, 88.0, -87.0, 1e30, -1e30, np.inf, -np.inf, np.nan],
+                     np.float32)
+    x = np.concatenate([x, near, edges, edges, np.zeros_like(edges)])
+    y = np.concatenate([y, (near + rng.uniform(-5, 5, 1000)).astype(np.float32), edges,
+                        np.zeros_like(edges), edges])
+    keep = ((np.abs(x) >= _TINY) | (x == 0)) & ((np.abs(y) >= _TINY) | (y == 0))
+    return x[keep], y[keep]
+
+
+def test_logaddexp_float32_same_bits_in_every_mode():
+    # Inside graphs float32 exp and log1p run as float64 polynomials (2 and 4 units of
+    # 2**-53), eagerly as TF's kernels: far below the float32 rounding, so value and
+    # gradients agree bit for bit on these inputs, and with mpmath within the bounds
+    # (value correctly rounded but for a double rounding: 1 ulp; gradients 4 ulp).
+    x, y = _pair_inputs(seed=7)
+    modes = testing.run_modes(_value_and_grads(so.logaddexp), tf.constant(x), tf.constant(y))
+    eager = list(modes["eager"])
+    for mode, outs in modes.items():
+        for got, want in zip(outs, eager):
+            np.testing.assert_array_equal(got, want, err_msg=mode)
+    refs = [testing.reference(f, x, y, dtype="float32") for f in (
+        lambda a, b: mpmath.log(mpmath.exp(a) + mpmath.exp(b)),
+        lambda a, b: 1 / (1 + mpmath.exp(b - a)), lambda a, b: 1 / (1 + mpmath.exp(a - b)))]
+    fin = np.isfinite(x) & np.isfinite(y) & (x != y)
+    for got, ref, bound in zip(eager, refs, (1, 4, 4)):
+        r64 = np.abs(ref.astype(np.float64))
+        ok = fin & (r64 >= _TINY)
+        assert np.max(testing.ulp_distance(np.asarray(got)[ok], ref[ok], "float32")) <= bound
+    value, gx, gy = eager
+    eq = x == y
+    assert np.all(gx[eq & ~np.isnan(x)] == 0.5) and np.all(gy[eq & ~np.isnan(x)] == 0.5)
+    assert np.all(np.isnan(value[np.isnan(x) | np.isnan(y)]))
+    assert np.all(value[(x == np.inf) | (y == np.inf)] == np.inf)
