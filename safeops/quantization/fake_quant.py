@@ -146,7 +146,59 @@ def fake_quant(inputs, min_value, max_value, num_bits=8, narrow_range=False, axi
         return tf.cast(out, dtype) if dtype != tf.float32 else out
 
 
-def _quantize_weight(w, num_bits, per_channel, symmetric, channel_axis=-1):
+def _fake_quant_ordered(x, lo, hi, num_bits):
+    """`fake_quant` of a float32 `x` on a scalar range already known to hold ``lo <= 0 <= hi``.
+
+    The moving-average range is built that way, so the ordering check (an
+    Assert per call) is not needed. ``[0, 0]`` is quantized on ``[0, 1]`` and
+    multiplied by 0: the output there lies in ``[0, 1]`` (or is NaN), so the
+    product is 0 with NaN kept, as in `fake_quant`, in one element-wise pass
+    (and no per-element selects in the gradient).
+    """
+    empty = tf.equal(lo, hi)
+    hi = tf.where(empty, lo + 1.0, hi)
+    out = tf.quantization.fake_quant_with_min_max_vars(x, lo, hi, num_bits=num_bits)
+    return out * tf.where(empty, 0.0, 1.0)
+
+
+def _weight_grid(wf, num_bits, axes, symmetric):
+    """The quantize-dequantize of float32 `wf` with ranges reduced over `axes`."""
+    if symmetric:
+        return _symmetric_grid(wf, tf.constant(float(2 ** (num_bits - 1) - 1)), axes)
+    return _asymmetric_grid(wf, tf.constant(float(2 ** num_bits - 1)), axes)
+
+
+def _symmetric_grid(wf, n, axes):
+    # |w| <= m, so |w * (n / m)| <= n (1 + 2u) rounds to at most n: no clip is needed.
+    # Multiplying by n / m (one division per channel, not per element) may differ from
+    # round(w / scale) only on exact ties, which the scale makes measure-zero.
+    m = tf.maximum(tf.reduce_max(tf.abs(wf), axis=axes, keepdims=True), _TINY)
+    return tf.round(wf * (n / m)) * (m / n)
+
+
+def _asymmetric_grid(wf, levels, axes):
+    lo = tf.minimum(tf.reduce_min(wf, axis=axes, keepdims=True), 0.0)
+    hi = tf.maximum(tf.reduce_max(wf, axis=axes, keepdims=True), 0.0)
+    scale = tf.maximum(hi - lo, _TINY) / levels
+    zero = tf.round(-lo / scale)
+    return (tf.clip_by_value(tf.round(wf / scale) + zero, 0.0, levels) - zero) * scale
+
+
+# Large kernels: one XLA-fused kernel (memory-bound: one pass over the weights instead of
+# one per element-wise op); small ones run the same ops unfused (an XLA call costs ~20 us).
+# The grid size is an argument, not a constant, so that XLA does not turn a division by it
+# into a multiplication by its rounded reciprocal: both paths give the same bits.
+_fused_grids = {True: tf.function(_symmetric_grid, jit_compile=True, reduce_retracing=True),
+                False: tf.function(_asymmetric_grid, jit_compile=True, reduce_retracing=True)}
+_FUSE_MIN_SIZE = 1 << 15
+
+
+def _fused_weight_grid(wf, num_bits, axes, symmetric):
+    n = float(2 ** (num_bits - 1) - 1) if symmetric else float(2 ** num_bits - 1)
+    return _fused_grids[symmetric](wf, tf.constant(n), axes)
+
+
+def _quantize_weight(w, num_bits, per_channel, symmetric, channel_axis=-1, fuse=True):
     """Fake-quantize a kernel with ranges taken from its current values.
 
     Per channel: one range per output channel (``channel_axis``); symmetric:
@@ -154,28 +206,21 @@ def _quantize_weight(w, num_bits, per_channel, symmetric, channel_axis=-1):
     (zero point 0, as TFLite's int8 kernels require); asymmetric: ``[min(w, 0),
     max(w, 0)]`` on the full grid with an integer zero point. Built from plain
     element-wise ops (TF's FakeQuant*PerChannel kernels are single-threaded and
-    made a CPU train step 4x slower; these fuse and constant-fold at export);
-    the gradient is the identity (straight-through; weights are always inside
-    their own range), the ranges are not differentiated.
+    made a CPU train step 4x slower; these fuse and constant-fold at export),
+    compiled as one XLA kernel for large static-shape kernels when ``fuse``
+    (callers tracing for the TFLite converter pass False); the gradient is the
+    identity (straight-through; weights are always inside their own range), the
+    ranges are not differentiated.
     """
     wf = tf.stop_gradient(tf.cast(w, tf.float32))
     rank = wf.shape.rank
     axis = channel_axis % rank
     axes = [d for d in range(rank) if d != axis] if per_channel else list(range(rank))
-    if symmetric:
-        # |w| <= m, so |w * (n / m)| <= n (1 + 2u) rounds to at most n: no clip is needed.
-        # Multiplying by n / m (one division per channel, not per element) may differ from
-        # round(w / scale) only on exact ties, which the scale makes measure-zero.
-        n = float(2 ** (num_bits - 1) - 1)
-        m = tf.maximum(tf.reduce_max(tf.abs(wf), axis=axes, keepdims=True), _TINY)
-        q = tf.round(wf * (n / m)) * (m / n)
+    size = wf.shape.num_elements()
+    if fuse and size is not None and size >= _FUSE_MIN_SIZE:
+        q = _fused_weight_grid(wf, num_bits, axes, symmetric)
     else:
-        levels = float(2 ** num_bits - 1)
-        lo = tf.minimum(tf.reduce_min(wf, axis=axes, keepdims=True), 0.0)
-        hi = tf.maximum(tf.reduce_max(wf, axis=axes, keepdims=True), 0.0)
-        scale = tf.maximum(hi - lo, _TINY) / levels
-        zero = tf.round(-lo / scale)
-        q = (tf.clip_by_value(tf.round(wf / scale) + zero, 0.0, levels) - zero) * scale
+        q = _weight_grid(wf, num_bits, axes, symmetric)
     q = tf.cast(q, w.dtype)
 
     @tf.custom_gradient
@@ -240,10 +285,11 @@ class MovingAverageQuantizer(keras.layers.Layer):
             self.range_min.assign(new_min)
             self.range_max.assign(new_max)
             self.batches_seen.assign_add(1.0)
-            lo, hi = new_min, new_max
-        else:
-            lo, hi = self.range_min, self.range_max
-        return fake_quant(inputs, lo, hi, num_bits=self.num_bits)
+            dtype = tf.as_dtype(inputs.dtype)
+            xf = tf.cast(inputs, tf.float32) if dtype != tf.float32 else inputs
+            out = _fake_quant_ordered(xf, new_min, new_max, self.num_bits)
+            return tf.cast(out, dtype) if dtype != tf.float32 else out
+        return fake_quant(inputs, self.range_min, self.range_max, num_bits=self.num_bits)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -132,9 +132,10 @@ def quantized_kernel(wrapper, kernel):
         shape = tf.shape(kernel)
         flat = tf.reshape(kernel, tf.concat([shape[:2], [-1]], 0))
         return tf.reshape(_quantize_weight(flat, wrapper.weight_bits, wrapper.per_channel,
-                                           wrapper.symmetric_weights), shape)
+                                           wrapper.symmetric_weights, fuse=not _EXPORTING[0]),
+                          shape)
     return _quantize_weight(kernel, wrapper.weight_bits, wrapper.per_channel,
-                            wrapper.symmetric_weights)
+                            wrapper.symmetric_weights, fuse=not _EXPORTING[0])
 
 
 @new("a Keras wrapper that fake-quantizes one layer's weights (BatchNormalization folded in) "
