@@ -209,11 +209,31 @@ class DynamicLossScale:
         """
         self.build()
         v = self._variables
-        finite = tf.cast(finite, tf.bool)
         one = tf.constant(1, tf.int64)
         zero = tf.constant(0, tf.int64)
         scale = tf.convert_to_tensor(v["scale"])
         steps = tf.convert_to_tensor(v["steps"])
+        if isinstance(finite, bool):
+            # The branches of the optimizer's step know the outcome: the same values
+            # with only the ops that branch needs (a step runs them every time).
+            if finite:
+                good = tf.convert_to_tensor(v["good_steps"]) + one
+                grow = good >= self.growth_interval
+                new_scale = tf.where(grow, tf.minimum(scale * self.factor, self.max_scale),
+                                     scale)
+                v["scale"].assign(new_scale)
+                v["good_steps"].assign(tf.where(grow, zero, good))
+                v["consecutive_skips"].assign(zero)
+            else:
+                new_scale = tf.maximum(scale / self.factor, self.min_scale)
+                v["scale"].assign(new_scale)
+                v["good_steps"].assign(zero)
+                v["skipped_steps"].assign_add(one)
+                v["consecutive_skips"].assign_add(one)
+                v["last_overflow_step"].assign(steps)
+            v["steps"].assign(steps + one)
+            return new_scale
+        finite = tf.cast(finite, tf.bool)
         good = tf.convert_to_tensor(v["good_steps"]) + one
         grow = tf.logical_and(finite, good >= self.growth_interval)
         grown = tf.minimum(scale * self.factor, self.max_scale)
