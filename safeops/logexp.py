@@ -30,7 +30,7 @@ from safeops._core.elementwise import (abs_, add, cast, div, map_values, name_sc
 from safeops._core.gradient import custom_gradient
 from safeops._core.native import kernels
 from safeops._core.registry import drop_in, new
-from safeops._core.transcendental import exp_neg, log1p_for
+from safeops._core.transcendental import exp_neg, exp_nonpositive, log1p_for, log1p_unit
 
 __all__ = [
     "log1mexp",
@@ -50,6 +50,9 @@ _NATIVE_SOFTPLUS_MAX = 1024
 # exact for x near log(2) (Sterbenz), and _LN2_HI + _LN2_LO = log(2) to ~1e-26.
 _LN2_HI = 6.93147180369123816490e-01
 _LN2_LO = 1.90821492927058770002e-10
+# float64 significand bits, and the exponent bits of 1.0
+_MANTISSA = 0x000FFFFFFFFFFFFF
+_ONE_BITS = 0x3FF0000000000000
 
 
 def _unary(op, arg, x, allowed_composite=()):
@@ -264,10 +267,56 @@ def logsubexp(x, y, name=None):
         return _logsubexp(x, y)
 
 
+def _polynomial_path(x):
+    """float32 inside a graph: exp and log in float64 by the vectorisable polynomials
+    of `safeops._core.transcendental` (eagerly, and for the other dtypes, TF's kernels)."""
+    return x.dtype == tf.float32 and not tf.executing_eagerly()
+
+
+def _one_minus_exp(a):
+    """``(u, w) = (exp(-a), 1 - exp(-a))`` for float64 a >= 0 by the polynomials.
+
+    For a <= log 2 Kahan's expm1: ``w = (1 - u) a / -log(u)``, whose quotient
+    cancels the rounding of u (relative error a few units of 2**-53 down to the
+    smallest a; w = a where u rounds to 1); ``-log(u) = log1p((1 - u) / u)``,
+    1 - u exact (Sterbenz). Above, ``1 - u`` itself (u <= 1/2).
+    """
+    u = exp_nonpositive(-a)
+    omu = 1.0 - u
+    kahan = omu * a / log1p_unit(omu / u)
+    return u, tf.where(a <= _LN2, tf.where(tf.equal(u, 1.0), a, kahan), omu)
+
+
+def _logsubexp_poly(cx, cy):
+    """x + log1mexp(x - y) for float64 cx >= cy by the polynomials: log(w) of the
+    small branch as ``k log 2 + log1p(m - 1)`` from w = 2**k m, m in [1, 2)
+    (w <= 1/2: k <= -1 and the sum cancels by at most a factor 2), the large
+    branch as ``-log1p(u / (1 - u))``; one log1p for both."""
+    a = tf.abs(cx - cy)
+    u, w = _one_minus_exp(a)
+    bits = tf.bitcast(w, tf.int64)
+    k = tf.cast(tf.bitwise.right_shift(bits, tf.constant(52, tf.int64)) - 1023, tf.float64)
+    m = tf.bitcast(tf.bitwise.bitwise_or(
+        tf.bitwise.bitwise_and(bits, tf.constant(_MANTISSA, tf.int64)),
+        tf.constant(_ONE_BITS, tf.int64)),
+                   tf.float64)
+    small = a <= _LN2
+    lp = log1p_unit(tf.where(small, m - 1.0, u / (1.0 - u)))
+    lme = tf.where(small, k * _LN2_HI + (lp + k * _LN2_LO), -lp)
+    lme = tf.where(tf.equal(w, 0.0), tf.constant(-math.inf, tf.float64), lme)
+    return cx + lme
+
+
 def _logsubexp_forward(x, y):
     cx, cy = up(x), up(y)
     d = cx - cy
     nan = tf.constant(float("nan"), cx.dtype)
+    if _polynomial_path(x):
+        # nothing saved: the backward recomputes u and w in its own compiled loop
+        out = tf.where(d < 0, nan, _logsubexp_poly(cx, cy))
+        out = tf.where(tf.math.is_nan(d), d, out)
+        out = tf.where(tf.math.is_inf(cy) & (cy < 0), cx, out)
+        return cast(out, x.dtype), ()
     lme, em, ex = _log1mexp_c(tf.abs(d), parts=True)
     e = tf.zeros_like(d)
     if x.dtype == tf.float64:  # first-order correction for the rounding of x - y
@@ -291,9 +340,14 @@ def _logsubexp_forward(x, y):
     return cast(out, x.dtype), (em, ex, e)
 
 
-def _logsubexp_backward(g, x, y, em, ex, e):
+def _logsubexp_backward(g, x, y, *saved):
     cy = up(y)
     ninf = tf.math.is_inf(cy) & (cy < 0)
+    if saved:
+        em, ex, e = saved
+    else:  # the polynomial path: em = -w, ex = u
+        u, w = _one_minus_exp(tf.abs(up(x) - cy))
+        em, ex, e = -w, u, tf.zeros_like(w)
     # from the forward's em = expm1(-|d|), ex = exp(-|d|) (d >= 0 in the
     # domain): -1/expm1(-d) = -1/em and -1/expm1(d) = ex/em; no new exp
     gx = -1.0 / em

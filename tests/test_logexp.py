@@ -119,3 +119,32 @@ def test_logaddexp_float32_same_bits_in_every_mode():
     assert np.all(gx[eq & ~np.isnan(x)] == 0.5) and np.all(gy[eq & ~np.isnan(x)] == 0.5)
     assert np.all(np.isnan(value[np.isnan(x) | np.isnan(y)]))
     assert np.all(value[(x == np.inf) | (y == np.inf)] == np.inf)
+
+
+def test_logsubexp_float32_same_bits_in_every_mode():
+    # As logaddexp: inside graphs exp, expm1 (Kahan's form from exp and log1p) and log
+    # (exponent bits and log1p) run as float64 polynomials, eagerly TF's kernels. x >= y
+    # (x < y is NaN in every mode), adjacent floats included (1 - exp(-|x - y|) tiny).
+    x, y = _pair_inputs(seed=11)
+    x, y = np.fmax(x, y), np.fmin(x, y)
+    adj = testing.sample_floats("float32", 300, -100.0, 100.0, seed=13)
+    adj = adj[np.abs(adj) >= _TINY]
+    x = np.concatenate([x, np.nextafter(adj, np.float32(np.inf)), [np.nan, 1.0, np.nan]])
+    y = np.concatenate([y, adj, [1.0, np.nan, np.nan]]).astype(np.float32)
+    x = x.astype(np.float32)
+    modes = testing.run_modes(_value_and_grads(so.logsubexp), tf.constant(x), tf.constant(y))
+    eager = list(modes["eager"])
+    for mode, outs in modes.items():
+        for got, want in zip(outs, eager):
+            np.testing.assert_array_equal(got, want, err_msg=mode)
+    refs = [testing.reference(f, x, y, dtype="float32") for f in (
+        lambda a, b: mpmath.log(mpmath.exp(a) - mpmath.exp(b)),
+        lambda a, b: -1 / mpmath.expm1(b - a), lambda a, b: -1 / mpmath.expm1(a - b))]
+    fin = np.isfinite(x) & np.isfinite(y) & (x > y)
+    for got, ref, bound in zip(eager, refs, (1, 4, 4)):
+        r64 = np.abs(ref.astype(np.float64))
+        ok = fin & (r64 >= _TINY) & np.isfinite(r64)
+        assert np.max(testing.ulp_distance(np.asarray(got)[ok], ref[ok], "float32")) <= bound
+    value = eager[0]
+    assert np.all(np.isnan(value[np.isnan(x) | np.isnan(y)]))
+    assert np.all(value[(x == y) & np.isfinite(x)] == -np.inf)
