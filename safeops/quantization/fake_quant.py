@@ -150,15 +150,15 @@ def _fake_quant_ordered(x, lo, hi, num_bits):
     """`fake_quant` of a float32 `x` on a scalar range already known to hold ``lo <= 0 <= hi``.
 
     The moving-average range is built that way, so the ordering check (an
-    Assert per call) is not needed. ``[0, 0]`` is quantized on ``[0, 1]`` and
-    multiplied by 0: the output there lies in ``[0, 1]`` (or is NaN), so the
-    product is 0 with NaN kept, as in `fake_quant`, in one element-wise pass
-    (and no per-element selects in the gradient).
+    Assert per call) is not needed. A ``[0, 0]`` range gives 0 with NaN kept,
+    as in `fake_quant`, but inside a `tf.cond`: a non-empty range (every batch
+    but a dead one) costs no extra element-wise pass forward or backward.
     """
     empty = tf.equal(lo, hi)
     hi = tf.where(empty, lo + 1.0, hi)
     out = tf.quantization.fake_quant_with_min_max_vars(x, lo, hi, num_bits=num_bits)
-    return out * tf.where(empty, 0.0, 1.0)
+    return tf.cond(empty, lambda: tf.where(tf.math.is_nan(x), x, tf.zeros_like(x)),
+                   lambda: tf.identity(out))
 
 
 def _weight_grid(wf, num_bits, axes, symmetric):
