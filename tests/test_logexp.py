@@ -122,8 +122,8 @@ def test_logaddexp_float32_same_bits_in_every_mode():
 
 
 def test_logsubexp_float32_same_bits_in_every_mode():
-    # As logaddexp: inside graphs exp, expm1 (Kahan's form from exp and log1p) and log
-    # (exponent bits and log1p) run as float64 polynomials, eagerly TF's kernels. x >= y
+    # As logaddexp: inside graphs exp, expm1 (a Taylor series) and log (exponent bits and
+    # log1p) run as float64 polynomials, eagerly TF's kernels. x >= y
     # (x < y is NaN in every mode), adjacent floats included (1 - exp(-|x - y|) tiny).
     x, y = _pair_inputs(seed=11)
     x, y = np.fmax(x, y), np.fmin(x, y)
