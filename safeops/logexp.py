@@ -240,8 +240,9 @@ def logsubexp(x, y, name=None):
     is formed (float32 inside a `tf.function`: exp, expm1 and log in float64 as
     vectorisable polynomials, the same bits as TF's kernels eagerly); float64
     near the zero crossing (x ~ log 2, y ~ 0) uses
-    ``log1p(2 expm1(x - log 2) - expm1(y))`` with x - log 2 formed exactly. x == y gives -inf, x < y gives NaN (the log of a negative
-    number), y = -inf gives x. Precision as the module (float32 and lower
+    ``log1p(2 expm1(x - log 2) - expm1(y))`` with x - log 2 formed exactly.
+    x == y gives -inf, x < y gives NaN (the log of a negative number), y = -inf
+    gives x. Precision as the module (float32 and lower
     correctly rounded; float64 a few ulp, absolute error ~1e-16 where the result
     cancels to near 0).
 
@@ -299,15 +300,14 @@ def _logsubexp_poly(cx, cy):
     """x + log1mexp(x - y) for float64 cx >= cy by the polynomials: log(w) of the
     small branch as ``k log 2 + log1p(m - 1)`` from w = 2**k m, m in [1, 2)
     (w <= 1/2: k <= -1 and the sum cancels by at most a factor 2; w = 0 at
-    x == y gives -inf), the large
-    branch as ``-log1p(u / (1 - u))``; one log1p for both."""
+    x == y gives -inf), the large branch as ``-log1p(u / (1 - u))``; one log1p
+    for both."""
     a = tf.abs(cx - cy)
     u, w = _one_minus_exp(a)
     bits = tf.bitcast(w, tf.int64)
     k = tf.cast(tf.bitwise.right_shift(bits, tf.constant(52, tf.int64)) - 1023, tf.float64)
-    m = tf.bitcast(tf.bitwise.bitwise_or(
-        tf.bitwise.bitwise_and(bits, tf.constant(_MANTISSA, tf.int64)),
-        tf.constant(_ONE_BITS, tf.int64)),
+    significand = tf.bitwise.bitwise_and(bits, tf.constant(_MANTISSA, tf.int64))
+    m = tf.bitcast(tf.bitwise.bitwise_or(significand, tf.constant(_ONE_BITS, tf.int64)),
                    tf.float64)
     small = a <= _LN2
     lp = log1p_unit(tf.where(small, m - 1.0, u / (1.0 - u)))
