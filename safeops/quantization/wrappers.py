@@ -280,7 +280,8 @@ class QuantizeWrapper(keras.layers.Wrapper):
         try:
             for name, w in originals.items():
                 q = _quantize_weight(tf.convert_to_tensor(w), self.weight_bits, self.per_channel,
-                                     self.symmetric_weights, channel_axis=config.channel_axis)
+                                     self.symmetric_weights, channel_axis=config.channel_axis,
+                                     fuse=not _EXPORTING[0])
                 object.__setattr__(layer, name, q)  # bypass tracking: restored below
             y = layer.call(inputs) if not _accepts_training(layer) else \
                 layer.call(inputs, training=training)
