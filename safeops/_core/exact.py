@@ -394,19 +394,21 @@ def exact_segment_state(data, segment_ids, num_segments, counts):
     return tf.reshape(state, out_shape)
 
 
-def state_to_sum(state, dtype):
+def state_to_sum(state, dtype, out_dtype=None):
     """The correctly rounded sum of a `dtype` state (IEEE specials, -0.0 as IEEE addition).
 
     Args:
       state: int64 ``[..., J + 5]`` from `sum_state`/`combine_states`.
-      dtype: the dtype the state was made from (and the output dtype).
+      dtype: the dtype the state was made from.
+      out_dtype: the dtype of the result, rounded once into it (default: `dtype`).
     """
     fmt = ed.binary_format(dtype)
+    out = ed.binary_format(out_dtype or dtype)
     flat = tf.reshape(state, [-1, fmt.digits + ed.NCOUNT])
     digits, counters = flat[:, :fmt.digits], flat[:, fmt.digits:]
     neg, mag = ed.sign_magnitude(digits)
-    bits = ed.round_bits(mag, fmt.emin_sub, tf.zeros_like(neg), fmt)
-    return tf.reshape(ed.assemble(neg, bits, counters, fmt), tf.shape(state)[:-1])
+    bits = ed.round_bits(mag, fmt.emin_sub, tf.zeros_like(neg), out)
+    return tf.reshape(ed.assemble(neg, bits, counters, out), tf.shape(state)[:-1])
 
 
 def state_to_mean(state, dtype, empty="nan"):

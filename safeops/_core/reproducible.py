@@ -29,31 +29,14 @@ import tensorflow as tf
 
 from safeops._core import eft
 from safeops._core import exact
-from safeops._core import exact_digits as ed
 
-__all__ = ["dot", "log_softmax", "logsumexp", "mean", "moments", "round_state", "softmax"]
+__all__ = ["dot", "log_softmax", "logsumexp", "mean", "moments", "softmax"]
 
 _WIDE = tf.float64
 
 
 def _wide(x):
     return x if x.dtype == _WIDE else tf.cast(x, _WIDE)
-
-
-def round_state(state, state_dtype, out_dtype):
-    """The correctly rounded sum of a `state_dtype` state, in `out_dtype` (one rounding).
-
-    Args:
-      state: int64 ``[..., J + 5]`` from `exact.sum_state` of `state_dtype` values.
-      state_dtype: the dtype the terms had.
-      out_dtype: the dtype of the result (IEEE specials and overflow as rounding gives).
-    """
-    src, dst = ed.binary_format(state_dtype), ed.binary_format(out_dtype)
-    flat = tf.reshape(state, [-1, src.digits + ed.NCOUNT])
-    digits, counters = flat[:, :src.digits], flat[:, src.digits:]
-    neg, mag = ed.sign_magnitude(digits)
-    bits = ed.round_bits(mag, src.emin_sub, tf.zeros_like(neg), dst)
-    return tf.reshape(ed.assemble(neg, bits, counters, dst), tf.shape(state)[:-1])
 
 
 def mean(x, axes, keepdims=True):
@@ -122,7 +105,7 @@ def dot(x, y, axes, keepdims=False):
                                     keepdims=False)
         else:
             state = exact.sum_state(_wide(a) * _wide(b), reduced)  # products exact
-        out = round_state(state, _WIDE, a.dtype)
+        out = exact.state_to_sum(state, _WIDE, a.dtype)  # one rounding into a's dtype
         if keepdims:
             out = tf.reshape(out, _kept_shape(a, reduced))
 
