@@ -605,3 +605,22 @@ def test_a_case_with_no_verdict_is_not_reported_met():
     _, per_case = report.bar_summary([case], judged=True)  # judge_bars never ran on it
     assert per_case[0].startswith("- x/y/1 [CPU:0]: note -> not judged;"), per_case[0]
 
+
+
+def test_bandwidth_compares_best_with_best(tmp_path):
+    """The limit is a best rate, so the op's rate is its best call, not its median."""
+    from benchmarks import report
+
+    t = _timing("graph", "fwd", 1e-3, 4e-3, nbytes={"read": 8_000_000, "written": 4})
+    t["safeops"] = {"median_s": 4e-3, "min_s": 2e-3, "max_s": 5e-3}
+    t["baseline"] = {"median_s": 1e-3, "min_s": 0.5e-3, "max_s": 2e-3}
+    results = [_result("summation/reduce_sum/2M", [t])]
+    bw = {"/device:CPU:0": {"n": 8, "read": {"bytes": 32, "min_s": 1.0, "median_s": 2.0,
+                                             "max_s": 2.0, "gbps": 10.0},
+                            "copy": {"bytes": 64, "min_s": 1.0, "median_s": 2.0,
+                                     "max_s": 2.0, "gbps": 20.0}}}
+    report.annotate_bandwidth(results, bw)
+    b = t["bandwidth"]
+    assert b["safeops_gbps"] == pytest.approx(8_000_004 / 2e-3 / 1e9)
+    assert b["baseline_gbps"] == pytest.approx(8_000_004 / 0.5e-3 / 1e9)
+    assert b["over_limit"] == pytest.approx(10.0 / (8_000_004 / 2e-3 / 1e9))
