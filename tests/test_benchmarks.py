@@ -624,3 +624,40 @@ def test_bandwidth_compares_best_with_best(tmp_path):
     assert b["safeops_gbps"] == pytest.approx(8_000_004 / 2e-3 / 1e9)
     assert b["baseline_gbps"] == pytest.approx(8_000_004 / 0.5e-3 / 1e9)
     assert b["over_limit"] == pytest.approx(10.0 / (8_000_004 / 2e-3 / 1e9))
+
+
+def test_xla_program_fingerprint_ignores_names_only():
+    from benchmarks import xla_programs
+
+    a = ("HloModule m.1\n%f.3 (param_0.2: f32[4]) -> f32[4] {\n  %param_0.2 = f32[4]{0} "
+         "parameter(0)\n  ROOT %exp.7 = f32[4]{0} exponential(%param_0.2), "
+         "metadata={op_name=\"a\"}\n}\nENTRY %main.9 (arg.1: f32[4]) -> f32[4] {\n"
+         "  %arg.1 = f32[4]{0} parameter(0)\n  ROOT %r.2 = f32[4]{0} fusion(%arg.1), "
+         "kind=kLoop, calls=%f.3\n}\n")
+    renamed = (a.replace("%f.3", "%g.11").replace("param_0.2", "param_0.5")
+               .replace("%exp.7", "%exponential.1").replace("main.9", "main.40")
+               .replace("op_name=\"a\"", "op_name=\"b\""))
+    other = a.replace("exponential(", "log(")
+    reshaped = a.replace("f32[4]", "f32[8]")
+    assert xla_programs.fingerprint(a) == xla_programs.fingerprint(renamed)
+    assert xla_programs.fingerprint(a) != xla_programs.fingerprint(other)
+    assert xla_programs.fingerprint(a) != xla_programs.fingerprint(reshaped)
+    assert xla_programs.base_name("straight_through/round_ste") == "straight_through/round_ste"
+    assert xla_programs.base_name("special/softmax/1Mx") == "special/softmax"
+    assert xla_programs.base_name("quantization/qat_train_step/mlp/b128") == \
+        "quantization/qat_train_step/mlp"
+
+
+def test_xla_program_fingerprints_of_a_case():
+    import tensorflow as tf
+    from benchmarks import xla_programs
+
+    progs = xla_programs._programs("straight_through/round_ste", "smoke")
+    assert set(progs) == {"straight_through/round_ste"}
+    entry = progs["straight_through/round_ste"]
+    assert set(entry) == {"fwd", "fwd+bwd"} and entry["fwd"] != entry["fwd+bwd"]
+    assert not any(v.startswith("error") for v in entry.values())
+    assert xla_programs.compare(progs, progs) == [
+        "SAME      straight_through/round_ste xla/fwd",
+        "SAME      straight_through/round_ste xla/fwd+bwd"]
+    del tf
