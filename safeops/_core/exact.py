@@ -250,6 +250,11 @@ def _sum_state_2d(x, axis):
 # Whether float32 sums first try the certified float64 sum (see `_certified_float32_sum`).
 _FAST_FLOAT32 = True
 _TINY32 = 2.0 ** -125  # below twice float32's smallest normal, the fast path is not used
+# Terms per block of the certified sum's first level. Under XLA on the CPU a reduction of at
+# most 32 terms per output is fused with the element-wise split that feeds it (one pass over
+# the float32 input); longer ones become trees of materialized float64 partial sums. The
+# error bound does not depend on the blocking (it holds for any order of the additions).
+_CERT_BLOCK = 32
 
 
 def _pow2(e):
@@ -257,44 +262,94 @@ def _pow2(e):
     return tf.bitcast(tf.bitwise.left_shift(e + 1023, tf.constant(52, tf.int64)), tf.float64)
 
 
+def _blocks(t, length):
+    """t [outer, n, ...] as [outer, _CERT_BLOCK, n / _CERT_BLOCK, ...], zero-padded to whole
+    blocks; block c holds the terms ``r * (n / _CERT_BLOCK) + c`` (columns: a reduction over
+    axis 1 runs along contiguous memory in every block at once)."""
+    n = t.shape[1]
+    rest = t.shape[2:].as_list()
+    if n is None or n % _CERT_BLOCK:
+        pad = (-length) % _CERT_BLOCK
+        t = tf.pad(t, tf.concat([[[0, 0]], tf.reshape(tf.stack([0, pad]), [1, 2]),
+                                 tf.zeros([len(rest), 2], tf.int32)], 0))
+    outer = t.shape[0] if t.shape[0] is not None else tf.shape(t)[0]
+    shape = [outer, _CERT_BLOCK, -1] + rest
+    return tf.reshape(t, tf.stack(shape) if isinstance(outer, tf.Tensor) else shape)
+
+
+def _abs_max(y):
+    """max |x| per row of float32 y [outer, n], in float64 (exact): the maxima of the blocks,
+    then of the blocks' maxima (two levels: the first reads y once, |y| is not stored)."""
+    block_max = tf.reduce_max(_blocks(tf.abs(y), tf.shape(y)[1]), 1)  # [outer, n / block]
+    # the second level in float64: a reduction of a converted reduction, which XLA does not
+    # fold into one reduction of |y| (that one would store |y| first)
+    return tf.reduce_max(tf.cast(block_max, tf.float64), 1)
+
+
+def _split_sums(y, sigma):
+    """(sum hi, sum lo) over axis 1 of the float64 split ``hi = (x + sigma) - sigma``,
+    ``lo = x - hi`` of float32 y [outer, n]: first in blocks of `_CERT_BLOCK` terms, then over
+    the blocks. hi and lo share one reduction of a [..., 2] tensor (one pass over y; the
+    slices keep XLA from folding the two levels into one)."""
+    y64 = tf.cast(y, tf.float64)
+    hi = (y64 + sigma) - sigma
+    pair = tf.stack([hi, y64 - hi], -1)  # [outer, n, 2]
+    blocks = tf.reduce_sum(_blocks(pair, tf.shape(y)[1]), 1)  # [outer, n / block, 2]
+    return tf.reduce_sum(blocks[..., 0], 1), tf.reduce_sum(blocks[..., 1], 1)
+
+
 def _certified_float32_sum(y):
     """float32 row sums rounded from an accurate float64 sum, and whether each is provably
     the correctly rounded sum.
 
-    Each value is split against a power of two sigma > 2 n max|x| (Fast2Sum:
-    ``hi = (x + sigma) - sigma``, ``lo = x - hi``, both exact): the hi parts
-    lie on a grid coarse enough that their float64 sum is exact in any order,
-    and ``|lo| <= ulp(sigma) / 2``, so the float64 sum of the lo parts, in any
-    order, is within ``gamma_{n-1} n ulp(sigma) / 2`` (Higham, Accuracy and
-    Stability, eq. 4.4). With one more rounding and ``n 2**-126`` for float32
-    subnormals a device may read as 0, that bounds ``|s - S|``. When the
-    interval lies strictly between the two midpoints around ``r = fl32(s)``,
-    the exact sum rounds to r: r is the correctly rounded sum (the exact
-    accumulator's bits). Results that are tiny, the largest float32 or not
-    finite are never certified. Rows whose float64 sum is exact (`exact_rows`,
-    computed only when needed) are certified too, exact ties included.
+    Method. With ``M = max|x|`` (read in float32, exactly) and ``n`` the row length, each
+    value is split against the power of two ``sigma = 2**(e_M + e_n + 1) > 2 n M``
+    (``M < 2**e_M``, ``n < 2**e_n``) by Fast2Sum in float64: ``hi = (x + sigma) - sigma`` and
+    ``lo = x - hi`` are exact, ``x = hi + lo``, the hi parts are multiples of
+    ``q / 2`` (``q = ulp(sigma) = sigma 2**-52``) and ``|lo| <= q / 2``. Every partial sum of
+    hi parts is a multiple of ``q / 2`` below ``n (M + q / 2) < sigma = 2**52 q`` in
+    magnitude, so the float64 sum ``H`` of the hi parts is exact in any order and grouping.
+
+    Bound. The float64 sum ``L`` of the lo parts, in any order and grouping, satisfies
+    ``|L - sum lo| <= gamma_n sum|lo| <= gamma_n n q / 2`` with
+    ``gamma_n = n u / (1 - n u)``, ``u = 2**-53`` (N. J. Higham, Accuracy and Stability of
+    Numerical Algorithms, 2nd ed., SIAM 2002, eq. (4.4) and Lemma 3.1: each term takes part
+    in at most n - 1 roundings; zeros added for blocking are added exactly).
+    ``s = fl(H + L)`` adds ``u |s| / (1 - u)``; a device that reads float32 subnormals as 0
+    (and float64 subnormal partial sums, below ``2**-1022`` each) moves the sum by less than
+    ``n 2**-126``. Hence, for the exact sum S of the row,
+
+        |s - S| <= B = (2 u |s| + gamma_n n q / 2 + n 2**-126) (1 + 2**-40),
+
+    where the second ``u |s|`` and the factor ``1 + 2**-40`` cover the roundings of ``s +- B``
+    and of B itself. The blocking (sums of `_CERT_BLOCK` terms, then of the blocks) is only
+    for speed: the bound assumes nothing about the order of the additions. When
+    ``[s - B, s + B]`` lies strictly between the two midpoints around ``r = fl32(s)``, S
+    rounds to r: r is the correctly rounded sum (the exact accumulator's bits). Results that
+    are tiny, the largest float32 or not finite are never certified. Rows whose float64 sum
+    is exact (`exact_rows`, computed only when needed) are certified too, exact ties
+    included.
 
     Returns:
       (r, ok, exact_rows): the rounded sums, the rows the bound certifies,
       and a function giving the rows whose float64 sum is exact.
     """
-    y64 = tf.cast(y, tf.float64)
     n_int = tf.cast(tf.shape(y)[1], tf.int64)
     n = tf.cast(n_int, tf.float64)
     big = float(dtypes.limits(tf.float32).max)
-    m = tf.maximum(tf.reduce_max(tf.abs(y64), 1, keepdims=True), 2.0 ** -126)
+    m = tf.maximum(_abs_max(y), 2.0 ** -126)
     m = tf.minimum(m, big)  # NaN/inf rows: any sigma; they are not certified below
     m_exp = tf.bitwise.right_shift(tf.bitcast(m, tf.int64), tf.constant(52, tf.int64)) - 1022
     n_bits = tf.bitwise.right_shift(tf.bitcast(n + 1.0, tf.int64),
                                     tf.constant(52, tf.int64)) - 1022
     sigma_exp = m_exp + n_bits + 1  # m < 2**m_exp, n < 2**n_bits: n m < sigma / 2
-    sigma = _pow2(sigma_exp)
-    hi = (y64 + sigma) - sigma
-    lo = y64 - hi
-    s = tf.reduce_sum(hi, 1) + tf.reduce_sum(lo, 1)
+    sigma = _pow2(sigma_exp)[:, None]
+    hi_sum, lo_sum = _split_sums(y, sigma)
+    s = hi_sum + lo_sum
     u = 2.0 ** -53
-    gamma = n * u / (1.0 - n * u)
-    q = _pow2(sigma_exp - 52)[:, 0]  # ulp(sigma)
+    n_pad = n + float(_CERT_BLOCK - 1)  # terms per reduction, blocking zeros included
+    gamma = n_pad * u / (1.0 - n_pad * u)
+    q = _pow2(sigma_exp - 52)  # ulp(sigma)
     bound = (2.0 * u * tf.abs(s) + gamma * n * q / 2.0 + n * 2.0 ** -126) * (1.0 + 2.0 ** -40)
     r = tf.cast(s, tf.float32)
     rb = tf.bitcast(r, tf.int32)
@@ -309,7 +364,10 @@ def _certified_float32_sum(y):
 
     def exact_rows():
         """Rows whose float64 sum is exact (every lo is 0, no float32 subnormal that a device
-        may have read as 0): r = fl32(s) is then the correctly rounded sum, ties included."""
+        may have read as 0): r = fl32(s) is then the correctly rounded sum, ties included.
+        The split is recomputed here, so nothing of it is kept for this rare case."""
+        x64 = tf.cast(y, tf.float64)
+        lo = x64 - ((x64 + sigma) - sigma)
         bits = tf.bitwise.bitwise_and(tf.bitcast(y, tf.int32), 0x7FFFFFFF)
         subnormal = tf.reduce_any((bits > 0) & (bits < 0x00800000), 1)
         return in_range & tf.reduce_all(tf.equal(lo, 0.0), 1) & ~subnormal
