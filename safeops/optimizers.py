@@ -76,6 +76,7 @@ import tensorflow as tf
 from safeops._core import keras_compat
 from safeops.clipping import clip_by_global_norm, clip_by_norm
 from safeops._core.dtypes import HALF_DTYPES, scalar_in
+from safeops._core.native import kernels
 from safeops._core.registry import drop_in
 
 __all__ = ["SGD", "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "Adamax", "Lion",
@@ -118,6 +119,15 @@ def _add(w, comp, delta, seed, mode, negate=False):
 # Small ones: the same ops unfused, avoiding the ~20 us cost of an XLA call.
 _fused_add = tf.function(_add, jit_compile=True, reduce_retracing=True)
 _FUSE_MIN_SIZE = 1 << 15
+
+
+def _in_place(var, size):
+    """Whether the fused in-place Kahan update may run on `var`: a large plain resource
+    variable on the CPU, outside a distribution strategy (whose variables are updated
+    per replica through their own update functions)."""
+    return (size is not None and size >= _FUSE_MIN_SIZE and not tf.distribute.has_strategy()
+            and isinstance(var, tf.Variable) and hasattr(var, "handle")
+            and "GPU" not in (var.device or "").upper())
 
 
 class _Working:
@@ -410,8 +420,14 @@ class _Compensated:
             if comp_var is not None:
                 comp_var.scatter_update(tf.IndexedSlices(new_c, indices))
             return
-        c = tf.convert_to_tensor(comp_var) if comp_var is not None else tf.zeros([], var.dtype)
         size = tf.TensorShape(var.shape).num_elements()
+        if mode == "kahan" and var.dtype == cdt and _in_place(var, size):
+            delta = tf.cast(delta, cdt)
+            lib = kernels(delta)
+            if lib is not None:  # one pass in the variables' own buffers, the same bits
+                lib.safeops_kahan_assign_add(var.handle, comp_var.handle, delta, negate=negate)
+                return
+        c = tf.convert_to_tensor(comp_var) if comp_var is not None else tf.zeros([], var.dtype)
         add = _fused_add if size is None or size >= _FUSE_MIN_SIZE else _add
         new_w, new_c = add(tf.cast(tf.convert_to_tensor(var), cdt), c,
                            tf.cast(delta, cdt), seed, mode, negate)

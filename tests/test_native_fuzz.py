@@ -15,7 +15,7 @@ import numpy as np
 
 _OPS = ("SafeopsCompensatedSum", "SafeopsCompensatedCumsum", "SafeopsWidenAssignAdd",
         "SafeopsSoftmax", "SafeopsSoftmaxGrad", "SafeopsSoftplus", "SafeopsExactSum",
-        "SafeopsWideMatmul")
+        "SafeopsWideMatmul", "SafeopsKahanAssignAdd")
 
 
 def _fuzz(seed=0, random_cases=400):  # noqa: C901  (one table of cases)
@@ -136,6 +136,29 @@ def _fuzz(seed=0, random_cases=400):  # noqa: C901  (one table of cases)
     # no rejected call changed the variable
     np.testing.assert_array_equal(var.numpy(), first.numpy().astype(np.float64))
 
+    # the optimizer's in-place Kahan update: two initialised variables of delta's dtype and shape
+    kahan = lib.safeops_kahan_assign_add
+    kw = tf.Variable(tf.ones([4], tf.float32))
+    kc = tf.Variable(tf.zeros([4], tf.float32))
+    expect(_OPS[8], lambda: kahan(kw.handle, kc.handle, t([4])), True)
+    before = (kw.numpy().copy(), kc.numpy().copy())
+    for delta in (t([5]), t([4, 1]), t([]), t([0]), t([4], tf.float64)):
+        expect(_OPS[8], lambda: kahan(kw.handle, kc.handle, delta), False, delta.shape)
+    for other in (tf.Variable(tf.zeros([4], tf.float64)), tf.Variable(tf.zeros([5])),
+                  tf.Variable(tf.zeros([4], tf.int32))):
+        expect(_OPS[8], lambda: kahan(kw.handle, other.handle, t([4])), False, other.dtype)
+        expect(_OPS[8], lambda: kahan(other.handle, kc.handle, t([4])), False, other.dtype)
+    expect(_OPS[8], lambda: kahan(kw.handle, kw.handle, t([4])), False, "same variable")
+    unset32 = tf.raw_ops.VarHandleOp(dtype=tf.float32, shape=[4], shared_name="safeops_fuzz_k")
+    expect(_OPS[8], lambda: kahan(kw.handle, unset32, t([4])), False, "uninitialised")
+    expect(_OPS[8], lambda: kahan(table.resource_handle, kc.handle, t([4])), False, "table")
+    pair = tf.stack([kw.handle, kw.handle])
+    expect(_OPS[8], lambda: kahan(pair, kc.handle, t([4])), False, "two handles")
+    expect(_OPS[8], lambda: kahan(kw.handle, pair[:0], t([4])), False, "no handle")
+    # no rejected call changed either variable
+    np.testing.assert_array_equal(kw.numpy(), before[0])
+    np.testing.assert_array_equal(kc.numpy(), before[1])
+
     # graphs with unknown shapes: the shape functions cannot see the mismatch, the kernels must
     spec = tf.TensorSpec(None, tf.float32)
     gfun = tf.function(lambda g, x, y, s: grad(g, x, y, s, "softmax"), input_signature=[
@@ -155,7 +178,7 @@ def _fuzz(seed=0, random_cases=400):  # noqa: C901  (one table of cases)
 
     kinds = ("softmax", "log_softmax", "logsumexp")
     for _ in range(random_cases):
-        which = int(rng.integers(7))
+        which = int(rng.integers(9))
         kind = kinds[int(rng.integers(3))]
         flag = bool(rng.integers(2))
         args = [anything() for _ in range(4)]
@@ -173,6 +196,8 @@ def _fuzz(seed=0, random_cases=400):  # noqa: C901  (one table of cases)
             expect(_OPS[4], lambda: grad(*args, kind), None, shapes)
         elif which == 5:
             expect(_OPS[6], lambda: lib.safeops_exact_sum(args[0], mean=flag), None, shapes)
+        elif which == 7:
+            expect(_OPS[8], lambda: kahan(kw.handle, kc.handle, args[0]), None, shapes)
         else:
             expect(_OPS[7], lambda: lib.safeops_wide_matmul(args[0], args[1], transpose_a=flag),
                    None, shapes)

@@ -442,3 +442,64 @@ def test_distributed_weight_decay_of_compensated_variables(strategy):
     # Zero gradient: only the decay acts, w <- w (1 - lr wd) each step, compensated.
     exact = (1 - np.float64(np.float32(1e-3)) * 0.5) ** 20
     assert testing.ulp_distance(float(np.float64(local[0][0])), exact, "bfloat16") <= 1
+
+
+def _numpy_kahan_sgd(w, grads, lr, dtype):
+    """Kahan-compensated SGD in NumPy, each operation rounded in `dtype` (NumPy's float32
+    arithmetic is IEEE round-to-nearest, no FMA): y = -lr*g - c; t = w + y; c = (t - w) - y."""
+    w = np.array(w, dtype)
+    c = np.zeros_like(w)
+    lr = dtype(np.float32(lr))  # Keras keeps the learning rate in a float32 variable
+    for g in grads:
+        y = -(lr * g.astype(dtype)) - c
+        t = w + y
+        c = (t - w) - y
+        w = t
+    return w, c
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("jit", [None, False])
+def test_large_kahan_update_in_place_matches_numpy(dtype, jit):
+    """The large-variable Kahan update (in place on the CPU, eagerly and in graphs) gives
+    exactly the bits of the compensated update computed step by step in NumPy. (Under
+    jit_compile XLA may contract ``-lr * g - c`` into an FMA: other bits, not compared here.)"""
+    rng = np.random.default_rng(3)
+    n = 1 << 16
+    w0 = (rng.standard_normal(n) * 10.0 ** rng.uniform(-2, 6, n)).astype(dtype)
+    grads = [(rng.standard_normal(n) * 10.0 ** rng.uniform(-12, 0, n)).astype(dtype)
+             for _ in range(5)]
+    w = keras.Variable(w0)
+    opt = O.SGD(1e-3, kahan_summation=True)
+    opt.build([w])
+    step = (lambda g: opt.apply([g], [w])) if jit is None else tf.function(
+        lambda g: opt.apply([g], [w]))
+    held = tf.convert_to_tensor(w)  # a value read before the updates keeps its bits
+    for g in grads:
+        step(tf.constant(g))
+    want_w, want_c = _numpy_kahan_sgd(w0, grads, 1e-3, dtype)
+    np.testing.assert_array_equal(w.numpy(), want_w)
+    np.testing.assert_array_equal(opt._compensations[0].numpy(), want_c)  # noqa: SLF001
+    np.testing.assert_array_equal(held.numpy(), w0)
+    # the compensation carries what float arithmetic dropped: w + c is nearer the exact sum
+    exact = w0.astype(np.longdouble) - sum(np.longdouble(np.float32(1e-3)) * g.astype(np.longdouble)
+                                           for g in grads)
+    assert np.abs(want_w.astype(np.longdouble) - want_c - exact).max() <= \
+        np.abs(want_w.astype(np.longdouble) - exact).max()
+
+
+def test_large_kahan_update_runs_in_place_in_graphs():
+    from safeops import native
+
+    if native.library() is None:
+        pytest.skip("fused kernels not built")
+    w = keras.Variable(np.ones(1 << 16, np.float32))
+    opt = O.Adam(1e-3, kahan_summation=True)
+    opt.build([w])
+    f = tf.function(lambda g: opt.apply([g], [w]))
+    graph = f.get_concrete_function(tf.TensorSpec([1 << 16], tf.float32)).graph
+    types = {op.type for op in graph.get_operations()}
+    # function bodies (Keras's update runs inside nested calls)
+    for fn in graph._functions.values():  # noqa: SLF001
+        types |= {node.op for node in fn.definition.node_def}
+    assert "SafeopsKahanAssignAdd" in types

@@ -488,6 +488,108 @@ class WidenAssignAddOp : public OpKernel {
   }
 };
 
+
+// ---------------------------------------------------------------------------
+// SafeopsKahanAssignAdd: the compensated optimizer update of a float32/float64
+// variable, in place: with y = delta - comp (delta negated first if `negate`),
+// var <- var + y and comp <- ((var + y) - var) - y, each operation rounded in T,
+// exactly as the unfused ops compute it (no FMA: -ffp-contract=off). One pass
+// that reads three arrays and writes two into the variables' own buffers.
+
+// Locks two resource variables in address order (the same variable twice is one lock).
+class TwoLocks {
+ public:
+  TwoLocks(::tensorflow::Var* a, ::tensorflow::Var* b) {
+    first_ = a < b ? a : b;
+    second_ = a < b ? b : a;
+    first_->mu()->lock();
+    if (second_ != first_) second_->mu()->lock();
+  }
+  ~TwoLocks() {
+    if (second_ != first_) second_->mu()->unlock();
+    first_->mu()->unlock();
+  }
+
+ private:
+  ::tensorflow::Var* first_;
+  ::tensorflow::Var* second_;
+};
+
+// The variable's buffer, copied first when a reader still holds it (copy on write).
+template <typename T>
+Status Writable(OpKernelContext* ctx, ::tensorflow::Var* var, T** data) {
+  Tensor* t = var->tensor();
+  if (!t->RefCountIsOne()) {
+    Tensor fresh;
+    TF_RETURN_IF_ERROR(ctx->allocate_temp(t->dtype(), t->shape(), &fresh));
+    std::memcpy(fresh.flat<T>().data(), t->flat<T>().data(), t->NumElements() * sizeof(T));
+    *t = fresh;
+  }
+  *data = t->flat<T>().data();
+  return ::tensorflow::OkStatus();
+}
+
+template <typename T>
+class KahanAssignAddOp : public OpKernel {
+ public:
+  explicit KahanAssignAddOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("negate", &negate_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    static const char* kOp = "SafeopsKahanAssignAdd";
+    for (int i = 0; i < 2; ++i) {
+      OP_REQUIRES(ctx, ctx->input(i).NumElements() == 1,
+                  ::tensorflow::errors::InvalidArgument(
+                      kOp, ": '", i == 0 ? "resource" : "compensation",
+                      "' must be one variable handle; got shape ",
+                      ctx->input(i).shape().DebugString()));
+    }
+    ::tensorflow::core::RefCountPtr<::tensorflow::Var> var, comp;
+    OP_REQUIRES_OK(ctx, ::tensorflow::LookupResource(ctx, ::tensorflow::HandleFromInput(ctx, 0),
+                                                     &var));
+    OP_REQUIRES_OK(ctx, ::tensorflow::LookupResource(ctx, ::tensorflow::HandleFromInput(ctx, 1),
+                                                     &comp));
+    OP_REQUIRES(ctx, var.get() != comp.get(),
+                ::tensorflow::errors::InvalidArgument(
+                    kOp, ": 'resource' and 'compensation' must be two variables"));
+    const Tensor& delta = ctx->input(2);
+    const auto dtype = ::tensorflow::DataTypeToEnum<T>::value;
+    TwoLocks lock(var.get(), comp.get());
+    for (::tensorflow::Var* v : {var.get(), comp.get()}) {
+      const Tensor* t = v->tensor();
+      OP_REQUIRES(ctx, v->is_initialized && t->dtype() == dtype,
+                  ::tensorflow::errors::InvalidArgument(
+                      kOp, ": variables must be initialized and of dtype ",
+                      ::tensorflow::DataTypeString(dtype), "; got ",
+                      ::tensorflow::DataTypeString(t->dtype())));
+      OP_REQUIRES(ctx, t->shape() == delta.shape(),
+                  ::tensorflow::errors::InvalidArgument(
+                      kOp, ": 'delta' shape ", delta.shape().DebugString(),
+                      " != variable shape ", t->shape().DebugString()));
+    }
+    T* w = nullptr;
+    T* c = nullptr;
+    OP_REQUIRES_OK(ctx, Writable<T>(ctx, var.get(), &w));
+    OP_REQUIRES_OK(ctx, Writable<T>(ctx, comp.get(), &c));
+    const T* d = delta.flat<T>().data();
+    const int64_t n = delta.NumElements();
+    const bool negate = negate_;
+    ParallelFor(ctx, (n + kBlock - 1) / kBlock, kBlock * 4, [&](int64_t lo, int64_t hi) {
+      const int64_t e = std::min(n, hi * kBlock);
+      for (int64_t i = lo * kBlock; i < e; ++i) {
+        const T y = (negate ? -d[i] : d[i]) - c[i];
+        const T t = w[i] + y;
+        c[i] = (t - w[i]) - y;
+        w[i] = t;
+      }
+    });
+  }
+
+ private:
+  bool negate_;
+};
+
 }  // namespace
 
 REGISTER_OP("SafeopsCompensatedSum")
@@ -522,6 +624,15 @@ REGISTER_OP("SafeopsWidenAssignAdd")
     .SetIsStateful()
     .SetShapeFn(shape_inference::NoOutputs);
 
+REGISTER_OP("SafeopsKahanAssignAdd")
+    .Input("resource: resource")
+    .Input("compensation: resource")
+    .Input("delta: T")
+    .Attr("T: {float, double}")
+    .Attr("negate: bool = false")
+    .SetIsStateful()
+    .SetShapeFn(shape_inference::NoOutputs);
+
 #define SAFEOPS_REGISTER(T)                                                          \
   REGISTER_KERNEL_BUILDER(                                                           \
       Name("SafeopsCompensatedSum").Device(DEVICE_CPU).TypeConstraint<T>("T"),       \
@@ -532,6 +643,14 @@ REGISTER_OP("SafeopsWidenAssignAdd")
 SAFEOPS_REGISTER(float)
 SAFEOPS_REGISTER(double)
 #undef SAFEOPS_REGISTER
+
+#define SAFEOPS_REGISTER_KAHAN(T)                                                    \
+  REGISTER_KERNEL_BUILDER(                                                           \
+      Name("SafeopsKahanAssignAdd").Device(DEVICE_CPU).TypeConstraint<T>("T"),       \
+      KahanAssignAddOp<T>);
+SAFEOPS_REGISTER_KAHAN(float)
+SAFEOPS_REGISTER_KAHAN(double)
+#undef SAFEOPS_REGISTER_KAHAN
 
 #define SAFEOPS_REGISTER_WIDEN(T)                                                    \
   REGISTER_KERNEL_BUILDER(                                                           \
