@@ -134,6 +134,140 @@ def test_float32_certified_path_same_bits_as_exact_path(monkeypatch, mode):
     _assert_same_bits(fast, slow[ok])
 
 
+def _fsum_float32(row):
+    """The correctly rounded float32 sum of finite float32 values by math.fsum: fsum rounds
+    the exact sum once to float64; where that lands on a float32 midpoint, the sign of the
+    exact residual (fsum again) decides the direction, so there is no double rounding."""
+    vals = [float(v) for v in row]
+    s = math.fsum(vals)
+    with np.errstate(over="ignore"):  # a sum beyond float32's range rounds to inf
+        r = np.float32(s)
+        if float(r) == s or not math.isfinite(float(r)):
+            return r
+        other = np.nextafter(r, np.float32(np.inf if s > float(r) else -np.inf),
+                             dtype=np.float32)
+    mid = (float(r) + float(other)) / 2.0  # exact in float64
+    if s != mid:
+        return r
+    residual = math.fsum(vals + [-s])
+    if residual == 0.0:
+        return r  # a true tie: numpy rounded it to even
+    return max(r, other) if residual > 0 else min(r, other)
+
+
+def _hard_float32_rows(rng, n):
+    """Rows of n float32 values whose correctly rounded sums are hard to get: ties and near
+    ties at many scales, subnormal sums, overflow, and condition numbers 1e2 .. 1e30."""
+    rows = []
+    h = 2.0 ** -24
+    for k in (-100, -20, 0, 20, 100):
+        s = 2.0 ** k
+        for tail in ([], [h * 2.0 ** -60], [-h * 2.0 ** -60], [h * 2.0 ** -30, -h * 2.0 ** -31]):
+            rows.append([s, s * h] + [s * t for t in tail])  # tie, or just above/below it
+        rows.append([s * (1 + 2 * h), s * h])  # tie from an odd neighbour: up to even
+    sub, tiny = 2.0 ** -149, 2.0 ** -126
+    rows += [[tiny, -tiny + sub], [tiny, -0.75 * tiny], [3 * sub, -sub, sub],
+             [1e-30, -1e-30, 5 * sub], [1.5 * tiny, -tiny, -0.25 * tiny, sub]]
+    big = float(np.finfo(np.float32).max)
+    half_ulp_max = 2.0 ** (127 - 24)
+    rows += [[big, big, -big], [big, big], [-big, -big], [big, half_ulp_max],
+             [big, half_ulp_max / 2], [0.7 * big] * 3, [big, -big, 1.0]]
+    for i, cond in enumerate((1e2, 1e8, 1e16, 1e30)):
+        rows.append(list(testing.ill_conditioned_sum(n, cond, "float32", seed=i)[0]))
+    rows.append(list(rng.standard_normal(n)))  # well conditioned: certified
+    out = np.zeros((len(rows), n), np.float32)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = r
+    return rng.permuted(out, axis=1)
+
+
+def test_float32_xla_hard_cases_same_bits_as_accumulator_and_fsum(monkeypatch):
+    """Under XLA (the pure-TF path), float32 sums certified from float64 and the exact
+    accumulator give the same bits as math.fsum and an exact Fraction sum, row by row and
+    for a long row whose length is not a whole number of blocks."""
+    rng = np.random.default_rng(31)
+    x = _hard_float32_rows(rng, 300)
+    xla = tf.function(lambda v: exact.exact_reduce_sum(v, [1]), jit_compile=True)
+    got = xla(tf.constant(x)).numpy()
+    _assert_same_bits(got, [_fsum_float32(r) for r in x])
+    _assert_same_bits(got, [_reference(r, "float32") for r in x])
+    ok = tf.function(lambda v: exact._certified_float32_sum(v)[1], jit_compile=True)(
+        tf.constant(x)).numpy()
+    assert ok.any() and not ok.all()  # both routes ran
+    monkeypatch.setattr(exact, "_FAST_FLOAT32", False)
+    slow = tf.function(lambda v: exact.exact_reduce_sum(v, [1]), jit_compile=True)(
+        tf.constant(x)).numpy()
+    _assert_same_bits(got, slow)
+    monkeypatch.setattr(exact, "_FAST_FLOAT32", True)
+    long = np.concatenate([testing.ill_conditioned_sum(2000, 1e20, "float32", seed=9)[0],
+                           rng.standard_normal(100_003).astype(np.float32)])
+    full = tf.function(lambda v: exact.exact_reduce_sum(v), jit_compile=True)
+    _assert_same_bits(full(tf.constant(long)).numpy(), _fsum_float32(long))
+    _assert_same_bits(full(tf.constant(long[2000:])).numpy(), _fsum_float32(long[2000:]))
+
+
+def test_float32_xla_nonfinite_and_signed_zero():
+    inf, nan = np.inf, np.nan
+    rows = [[inf, 1.0, 2.0], [-inf, 1.0, 0.0], [inf, -inf, 1.0], [nan, 1.0, inf],
+            [-0.0, -0.0, -0.0], [-0.0, 0.0, -0.0], [1.0, -1.0, -0.0]]
+    x = np.array(rows, np.float32)
+    got = tf.function(lambda v: exact.exact_reduce_sum(v, [1]), jit_compile=True)(
+        tf.constant(x)).numpy()
+    with np.errstate(invalid="ignore"):
+        want = np.array([r[0] + r[1] + r[2] for r in x.astype(np.float64)], np.float32)
+    _assert_same_bits(np.where(np.isnan(got), np.float32(nan), got),
+                      np.where(np.isnan(want), np.float32(nan), want))
+
+
+def _near_tie_rows(rng, rows, n):
+    """Rows whose exact sums sit within a few float64 roundings of a float32 midpoint of a
+    tiny result, behind a large cancelling pair (so sigma, and the lo parts, are large)."""
+    x = np.zeros((rows, n))
+    big = 2.0 ** rng.integers(30, 60, rows)
+    x[:, 0], x[:, 1] = big, -big
+    half = (n - 2) // 2
+    e = rng.integers(-80, -20, (rows, half)) + np.log2(big)[:, None] - 40
+    a = rng.uniform(1, 2, e.shape) * 2.0 ** e
+    x[:, 2:2 + half] = a
+    x[:, 2 + half:] = -a * (1 + rng.choice([0, 2.0 ** -23, -2.0 ** -23], e.shape))
+    return rng.permuted(x.astype(np.float32), axis=1)
+
+
+def test_float32_certificate_never_accepts_a_misrounded_float64_sum():
+    """Data on which the float64 route rounds wrongly in many rows (its lo parts lose bits
+    in float64 additions): none of those rows may be certified. The bound's
+    ``gamma_n n ulp(sigma) / 2`` term is what refuses them; without it, rows certify with
+    wrong bits. The op itself still returns the exact accumulator's bits."""
+    rng = np.random.default_rng(5)
+    x = _near_tie_rows(rng, 300, 64)
+    r, ok = (t.numpy() for t in tf.function(
+        lambda v: exact._certified_float32_sum(v)[:2], jit_compile=True)(tf.constant(x)))
+    want = np.array([_reference(row, "float32") for row in x], np.float32)
+    wrong = _bits(r) != _bits(want)
+    assert wrong.sum() >= 10  # the float64 route misrounds here: the bound must refuse
+    assert not np.any(ok & wrong)
+    got = tf.function(lambda v: exact.exact_reduce_sum(v, [1]), jit_compile=True)(
+        tf.constant(x)).numpy()
+    _assert_same_bits(got, want)
+
+
+def test_float32_xla_reads_the_input_without_float64_copies():
+    """The compiled float32 sum holds no float64 (or integer) array of the input's size
+    outside the accumulator's branch: the split and both reductions are fused, and the
+    accumulator runs only in its conditional branch."""
+    n = 1 << 16
+    fn = tf.function(lambda v: exact.exact_reduce_sum(v), jit_compile=True)
+    hlo = fn.experimental_get_compiler_ir(tf.zeros([n], tf.float32))(stage="optimized_hlo")
+    entry = hlo[hlo.index("\nENTRY"):]
+    entry = entry[:entry.index("\n}")]
+    assert "conditional(" in entry
+    for line in entry.splitlines():
+        shape = line.split("=", 1)[1].strip().split(" ")[0] if "=" in line else ""
+        if shape.startswith(("f64[", "s64[", "s32[", "u32[")):
+            dims = [int(d) for d in shape[4:shape.index("]")].split(",") if d]
+            assert math.prod(dims) < n // 8, line
+
+
 def test_ill_conditioned_float32_where_tf_fails():
     x, _, cond = testing.ill_conditioned_sum(2000, 1e12, "float32", seed=3)
     got = exact.exact_reduce_sum(tf.constant(x)).numpy()
