@@ -12,7 +12,8 @@ sublayers.
 Each profile runs: the profiled pass (forward, and the loss-scaled backward with a
 loss), the float64 pass (and backward), the local pass (each unit in the profiled
 precision on its float64 inputs rounded to the dtype it receives) and the rounding pass
-(the float64 unit on the same rounded inputs). A unit fed only by the model's inputs
+(the float64 unit on the same rounded inputs). Float64 copies compute with `_kernels`'
+formulations of the TF ops that are slow in float64 on CPU (the same values). A unit fed only by the model's inputs
 gets the same inputs in the local and the profiled pass (and in the rounding and the
 float64 pass): those passes are not run twice. The statistics (bits lost, dynamic range,
 underflow) are reductions in the same computation: one host transfer per profile.
@@ -39,6 +40,7 @@ import tensorflow as tf
 
 from safeops._core import dtypes as _dtypes
 from safeops.doctor import _bits
+from safeops.doctor import _kernels
 from safeops.doctor import _keras_graph as kg
 from safeops.doctor import _runner
 from safeops.doctor._stats import flat, means, sweep, to64, value_range
@@ -393,6 +395,8 @@ class GraphEngine(_Base):
         if key not in self._copies:
             try:
                 copy = kg.copy_layer(layer, policy, mode)
+                if mode is None:
+                    _kernels.use_fast_float64(copy)
                 if (self.emulate and mode is None and _runner._is_conv(layer)
                         and copy.compute_dtype == "float16"):
                     copy = _runner.EmulatedFloat16(layer)
@@ -610,6 +614,8 @@ class SubclassEngine(_Base):
             raise ValueError(f"{_OP}: cannot copy the subclassed model {model.name!r} into policy "
                              f"{root!r} with its weights: {type(err).__name__}: {err}") from err
         for c, o in zip(units, self.layers):
+            if c.quantization_mode is None:
+                _kernels.use_fast_float64(c)
             c.__class__ = _recording_class(type(c))
             if (self.emulate and _runner._is_conv(o) and c.compute_dtype == "float16"
                     and c.quantization_mode is None):

@@ -183,10 +183,17 @@ def _from_config(layer, policy):
 
 
 def cast_to(value, dtype):
-    """`value` cast to `dtype` (floating values only), keeping its Keras mask."""
+    """`value` cast to `dtype` (floating values only), keeping its Keras mask.
+
+    float64 to float16 or bfloat16 goes through float32: the same values (TF's own cast
+    converts through float32), in vectorised conversions."""
     if dtype is None or not keras.backend.is_float_dtype(value.dtype) or value.dtype == dtype:
         return value
-    out = keras.ops.cast(value, dtype)
+    if (keras.backend.standardize_dtype(value.dtype) == "float64"
+            and keras.backend.standardize_dtype(dtype) in ("float16", "bfloat16")):
+        out = keras.ops.cast(keras.ops.cast(value, "float32"), dtype)
+    else:
+        out = keras.ops.cast(value, dtype)
     mask = getattr(value, "_keras_mask", None)
     if mask is not None:
         from keras.src.backend.common.masking import set_keras_mask

@@ -26,19 +26,45 @@ def flat(t):
 
 
 @tf.function(autograph=False, reduce_retracing=True)
-def _chunk_sums(rc, ycs, scale, down, plog, tiny, divisor):
+def _chunk_sums(rc, ycs, scale, down, top, group, tiny, divisor):
     """One chunk of `sweep`'s fast path: per y (sum of clipped log t, sum of t, max t), then
     (max |r|, zero count, count of |r| < tiny). Traced once per number and dtypes of the ys
     and shared by every sweep (a call in the statistics' graph, not a copy of its ops)."""
     a = tf.abs(rc)
     denom = tf.maximum(a, scale) * down
+    size = tf.size(rc)
+    whole = size - size % group
     out = []
     for yc in ycs:
-        t = tf.abs(tf.cast(yc, tf.float64) / divisor - rc) / denom
-        out += [tf.reduce_sum(tf.minimum(tf.maximum(tf.math.log(t), 0.0), plog)), tf.reduce_sum(t),
+        yc = tf.cast(yc, tf.float64)
+        if divisor is not None:
+            yc = yc / divisor
+        t = tf.abs(yc - rc) / denom
+        out += [_log_sum(tf.minimum(tf.maximum(t, 1.0), top), whole, group), tf.reduce_sum(t),
                 tf.reduce_max(t)]
     return out + [tf.reduce_max(a), tf.reduce_sum(tf.cast(a == 0, tf.float64)),
                   tf.reduce_sum(tf.cast(a < tiny, tf.float64))]
+
+
+def _log_sum(c, whole, group):
+    """``sum(log(c))`` of values ``1 <= c <= 2^p`` as the sum of the logs of products of
+    `group` consecutive values (``group * p <= 1000``: no product overflows), and of the
+    remaining ``size - whole`` values one by one: one log per `group` elements. Each product
+    rounds ``group - 1`` times (relative 2^-53 each), so each of its logs is within
+    ``(group - 1) * 2^-53`` of the sum of its factors' logs: on average 2^-53 per element,
+    the rounding of a float64 log itself."""
+    head = tf.reshape(c[:whole], [-1, group])
+    return (tf.reduce_sum(tf.math.log(tf.reduce_prod(head, axis=1)))
+            + tf.reduce_sum(tf.math.log(c[whole:])))
+
+
+def _group(p):
+    """The largest power of two g with ``g * p <= 1000`` (p: the precision in bits, >= 1):
+    products of g values in [1, 2^p] stay below 2^1000."""
+    g = tf.floor(tf.math.log(tf.floor(1000.0 / p)) / _LN2)
+    g = tf.where(tf.pow(tf.constant(2.0, tf.float64), g + 1.0) * p <= 1000.0, g + 1.0, g)  # log rounding
+    g = tf.where(tf.pow(tf.constant(2.0, tf.float64), g) * p > 1000.0, g - 1.0, g)
+    return tf.cast(tf.pow(tf.constant(2.0, tf.float64), tf.maximum(g, 0.0)), tf.int32)
 
 
 def sweep(r, ys, p, down, tiny, divisor=None, oks=None):
@@ -53,7 +79,10 @@ def sweep(r, ys, p, down, tiny, divisor=None, oks=None):
     reference finite, a root mean square far from underflow, every result finite) runs
     in chunks, computing ``t = rel * 2^p`` as ``|y - r| / (max(|r|, rms) * 2^-p)``
     (scaling by a power of two is exact: the relative error of the definition, bit for
-    bit) and ``bits = clip(log(t), 0, p log 2) / log 2`` without masks; anything else
+    bit) and the bits' sum ``sum(clip(log(t), 0, p log 2)) / log 2`` as
+    ``sum(log(clip(t, 1, 2^p))) / log 2`` without masks, the logs taken of products of
+    consecutive clipped values (`_log_sum`: within float64 rounding of the sum of the
+    logs, one log per up to 256 elements instead of one each); anything else
     is computed again by `_slow_sweep`, the definition with every mask: with `oks`
     None, `sweep` is `_slow_sweep`; else it appends whether its fast path holds to `oks`.
     """
@@ -64,14 +93,14 @@ def sweep(r, ys, p, down, tiny, divisor=None, oks=None):
     count = tf.cast(n, tf.float64)
     scale = tf.sqrt(tf.math.divide_no_nan(sum_sq, count))
 
-    one = tf.constant(1.0, tf.float64) if divisor is None else divisor
-    plog = p * _LN2
+    top = 1.0 / down  # 2^p, exactly
+    group = _group(p)
 
     def body(i, acc):
         start = i * CHUNK
         size = tf.minimum(CHUNK, n - start)
         part = _chunk_sums(tf.slice(r, [start], [size]), [tf.slice(y, [start], [size]) for y in ys],
-                           scale, down, plog, tiny, one)
+                           scale, down, top, group, tiny, divisor)
         out = []
         for k in range(len(ys)):
             out += [acc[3 * k] + part[3 * k], acc[3 * k + 1] + part[3 * k + 1],
