@@ -265,9 +265,12 @@ def _pow2(e):
 def _blocks(t, length):
     """t [outer, n, ...] as [outer, _CERT_BLOCK, n / _CERT_BLOCK, ...], zero-padded to whole
     blocks; block c holds the terms ``r * (n / _CERT_BLOCK) + c`` (columns: a reduction over
-    axis 1 runs along contiguous memory in every block at once)."""
+    axis 1 runs along contiguous memory in every block at once). Rows of at most
+    `_CERT_BLOCK` terms are one block, [outer, n, 1, ...]."""
     n = t.shape[1]
     rest = t.shape[2:].as_list()
+    if n is not None and n <= _CERT_BLOCK:  # one block per row, no padding
+        return tf.expand_dims(t, 2)
     if n is None or n % _CERT_BLOCK:
         pad = (-length) % _CERT_BLOCK
         t = tf.pad(t, tf.concat([[[0, 0]], tf.reshape(tf.stack([0, pad]), [1, 2]),
