@@ -13,10 +13,11 @@ Each profile runs: the profiled pass (forward, and the loss-scaled backward with
 loss), the float64 pass (and backward), the local pass (each unit in the profiled
 precision on its float64 inputs rounded to the dtype it receives) and the rounding pass
 (the float64 unit on the same rounded inputs). Float64 copies compute with `_kernels`'
-formulations of the TF ops that are slow in float64 on CPU (the same values). A unit fed only by the model's inputs
-gets the same inputs in the local and the profiled pass (and in the rounding and the
-float64 pass): those passes are not run twice. The statistics (bits lost, dynamic range,
-underflow) are reductions in the same computation: one host transfer per profile.
+formulations of the TF ops that are slow in float64 on CPU (the same values, or the same
+sums in another order). A unit fed only by the model's inputs gets the same inputs in the
+local and the profiled pass (and in the rounding and the float64 pass): those passes are
+not run twice. The statistics (bits lost, dynamic range, underflow) are reductions in the
+same computation: one host transfer per profile.
 
 The copies, the traced passes and the compiled statistics stay with the model (a weak
 reference: they go when it goes) and serve the next profile while its weights and
