@@ -280,13 +280,20 @@ def _blocks(t, length):
     return tf.reshape(t, tf.stack(shape) if isinstance(outer, tf.Tensor) else shape)
 
 
-def _abs_max(y):
-    """max |x| per row of float32 y [outer, n], in float64 (exact): the maxima of the blocks,
-    then of the blocks' maxima (two levels: the first reads y once, |y| is not stored)."""
+def _split_scale(y, n_bits):
+    """sigma per row of float32 y [outer, n]: the power of two ``2**(e_M + n_bits + 1)`` with
+    ``M = max|x| < 2**e_M`` (M clamped to [2**-126, float32 max]), as float64 [outer].
+
+    Each block's maximum is turned into its own power of two (monotone in the maximum), and
+    the row's sigma is the largest of them: one reduction of |y| in blocks (which reads y
+    once and stores no |y|), then one of the blocks' float64 powers of two, so the split
+    receives sigma as a finished value instead of recomputing it per element."""
+    big = float(dtypes.limits(tf.float32).max)
     block_max = tf.reduce_max(_blocks(tf.abs(y), tf.shape(y)[1]), 1)  # [outer, n / block]
-    # the second level in float64: a reduction of a converted reduction, which XLA does not
-    # fold into one reduction of |y| (that one would store |y| first)
-    return tf.reduce_max(tf.cast(block_max, tf.float64), 1)
+    # NaN/inf rows: any sigma; they are not certified
+    m = tf.minimum(tf.maximum(block_max, 2.0 ** -126), big)
+    m_exp = tf.cast(tf.bitwise.right_shift(tf.bitcast(m, tf.int32), 23), tf.int64) - 126
+    return tf.reduce_max(_pow2(m_exp + n_bits[:, None] + 1), 1)
 
 
 def _split_sums(y, sigma):
@@ -340,19 +347,16 @@ def _certified_float32_sum(y):
     n_int = tf.cast(tf.shape(y)[1], tf.int64)
     n = tf.cast(n_int, tf.float64)
     big = float(dtypes.limits(tf.float32).max)
-    m = tf.maximum(_abs_max(y), 2.0 ** -126)
-    m = tf.minimum(m, big)  # NaN/inf rows: any sigma; they are not certified below
-    m_exp = tf.bitwise.right_shift(tf.bitcast(m, tf.int64), tf.constant(52, tf.int64)) - 1022
     n_bits = tf.bitwise.right_shift(tf.bitcast(n + 1.0, tf.int64),
-                                    tf.constant(52, tf.int64)) - 1022
-    sigma_exp = m_exp + n_bits + 1  # m < 2**m_exp, n < 2**n_bits: n m < sigma / 2
-    sigma = _pow2(sigma_exp)[:, None]
-    hi_sum, lo_sum = _split_sums(y, sigma)
+                                    tf.constant(52, tf.int64)) - 1022  # n < 2**n_bits
+    n_bits = tf.broadcast_to(n_bits, tf.shape(y, out_type=tf.int64)[:1])
+    sigma = _split_scale(y, n_bits)  # [outer]: M < 2**e_M, n < 2**n_bits: n M < sigma / 2
+    hi_sum, lo_sum = _split_sums(y, sigma[:, None])
     s = hi_sum + lo_sum
     u = 2.0 ** -53
     n_pad = n + float(_CERT_BLOCK - 1)  # terms per reduction, blocking zeros included
     gamma = n_pad * u / (1.0 - n_pad * u)
-    q = _pow2(sigma_exp - 52)  # ulp(sigma)
+    q = sigma * 2.0 ** -52  # ulp(sigma), exact
     bound = (2.0 * u * tf.abs(s) + gamma * n * q / 2.0 + n * 2.0 ** -126) * (1.0 + 2.0 ** -40)
     r = tf.cast(s, tf.float32)
     rb = tf.bitcast(r, tf.int32)
@@ -370,7 +374,7 @@ def _certified_float32_sum(y):
         may have read as 0): r = fl32(s) is then the correctly rounded sum, ties included.
         The split is recomputed here, so nothing of it is kept for this rare case."""
         x64 = tf.cast(y, tf.float64)
-        lo = x64 - ((x64 + sigma) - sigma)
+        lo = x64 - ((x64 + sigma[:, None]) - sigma[:, None])
         bits = tf.bitwise.bitwise_and(tf.bitcast(y, tf.int32), 0x7FFFFFFF)
         subnormal = tf.reduce_any((bits > 0) & (bits < 0x00800000), 1)
         return in_range & tf.reduce_all(tf.equal(lo, 0.0), 1) & ~subnormal
