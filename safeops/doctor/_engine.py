@@ -265,7 +265,9 @@ class _Base:
             result.update(low_loss=low_loss, low_g=g_units, low_gw=g_w)
             for g in [g for gs in g_units for g in gs if g is not None] + [
                     g for gw in g_w for g in gw.values()]:
-                finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(tf.cast(g, tf.float32))))
+                if g.dtype not in (tf.float16, tf.bfloat16, tf.float32):  # as float32 values
+                    g = tf.cast(g, tf.float32)
+                finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(g)))
         result["finite"] = finite
         return result
 

@@ -28,7 +28,7 @@ def flat(t):
 @tf.function(autograph=False, reduce_retracing=True)
 def _chunk_sums(rc, ycs, scale, down, top, group, tiny, divisor):
     """One chunk of `sweep`'s fast path: per y (sum of clipped log t, sum of t, max t), then
-    (max |r|, zero count, count of |r| < tiny). Traced once per number and dtypes of the ys
+    (max |r|, non-zero count, count of |r| < tiny). Traced once per number and dtypes of the ys
     and shared by every sweep (a call in the statistics' graph, not a copy of its ops)."""
     a = tf.abs(rc)
     denom = tf.maximum(a, scale) * down
@@ -42,7 +42,8 @@ def _chunk_sums(rc, ycs, scale, down, top, group, tiny, divisor):
         t = tf.abs(yc - rc) / denom
         out += [_log_sum(tf.minimum(tf.maximum(t, 1.0), top), whole, group), tf.reduce_sum(t),
                 tf.reduce_max(t)]
-    return out + [tf.reduce_max(a), tf.reduce_sum(tf.cast(a == 0, tf.float64)),
+    # sign(|r|) is 1 for a non-zero reference, 0 for a zero (a count without a cast)
+    return out + [tf.reduce_max(a), tf.reduce_sum(tf.sign(a)),
                   tf.reduce_sum(tf.cast(a < tiny, tf.float64))]
 
 
@@ -121,7 +122,7 @@ def sweep(r, ys, p, down, tiny, divisor=None, oks=None):
         ok = tf.logical_and(ok, tf.math.is_finite(acc[3 * k + 1]))
     fast = ([(acc[3 * k] / _LN2, acc[3 * k + 1] * down, acc[3 * k + 2] * down, count)
              for k in range(len(ys))],
-            (acc[-3], count - acc[-2], acc[-1] - acc[-2], count, zero))
+            (acc[-3], acc[-2], acc[-1] - (count - acc[-2]), count, zero))
     oks.append(ok)
     return fast
 
