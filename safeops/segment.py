@@ -4,7 +4,11 @@
 Floating data is summed exactly per (segment, column) in integers
 (`safeops._core.exact`) and rounded once, so every output is the correctly
 rounded sum (or mean) of its terms: the same bits on CPU, GPU and under XLA,
-for any order of the rows and any thread count. TensorFlow's float segment
+for any order of the rows and any thread count. On the CPU outside XLA the
+fused kernel ``SafeopsExactSegmentSum`` (``safeops/native/exact.cc``) gives
+the same bits in one streaming pass: a float64 sum per output whose rigorous
+error bound proves the rounding of most outputs, and the exact integer
+accumulator for the segments of those it cannot decide. TensorFlow's float segment
 sums add in an order that depends on the device (atomic adds on GPU), and
 refuse to run under `tf.config.experimental.enable_op_determinism` on GPU.
 Integer data is delegated to TensorFlow (integer sums are exact already);
@@ -13,9 +17,12 @@ checked by TensorFlow's own op (on an int32 count of the same shape), so bad
 ids raise exactly what TensorFlow raises, on the devices where it checks.
 """
 
+import math
+
 import tensorflow as tf
 
 from safeops._core import dtypes, exact
+from safeops._core.native import kernels
 from safeops._core.registry import drop_in
 
 __all__ = ["segment_mean", "segment_sum", "unsorted_segment_sum"]
@@ -56,6 +63,31 @@ def _gather_grad(g, ids, num, scale=None):
     return tf.where(mask, out, tf.zeros_like(out))
 
 
+def _fused(data, ids, num, counts, mean):
+    """The fused kernel's correctly rounded segment sums (or means) of data; None where the
+    kernel does not run (XLA, GPU, unavailable: `safeops._core.native.kernels`).
+
+    data is read in place as [rows, inner], the ids flattened to [rows]. The kernel takes
+    `counts` (TensorFlow's op on the same ids) as an input, so that op, and its checks of the
+    ids, run first: bad ids raise TensorFlow's error.
+    """
+    lib = kernels(data, dtypes.FLOAT_DTYPES)
+    if lib is None:
+        return None
+    rank = ids.shape.rank
+    tail = data.shape[rank:].as_list()
+    shape = tf.shape(data, out_type=tf.int64)
+    inner = math.prod(tail) if None not in tail else tf.reduce_prod(shape[rank:])
+    rows = math.prod(ids.shape.as_list()) if ids.shape.is_fully_defined() else \
+        tf.size(ids, out_type=tf.int64)
+    dynamic = isinstance(rows, tf.Tensor) or isinstance(inner, tf.Tensor)
+    flat = tf.reshape(data, tf.stack([rows, inner]) if dynamic else [rows, inner])
+    out = lib.safeops_exact_segment_sum(flat, tf.reshape(ids, [-1]), counts, mean=mean)
+    if None not in tail and isinstance(num, int):
+        return tf.reshape(out, [num] + tail)
+    return tf.reshape(out, tf.concat([tf.shape(counts, out_type=tf.int64), shape[rank:]], 0))
+
+
 def _exact(data, ids, num, counts, mean, op):
     """Correctly rounded segment sums (or means, empty segments 0) of floating data."""
     if data.shape.rank is None or ids.shape.rank is None:
@@ -63,11 +95,13 @@ def _exact(data, ids, num, counts, mean, op):
                          "floating data")
     @tf.custom_gradient
     def impl(v):
-        state = exact.exact_segment_state(v, ids, num, counts)
-        if mean:
-            out = exact.state_to_mean(state, v.dtype, empty="zero")
-        else:
-            out = exact.state_to_sum(state, v.dtype)
+        out = _fused(v, ids, num, counts, mean)
+        if out is None:
+            state = exact.exact_segment_state(v, ids, num, counts)
+            if mean:
+                out = exact.state_to_mean(state, v.dtype, empty="zero")
+            else:
+                out = exact.state_to_sum(state, v.dtype)
 
         def grad(g):
             scale = tf.cast(tf.maximum(counts, 1), g.dtype) if mean else None
@@ -114,7 +148,11 @@ def segment_sum(data, segment_ids, name=None):
     column) in int64 and rounded once (`safeops._core.exact`). The result is
     the **correctly rounded** exact sum of each segment, whatever the
     condition number, so its bits depend only on the values in each segment:
-    not on the device, the order of the rows or the thread count.
+    not on the device, the order of the rows or the thread count. On the CPU
+    outside XLA a fused kernel first sums each output in float64 (float64
+    data: a double-double) with a rigorous error bound; where the bound
+    proves the rounding that is the result, elsewhere the integer
+    accumulator decides: the same bits either way.
 
     Error bound: ``|res - s| <= u |s|`` (u: unit roundoff of the dtype),
     ties to even; overflow of the exact sum gives +-inf, results in the
@@ -127,7 +165,8 @@ def segment_sum(data, segment_ids, name=None):
     complex64/128 by real and imaginary parts; integer types are delegated to
     `tf.math.segment_sum` (exact); other dtypes raise what TensorFlow raises.
     Memory while it runs: about ``2 J + 9`` int64 per output element (J = 4
-    for float16, 11 for bfloat16/float32, 68 for float64).
+    for float16, 11 for bfloat16/float32, 68 for float64); the fused kernel
+    about 2 float64 (float64 data: 3) per output element and thread.
 
     Args:
       data: a tensor, rank >= 1.

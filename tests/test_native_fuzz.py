@@ -15,7 +15,7 @@ import numpy as np
 
 _OPS = ("SafeopsCompensatedSum", "SafeopsCompensatedCumsum", "SafeopsWidenAssignAdd",
         "SafeopsSoftmax", "SafeopsSoftmaxGrad", "SafeopsSoftplus", "SafeopsExactSum",
-        "SafeopsWideMatmul", "SafeopsKahanAssignAdd")
+        "SafeopsWideMatmul", "SafeopsKahanAssignAdd", "SafeopsExactSegmentSum")
 
 
 def _fuzz(seed=0, random_cases=400):  # noqa: C901  (one table of cases)
@@ -159,6 +159,52 @@ def _fuzz(seed=0, random_cases=400):  # noqa: C901  (one table of cases)
     np.testing.assert_array_equal(kw.numpy(), before[0])
     np.testing.assert_array_equal(kc.numpy(), before[1])
 
+    # the segment sums: data [rows, inner], ids [rows] within [0, num) (negative: dropped) and
+    # counts [num] equal to each segment's rows; any other call an error naming the op
+    segment = lib.safeops_exact_segment_sum
+    seg_rng = np.random.default_rng(seed + 1)  # its own stream: the cases above stay as they were
+
+    def st(shape, dtype=tf.float32):
+        return tf.constant(seg_rng.standard_normal(shape), dtype)
+
+    def counts(ids, num):
+        ids = np.asarray(ids)
+        return tf.constant(np.bincount(ids[ids >= 0], minlength=num)[:num], tf.int32)
+
+    for rows, inner, num in ((5, 3, 4), (0, 3, 2), (5, 0, 2), (3, 2, 0), (70, 33, 5)):
+        ids = np.arange(rows) % max(num, 1) if num else -np.ones(rows, np.int64)
+        for dtype in (tf.float32, tf.float64, tf.float16, tf.bfloat16):
+            expect("SafeopsExactSegmentSum", lambda: segment(
+                tf.zeros([rows, inner], dtype), ids, counts(ids, num)), True, (rows, inner, num))
+    ids4, x4 = np.array([0, 1, 1, 2]), st([4, 2])
+    dropped = np.array([0, 1, 1, -2 ** 31], np.int32)
+    for args, ok in (((x4, dropped, counts(dropped, 2)), True), ((x4, ids4, counts(ids4, 4)), True),
+                     ((st([4]), ids4, counts(ids4, 3)), False),
+                     ((st([4, 2, 1]), ids4, counts(ids4, 3)), False),
+                     ((st([5, 2]), ids4, counts(ids4, 3)), False),
+                     ((st([3, 2]), ids4, counts(ids4, 3)), False),
+                     ((x4, ids4[None], counts(ids4, 3)), False),
+                     ((x4, np.int64(0), counts(ids4, 3)), False),
+                     ((x4, ids4, tf.constant(3)), False),
+                     ((x4, ids4, counts(ids4, 3)[None]), False),
+                     ((x4, np.array([0, 1, 3, 2]), counts(ids4, 3)), False),
+                     ((x4, np.array([0, 1, 1, 2 ** 40]), counts(ids4, 3)), False),
+                     ((x4, dropped, counts(ids4, 3)), False), ((x4, ids4, counts(ids4, 2)), False),
+                     ((x4, ids4, tf.constant([1, 2, 0], tf.int32)), False),
+                     ((x4, ids4, counts(ids4, 0)), False),
+                     ((tf.zeros([0, 2 ** 40]), np.zeros([0], np.int32),
+                       tf.zeros([2 ** 23], tf.int32)), False)):
+        expect("SafeopsExactSegmentSum", lambda: segment(*args), ok, [np.shape(a) for a in args])
+    for dtype in (tf.int32, tf.complex64):
+        expect("SafeopsExactSegmentSum", lambda: segment(tf.zeros([4, 2], dtype), ids4,
+                                                         counts(ids4, 3)), False, dtype)
+    expect("SafeopsExactSegmentSum", lambda: segment(x4, ids4.astype(np.float32),
+                                                     counts(ids4, 3)), False, "float ids")
+    expect("SafeopsExactSegmentSum", lambda: segment(x4, ids4, tf.constant([1, 2, 1], tf.int64)),
+           False, "int64 counts")
+    expect("SafeopsExactSegmentSum", lambda: segment(x4, ids4, counts(ids4, 3), mean="no"), False,
+           "mean")
+
     # graphs with unknown shapes: the shape functions cannot see the mismatch, the kernels must
     spec = tf.TensorSpec(None, tf.float32)
     gfun = tf.function(lambda g, x, y, s: grad(g, x, y, s, "softmax"), input_signature=[
@@ -167,6 +213,11 @@ def _fuzz(seed=0, random_cases=400):  # noqa: C901  (one table of cases)
                                               tf.zeros([1, 2], tf.float64)), False, "graph")
     sfun = tf.function(lambda x: lib.safeops_compensated_sum(x), input_signature=[spec])
     expect("SafeopsCompensatedSum", lambda: sfun(tf.ones([4, 4])), False, "graph")
+    gseg = tf.function(lambda x, i, c: segment(x, i, c), input_signature=[
+        spec, tf.TensorSpec(None, tf.int64), tf.TensorSpec(None, tf.int32)])
+    for args in ((x4, ids4[:3], counts(ids4, 3)), (st([4]), ids4, counts(ids4, 3)),
+                 (x4, ids4, tf.constant(3))):
+        expect("SafeopsExactSegmentSum", lambda: gseg(*args), False, "graph")
 
     # random calls: any rank, shape and dtype for every input, any attribute value
     dtypes = (tf.float32, tf.float32, tf.float64, tf.float16, tf.int32)
@@ -201,6 +252,27 @@ def _fuzz(seed=0, random_cases=400):  # noqa: C901  (one table of cases)
         else:
             expect(_OPS[7], lambda: lib.safeops_wide_matmul(args[0], args[1], transpose_a=flag),
                    None, shapes)
+    # random calls of the segment sum: any data, ids of any shape (mostly integers in and
+    # around the range), counts of any length (half of them right for rank-1 ids)
+    def any_tensor():
+        shape = [int(seg_rng.choice([0, 1, 2, 3, 7, 40])) for _ in range(int(seg_rng.integers(5)))]
+        return st(shape, dtypes[int(seg_rng.integers(len(dtypes)))])
+
+    for _ in range(random_cases // 2):
+        flag = bool(seg_rng.integers(2))
+        data = any_tensor()
+        if seg_rng.integers(3) == 0:
+            ids = any_tensor()
+        else:
+            rank = int(seg_rng.integers(3))
+            shape = [int(seg_rng.choice([0, 1, 2, 3, 7, 40])) for _ in range(rank)]
+            ids = tf.constant(seg_rng.integers(-3, 9, shape),
+                              tf.int32 if seg_rng.integers(2) else tf.int64)
+        cnt = tf.constant(seg_rng.integers(0, 4, int(seg_rng.choice([0, 1, 3, 8]))), tf.int32)
+        if seg_rng.integers(2) and ids.dtype.is_integer and ids.shape.rank == 1:
+            cnt = counts(ids.numpy(), int(seg_rng.integers(0, 10)))
+        expect("SafeopsExactSegmentSum", lambda: segment(data, ids, cnt, mean=flag), None,
+               [data.shape.as_list(), ids.shape.as_list(), cnt.shape.as_list()])
     return tally
 
 

@@ -50,6 +50,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <mutex>
 #include <type_traits>
 #include <vector>
 
@@ -882,6 +883,334 @@ class ExactSumOp : public OpKernel {
   bool mean_;
 };
 
+
+// ---------------------------------------------------------------------------- segment sums
+//
+// SafeopsExactSegmentSum: data [rows, inner], segment_ids [rows] (int32, int64), counts
+// [num_segments] (int32) -> [num_segments, inner]: output (g, j) is the correctly rounded
+// sum (attr mean: sum / count) of data[r, j] over the rows r with segment_ids[r] == g, with
+// the special values and bits of SafeopsExactSum; rows with a negative id are dropped, an id
+// >= num_segments is an InvalidArgument error, an empty segment gives +0.0 (sum and mean).
+// counts[g] must be the number of rows of segment g (modulo 2^32), as TensorFlow's segment
+// op of int32 ones gives it: its checks of the ids (range, order) then run before this op,
+// which depends on their result as data (a control edge from an op whose value is unused
+// is pruned by graph rewrites).
+//
+// Pass 1 streams the rows once, cut into at most one shard of rows per thread. A shard holds,
+// for the span of ids its rows use, per output the sum |x| a of its k terms and their sum:
+// float64 terms added by TwoSum into one (s, c) lane (the one-lane block of the filter: the
+// chain term k (k + 1) a); narrower terms added in plain double, which errs in any order by at
+// most gamma_{k-1} A <= 1.02 (k - 1) u a for k < 2^40 (the narrow filter's err term). The
+// shards' Partials of an output are merged (Merge) and certified (Certify) as a row of
+// SafeopsExactSum. Pass 2 sums the outputs pass 1 cannot decide exactly (ExactRange, Finish)
+// from their segment's rows. The arithmetic runs with subnormals not flushed; the shards
+// change which outputs certify, never a result.
+//
+// Memory: besides its output, the shards' partials (2 doubles per output of each shard's id
+// span, float64: 3; shards are merged while they would need more than twice one shard's
+// span of all ids, or 2^21 doubles), one int64 row count per id of each span, and for pass 2 the
+// rows of the undecided segments (int64 each) and a gather buffer per thread.
+
+constexpr int64_t kShardElems = int64_t{1} << 16;  // fewest elements worth a shard of rows
+constexpr int64_t kMaxShards = 64;
+constexpr double kShardBudget = 0x1p21;  // partials (doubles) that never limit the shards
+
+// A cost estimate for ParallelFor, clamped (the products of large sizes overflow int64).
+inline int64_t Cost(double cycles) {
+  return static_cast<int64_t>(std::min(std::max(cycles, 1.0), 0x1p50));
+}
+
+// Adds the row x[0, inner) into a narrow shard's sums s and sums |x| a.
+template <typename T>
+inline void AddRowNarrow(const T* x, int64_t inner, double* s, double* a) {
+  int64_t j = 0;
+  for (; j + 16 <= inner; j += 16) {
+    const VF16 f = Load16(x + j);
+    const VD d[2] = {LowHalf(f), HighHalf(f)};
+    for (int h = 0; h < 2; ++h) {
+      double* sp = s + j + kW * h;
+      double* ap = a + j + kW * h;
+      const VD sv = LoadW(sp) + d[h], av = LoadW(ap) + AbsW(d[h]);
+      std::memcpy(sp, &sv, sizeof(sv));
+      std::memcpy(ap, &av, sizeof(av));
+    }
+  }
+  for (; j < inner; ++j) {
+    const double v = ToDouble(x[j]);
+    s[j] += v;
+    a[j] += std::fabs(v);
+  }
+}
+
+// Adds the float64 row x[0, inner) into a shard's TwoSum lanes (s, c) and sums |x| a.
+inline void AddRowWide(const double* x, int64_t inner, double* s, double* c, double* a) {
+  int64_t j = 0;
+  for (; j + kW <= inner; j += kW) {
+    const VD b = LoadW(x + j);
+    const VD sv = LoadW(s + j);
+    const VD t = sv + b;
+    const VD z = t - sv;
+    const VD cv = LoadW(c + j) + ((sv - (t - z)) + (b - z));
+    const VD av = LoadW(a + j) + AbsW(b);
+    std::memcpy(s + j, &t, sizeof(t));
+    std::memcpy(c + j, &cv, sizeof(cv));
+    std::memcpy(a + j, &av, sizeof(av));
+  }
+  for (; j < inner; ++j) {
+    double e;
+    TwoSum(s[j], x[j], &s[j], &e);
+    c[j] += e;
+    a[j] += std::fabs(x[j]);
+  }
+}
+
+template <typename T, typename Index>
+class ExactSegmentSumOp : public OpKernel {
+ public:
+  explicit ExactSegmentSumOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("mean", &mean_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    namespace errors = ::tensorflow::errors;
+    const Tensor& data = ctx->input(0);
+    const Tensor& ids_in = ctx->input(1);
+    const Tensor& counts_in = ctx->input(2);
+    OP_REQUIRES(ctx, data.dims() == 2,
+                errors::InvalidArgument("SafeopsExactSegmentSum: input 'data' must be rank 2 "
+                                        "[rows, inner]; got shape ", data.shape().DebugString()));
+    OP_REQUIRES(ctx, ids_in.dims() == 1 && ids_in.dim_size(0) == data.dim_size(0),
+                errors::InvalidArgument("SafeopsExactSegmentSum: input 'segment_ids' must be a "
+                                        "vector of data's ", data.dim_size(0), " rows; got shape ",
+                                        ids_in.shape().DebugString()));
+    OP_REQUIRES(ctx, counts_in.dims() == 1,
+                errors::InvalidArgument("SafeopsExactSegmentSum: input 'counts' must be a "
+                                        "vector [num_segments]; got shape ",
+                                        counts_in.shape().DebugString()));
+    const int64_t num = counts_in.dim_size(0);
+    const int32_t* counts = counts_in.flat<int32_t>().data();
+    const int64_t rows = data.dim_size(0), inner = data.dim_size(1);
+    ::tensorflow::TensorShape out_shape;
+    const int64_t dims[2] = {num, inner};
+    OP_REQUIRES_OK(ctx, ::tensorflow::TensorShapeUtils::MakeShape(dims, 2, &out_shape));
+    const Index* ids = ids_in.flat<Index>().data();
+
+    // shards of rows, each with the span [lo, hi] of the valid ids it holds (lo > hi: none)
+    const int threads = ctx->device()->tensorflow_cpu_worker_threads()->num_threads;
+    int64_t shards = std::min<int64_t>(std::min<int64_t>(threads, kMaxShards),
+                                       data.NumElements() / kShardElems);
+    shards = std::max<int64_t>(1, std::min(shards, rows));
+    std::vector<int64_t> start(shards + 1), lo(shards), hi(shards), bad(shards);
+    for (int64_t t = 0; t <= shards; ++t) start[t] = t * rows / shards;
+    ParallelFor(ctx, shards, Cost(2.0 * rows / shards), [&](int64_t u0, int64_t u1) {
+      for (int64_t t = u0; t < u1; ++t) {
+        int64_t l = num, h = -1, b = -1;
+        for (int64_t r = start[t]; r < start[t + 1]; ++r) {
+          const int64_t g = static_cast<int64_t>(ids[r]);
+          if (g < 0) continue;
+          if (g >= num) {
+            b = r;
+            break;
+          }
+          l = std::min(l, g);
+          h = std::max(h, g);
+        }
+        lo[t] = l;
+        hi[t] = h;
+        bad[t] = b;
+      }
+    });
+    for (int64_t t = 0; t < shards; ++t) {
+      OP_REQUIRES(ctx, bad[t] < 0,
+                  errors::InvalidArgument("SafeopsExactSegmentSum: segment_ids[", bad[t], "] = ",
+                                          static_cast<int64_t>(ids[bad[t]]),
+                                          " is out of range [0, ", num, ")"));
+    }
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, out_shape, &out));
+    const int64_t outputs = out_shape.num_elements();
+    if (outputs == 0) return;
+    T* y = out->flat<T>().data();
+
+    // fewer shards (neighbours merged) while their partials would take too much memory
+    constexpr int64_t kWidth = std::is_same<T, double>::value ? 3 : 2;  // doubles per output
+    auto span = [&](int64_t t) { return hi[t] >= lo[t] ? hi[t] - lo[t] + 1 : int64_t{0}; };
+    auto need = [&]() {
+      double total = 0.0;
+      for (int64_t t = 0; t < shards; ++t) total += static_cast<double>(span(t));
+      return total * static_cast<double>(inner) * kWidth;
+    };
+    int64_t all_lo = num, all_hi = -1;
+    for (int64_t t = 0; t < shards; ++t) {
+      all_lo = std::min(all_lo, lo[t]);
+      all_hi = std::max(all_hi, hi[t]);
+    }
+    const double one = all_hi >= all_lo ? static_cast<double>(all_hi - all_lo + 1) *
+                                              static_cast<double>(inner) * kWidth
+                                        : 0.0;
+    while (shards > 1 && need() > std::max(2.0 * one, kShardBudget)) {
+      const int64_t half = (shards + 1) / 2;
+      for (int64_t k = 0; k < half; ++k) {
+        const int64_t a = 2 * k, b = std::min(2 * k + 1, shards - 1);
+        start[k] = start[a];
+        lo[k] = std::min(lo[a], lo[b]);
+        hi[k] = std::max(hi[a], hi[b]);
+      }
+      start[half] = rows;
+      shards = half;
+    }
+    std::vector<int64_t> off(shards + 1, 0);  // shard t's ids: off[t] + (g - lo[t])
+    for (int64_t t = 0; t < shards; ++t) off[t + 1] = off[t] + span(t);
+    Tensor acc_t, seen_t;
+    const int64_t partials = off[shards] * kWidth * inner;  // <= 3 outputs per shard
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(::tensorflow::DT_DOUBLE,
+                                           ::tensorflow::TensorShape({partials}), &acc_t));
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(::tensorflow::DT_INT64,
+                                           ::tensorflow::TensorShape({off[shards]}), &seen_t));
+    double* acc = acc_t.flat<double>().data();
+    int64_t* seen = seen_t.flat<int64_t>().data();
+    const T* x = data.flat<T>().data();
+
+    // pass 1: every shard's partials
+    ParallelFor(ctx, shards, Cost(4.0 * static_cast<double>(data.NumElements()) / shards),
+                [&](int64_t u0, int64_t u1) {
+      ::tensorflow::port::ScopedDontFlushDenormal exact_subnormals;
+      for (int64_t t = u0; t < u1; ++t) {
+        double* base = acc + off[t] * kWidth * inner;
+        int64_t* cnt = seen + off[t];
+        const int64_t ids_here = span(t);
+        for (int64_t i = 0; i < ids_here; ++i) {
+          double* blk = base + i * kWidth * inner;
+          std::fill(blk, blk + inner, -0.0);  // s: a sum of only -0.0 stays -0.0
+          std::fill(blk + inner, blk + kWidth * inner, 0.0);
+          cnt[i] = 0;
+        }
+        for (int64_t r = start[t]; r < start[t + 1]; ++r) {
+          const int64_t g = static_cast<int64_t>(ids[r]);
+          if (g < 0) continue;
+          const int64_t i = g - lo[t];
+          double* blk = base + i * kWidth * inner;
+          ++cnt[i];
+          if constexpr (std::is_same<T, double>::value) {
+            AddRowWide(x + r * inner, inner, blk, blk + inner, blk + 2 * inner);
+          } else {
+            AddRowNarrow(x + r * inner, inner, blk, blk + inner);
+          }
+        }
+      }
+    });
+
+    // certification of every output; the undecided ones are collected as (segment, column)
+    std::vector<std::pair<int64_t, int64_t>> pending;
+    std::mutex mu;
+    int64_t wrong = num;  // the first segment whose count does not match `counts`
+    ParallelFor(ctx, num, Cost(static_cast<double>(inner) * (shards * 4 + 60)),
+                [&](int64_t g0, int64_t g1) {
+      ::tensorflow::port::ScopedDontFlushDenormal exact_subnormals;
+      std::vector<std::pair<int64_t, int64_t>> mine;
+      for (int64_t g = g0; g < g1; ++g) {
+        T* yg = y + g * inner;
+        int64_t n = 0;
+        for (int64_t t = 0; t < shards; ++t) {
+          if (g >= lo[t] && g <= hi[t]) n += seen[off[t] + g - lo[t]];
+        }
+        if (static_cast<int32_t>(static_cast<uint32_t>(n)) != counts[g]) {
+          std::lock_guard<std::mutex> lock(mu);
+          wrong = std::min(wrong, g);
+          continue;
+        }
+        if (n == 0) {  // empty: +0.0, the sum and (as tf.math.segment_mean) the mean
+          for (int64_t j = 0; j < inner; ++j) yg[j] = FromBits<T>(0);
+          continue;
+        }
+        for (int64_t j = 0; j < inner; ++j) {
+          Partial p;
+          for (int64_t t = 0; t < shards; ++t) {
+            if (g < lo[t] || g > hi[t]) continue;
+            const int64_t k = seen[off[t] + g - lo[t]];
+            if (k == 0) continue;
+            const double* blk = acc + (off[t] + g - lo[t]) * kWidth * inner;
+            const double dk = static_cast<double>(k);
+            Partial q;
+            q.s = blk[j];
+            if constexpr (std::is_same<T, double>::value) {
+              q.c = blk[inner + j];
+              q.a = blk[2 * inner + j];
+              q.chain = k < kMaxFilter ? dk * (dk + 1.0) * q.a : HUGE_VAL;
+            } else {
+              q.a = blk[inner + j];
+              q.err = k < kMaxFilter ? 1.02 * (dk - 1.0) * q.a : HUGE_VAL;
+            }
+            Merge(&p, q);
+          }
+          uint64_t bits;
+          if (Certify<T>(p, n, mean_, &bits)) {
+            yg[j] = FromBits<T>(bits);
+          } else {
+            mine.emplace_back(g, j);
+          }
+        }
+      }
+      if (!mine.empty()) {
+        std::lock_guard<std::mutex> lock(mu);
+        pending.insert(pending.end(), mine.begin(), mine.end());
+      }
+    });
+    OP_REQUIRES(ctx, wrong == num,
+                errors::InvalidArgument("SafeopsExactSegmentSum: counts[", wrong, "] = ",
+                                        wrong < num ? counts[wrong] : 0,
+                                        " is not the number of rows of segment ", wrong));
+    if (pending.empty()) return;
+
+    // pass 2: the rows of each undecided segment (row order), then its columns exactly
+    std::sort(pending.begin(), pending.end());
+    std::vector<int64_t> segs;  // the undecided segments, ascending
+    for (const auto& pj : pending) {
+      if (segs.empty() || segs.back() != pj.first) segs.push_back(pj.first);
+    }
+    const int64_t ns = static_cast<int64_t>(segs.size());
+    std::vector<int64_t> first(ns + 1, 0);  // segment i's rows: members[first[i], first[i + 1])
+    for (int64_t i = 0; i < ns; ++i) {
+      int64_t n = 0;
+      for (int64_t t = 0; t < shards; ++t) {
+        if (segs[i] >= lo[t] && segs[i] <= hi[t]) n += seen[off[t] + segs[i] - lo[t]];
+      }
+      first[i + 1] = first[i] + n;
+    }
+    std::vector<int64_t> members(first[ns]), fill(first.begin(), first.end() - 1);
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t g = static_cast<int64_t>(ids[r]);
+      if (g < segs.front() || g > segs.back()) continue;
+      const auto it = std::lower_bound(segs.begin(), segs.end(), g);
+      if (*it == g) members[fill[it - segs.begin()]++] = r;
+    }
+    const int64_t np = static_cast<int64_t>(pending.size());
+    ParallelFor(ctx, np, Cost(16.0 * first[ns] / ns), [&](int64_t p0, int64_t p1) {
+      Bins<T> scratch;
+      std::vector<T> gathered;
+      for (int64_t u = p0; u < p1; ++u) {
+        const int64_t g = pending[u].first, j = pending[u].second;
+        const int64_t i = std::lower_bound(segs.begin(), segs.end(), g) - segs.begin();
+        const int64_t* rs = members.data() + first[i];
+        const int64_t n = first[i + 1] - first[i];
+        State<T> st;
+        st.Clear();
+        if (rs[n - 1] - rs[0] + 1 == n) {  // consecutive rows: the column read in place
+          ExactRange(x + rs[0] * inner + j, n, &st, &scratch, inner);
+        } else {
+          gathered.resize(n);
+          for (int64_t k = 0; k < n; ++k) gathered[k] = x[rs[k] * inner + j];
+          ExactRange(gathered.data(), n, &st, &scratch);
+        }
+        y[g * inner + j] = FromBits<T>(Finish<T>(&st, mean_));
+      }
+    });
+  }
+
+ private:
+  bool mean_;
+};
+
 }  // namespace
 
 REGISTER_OP("SafeopsExactSum")
@@ -911,5 +1240,39 @@ SAFEOPS_REGISTER_EXACT(Eigen::bfloat16)
 SAFEOPS_REGISTER_EXACT(float)
 SAFEOPS_REGISTER_EXACT(double)
 #undef SAFEOPS_REGISTER_EXACT
+
+REGISTER_OP("SafeopsExactSegmentSum")
+    .Input("data: T")
+    .Input("segment_ids: Tindices")
+    .Input("counts: int32")
+    .Output("y: T")
+    .Attr("T: {half, bfloat16, float, double}")
+    .Attr("Tindices: {int32, int64}")
+    .Attr("mean: bool = false")
+    .SetShapeFn([](shape_inference::InferenceContext* c) {
+      shape_inference::ShapeHandle data, ids, counts;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &data));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &ids));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &counts));
+      shape_inference::DimensionHandle rows;
+      TF_RETURN_IF_ERROR(c->Merge(c->Dim(data, 0), c->Dim(ids, 0), &rows));
+      c->set_output(0, c->Matrix(c->Dim(counts, 0), c->Dim(data, 1)));
+      return ::tensorflow::OkStatus();
+    });
+
+#define SAFEOPS_REGISTER_SEGMENT(T, Index)                                            \
+  REGISTER_KERNEL_BUILDER(Name("SafeopsExactSegmentSum")                              \
+                              .Device(DEVICE_CPU)                                     \
+                              .TypeConstraint<T>("T")                                 \
+                              .TypeConstraint<Index>("Tindices"),                     \
+                          ExactSegmentSumOp<T, Index>);
+#define SAFEOPS_REGISTER_SEGMENTS(T) \
+  SAFEOPS_REGISTER_SEGMENT(T, int32_t) SAFEOPS_REGISTER_SEGMENT(T, int64_t)
+SAFEOPS_REGISTER_SEGMENTS(Eigen::half)
+SAFEOPS_REGISTER_SEGMENTS(Eigen::bfloat16)
+SAFEOPS_REGISTER_SEGMENTS(float)
+SAFEOPS_REGISTER_SEGMENTS(double)
+#undef SAFEOPS_REGISTER_SEGMENTS
+#undef SAFEOPS_REGISTER_SEGMENT
 
 }  // namespace safeops
