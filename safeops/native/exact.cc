@@ -400,8 +400,34 @@ inline Partial Filter<double>(const double* x, int64_t len) {
   return FilterBlock(x, len);
 }
 
+// For a positive normal double h: the e with h in [2^(e-1), 2^e) (std::frexp's exponent).
+inline int ExponentOf(double h) {
+  uint64_t b;
+  std::memcpy(&b, &h, sizeof(b));
+  return static_cast<int>(b >> 52) - 1022;
+}
+
+// 2^k for k in [-1022, 1023] (std::ldexp(1.0, k)), from its bit pattern.
+inline double Pow2(int k) {
+  const uint64_t b = static_cast<uint64_t>(k + 1023) << 52;
+  double v;
+  std::memcpy(&v, &b, sizeof(v));
+  return v;
+}
+
+// The double next to a positive finite normal h towards +inf (dir 1) or 0 (dir -1).
+inline double Next(double h, int dir) {
+  uint64_t b;
+  std::memcpy(&b, &h, sizeof(b));
+  b += static_cast<uint64_t>(static_cast<int64_t>(dir));
+  double v;
+  std::memcpy(&v, &b, sizeof(v));
+  return v;
+}
+
 // The correctly rounded value of the double-double h + l (|error| <= e) in T, if the bound
-// proves it; writes its bits (sign included) to *out.
+// proves it; writes its bits (sign included) to *out. (Exponents and powers of two come
+// from bit patterns: H lies in [MinCert, MaxCert), all of it normal doubles.)
 template <typename T>
 bool CertifyDW(double h, double l, double e, uint64_t* out) {
   using P = Params<T>;
@@ -415,20 +441,18 @@ bool CertifyDW(double h, double l, double e, uint64_t* out) {
   if (!(H >= P::MinCert() && H < P::MaxCert() && e < H)) return false;
   uint64_t mag;
   if constexpr (std::is_same<T, double>::value) {
-    const double up = std::nextafter(H, HUGE_VAL) - H;  // exact: neighbours' gaps
-    const double down = H - std::nextafter(H, 0.0);
+    const double up = Next(H, 1) - H;  // exact: neighbours' gaps
+    const double down = H - Next(H, -1);
     if (!(L + e < 0.5 * up && L - e > -0.5 * down)) return false;
     std::memcpy(&mag, &H, sizeof(mag));
   } else {
     // r: H rounded to kP bits (the sum with sigma rounds at r's last bit, exactly once)
-    int ex;
-    std::frexp(H, &ex);  // H in [2^(ex-1), 2^ex)
-    const double sigma = std::ldexp(1.0, ex - 1 + 53 - P::kP);
+    const int ex = ExponentOf(H);  // H in [2^(ex-1), 2^ex)
+    const double sigma = Pow2(ex - 1 + 53 - P::kP);
     const double r = (H + sigma) - sigma;
-    int er;
-    const double fr = std::frexp(r, &er);  // r = fr 2^er, fr in [0.5, 1)
-    const double ulp = std::ldexp(1.0, er - P::kP);
-    const double gap_down = fr == 0.5 ? 0.5 * ulp : ulp;
+    const int er = ExponentOf(r);  // r in [2^(er-1), 2^er)
+    const double ulp = Pow2(er - P::kP);
+    const double gap_down = r == Pow2(er - 1) ? 0.5 * ulp : ulp;  // r a power of two
     const double mid_hi = r + 0.5 * ulp, mid_lo = r - 0.5 * gap_down;  // exact
     // Sterbenz: the differences are exact where H is within a factor 2 of the midpoints
     if (!(H <= 2.0 * mid_hi && H >= 0.5 * mid_hi && H <= 2.0 * mid_lo && H >= 0.5 * mid_lo)) {
