@@ -262,6 +262,25 @@ def test_long_segments_and_shards(monkeypatch):
     _same_bits(fused[2][:40], _reference(x, np.where(ids < 0, 3000, ids), 40, "float32"))
 
 
+def test_ties_in_segments_far_apart(monkeypatch):
+    """Undecided outputs in two segments 10^6 ids apart (few rows, many empty segments): the
+    exact pass finds their rows; every other output is +0.0."""
+    h = 2.0 ** -24  # half an ulp of 1 in float32
+    x = np.array([[1.0, 3.0], [h, h], [-1.0, 1.0], [h, h], [0.0, 2.0]], np.float32)
+    ids = np.array([3, 3, 999_999, 999_999, 3])
+    num = 1_000_001
+    fused, pure = _both(monkeypatch, lambda d, i: (
+        so_seg.unsorted_segment_sum(d, i, num), so_seg.segment_sum(d, tf.sort(i))),
+        tf.constant(x), tf.constant(ids))
+    for a, b in zip(fused, pure):
+        _same_bits(a, b)
+    want = np.zeros((num, 2), np.float32)
+    want[3] = [1.0, 5.0]  # 1 + h: a tie, to even; 3 + h + 2: no tie
+    want[999_999] = [np.float32(-1.0 + h), np.float32(1.0)]  # -1 + h exact; 1 + h a tie
+    _same_bits(fused[0], want)
+    _same_bits(fused[0][[3, 999_999]], _reference(x, np.where(ids == 3, 0, 1), 2, "float32"))
+
+
 # -------------------------------------------------------------------- reproducibility, modes
 
 _THREADS = textwrap.dedent("""

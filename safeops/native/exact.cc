@@ -1202,11 +1202,23 @@ class ExactSegmentSumOp : public OpKernel {
       first[i + 1] = first[i] + n;
     }
     std::vector<int64_t> members(first[ns]), fill(first.begin(), first.end() - 1);
-    for (int64_t r = 0; r < rows; ++r) {
-      const int64_t g = static_cast<int64_t>(ids[r]);
-      if (g < segs.front() || g > segs.back()) continue;
-      const auto it = std::lower_bound(segs.begin(), segs.end(), g);
-      if (*it == g) members[fill[it - segs.begin()]++] = r;
+    const int64_t lo_seg = segs.front(), hi_seg = segs.back();
+    if (hi_seg - lo_seg < 8 * rows + 1024) {  // a table from segment to its index
+      std::vector<int64_t> slot(hi_seg - lo_seg + 1, -1);
+      for (int64_t i = 0; i < ns; ++i) slot[segs[i] - lo_seg] = i;
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t g = static_cast<int64_t>(ids[r]);
+        if (g < lo_seg || g > hi_seg) continue;
+        const int64_t i = slot[g - lo_seg];
+        if (i >= 0) members[fill[i]++] = r;
+      }
+    } else {  // few segments spread over many ids: a binary search
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t g = static_cast<int64_t>(ids[r]);
+        if (g < lo_seg || g > hi_seg) continue;
+        const auto it = std::lower_bound(segs.begin(), segs.end(), g);
+        if (*it == g) members[fill[it - segs.begin()]++] = r;
+      }
     }
     const int64_t np = static_cast<int64_t>(pending.size());
     ParallelFor(ctx, np, Cost(16.0 * first[ns] / ns), [&](int64_t p0, int64_t p1) {
