@@ -240,6 +240,34 @@ def test_emulated_float16_convolutions_match_the_native_kernels():
     assert abs(emulated.loss[0] - native.loss[0]) <= 2.0 ** -11 * abs(native.loss[1])
 
 
+@pytest.mark.parametrize("policy", ["mixed_float16", "float16", "mixed_bfloat16"])
+def test_max_pooling_local_pass_is_its_rounded_float64_output(policy, monkeypatch):
+    """A max pooling layer's local and rounding passes are taken from its float64 outputs
+    rounded (a maximum commutes with a monotone rounding): the figures of the full passes,
+    each layer run on the rounded inputs, exactly."""
+    from safeops.doctor import _engine
+
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((12, 12, 3))
+    h = keras.layers.Conv2D(8, 3, activation="relu")(inp)
+    h = keras.layers.MaxPooling2D()(h)
+    h = keras.layers.Conv2D(8, 3, activation="tanh")(h)
+    h = keras.layers.GlobalMaxPooling2D()(h)
+    model = keras.Model(inp, keras.layers.Dense(4)(h))
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((8, 12, 12, 3)).astype(np.float32)
+    y = rng.integers(0, 4, 8)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    fast = profile(model, (x, y), policy=policy, loss=loss, verbose=False).as_dict()
+    monkeypatch.setattr(_engine.GraphEngine, "_commutes_with_rounding", lambda self, node: False)
+    full_model = keras.models.clone_model(model)
+    full_model.set_weights(model.get_weights())
+    full = profile(full_model, (x, y), policy=policy, loss=loss, verbose=False).as_dict()
+    assert fast == full
+    pools = [la for la in fast["layers"] if "pooling" in la["name"]]
+    assert len(pools) == 2 and all(la["local_bits_mean"] is not None for la in pools)
+
+
 def test_eager_and_graph_give_the_same_profile():
     model, x, y = _cnn(n=16)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)

@@ -16,8 +16,10 @@ precision on its float64 inputs rounded to the dtype it receives) and the roundi
 formulations of the TF ops that are slow in float64 on CPU (the same values, or the same
 sums in another order). A unit fed only by the model's inputs gets the same inputs in the
 local and the profiled pass (and in the rounding and the float64 pass): those passes are
-not run twice. The statistics (bits lost, dynamic range, underflow) are reductions in the
-same computation: one host transfer per profile.
+not run twice; nor are the local and rounding passes of a max pooling unit: a maximum
+commutes with the rounding (a monotone map), so both give its float64 outputs rounded,
+the values the float64 pass has already made. The statistics (bits lost, dynamic range,
+underflow) are reductions in the same computation: one host transfer per profile.
 
 The copies, the traced passes and the compiled statistics stay with the model (a weak
 reference: they go when it goes) and serve the next profile while its weights and
@@ -300,13 +302,15 @@ class _Base:
             for j, r in enumerate(ref["ref"][i]):
                 ys = [low["low"][i][j]]
                 if local[i] is not None:
-                    ys += [local[i][j], rounding[i][j]]
+                    ys.append(local[i][j])
+                    if rounding[i] is not None:  # else the same values as the local outputs
+                        ys.append(rounding[i][j])
                 parts, ranges = sweep(flat(tf.cast(r, tf.float64)), [flat(y) for y in ys], p, down, tiny,
                                        oks=oks)
                 acc.append(parts[0])
                 loc.append(parts[1] if local[i] is not None else parts[0])
                 if local[i] is not None:
-                    inp.append(parts[2])
+                    inp.append(parts[-1])
                 rng.append(ranges)
             acc, loc = means(acc, p), means(loc, p)
             inp = means(inp, p) if inp else (tf.constant(0.0, tf.float64),) * 3
@@ -481,6 +485,9 @@ class GraphEngine(_Base):
         # Local pass: each node on its float64 inputs rounded to the dtype it receives in the
         # profiled run; rounding pass: the float64 node on the same inputs. A node fed only by
         # the model's inputs gets exactly its profiled (float64) inputs: its outputs are reused.
+        # A max pooling node commutes with the rounding (a monotone map): its local output is
+        # its float64 output rounded, the same values, and its rounding pass the same values
+        # again (None: the statistics read the local outputs in its place).
         rounded = {k: kg.cast_to(v, self.low_dtypes[k]) if k in self.low_dtypes else v
                    for k, v in values.items()}
         local, rounding = [], []
@@ -490,12 +497,36 @@ class GraphEngine(_Base):
                 local.append(None)
                 rounding.append(None)
                 continue
+            if self._commutes_with_rounding(node):
+                local.append([rounded[id(x)] for x in node.outputs])
+                rounding.append(None)
+                continue
             args, kwargs = node.arguments.fill_in(rounded)
             out_low = keras.tree.flatten(call_low(node, args, kwargs))
             out_ref = keras.tree.flatten(call_ref(node, args, kwargs))
             local.append([t for t in out_low if tf.as_dtype(t.dtype).is_floating])
             rounding.append([t for t in out_ref if tf.as_dtype(t.dtype).is_floating])
         return ref, local, rounding
+
+    def _commutes_with_rounding(self, node):
+        """True for a max pooling node whose profiled copy takes and gives one floating dtype: the
+        maximum of values rounded by a monotone map (float64 to that dtype) is the rounded
+        maximum, so the node on rounded inputs gives its float64 output rounded."""
+        op = node.operation
+        if not isinstance(op, _MAX_POOLS) or len(node.input_tensors) != 1 or len(node.outputs) != 1:
+            return False
+        copy = self.low.get(id(op))
+        if copy is None or isinstance(copy, _runner.EmulatedFloat16) or copy.quantization_mode:
+            return False
+        dt_in = self.low_dtypes.get(id(node.input_tensors[0]))
+        dt_out = self.low_dtypes.get(id(node.outputs[0]))
+        return (dt_in is not None and dt_in == dt_out and dt_in.is_floating
+                and dt_in.name == copy.compute_dtype)
+
+
+_MAX_POOLS = tuple(getattr(keras.layers, n) for n in (
+    "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "GlobalMaxPooling1D", "GlobalMaxPooling2D",
+    "GlobalMaxPooling3D") if hasattr(keras.layers, n))
 
 
 class _GraphIO:
