@@ -34,14 +34,18 @@ def _chunk_sums(rc, ycs, scale, down, top, group, tiny, divisor):
     denom = tf.maximum(a, scale) * down
     size = tf.size(rc)
     whole = size - size % group
+    one = tf.constant(1.0, tf.float64)
+    # a power of two: its reciprocal is exact, and a product by it the quotient
+    inv = None if divisor is None else one / divisor
     out = []
     for yc in ycs:
         yc = tf.cast(yc, tf.float64)
-        if divisor is not None:
-            yc = yc / divisor
+        if inv is not None:
+            yc = yc * inv
         t = tf.abs(yc - rc) / denom
-        out += [_log_sum(tf.minimum(tf.maximum(t, 1.0), top), whole, group), tf.reduce_sum(t),
-                tf.reduce_max(t)]
+        # one clipping pass (TF's ClipByValue: min(max(t, 1), 2^p), the same values)
+        c = tf.raw_ops.ClipByValue(t=t, clip_value_min=one, clip_value_max=top)
+        out += [_log_sum(c, whole, group), tf.reduce_sum(t), tf.reduce_max(t)]
     # sign(|r|) is 1 for a non-zero reference, 0 for a zero (a count without a cast)
     return out + [tf.reduce_max(a), tf.reduce_sum(tf.sign(a)),
                   tf.reduce_sum(tf.cast(a < tiny, tf.float64))]
