@@ -360,8 +360,12 @@ void LogSoftmaxRowGrad(const float* gr, const float* xr, int64_t n, double m, do
   const float mf = static_cast<float>(m);
   const float pinf = std::numeric_limits<float>::infinity();
   const int64_t top = First(xr, n, mf);  // the first max entry, as Inspect finds it
-  const double rest = SumD(gr, top) + SumD(gr + top + 1, n - top - 1);  // all but top
-  const double gt = static_cast<double>(gr[top]);
+  // A row max that is not in the row (statistics that do not belong to x: only a crafted
+  // call gives them) has no top entry: every entry takes the plain g_i - p_i sum(g).
+  const bool has_top = top < n;
+  const double rest = has_top ? SumD(gr, top) + SumD(gr + top + 1, n - top - 1)
+                              : SumD(gr, n);  // all but top
+  const double gt = has_top ? static_cast<double>(gr[top]) : 0.0;
   const double inv = 1.0 / (1.0 + s);
   const double scale = (gt + rest) * inv;  // sum(g) / (1 + s)
   if (m == kInf) {
@@ -384,7 +388,7 @@ void LogSoftmaxRowGrad(const float* gr, const float* xr, int64_t n, double m, do
       }
     }
   }
-  dr[top] = static_cast<float>((gt * s - rest) * inv);
+  if (has_top) dr[top] = static_cast<float>((gt * s - rest) * inv);
 }
 
 class SoftmaxGradOp : public OpKernel {
