@@ -20,6 +20,7 @@ from fractions import Fraction
 import ml_dtypes
 import numpy as np
 import pytest
+from test_native_support import require_kernels
 import tensorflow as tf
 
 import safeops as so
@@ -35,12 +36,7 @@ DTYPES = list(NP)
 
 @pytest.fixture(autouse=True)
 def _kernels(monkeypatch):
-    monkeypatch.delenv("SAFEOPS_NATIVE", raising=False)
-    if native.library() is None:
-        if native._compiler() is not None:  # noqa: SLF001
-            pytest.fail(f"a compiler exists but the kernels did not build: "
-                        f"{native.status()['error']}")
-        pytest.skip("no C++ compiler: the fused kernels cannot be built here")
+    require_kernels(monkeypatch)
 
 
 def _round(fr, dtype):

@@ -48,6 +48,19 @@ __attribute__((constructor)) static void planted(void) {
 """
 
 
+def require_kernels(monkeypatch):
+    """The loaded kernel library, SAFEOPS_NATIVE unset; skip where no compiler exists, fail
+    where one exists but the kernels did not build."""
+    monkeypatch.delenv("SAFEOPS_NATIVE", raising=False)
+    lib = native.library()
+    if lib is None:
+        if native._compiler() is not None:  # noqa: SLF001
+            pytest.fail(f"a compiler exists but the kernels did not build: "
+                        f"{native.status()['error']}")
+        pytest.skip("no C++ compiler: the fused kernels cannot be built here")
+    return lib
+
+
 def prebuilt_library():
     """The verified library this process loaded (built once for the whole test run)."""
     if native._compiler() is None:  # noqa: SLF001
