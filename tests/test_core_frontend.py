@@ -148,3 +148,20 @@ def test_name_scope_only_in_graphs():
 
     graph = f.get_concrete_function().graph
     assert any(op.name.startswith("inner/") for op in graph.get_operations())
+
+
+def test_fused_bodies_are_traced_with_static_shapes_for_every_shape():
+    """A fused (XLA-compiled) body called at several shapes keeps each call's static shape:
+    softmax's float64 row sum of a static row length is a dot product with ones, also at the
+    third shape (a trace relaxed to unknown dimensions would sum with a reduce instead)."""
+    import safeops as so
+
+    def hlo(shape):
+        x = tf.zeros(shape, tf.float32)
+        f = tf.function(lambda t: so.softmax(t), jit_compile=True)
+        return f.experimental_get_compiler_ir(x)(stage="hlo")
+
+    for shape in ([3, 40], [5, 24], [7, 1000]):
+        text = hlo(shape)
+        assert " dot(" in text, shape
+        assert f"f64[{shape[0]},{shape[1]}]" in text, shape

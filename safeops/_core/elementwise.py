@@ -132,10 +132,14 @@ def fused(fn):
     A graph-mode (`tf.function`) caller otherwise runs every elementwise op of
     `fn` as its own kernel, a full pass over memory each; the XLA version is one
     fused loop. Under an outer ``jit_compile=True`` the call is inlined. The
-    compiled function is traced once per input signature (shape and dtype).
-    Eagerly nothing is looked up or compiled: `fn` runs op by op.
+    compiled function is traced once per input signature (shape and dtype), with
+    the static shapes it is called with: a trace relaxed to unknown dimensions
+    (``reduce_retracing``) would be reused for every later shape, and bodies that
+    choose their formulation by static shape (a dot product for a float64 row sum)
+    would then compile to another, slower program. Eagerly nothing is looked up or
+    compiled: `fn` runs op by op.
     """
-    compiled = tf.function(fn, jit_compile=True, reduce_retracing=True, autograph=False)
+    compiled = tf.function(fn, jit_compile=True, reduce_retracing=False, autograph=False)
 
     def call(*args):
         if tf.executing_eagerly():
