@@ -442,6 +442,20 @@ class CompensatedCumsumOp : public OpKernel {
   bool reverse_;
 };
 
+// The variable's buffer, copied first when a reader still holds it (copy on write).
+template <typename T>
+Status Writable(OpKernelContext* ctx, ::tensorflow::Var* var, T** data) {
+  Tensor* t = var->tensor();
+  if (!t->RefCountIsOne()) {
+    Tensor fresh;
+    TF_RETURN_IF_ERROR(ctx->allocate_temp(t->dtype(), t->shape(), &fresh));
+    std::memcpy(fresh.flat<T>().data(), t->flat<T>().data(), t->NumElements() * sizeof(T));
+    *t = fresh;
+  }
+  *data = t->flat<T>().data();
+  return ::tensorflow::OkStatus();
+}
+
 // ---------------------------------------------------------------------------
 // SafeopsWidenAssignAdd: var (float64 resource) += float64(values), in place:
 // KahanAccumulator.add for float16/bfloat16/float32 without materialising the
@@ -471,14 +485,8 @@ class WidenAssignAddOp : public OpKernel {
                 ::tensorflow::errors::InvalidArgument(
                     "SafeopsWidenAssignAdd: 'values' shape ", v.shape().DebugString(),
                     " != variable shape ", t->shape().DebugString()));
-    if (!t->RefCountIsOne()) {  // copy on write: a reader still holds the buffer
-      Tensor fresh;
-      OP_REQUIRES_OK(ctx, ctx->allocate_temp(::tensorflow::DT_DOUBLE, t->shape(), &fresh));
-      std::memcpy(fresh.flat<double>().data(), t->flat<double>().data(),
-                  t->NumElements() * sizeof(double));
-      *t = fresh;
-    }
-    double* acc = t->flat<double>().data();
+    double* acc = nullptr;
+    OP_REQUIRES_OK(ctx, Writable<double>(ctx, var.get(), &acc));
     const T* inc = v.flat<T>().data();
     const int64_t n = v.NumElements();
     ParallelFor(ctx, (n + kBlock - 1) / kBlock, kBlock * 2, [&](int64_t lo, int64_t hi) {
@@ -514,20 +522,6 @@ class TwoLocks {
   ::tensorflow::Var* first_;
   ::tensorflow::Var* second_;
 };
-
-// The variable's buffer, copied first when a reader still holds it (copy on write).
-template <typename T>
-Status Writable(OpKernelContext* ctx, ::tensorflow::Var* var, T** data) {
-  Tensor* t = var->tensor();
-  if (!t->RefCountIsOne()) {
-    Tensor fresh;
-    TF_RETURN_IF_ERROR(ctx->allocate_temp(t->dtype(), t->shape(), &fresh));
-    std::memcpy(fresh.flat<T>().data(), t->flat<T>().data(), t->NumElements() * sizeof(T));
-    *t = fresh;
-  }
-  *data = t->flat<T>().data();
-  return ::tensorflow::OkStatus();
-}
 
 template <typename T>
 class KahanAssignAddOp : public OpKernel {
