@@ -20,7 +20,7 @@ from fractions import Fraction
 import ml_dtypes
 import numpy as np
 import pytest
-from test_native_support import require_kernels
+from test_native_support import require_kernels, tie_cases
 import tensorflow as tf
 
 import safeops as so
@@ -160,9 +160,7 @@ def test_ties_and_near_ties(monkeypatch, dtype):
     t = NP[dtype]
     p = ml_dtypes.finfo(t).nmant + 1
     rng = np.random.default_rng(p)
-    h = 2.0 ** -p  # half an ulp of 1
-    heads = [[1.0, h], [1.0 + 2 * h, h], [1.0, h, h * 2.0 ** -(p - 3)],
-             [1.0, h, -h * 2.0 ** -(p - 3)], [-1.0, -h], [4.0, 4 * h, 2.0 ** -(2 * p)]]
+    heads, want = tie_cases(p)
     rows = []
     for head in heads:
         noise = (rng.standard_normal(300) * 8.0).astype(t).astype(np.float64)
@@ -170,7 +168,6 @@ def test_ties_and_near_ties(monkeypatch, dtype):
                                                     np.zeros(8 - len(head))])))
     x = np.array(rows).astype(t)
     fused, pure = _both(monkeypatch, lambda v: exact.exact_reduce_sum(v, [1]), x)
-    want = [1.0, 1.0 + 4 * h, 1.0 + 2 * h, 1.0, -1.0, 4.0 + 8 * h]
     _same_bits(fused, np.array(want, t))
     _same_bits(fused, [_reference(r, dtype) for r in x])
     _same_bits(pure, fused)

@@ -61,6 +61,17 @@ def require_kernels(monkeypatch):
     return lib
 
 
+def tie_cases(p):
+    """Sums of p-bit floats at and a hair off rounding midpoints: (heads, correctly rounded
+    sums). h is half an ulp of 1: [1, h] is a tie that rounds to even (1), [1 + 2h, h] one that
+    rounds up, a tiny term of either sign decides the tie of [1, h], and [4, 4h, 2**-2p] lies
+    just above a tie at 4."""
+    h = 2.0 ** -p
+    heads = [[1.0, h], [1.0 + 2 * h, h], [1.0, h, h * 2.0 ** -(p - 3)],
+             [1.0, h, -h * 2.0 ** -(p - 3)], [-1.0, -h], [4.0, 4 * h, 2.0 ** -(2 * p)]]
+    return heads, [1.0, 1.0 + 4 * h, 1.0 + 2 * h, 1.0, -1.0, 4.0 + 8 * h]
+
+
 def prebuilt_library():
     """The verified library this process loaded (built once for the whole test run)."""
     if native._compiler() is None:  # noqa: SLF001

@@ -20,7 +20,7 @@ import textwrap
 import ml_dtypes
 import numpy as np
 import pytest
-from test_native_support import require_kernels
+from test_native_support import require_kernels, tie_cases
 import tensorflow as tf
 
 import safeops.segment as so_seg
@@ -155,9 +155,7 @@ def test_ties_and_near_ties(monkeypatch, dtype):
     t = NP[dtype]
     p = ml_dtypes.finfo(t).nmant + 1
     rng = np.random.default_rng(p)
-    h = 2.0 ** -p  # half an ulp of 1
-    heads = [[1.0, h], [1.0 + 2 * h, h], [1.0, h, h * 2.0 ** -(p - 3)],
-             [1.0, h, -h * 2.0 ** -(p - 3)], [-1.0, -h], [4.0, 4 * h, 2.0 ** -(2 * p)]]
+    heads, want = tie_cases(p)
     rows, ids = [], []
     for g, head in enumerate(heads):
         noise = (rng.standard_normal(40) * 8.0).astype(t).astype(np.float64)
@@ -172,7 +170,7 @@ def test_ties_and_near_ties(monkeypatch, dtype):
     ids = np.array(ids)
     perm = rng.permutation(len(ids))
     fused = _all_three(monkeypatch, x, ids, ids, 2 * len(heads))
-    want = np.array([1.0, 1.0 + 4 * h, 1.0 + 2 * h, 1.0, -1.0, 4.0 + 8 * h], t)
+    want = np.array(want, t)
     _same_bits(fused[0][0::2, 0], want)
     _same_bits(fused[0][0::2, 1], -want)
     _same_bits(fused[0], _reference(x, ids, 2 * len(heads), dtype))
