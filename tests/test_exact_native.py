@@ -20,7 +20,7 @@ from fractions import Fraction
 import ml_dtypes
 import numpy as np
 import pytest
-from test_native_support import require_kernels, tie_cases
+from test_native_support import edge_sums, require_kernels, tie_cases
 import tensorflow as tf
 
 import safeops as so
@@ -177,11 +177,8 @@ def test_ties_and_near_ties(monkeypatch, dtype):
 def test_subnormal_overflow_and_special_values(monkeypatch, dtype):
     t = NP[dtype]
     fi = ml_dtypes.finfo(t)
-    big, tiny, sub = float(fi.max), float(fi.smallest_normal), float(fi.smallest_subnormal)
-    half_ulp_max = math.ldexp(1.0, fi.maxexp - 2 - fi.nmant)
-    finite = [[tiny, -tiny + sub], [tiny, -0.75 * tiny], [3 * sub, -sub, sub], [big, big, -big],
-              [big, big], [0.7 * big] * 3, [-big, -big], [big, half_ulp_max],
-              [big, half_ulp_max / 2], [2 * tiny, -tiny, sub], [-sub, -0.0], [1.0, -1.0]]
+    big = float(fi.max)
+    finite = edge_sums(fi)
     inf, nan = math.inf, math.nan
     special = [[inf, 1.0], [-inf, 1.0], [inf, -inf], [nan, 1.0, inf], [inf, inf, -0.0],
                [-0.0, -0.0], [-0.0, 0.0]]

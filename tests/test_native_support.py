@@ -6,6 +6,7 @@ the loader cannot tell it from a compiler, and a test can count its calls.
 """
 
 import json
+import math
 import os
 import stat
 import subprocess
@@ -70,6 +71,17 @@ def tie_cases(p):
     heads = [[1.0, h], [1.0 + 2 * h, h], [1.0, h, h * 2.0 ** -(p - 3)],
              [1.0, h, -h * 2.0 ** -(p - 3)], [-1.0, -h], [4.0, 4 * h, 2.0 ** -(2 * p)]]
     return heads, [1.0, 1.0 + 4 * h, 1.0 + 2 * h, 1.0, -1.0, 4.0 + 8 * h]
+
+
+def edge_sums(fi):
+    """Finite sums at the edges of a format (`ml_dtypes.finfo` fi): results in the subnormal
+    range, cancellation to a subnormal, overflow to inf and back into range, the largest
+    finite value with half an ulp (a tie) and less, signed zeros."""
+    big, tiny, sub = float(fi.max), float(fi.smallest_normal), float(fi.smallest_subnormal)
+    half_ulp_max = math.ldexp(1.0, fi.maxexp - 2 - fi.nmant)
+    return [[tiny, -tiny + sub], [tiny, -0.75 * tiny], [3 * sub, -sub, sub], [big, big, -big],
+            [big, big], [0.7 * big] * 3, [-big, -big], [big, half_ulp_max],
+            [big, half_ulp_max / 2], [2 * tiny, -tiny, sub], [-sub, -0.0], [1.0, -1.0]]
 
 
 def prebuilt_library():
