@@ -71,6 +71,17 @@ def _grad(fn, v):
     return t.gradient(y, v)
 
 
+def _same_bits_in_every_mode(fn, x, y):
+    """fn's value and gradients eagerly, in a tf.function and under XLA: the same bits;
+    returns the eager ones."""
+    modes = testing.run_modes(_value_and_grads(fn), tf.constant(x), tf.constant(y))
+    eager = list(modes["eager"])
+    for mode, outs in modes.items():
+        for got, want in zip(outs, eager):
+            np.testing.assert_array_equal(got, want, err_msg=mode)
+    return eager
+
+
 def _value_and_grads(fn):
     def run(x, y):
         with tf.GradientTape() as t:
@@ -101,11 +112,7 @@ def test_logaddexp_float32_same_bits_in_every_mode():
     # gradients agree bit for bit on these inputs, and with mpmath within the bounds
     # (value correctly rounded but for a double rounding: 1 ulp; gradients 4 ulp).
     x, y = _pair_inputs(seed=7)
-    modes = testing.run_modes(_value_and_grads(so.logaddexp), tf.constant(x), tf.constant(y))
-    eager = list(modes["eager"])
-    for mode, outs in modes.items():
-        for got, want in zip(outs, eager):
-            np.testing.assert_array_equal(got, want, err_msg=mode)
+    eager = _same_bits_in_every_mode(so.logaddexp, x, y)
     refs = [testing.reference(f, x, y, dtype="float32") for f in (
         lambda a, b: mpmath.log(mpmath.exp(a) + mpmath.exp(b)),
         lambda a, b: 1 / (1 + mpmath.exp(b - a)), lambda a, b: 1 / (1 + mpmath.exp(a - b)))]
@@ -132,11 +139,7 @@ def test_logsubexp_float32_same_bits_in_every_mode():
     x = np.concatenate([x, np.nextafter(adj, np.float32(np.inf)), [np.nan, 1.0, np.nan]])
     y = np.concatenate([y, adj, [1.0, np.nan, np.nan]]).astype(np.float32)
     x = x.astype(np.float32)
-    modes = testing.run_modes(_value_and_grads(so.logsubexp), tf.constant(x), tf.constant(y))
-    eager = list(modes["eager"])
-    for mode, outs in modes.items():
-        for got, want in zip(outs, eager):
-            np.testing.assert_array_equal(got, want, err_msg=mode)
+    eager = _same_bits_in_every_mode(so.logsubexp, x, y)
     refs = [testing.reference(f, x, y, dtype="float32") for f in (
         lambda a, b: mpmath.log(mpmath.exp(a) - mpmath.exp(b)),
         lambda a, b: -1 / mpmath.expm1(b - a), lambda a, b: -1 / mpmath.expm1(a - b))]
