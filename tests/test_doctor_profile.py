@@ -539,8 +539,27 @@ def test_profile_reuses_its_copies_and_follows_weight_changes():
     assert ref() is None  # the copies go with the model
 
 
-def test_in_graph_statistics_match_the_definition():
-    """`sweep` (chunked fast path, masked slow path) gives what `rel_errors`/`bits_lost` define."""
+def _kernel_scope(native_on):
+    """The fused kernels as loaded (skipped where they are not), or the pure-TF path."""
+    import contextlib  # noqa: PLC0415
+
+    from safeops import native  # noqa: PLC0415
+    if not native_on:
+        return native.disabled()
+    if native.library() is None:
+        pytest.skip("fused kernels unavailable")
+    return contextlib.nullcontext()
+
+
+@pytest.mark.parametrize("native_on", [True, False], ids=["fused", "pure_tf"])
+def test_in_graph_statistics_match_the_definition(native_on):
+    """`sweep` (fast path, fused or in TF ops, and the masked slow path) gives what
+    `rel_errors`/`bits_lost` define."""
+    with _kernel_scope(native_on):
+        _check_statistics_match_the_definition()
+
+
+def _check_statistics_match_the_definition():
     from safeops._core.dtypes import limits
     from safeops.doctor._stats import CHUNK, means, value_range, sweep
 
@@ -583,6 +602,53 @@ def test_in_graph_statistics_match_the_definition():
         assert under == (np.mean(a[a > 0] < tiny) if np.any(a > 0) else 0.0)
         assert nonfinite == np.mean(~np.isfinite(yy.astype(np.float64)[fin]))
     assert fast == [True, False, False, False]  # both paths checked
+
+
+@pytest.mark.parametrize("n", [1, 13, 16384 * 3 + 5])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+def test_fused_statistics_agree_with_the_tf_ops_within_rounding(n, dtype):
+    """The fused sweep against the same sums in TF ops, for every dtype compared, with a
+    divisor and several tensors in one call. The paths sum r^2 in other orders (each within
+    gamma_n relative of the exact sum, so their rms within gamma_n of each other) and form t
+    with a reciprocal or a quotient (3 u apart): each t within d = gamma_n + 4 u relative of
+    the other path's. Sums of the non-negative t within (2 gamma_n + d) T of each other, maxima
+    within d M; each log of a product of g clipped values within g u of the sum of their logs
+    (logs >= 0) and each log moved by at most d per value, so the sums of logs within
+    n (2 g u + d) + 2 gamma_n S; counts and max |r| exact."""
+    from safeops import native  # noqa: PLC0415
+    from safeops.doctor._stats import _chunked, _group  # noqa: PLC0415
+
+    lib = native.library()
+    if lib is None:
+        pytest.skip("fused kernels unavailable")
+    rng = np.random.default_rng(n)
+    p, tiny, decades, divisor = {"float16": (11, 6.1e-5, 2, 4.0), "bfloat16": (8, 1.2e-38, 4, 128.0),
+                                 "float32": (24, 1.2e-38, 4, 128.0),
+                                 "float64": (53, 2.2e-308, 4, 128.0)}[dtype]
+    r = rng.standard_normal(n) * 10.0 ** rng.integers(-8, decades, n)
+    r[: n // 7] = 0.0
+    ys = [tf.constant(r * divisor * (1 + rng.standard_normal(n) * 2.0 ** -s), dtype)
+          for s in (4, 9, 30)]
+    r = tf.constant(r)
+    down = tf.constant(2.0 ** -p, tf.float64)
+    args = (down, tf.constant(tiny, tf.float64), tf.constant(divisor, tf.float64))
+    fused = lib.safeops_profile_sweep(r, *args, ys).numpy()
+    count = tf.constant(float(n), tf.float64)
+    chunked = tf.function(lambda r, ys: _chunked(r, ys, tf.size(r), count, tf.constant(
+        float(p), tf.float64), down, args[1], args[2]), autograph=False)
+    sum_sq, _, acc = chunked(r, ys)
+    ref = np.array([float(v) for v in acc] + [float(sum_sq)])
+    u = 2.0 ** -53
+    gamma = n * u / (1 - n * u)
+    g = int(_group(tf.constant(float(p), tf.float64)))
+    d = gamma + 4 * u
+    for k in range(len(ys)):
+        s_f, s_t = fused[3 * k], ref[3 * k]
+        assert abs(s_f - s_t) <= n * (2 * g * u + d) + 2 * gamma * s_t, (k, s_f, s_t)
+        assert abs(fused[3 * k + 1] - ref[3 * k + 1]) <= (2 * gamma + d) * ref[3 * k + 1]
+        assert abs(fused[3 * k + 2] - ref[3 * k + 2]) <= d * ref[3 * k + 2]
+    np.testing.assert_array_equal(fused[-4:-1], ref[-4:-1])
+    assert fused[-1] == pytest.approx(ref[-1], rel=2 * gamma)
 
 
 # ---------------------------------------------------------------- advise

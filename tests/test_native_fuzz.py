@@ -16,6 +16,7 @@ import numpy as np
 _OPS = ("SafeopsCompensatedSum", "SafeopsCompensatedCumsum", "SafeopsWidenAssignAdd",
         "SafeopsSoftmax", "SafeopsSoftmaxGrad", "SafeopsSoftplus", "SafeopsExactSum",
         "SafeopsWideMatmul", "SafeopsKahanAssignAdd", "SafeopsExactSegmentSum")
+_OPS += ("SafeopsProfileSweep",)
 
 
 def _fuzz(seed=0, random_cases=400):  # noqa: C901  (one table of cases)
@@ -280,7 +281,44 @@ def _fuzz(seed=0, random_cases=400):  # noqa: C901  (one table of cases)
             cnt = counts(ids.numpy(), int(seg_rng.integers(0, 10)))
         expect("SafeopsExactSegmentSum", lambda: segment(data, ids, cnt, mean=flag), None,
                [data.shape.as_list(), ids.shape.as_list(), cnt.shape.as_list()])
+    _fuzz_profile_sweep(lib, expect, t, np.random.default_rng(seed + 2), random_cases)
     return tally
+
+
+def _fuzz_profile_sweep(lib, expect, t, rng, random_cases):
+    """The profiler's statistics op: a reference, scalars and a list of compared tensors."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    op = "SafeopsProfileSweep"
+    f64 = lambda v: tf.constant(v, tf.float64)  # noqa: E731
+    sweep = lambda r, ys, down=f64(2.0 ** -11), tiny=f64(1e-5), div=f64(1.0): (  # noqa: E731
+        lib.safeops_profile_sweep(r, down, tiny, div, ys))
+    r = t([37], tf.float64)
+    good = [t([37], tf.float16), t([37], tf.bfloat16), t([37]), t([37], tf.float64)]
+    expect(op, lambda: sweep(r, good), True)
+    expect(op, lambda: sweep(t([0], tf.float64), [t([0], tf.float16)]), True)
+    expect(op, lambda: sweep(t([37, 1], tf.float64), good), False, "rank 2 r")
+    expect(op, lambda: sweep(r, [t([36])]), False, "short y")
+    expect(op, lambda: sweep(r, [t([38])]), False, "long y")
+    expect(op, lambda: sweep(r, [t([37, 1])]), True, "y of any shape with r's size")
+    expect(op, lambda: sweep(r, [t([37], tf.int32)]), False, "int y")
+    expect(op, lambda: sweep(r, [t([37])] * 9), False, "nine ys")
+    expect(op, lambda: sweep(t([37]), [t([37])]), False, "float32 r")
+    expect(op, lambda: sweep(r, good[:1], down=f64([0.5])), False, "vector down")
+    for bad in (0.0, -1.0, 2.0, np.nan, 2.0 ** -1070):
+        expect(op, lambda: sweep(r, good[:1], down=f64(bad)), False, f"down {bad}")
+    for bad in (0.0, -2.0, np.inf, np.nan):
+        expect(op, lambda: sweep(r, good[:1], div=f64(bad)), False, f"divisor {bad}")
+    spec = tf.TensorSpec(None, tf.float64)
+    gfun = tf.function(lambda r, y: sweep(r, [y]), input_signature=[spec, tf.TensorSpec(None, tf.float32)])
+    expect(op, lambda: gfun(r, t([5])), False, "graph")
+    expect(op, lambda: gfun(t([2, 2], tf.float64), t([4])), False, "graph rank")
+    dtypes = (tf.float64, tf.float32, tf.float16, tf.bfloat16, tf.int32)
+    for _ in range(random_cases // 4):
+        n = int(rng.choice([0, 1, 7, 8, 9, 40]))
+        ys = [t([int(rng.choice([n, n, 0, 1, 9]))], dtypes[int(rng.integers(len(dtypes)))])
+              for _ in range(int(rng.integers(1, 4)))]
+        expect(op, lambda: sweep(t([n], tf.float64), ys), None, [n] + [y.shape for y in ys])
 
 
 def test_raw_ops_reject_bad_calls_without_crashing(tmp_path, monkeypatch):

@@ -67,7 +67,7 @@ from safeops.native._build import Invalid as _Invalid, Unavailable
 __all__ = ["Unavailable", "build", "disabled", "library", "status"]
 
 _SOURCES = tuple(Path(__file__).parent / f for f in ("compensated.cc", "softmax.cc", "exact.cc",
-                                                    "matmul.cc"))
+                                                    "matmul.cc", "profile.cc"))
 _HEADERS = (Path(__file__).parent / "common.h",)  # part of the cache key, not compiled alone
 _LOG = logging.getLogger("safeops")
 _LOCK = threading.Lock()
