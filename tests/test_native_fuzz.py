@@ -16,6 +16,7 @@ import numpy as np
 _OPS = ("SafeopsCompensatedSum", "SafeopsCompensatedCumsum", "SafeopsWidenAssignAdd",
         "SafeopsSoftmax", "SafeopsSoftmaxGrad", "SafeopsSoftplus", "SafeopsExactSum",
         "SafeopsWideMatmul", "SafeopsKahanAssignAdd", "SafeopsExactSegmentSum")
+_OPS += ("SafeopsConv2DFloat64", "SafeopsConv2DFilterGradFloat64", "SafeopsMaxPoolGradFloat64")
 _OPS += ("SafeopsProfileSweep",)
 
 
@@ -282,6 +283,7 @@ def _fuzz(seed=0, random_cases=400):  # noqa: C901  (one table of cases)
         expect("SafeopsExactSegmentSum", lambda: segment(data, ids, cnt, mean=flag), None,
                [data.shape.as_list(), ids.shape.as_list(), cnt.shape.as_list()])
     _fuzz_profile_sweep(lib, expect, t, np.random.default_rng(seed + 2), random_cases)
+    _fuzz_doctor_kernels(lib, expect, t, np.random.default_rng(seed + 3), random_cases)
     return tally
 
 
@@ -319,6 +321,146 @@ def _fuzz_profile_sweep(lib, expect, t, rng, random_cases):
         ys = [t([int(rng.choice([n, n, 0, 1, 9]))], dtypes[int(rng.integers(len(dtypes)))])
               for _ in range(int(rng.integers(1, 4)))]
         expect(op, lambda: sweep(t([n], tf.float64), ys), None, [n] + [y.shape for y in ys])
+
+
+def _fuzz_doctor_kernels(lib, expect, t, rng, random_cases):  # noqa: C901  (one table)
+    """The profiler's float64 convolution, its filter gradient and the max-pool gradient:
+    rank-4 float64 NHWC tensors, paddings in [0, k - 1], windows and strides from 1."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    conv, fgrad, pool = ("SafeopsConv2DFloat64", "SafeopsConv2DFilterGradFloat64",
+                         "SafeopsMaxPoolGradFloat64")
+    f64 = lambda shape: t(shape, tf.float64)  # noqa: E731
+    c = lambda x, k, p=(1, 1, 1, 1): lib.safeops_conv2d_float64(x, k, padding=list(p))  # noqa: E731
+    fg = lambda x, g, p=(1, 1, 1, 1): (  # noqa: E731
+        lib.safeops_conv2d_filter_grad_float64(x, g, padding=list(p)))
+    mp = lambda x, g, k=(2, 2), s=(2, 2), p="VALID": lib.safeops_max_pool_grad_float64(  # noqa: E731
+        x, g, ksize=list(k), strides=list(s), padding=p)
+    x, k = f64([2, 5, 6, 3]), f64([3, 3, 3, 4])
+    for xs, ks, pads, ok in (
+            ([2, 5, 6, 3], [3, 3, 3, 4], (1, 1, 1, 1), True),
+            ([1, 7, 5, 9], [5, 3, 9, 17], (2, 2, 1, 1), True),
+            ([2, 5, 6, 3], [1, 1, 3, 2], (0, 0, 0, 0), True),
+            ([1, 1, 1, 1], [3, 3, 1, 2], (2, 2, 2, 2), True),
+            ([0, 5, 6, 3], [3, 3, 3, 4], (1, 1, 1, 1), True),
+            ([2, 0, 6, 3], [3, 3, 3, 4], (1, 1, 1, 1), True),
+            ([2, 5, 0, 3], [3, 3, 3, 4], (2, 2, 2, 2), True),
+            ([2, 5, 6, 0], [3, 3, 0, 4], (1, 1, 1, 1), True),
+            ([2, 5, 6, 3], [3, 3, 3, 0], (1, 1, 1, 1), True),
+            ([2, 5, 6, 3], [1, 1, 3, 2], (1, 0, 0, 0), False),
+            ([1, 2, 2, 3], [3, 3, 3, 4], (0, 0, 0, 0), True),
+            ([1, 1, 2, 3], [3, 3, 3, 4], (0, 0, 0, 0), False),
+            ([2, 5, 6, 3], [3, 3, 4, 4], (1, 1, 1, 1), False),
+            ([2, 5, 6, 3], [0, 3, 3, 4], (0, 0, 1, 1), False),
+            ([2, 5, 6], [3, 3, 3, 4], (1, 1, 1, 1), False),
+            ([2, 5, 6, 3, 1], [3, 3, 3, 4], (1, 1, 1, 1), False),
+            ([2, 5, 6, 3], [3, 3, 3], (1, 1, 1, 1), False),
+            ([2, 5, 6, 3], [3, 3, 3, 4], (1, 1, 1), False),
+            ([2, 5, 6, 3], [3, 3, 3, 4], (-1, 1, 1, 1), False),
+            ([2, 5, 6, 3], [3, 3, 3, 4], (1, 1, 1, 2 ** 40), False),
+            ([2, 5, 6, 3], [3, 3, 3, 4], (3, 1, 1, 1), False)):
+        expect(conv, lambda: c(f64(xs), f64(ks), pads), ok, (xs, ks, pads))
+    expect(conv, lambda: c(t([2, 5, 6, 3]), k), False, "float32 input")
+    expect(conv, lambda: c(x, tf.cast(k, tf.float32)), False, "float32 filter")
+    # empty, but dimensions past 2^31 or an output past 2^40 elements: an error, not an abort
+    expect(conv, lambda: c(tf.zeros([2 ** 33, 1, 1, 0], tf.float64), tf.zeros([1, 1, 0, 1],
+                                                                             tf.float64), (0,) * 4),
+           False, "huge batch")
+    expect(conv, lambda: c(tf.zeros([1, 2 ** 30, 2 ** 30, 0], tf.float64),
+                           tf.zeros([1, 1, 0, 5], tf.float64), (0,) * 4), False, "huge output")
+    expect(conv, lambda: c(tf.zeros([1, 4, 4, 0], tf.float64),
+                           tf.zeros([2 ** 31 - 1, 2 ** 31 - 1, 0, 8], tf.float64),
+                           (2 ** 30,) * 4), True, "huge empty filter: zeros")
+
+    g = f64([2, 5, 6, 4])
+    for xs, gs, pads, ok in (
+            ([2, 5, 6, 3], [2, 5, 6, 4], (1, 1, 1, 1), True),
+            ([1, 9, 5, 3], [1, 9, 5, 17], (2, 2, 1, 1), True),
+            ([2, 5, 6, 3], [2, 5, 6, 4], (0, 0, 0, 0), True),
+            ([2, 5, 6, 3], [2, 1, 1, 4], (0, 0, 0, 0), True),
+            ([0, 5, 6, 3], [0, 5, 6, 4], (1, 1, 1, 1), True),
+            ([2, 5, 6, 0], [2, 5, 6, 4], (1, 1, 1, 1), True),
+            ([2, 5, 6, 3], [2, 5, 6, 0], (1, 1, 1, 1), True),
+            ([2, 0, 6, 3], [2, 0, 6, 4], (1, 1, 1, 1), True),
+            ([2, 5, 6, 3], [3, 5, 6, 4], (1, 1, 1, 1), False),
+            ([2, 5, 6, 3], [2, 9, 6, 4], (1, 1, 1, 1), False),
+            ([2, 5, 6, 3], [2, 7, 8, 4], (1, 1, 1, 1), False),
+            ([2, 5, 6, 3], [2, 5, 6], (1, 1, 1, 1), False),
+            ([2, 5, 6], [2, 5, 6, 4], (1, 1, 1, 1), False),
+            ([2, 5, 6, 3], [2, 5, 6, 4], (1, 1, -2, 1), False),
+            ([2, 5, 6, 3], [2, 5, 6, 4], (2 ** 33, 1, 1, 1), False),
+            ([2, 5, 6, 3], [2, 5, 6, 4], (1, 1), False)):
+        expect(fgrad, lambda: fg(f64(xs), f64(gs), pads), ok, (xs, gs, pads))
+    expect(fgrad, lambda: fg(t([2, 5, 6, 3]), g), False, "float32 input")
+    expect(fgrad, lambda: fg(tf.zeros([1, 2 ** 30, 1, 0], tf.float64),
+                             tf.zeros([1, 1, 1, 2 ** 30], tf.float64), (0,) * 4), True,
+           "huge empty filter")
+    expect(fgrad, lambda: fg(tf.zeros([1, 2 ** 21, 1, 1], tf.float64),
+                             tf.zeros([1, 1, 1, 2 ** 20], tf.float64), (0,) * 4), False,
+           "filter past 2^40 elements")
+
+    for xs, gs, ksize, strides, padding, ok in (
+            ([2, 6, 6, 3], [2, 3, 3, 3], (2, 2), (2, 2), "VALID", True),
+            ([2, 7, 9, 17], [2, 4, 5, 17], (3, 3), (2, 2), "SAME", True),
+            ([2, 7, 9, 17], [2, 3, 4, 17], (3, 3), (2, 2), "VALID", True),
+            ([1, 5, 5, 2], [1, 5, 5, 2], (3, 3), (1, 1), "SAME", True),
+            ([1, 1, 1, 1], [1, 1, 1, 1], (9, 9), (5, 5), "SAME", True),
+            ([0, 6, 6, 3], [0, 3, 3, 3], (2, 2), (2, 2), "VALID", True),
+            ([2, 6, 6, 0], [2, 3, 3, 0], (2, 2), (2, 2), "VALID", True),
+            ([2, 0, 6, 3], [2, 0, 3, 3], (2, 2), (2, 2), "SAME", True),
+            ([2, 6, 6, 3], [2, 3, 3, 2], (2, 2), (2, 2), "VALID", False),
+            ([2, 6, 6, 3], [2, 3, 4, 3], (2, 2), (2, 2), "VALID", False),
+            ([2, 6, 6, 3], [1, 3, 3, 3], (2, 2), (2, 2), "VALID", False),
+            ([2, 6, 6, 3], [2, 3, 3], (2, 2), (2, 2), "VALID", False),
+            ([2, 6, 6], [2, 3, 3, 3], (2, 2), (2, 2), "VALID", False),
+            ([2, 1, 1, 3], [2, 0, 0, 3], (2, 2), (2, 2), "VALID", False),
+            ([2, 6, 6, 3], [2, 3, 3, 3], (0, 2), (2, 2), "VALID", False),
+            ([2, 6, 6, 3], [2, 3, 3, 3], (2, 2), (2, 0), "VALID", False),
+            ([2, 6, 6, 3], [2, 3, 3, 3], (2, 2, 1), (2, 2), "VALID", False),
+            ([2, 6, 6, 3], [2, 3, 3, 3], (2,), (2, 2), "VALID", False),
+            ([2, 6, 6, 3], [2, 3, 3, 3], (2, 2), (-2, 2), "VALID", False),
+            ([2, 6, 6, 3], [2, 1, 1, 3], (2 ** 40, 2), (2, 2), "SAME", False),
+            ([2, 6, 6, 3], [2, 3, 3, 3], (2, 2), (2, 2), "EXPLICIT", False),
+            ([2, 6, 6, 3], [2, 3, 3, 3], (2, 2), (2, 2), "same", False)):
+        expect(pool, lambda: mp(f64(xs), f64(gs), ksize, strides, padding), ok,
+               (xs, gs, ksize, strides, padding))
+    expect(pool, lambda: mp(t([2, 6, 6, 3]), f64([2, 3, 3, 3])), False, "float32 input")
+    expect(pool, lambda: mp(tf.zeros([2 ** 33, 2, 2, 0], tf.float64),
+                            tf.zeros([2 ** 33, 1, 1, 0], tf.float64)), False, "huge batch")
+
+    # graphs with unknown shapes: the shape functions cannot see the mismatch, the kernels must
+    spec = tf.TensorSpec(None, tf.float64)
+    gconv = tf.function(lambda a, b: c(a, b), input_signature=[spec, spec])
+    expect(conv, lambda: gconv(x, f64([3, 3, 4, 4])), False, "graph")
+    gfg = tf.function(lambda a, b: fg(a, b), input_signature=[spec, spec])
+    expect(fgrad, lambda: gfg(x, f64([2, 9, 6, 4])), False, "graph")
+    gmp = tf.function(lambda a, b: mp(a, b), input_signature=[spec, spec])
+    expect(pool, lambda: gmp(f64([2, 6, 6, 3]), f64([2, 3, 2, 3])), False, "graph")
+
+    # random calls: any rank and shape, paddings, windows and strides in and around the range
+    dims = (0, 1, 2, 3, 7)
+    dtypes = (tf.float64, tf.float64, tf.float64, tf.float32)
+
+    def any_tensor():
+        rank = int(rng.choice([3, 4, 4, 4, 5]))
+        shape = [int(rng.choice(dims)) for _ in range(rank)]
+        return tf.constant(rng.standard_normal(shape), dtypes[int(rng.integers(len(dtypes)))])
+
+    for _ in range(random_cases // 2):
+        a, b = any_tensor(), any_tensor()
+        pads = [int(rng.choice([-1, 0, 0, 1, 2, 3, 2 ** 31])) for _ in range(4)]
+        shapes = [a.shape.as_list(), b.shape.as_list()]
+        which = int(rng.integers(3))
+        if which == 0:
+            expect(conv, lambda: c(a, b, pads), None, shapes + [pads])
+        elif which == 1:
+            expect(fgrad, lambda: fg(a, b, pads), None, shapes + [pads])
+        else:
+            ksize = [int(rng.choice([0, 1, 2, 3, 9])) for _ in range(2)]
+            strides = [int(rng.choice([0, 1, 2, 3])) for _ in range(2)]
+            padding = "SAME" if rng.integers(2) else "VALID"
+            expect(pool, lambda: mp(a, b, ksize, strides, padding), None,
+                   shapes + [ksize, strides, padding])
 
 
 def test_raw_ops_reject_bad_calls_without_crashing(tmp_path, monkeypatch):

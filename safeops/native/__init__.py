@@ -16,6 +16,9 @@ rounded row sums and means of the reproducible reductions
 (`so.config.set_reproducible`): a certified double-double pass, and the
 exact integer accumulator for the rows it cannot decide -- the same bits as
 the pure-TF accumulator.
+``doctor.cc`` holds the float64 convolution, its filter gradient and the
+max-pool gradient of `so.doctor.profile`'s float64 copies, compiled for this
+CPU (TensorFlow's float64 kernels are not).
 
 Build: on first use the source is compiled with the C++ compiler (``$CXX``,
 else ``c++``) and the flags TensorFlow reports (``tf.sysconfig``), tuned for
@@ -67,7 +70,7 @@ from safeops.native._build import Invalid as _Invalid, Unavailable
 __all__ = ["Unavailable", "build", "disabled", "library", "status"]
 
 _SOURCES = tuple(Path(__file__).parent / f for f in ("compensated.cc", "softmax.cc", "exact.cc",
-                                                    "matmul.cc", "profile.cc"))
+                                                    "matmul.cc", "profile.cc", "doctor.cc"))
 _HEADERS = (Path(__file__).parent / "common.h",)  # part of the cache key, not compiled alone
 _LOG = logging.getLogger("safeops")
 _LOCK = threading.Lock()
