@@ -580,7 +580,7 @@ class MaxPoolGradOp : public OpKernel {
             // 8 channels at a time: the running maximum and its pixel, updated where the
             // window's next element compares greater (an ordered compare: a NaN never does);
             // then each window pixel adds the gradient in the lanes it won (a masked add,
-            // the same sum as the scalar loop below).
+            // the same sum as the scalar loop below; no branch on the lanes won).
             for (int64_t d0 = 0; d0 < C; d0 += 8) {
               const __mmask8 lanes = static_cast<__mmask8>(
                   C - d0 >= 8 ? 0xff : (1u << (C - d0)) - 1);
@@ -599,7 +599,6 @@ class MaxPoolGradOp : public OpKernel {
                 for (int64_t w = w0; w < w1; ++w) {
                   const __mmask8 won = static_cast<__mmask8>(
                       lanes & _mm512_cmpeq_epi64_mask(at, _mm512_set1_epi64(h * W + w)));
-                  if (!won) continue;
                   double* dp = di + (h * W + w) * C + d0;
                   const __m512d cur = _mm512_maskz_loadu_pd(lanes, dp);
                   _mm512_mask_storeu_pd(dp, won, _mm512_mask_add_pd(cur, won, cur, gv));
