@@ -108,6 +108,8 @@ def _fuzz(seed=0, random_cases=400):  # noqa: C901  (one table of cases)
     for dtype in (tf.float64, tf.float16, tf.int32):
         expect("SafeopsSoftplus", lambda: lib.safeops_softplus(t([3], dtype)), False, dtype)
 
+    _fuzz_logistic(lib, expect, np.random.default_rng(seed + 3), random_cases)  # own stream
+
     # the reductions: rank 3 [outer, n, inner] only, float32/float64 only
     for op, fn in (("SafeopsCompensatedSum", lambda x: lib.safeops_compensated_sum(x, mean=True)),
                    ("SafeopsCompensatedCumsum",
@@ -501,6 +503,51 @@ def test_every_registered_op_is_fuzzed_and_documented():
         documented = set(re.findall(r"`(Safeops\w+)`", f.read()))
     assert registered == set(_OPS)
     assert registered <= documented, registered - documented
+
+
+_OPS += ("SafeopsLogistic", "SafeopsLogisticGrad")
+
+
+def _fuzz_logistic(lib, expect, rng, random_cases):
+    """softplus / log_sigmoid of graphs: any float32 or float64 shape; the backward's g and x
+    of one shape and dtype; kind one of the two names."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    def t(shape, dtype=tf.float32):
+        return tf.constant(rng.standard_normal(shape), dtype)
+
+    fwd = lambda x, kind="softplus": lib.safeops_logistic(x, kind=kind)  # noqa: E731
+    bwd = lambda g, x, kind="softplus": lib.safeops_logistic_grad(g, x, kind=kind)  # noqa: E731
+    for kind in ("softplus", "log_sigmoid"):
+        for dtype in (tf.float32, tf.float64):
+            for shape in ([], [0], [1], [15], [17], [33], [2, 3, 4], [0, 5], [1] * 9):
+                expect("SafeopsLogistic", lambda: fwd(t(shape, dtype), kind), True, shape)
+                expect("SafeopsLogisticGrad", lambda: bwd(t(shape, dtype), t(shape, dtype), kind),
+                       True, shape)
+    for dtype in (tf.float16, tf.bfloat16, tf.int32, tf.complex64):
+        expect("SafeopsLogistic", lambda: fwd(tf.zeros([3], dtype)), False, dtype)
+        expect("SafeopsLogisticGrad", lambda: bwd(tf.zeros([3], dtype), tf.zeros([3], dtype)),
+               False, dtype)
+    expect("SafeopsLogisticGrad", lambda: bwd(t([3]), t([3], tf.float64)), False, "mixed dtypes")
+    for gs, xs in (([3], [4]), ([4], [3]), ([3], [3, 1]), ([], [3]), ([3], []), ([0], [3]),
+                   ([3], [0]), ([2, 3], [3, 2]), ([6], [2, 3])):
+        expect("SafeopsLogisticGrad", lambda: bwd(t(gs), t(xs)), False, (gs, xs))
+    for kind in ("sigmoid", "", "SOFTPLUS", "log-sigmoid", 1):
+        expect("SafeopsLogistic", lambda: fwd(t([3]), kind), False, kind)
+        expect("SafeopsLogisticGrad", lambda: bwd(t([3]), t([3]), kind), False, kind)
+    # graphs with unknown shapes: the shape function cannot see the mismatch, the kernel must
+    spec = tf.TensorSpec(None, tf.float32)
+    gfun = tf.function(lambda g, x: bwd(g, x), input_signature=[spec, spec])
+    for gs, xs in (([3], [4]), ([1], [1000]), ([1000], [1]), ([2, 3], [3, 2])):
+        expect("SafeopsLogisticGrad", lambda: gfun(t(gs), t(xs)), False, ("graph", gs, xs))
+    dtypes = (tf.float32, tf.float64, tf.float16, tf.int32)
+    for _ in range(random_cases // 4):
+        shapes = [[int(rng.choice([0, 1, 3, 16, 17])) for _ in range(int(rng.integers(3)))]
+                  for _ in range(2)]
+        args = [t(s, dtypes[int(rng.integers(len(dtypes)))]) for s in shapes]
+        kind = ("softplus", "log_sigmoid")[int(rng.integers(2))]
+        expect("SafeopsLogistic", lambda: fwd(args[0], kind), None, shapes)
+        expect("SafeopsLogisticGrad", lambda: bwd(*args, kind), None, shapes)
 
 
 def _check_sanitized():

@@ -438,3 +438,24 @@ def _cumsum_grad(op, grad):
     """The cumulative sum of the upstream gradient in the opposite direction, as TF's."""
     return _STATE["lib"].safeops_compensated_cumsum(  # loaded: the forward op ran
         grad, exclusive=op.get_attr("exclusive"), reverse=not op.get_attr("reverse"))
+
+
+@register_gradient("SafeopsLogistic")
+def _logistic_grad(op, grad):
+    """g sigmoid(x) (softplus) or g sigmoid(-x) (log_sigmoid): the backward kernel."""
+    return _STATE["lib"].safeops_logistic_grad(grad, op.inputs[0], kind=_kind(op))
+
+
+@register_gradient("SafeopsLogisticGrad")
+def _logistic_grad_grad(op, grad):
+    """Second order, by TF's ops: d/dg is the backward kernel on `grad`; d/dx is
+    ``grad g sigmoid'(x)``, negated for log_sigmoid, with ``sigmoid' = e / (1 + e)**2``,
+    e = exp(-|x|) (no cancellation).
+
+    (No accuracy bound is claimed for second derivatives.)"""
+    g, x = op.inputs
+    kind = _kind(op)
+    e = tf.exp(-tf.abs(x))
+    d2 = e / tf.square(1.0 + e)
+    dx = grad * g * (d2 if kind == "softplus" else -d2)
+    return _STATE["lib"].safeops_logistic_grad(grad, x, kind=kind), dx
