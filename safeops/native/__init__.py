@@ -9,7 +9,8 @@ registers and add with TwoSum in double (Ogita-Rump-Oishi Sum2), so
 cost about what the TF op does (figures in BUILD_NOTES.md). ``softmax.cc``
 computes the float32 softmax and log_softmax (forward and backward) and the
 logsumexp forward of `safeops.softmax` in one cached pass per row, and the
-eager softplus of small float32 tensors. ``matmul.cc`` is the float32
+eager softplus of small float32 tensors and the softplus / log_sigmoid forward and backward
+of graphs (log_sigmoid eagerly too), one vectorised pass each. ``matmul.cc`` is the float32
 `so.matmul`: operands widened once, a float64 GEMM on shape-fixed tiles, one
 rounding. ``exact.cc`` gives the correctly
 rounded row sums and means of the reproducible reductions
