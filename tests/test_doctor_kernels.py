@@ -297,3 +297,27 @@ def test_float64_max_pooling_copy_uses_the_formulation_and_equals_keras():
                   keras.layers.MaxPooling2D(data_format="channels_first", dtype="float64"),
                   keras.layers.AveragePooling2D(2, dtype="float64")):
         assert "call" not in vars(_kernels.use_fast_float64(other))
+
+
+def test_under_xla_the_pure_tf_path_compiles():
+    """A custom op has no XLA kernel: under jit_compile=True the formulations take TF's ops
+    (the forward of max_pool2d equal to TF's, conv2d's within 2 gamma_K sum(|x| |w|))."""
+    rng = np.random.default_rng(5)
+    x = tf.constant(rng.standard_normal((2, 7, 6, 3)))
+    k = tf.constant(rng.standard_normal((3, 3, 3, 4)))
+
+    @tf.function(jit_compile=True)
+    def run(x, k):
+        with tf.GradientTape() as tape:
+            tape.watch([x, k])
+            out = _kernels.conv2d(x, k, "SAME")
+            pooled = _kernels.max_pool2d(out, (2, 2), (2, 2), "VALID")
+            total = tf.reduce_sum(pooled)
+        return out, pooled, tape.gradient(total, [x, k])
+
+    out, pooled, (dx, dk) = run(x, k)
+    bound = 2 * _gamma(27) * tf.nn.conv2d(tf.abs(x), tf.abs(k), 1, "SAME").numpy()
+    assert np.all(np.abs(out.numpy() - tf.nn.conv2d(x, k, 1, "SAME").numpy()) <= bound)
+    np.testing.assert_array_equal(pooled.numpy(), tf.nn.max_pool2d(out, 2, 2, "VALID").numpy())
+    assert dx.shape == x.shape and dk.shape == k.shape
+    assert np.isfinite(dx.numpy()).all() and np.isfinite(dk.numpy()).all()
