@@ -7,7 +7,9 @@ non-float input), then a private implementation under `tf.custom_gradient`.
 Precision: float16/bfloat16 are always computed in float32. `log1mexp`,
 `softplus` and `log_sigmoid` are computed in the input precision (float32 in
 float32): their formulas are cancellation-free, measured <= 2 bits of error
-(3 ulp), mean <= 0.15 bits. `logaddexp`, `logsubexp`, `softplus_inverse` and
+(3 ulp), mean <= 0.15 bits (softplus and log_sigmoid: up to 5 ulp at isolated
+inputs where TF's float32 log1p CPU kernel evaluates them instead of the fused
+kernels, see their docstrings). `logaddexp`, `logsubexp`, `softplus_inverse` and
 `log_cosh` compute float32 in float64 and round once (correctly rounded but
 for rare double roundings), since in-precision formulas lose bits there (the
 rounding of x - y is amplified by exp). float64 uses the cancellation-free
@@ -390,16 +392,19 @@ _logsubexp = custom_gradient("Logsubexp", _logsubexp_forward, _logsubexp_backwar
 
 
 @drop_in("tf.math.softplus",
-         "max(x, 0) + log1p(exp(-|x|)): <= 3 ulp everywhere; TF's kernel switches to exp(x) "
-         "below log(eps) + 2 and is off by several ulp there (float32 x near -14)",
-         "gradient sigmoid(x) from the forward's exp, <= 1 ulp (TF's gradient uses tf.sigmoid)",
+         "max(x, 0) + log1p(exp(-|x|)): measured <= 2 ulp with the fused kernels, <= 5 on "
+         "TF's CPU log1p where they do not run; TF's kernel switches to exp(x) below "
+         "log(eps) + 2 and is off by several ulp there (float32 x near -14)",
+         "gradient sigmoid(x) from the forward's exp: <= 1 ulp eagerly, measured <= 2 in graphs "
+         "(TF's gradient uses tf.sigmoid, up to 5)",
          "float16/bfloat16 computed in float32 and rounded once")
 def softplus(features, name=None):
     """Computes ``log(1 + exp(features))``; drop-in for `tf.math.softplus`.
 
     Method: ``max(x, 0) + log1p(exp(-|x|))`` in the input precision (float32
-    for float16/bfloat16): the sum of two nonnegative terms, each within ~1 ulp,
-    so <= 3 ulp (measured max 2 bits, mean 0.04 bits, float32 and float64). The naive
+    for float16/bfloat16): the sum of two nonnegative terms, so the error is that of
+    the exp and log1p used plus one rounding (measured max 2 bits, mean 0.04 bits,
+    float32 and float64, eagerly and with the fused kernels). The naive
     ``log(1 + exp(x))`` loses ~8 bits on average and overflows for x > 88.7
     (float32). Inside a graph on the CPU (not XLA) the formula and its
     gradient each run as one fused, vectorised kernel (`safeops.native`,
@@ -480,15 +485,16 @@ _softplus = custom_gradient("Softplus", _softplus_forward, _softplus_backward, s
 
 
 @drop_in("tf.math.log_sigmoid",
-         "min(x, 0) - log1p(exp(-|x|)): <= 3 ulp everywhere (TF: -softplus(-x) with the "
-         "kernel's exp switch, several ulp off near x = 14 in float32)",
-         "gradient sigmoid(-x) from the forward's exp, <= 1 ulp",
+         "min(x, 0) - log1p(exp(-|x|)): measured <= 2 ulp with the fused kernels, <= 5 on "
+         "TF's CPU log1p where they do not run (TF: -softplus(-x) with the kernel's exp "
+         "switch, several ulp off near x = 14 in float32)",
+         "gradient sigmoid(-x) from the forward's exp: measured <= 2 ulp",
          "float16/bfloat16 computed in float32 and rounded once")
 def log_sigmoid(x, name=None):
     """Computes ``log(sigmoid(x)) = -softplus(-x)``; drop-in for `tf.math.log_sigmoid`.
 
     Method: ``min(x, 0) - log1p(exp(-|x|))`` in the input precision (bound as
-    `softplus`: <= 3 ulp, measured max 1.6 bits). On the CPU (eagerly and
+    `softplus`, measured max 1.6 bits). On the CPU (eagerly and
     in graphs, not XLA) the same fused kernels as `softplus` in graphs, with
     the same measured bounds; elsewhere TF's kernels (as `softplus`: up to 5
     ulp at isolated inputs).
