@@ -11,7 +11,7 @@ stop_gradient(op(x) - x)``, which turns inf into NaN and can round.
 import tensorflow as tf
 
 from safeops._core import args
-from safeops._core.elementwise import name_scope
+from safeops._core.elementwise import fused, name_scope
 from safeops._core.gradient import custom_gradient
 from safeops._core.registry import new
 
@@ -131,4 +131,6 @@ def _clip_ste_backward(g, x, lo, hi):
     return tf.where(inside, g, tf.zeros_like(g))
 
 
-_clip_ste = custom_gradient("ClipSTE", tf.clip_by_value, _clip_ste_backward, n_inputs=1)
+# the backward's mask is one XLA-fused loop inside graphs (five element-wise kernels
+# otherwise: two comparisons, their conjunction, the zeros and the selection)
+_clip_ste = custom_gradient("ClipSTE", tf.clip_by_value, fused(_clip_ste_backward), n_inputs=1)
