@@ -109,6 +109,7 @@ def _fuzz(seed=0, random_cases=400):  # noqa: C901  (one table of cases)
         expect("SafeopsSoftplus", lambda: lib.safeops_softplus(t([3], dtype)), False, dtype)
 
     _fuzz_logistic(lib, expect, np.random.default_rng(seed + 3), random_cases)  # own stream
+    _fuzz_quant(lib, expect, np.random.default_rng(seed + 5), random_cases)  # own stream
 
     # the reductions: rank 3 [outer, n, inner] only, float32/float64 only
     for op, fn in (("SafeopsCompensatedSum", lambda x: lib.safeops_compensated_sum(x, mean=True)),
@@ -548,6 +549,72 @@ def _fuzz_logistic(lib, expect, rng, random_cases):
         kind = ("softplus", "log_sigmoid")[int(rng.integers(2))]
         expect("SafeopsLogistic", lambda: fwd(args[0], kind), None, shapes)
         expect("SafeopsLogisticGrad", lambda: bwd(*args, kind), None, shapes)
+
+
+_OPS += ("SafeopsFakeQuant", "SafeopsFakeQuantGrad")
+
+
+def _fuzz_quant(lib, expect, rng, random_cases):  # noqa: C901  (one table of cases)
+    """Fake quant: x (and g, of x's shape) float32 of any shape; min and max float32 scalars;
+    num_bits in 2..16; narrow_range a bool."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    def t(shape, dtype=tf.float32):
+        return tf.constant(rng.standard_normal(shape) * 3, dtype)
+
+    lo, hi = tf.constant(-1.0), tf.constant(2.0)
+    fwd = lambda x, a=lo, b=hi, **kw: lib.safeops_fake_quant(x, a, b, **kw)  # noqa: E731
+    bwd = lambda g, x, a=lo, b=hi, **kw: lib.safeops_fake_quant_grad(g, x, a, b, **kw)  # noqa: E731
+    for shape in ([], [0], [1], [15], [17], [33], [2, 3, 4], [0, 5], [1] * 9):
+        for bits in (2, 8, 16):
+            for narrow in (False, True):
+                kw = dict(num_bits=bits, narrow_range=narrow)
+                expect("SafeopsFakeQuant", lambda: fwd(t(shape), **kw), True, (shape, kw))
+                expect("SafeopsFakeQuantGrad", lambda: bwd(t(shape), t(shape), **kw), True,
+                       (shape, kw))
+    for bits in (-1, 0, 1, 17, 32, 2 ** 31 - 1):
+        expect("SafeopsFakeQuant", lambda: fwd(t([3]), num_bits=bits), False, bits)
+        expect("SafeopsFakeQuantGrad", lambda: bwd(t([3]), t([3]), num_bits=bits), False, bits)
+    for bits in (8.0, "8", True, None, 2.5):  # the wrapper's int conversion decides
+        expect("SafeopsFakeQuant", lambda: fwd(t([3]), num_bits=bits), None, repr(bits))
+    for narrow in ("yes", 2, None):
+        expect("SafeopsFakeQuant", lambda: fwd(t([3]), narrow_range=narrow), None, repr(narrow))
+    # min / max: scalars of float32 only
+    for shape in ([1], [0], [2], [1, 1], [3]):
+        for which in (0, 1):
+            a, b = (t(shape), hi) if which == 0 else (lo, t(shape))
+            expect("SafeopsFakeQuant", lambda: fwd(t([3]), a, b), False, (which, shape))
+            expect("SafeopsFakeQuantGrad", lambda: bwd(t([3]), t([3]), a, b), False,
+                   (which, shape))
+    for dtype in (tf.float64, tf.float16, tf.bfloat16, tf.int32):
+        expect("SafeopsFakeQuant", lambda: fwd(t([3], dtype)), False, dtype)
+        expect("SafeopsFakeQuant", lambda: fwd(t([3]), t([], dtype), hi), False, ("min", dtype))
+        expect("SafeopsFakeQuantGrad", lambda: bwd(t([3], dtype), t([3])), False, ("g", dtype))
+        expect("SafeopsFakeQuantGrad", lambda: bwd(t([3]), t([3]), lo, t([], dtype)), False,
+               ("max", dtype))
+    for gs, xs in (([3], [4]), ([4], [3]), ([3], [3, 1]), ([], [3]), ([3], []), ([0], [3]),
+                   ([3], [0]), ([2, 3], [3, 2]), ([6], [2, 3])):
+        expect("SafeopsFakeQuantGrad", lambda: bwd(t(gs), t(xs)), False, (gs, xs))
+    # graphs with unknown shapes: the shape function cannot see the mismatch, the kernel must
+    spec = tf.TensorSpec(None, tf.float32)
+    gfwd = tf.function(lambda x, a, b: fwd(x, a, b), input_signature=[spec] * 3)
+    gbwd = tf.function(lambda g, x, a, b: bwd(g, x, a, b), input_signature=[spec] * 4)
+    for ls, hs in (([1], []), ([], [2]), ([0], [0]), ([1000], [])):
+        expect("SafeopsFakeQuant", lambda: gfwd(t([5]), t(ls), t(hs)), False, ("graph", ls, hs))
+        expect("SafeopsFakeQuantGrad", lambda: gbwd(t([5]), t([5]), t(ls), t(hs)), False,
+               ("graph", ls, hs))
+    for gs, xs in (([3], [4]), ([1], [1000]), ([1000], [1]), ([2, 3], [3, 2])):
+        expect("SafeopsFakeQuantGrad", lambda: gbwd(t(gs), t(xs), lo, hi), False,
+               ("graph", gs, xs))
+    expect("SafeopsFakeQuant", lambda: gfwd(t([0, 3]), lo, hi), True, "graph empty")
+    dtypes = (tf.float32, tf.float32, tf.float64, tf.int32)
+    for _ in range(random_cases // 4):
+        shapes = [[int(rng.choice([0, 1, 3, 16, 17])) for _ in range(int(rng.integers(3)))]
+                  for _ in range(4)]
+        args = [t(s, dtypes[int(rng.integers(len(dtypes)))]) for s in shapes]
+        bits = int(rng.choice([0, 1, 2, 8, 16, 17]))
+        expect("SafeopsFakeQuant", lambda: fwd(*args[1:], num_bits=bits), None, shapes)
+        expect("SafeopsFakeQuantGrad", lambda: bwd(*args, num_bits=bits), None, shapes)
 
 
 def _check_sanitized():

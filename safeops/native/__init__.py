@@ -20,6 +20,8 @@ the pure-TF accumulator.
 ``doctor.cc`` holds the float64 convolution, its filter gradient and the
 max-pool gradient of `so.doctor.profile`'s float64 copies, compiled for this
 CPU (TensorFlow's float64 kernels are not).
+``quant.cc`` is the float32 fake quantization of `so.quantization` (TF's
+FakeQuantWithMinMaxVars bits and the input gradient, one vectorised pass each).
 
 Build: on first use the source is compiled with the C++ compiler (``$CXX``,
 else ``c++``) and the flags TensorFlow reports (``tf.sysconfig``), tuned for
@@ -71,7 +73,8 @@ from safeops.native._build import Invalid as _Invalid, Unavailable
 __all__ = ["Unavailable", "build", "disabled", "library", "status"]
 
 _SOURCES = tuple(Path(__file__).parent / f for f in ("compensated.cc", "softmax.cc", "exact.cc",
-                                                    "matmul.cc", "profile.cc", "doctor.cc"))
+                                                    "matmul.cc", "profile.cc", "doctor.cc",
+                                                    "quant.cc"))
 _HEADERS = (Path(__file__).parent / "common.h",)  # part of the cache key, not compiled alone
 _LOG = logging.getLogger("safeops")
 _LOCK = threading.Lock()
@@ -460,3 +463,25 @@ def _logistic_grad_grad(op, grad):
     d2 = e / tf.square(1.0 + e)
     dx = grad * g * (d2 if kind == "softplus" else -d2)
     return _STATE["lib"].safeops_logistic_grad(grad, x, kind=kind), dx
+
+
+@register_gradient("SafeopsFakeQuant")
+def _fake_quant_grad(op, grad):
+    """Straight-through: g inside the nudged range, 0 outside (TF's gradient op's first
+    output, one pass); the range is not differentiated (callers stop its gradient)."""
+    x, lo, hi = op.inputs
+    dx = _STATE["lib"].safeops_fake_quant_grad(
+        grad, x, lo, hi, num_bits=op.get_attr("num_bits"),
+        narrow_range=op.get_attr("narrow_range"))
+    return dx, None, None
+
+
+@register_gradient("SafeopsFakeQuantGrad")
+def _fake_quant_grad_grad(op, grad):
+    """Second order: the backward is linear in g (the same mask again) and piecewise constant
+    in x (zero)."""
+    _, x, lo, hi = op.inputs
+    dg = _STATE["lib"].safeops_fake_quant_grad(
+        grad, x, lo, hi, num_bits=op.get_attr("num_bits"),
+        narrow_range=op.get_attr("narrow_range"))
+    return dg, tf.zeros_like(x), None, None

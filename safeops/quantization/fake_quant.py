@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from safeops._core.dtypes import check_floating, convert_to_floating
+from safeops._core.native import kernels
 from safeops._core.registry import drop_in, new
 
 __all__ = ["MovingAverageQuantizer", "fake_quant"]
@@ -74,6 +75,9 @@ def fake_quant(inputs, min_value, max_value, num_bits=8, narrow_range=False, axi
     ``min + scale * round((x - min) / scale)``. float16/bfloat16/float64 inputs
     are computed in float32 (TF's kernels are float32-only) and cast back, so
     the output dtype is the input dtype.
+    With one range, float32 on the CPU outside XLA runs `safeops.native`'s
+    fused kernel (TF's bits, one vectorised pass forward and one backward);
+    elsewhere, and under `so.native.disabled()`, TF's op.
 
     Error bound: for ``x`` inside the nudged range, ``|fake_quant(x) - x| <=
     scale / 2`` (plus one rounding of the output dtype when it is not float32);
@@ -123,8 +127,7 @@ def fake_quant(inputs, min_value, max_value, num_bits=8, narrow_range=False, axi
             if lo.shape.rank not in (None, 0) or hi.shape.rank not in (None, 0):
                 raise ValueError(f"{op}: 'min_value' and 'max_value' must be scalars when "
                                  f"axis is None; got shapes {lo.shape} and {hi.shape}")
-            out = tf.quantization.fake_quant_with_min_max_vars(
-                xf, lo, hi, num_bits=num_bits, narrow_range=narrow_range)
+            out = _fake_quant_scalar(xf, lo, hi, num_bits, narrow_range)
             out = _zero_where_empty(out, xf, empty)
         else:
             rank = xf.shape.rank
@@ -146,6 +149,17 @@ def fake_quant(inputs, min_value, max_value, num_bits=8, narrow_range=False, axi
         return tf.cast(out, dtype) if dtype != tf.float32 else out
 
 
+def _fake_quant_scalar(x, lo, hi, num_bits, narrow_range=False):
+    """TF's FakeQuantWithMinMaxVars of float32 `x` on a scalar range: the fused CPU kernel
+    (`safeops.native`, the same bits; its gradient is TF's first output, one pass) where it
+    runs, else TF's op. The range must not be differentiated (callers stop its gradient)."""
+    lib = kernels(x, (tf.float32,))
+    if lib is not None:
+        return lib.safeops_fake_quant(x, lo, hi, num_bits=num_bits, narrow_range=narrow_range)
+    return tf.quantization.fake_quant_with_min_max_vars(x, lo, hi, num_bits=num_bits,
+                                                       narrow_range=narrow_range)
+
+
 def _fake_quant_ordered(x, lo, hi, num_bits):
     """`fake_quant` of a float32 `x` on a scalar range already known to hold ``lo <= 0 <= hi``.
 
@@ -154,9 +168,10 @@ def _fake_quant_ordered(x, lo, hi, num_bits):
     as in `fake_quant`, but inside a `tf.cond`: a non-empty range (every batch
     but a dead one) costs no extra element-wise pass forward or backward.
     """
+    lo, hi = tf.stop_gradient(lo), tf.stop_gradient(hi)  # a range, not a parameter
     empty = tf.equal(lo, hi)
     hi = tf.where(empty, lo + 1.0, hi)
-    out = tf.quantization.fake_quant_with_min_max_vars(x, lo, hi, num_bits=num_bits)
+    out = _fake_quant_scalar(x, lo, hi, num_bits)
     return tf.cond(empty, lambda: tf.where(tf.math.is_nan(x), x, tf.zeros_like(x)),
                    lambda: tf.identity(out))
 

@@ -1,0 +1,267 @@
+// safeops fused CPU kernels for fake quantization (safeops/quantization/fake_quant.py).
+//
+// SafeopsFakeQuant: the float32 quantize-dequantize of TF's FakeQuantWithMinMaxVars with a
+// scalar range, the same bits: the range is nudged as TF's `Nudge`
+// (tensorflow/core/kernels/fake_quant_ops_functor.h) so that 0 is on the grid, with
+// q_min = narrow_range, q_max = 2^num_bits - 1,
+//   scale = (max - min) / (q_max - q_min),  z = clamp(round(q_min - min / scale)) (uint16),
+//   nudged_min = (q_min - z) scale,  nudged_max = (q_max - z) scale,
+//   quant_zero = floor(-nudged_min * ((q_max - q_min) / (max - min)) + 0.5),
+// and each element is, in float32 and in this order,
+//   c = max(min(x, nudged_max), nudged_min)     (std::min / std::max: NaN stays NaN)
+//   y = floor((c - nudged_min) / scale - quant_zero + 0.5) * scale
+// (a true division, as TF's; no reciprocal). A range with min == max == 0 gives 0 for every
+// element (NaN included), as TF's. TF's CPU kernel is Eigen's generic expression, built
+// without AVX and mostly run on one thread; this one is one vectorised pass on the intra-op
+// pool.
+//
+// SafeopsFakeQuantGrad: the gradient with respect to the input, the first output of TF's
+// FakeQuantWithMinMaxVarsGradient: dx = g * (nudged_min <= x <= nudged_max ? 1 : 0) (a
+// product, as TF's, so g = inf outside the range gives NaN, and -g gives -0), dx = g where
+// min == max == 0. The range's own gradients (TF's second and third outputs) are not
+// computed: the callers pass ranges that are not differentiated.
+//
+// Each element is read before its output is written, so the outputs may take the input's
+// buffer (TF forwards it where no other op holds it). Every element is computed inside a
+// full packet (the tail padded), so the bits do not
+// depend on the thread count or the alignment. Compile without -ffast-math (see
+// compensated.cc). Every input's rank and shape and the num_bits attribute are checked
+// before anything is read.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+
+#include "common.h"
+
+namespace safeops_quant {
+namespace {
+
+using ::safeops_native::ParallelFor;
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Tensor;
+using ::tensorflow::TensorShapeUtils;
+namespace errors = ::tensorflow::errors;
+namespace shape_inference = ::tensorflow::shape_inference;
+
+typedef Eigen::internal::packet_traits<float>::type Packet;
+constexpr int kSize = Eigen::internal::unpacket_traits<Packet>::size;
+
+struct Range {
+  bool zero;  // min == max == 0: TF's special case
+  float nudged_min, nudged_max, scale, quant_zero;
+};
+
+// TF's Nudge and quant_zero, statement by statement (float32 throughout).
+Range MakeRange(float min, float max, int num_bits, bool narrow_range) {
+  Range r{min == 0.0f && max == 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+  if (r.zero) return r;
+  const int quant_min = narrow_range ? 1 : 0;
+  const int quant_max = (1 << num_bits) - 1;
+  const float quant_min_float = static_cast<float>(quant_min);
+  const float quant_max_float = static_cast<float>(quant_max);
+  const float scale = (max - min) / (quant_max_float - quant_min_float);
+  const float inv_scale = (quant_max_float - quant_min_float) / (max - min);
+  const float zero_point_from_min = quant_min_float - min / scale;
+  uint16_t nudged_zero_point;
+  if (zero_point_from_min < quant_min_float) {
+    nudged_zero_point = static_cast<uint16_t>(quant_min);
+  } else if (zero_point_from_min > quant_max_float) {
+    nudged_zero_point = static_cast<uint16_t>(quant_max);
+  } else if (zero_point_from_min != zero_point_from_min) {
+    // NaN (a NaN or infinite bound): TF converts it through a 32-bit integer conversion, whose
+    // x86 result (0x80000000) keeps 0 in its low 16 bits; spelled out here (the cast is UB).
+    nudged_zero_point = 0;
+  } else {
+    nudged_zero_point = static_cast<uint16_t>(std::round(zero_point_from_min));
+  }
+  r.scale = scale;
+  r.nudged_min = (quant_min_float - nudged_zero_point) * scale;
+  r.nudged_max = (quant_max_float - nudged_zero_point) * scale;
+  r.quant_zero = std::floor(-r.nudged_min * inv_scale + 0.5f);
+  return r;
+}
+
+inline Packet Forward(const Packet& x, const Range& r) {
+  using namespace Eigen::internal;  // NOLINT: the packet functions
+  const Packet lo = pset1<Packet>(r.nudged_min);
+  const Packet hi = pset1<Packet>(r.nudged_max);
+  const Packet scale = pset1<Packet>(r.scale);
+  Packet c = pselect(pcmp_lt(hi, x), hi, x);  // std::min(x, hi)
+  c = pselect(pcmp_lt(c, lo), lo, c);         // std::max(c, lo)
+  const Packet t = padd(psub(pdiv(psub(c, lo), scale), pset1<Packet>(r.quant_zero)),
+                        pset1<Packet>(0.5f));
+  return pmul(pfloor(t), scale);
+}
+
+inline Packet Backward(const Packet& g, const Packet& x, const Range& r) {
+  using namespace Eigen::internal;  // NOLINT
+  const Packet inside = pand(pcmp_le(pset1<Packet>(r.nudged_min), x),
+                             pcmp_le(x, pset1<Packet>(r.nudged_max)));
+  return pmul(g, pselect(inside, pset1<Packet>(1.0f), pset1<Packet>(0.0f)));
+}
+
+// out[i] = f(g[i], x[i]) for i < n in packets (g may be null), on the intra-op pool.
+template <typename F>
+void Elementwise(OpKernelContext* ctx, int64_t n, const float* g, const float* x, float* out,
+                 F f) {
+  const int64_t packets = (n + kSize - 1) / kSize;
+  // ~1 cycle an element: a tensor below ~10^5 elements stays on one thread (waking another
+  // costs more than the pass), larger ones are split (memory bandwidth of two cores).
+  ParallelFor(ctx, packets, kSize, [&](int64_t lo, int64_t hi) {
+    using namespace Eigen::internal;  // NOLINT
+    const Packet zero = pset1<Packet>(0.0f);
+    for (int64_t p = lo; p < hi; ++p) {
+      const int64_t i = p * kSize;
+      if (i + kSize <= n) {
+        pstoreu(out + i, f(g ? ploadu<Packet>(g + i) : zero, ploadu<Packet>(x + i)));
+        continue;
+      }
+      float xb[kSize], gb[kSize], ob[kSize];  // the tail, padded with zeros
+      for (int l = 0; l < kSize; ++l) {
+        xb[l] = i + l < n ? x[i + l] : 0.0f;
+        gb[l] = g && i + l < n ? g[i + l] : 0.0f;
+      }
+      pstoreu(ob, f(ploadu<Packet>(gb), ploadu<Packet>(xb)));
+      for (int64_t l = 0; i + l < n; ++l) out[i + l] = ob[l];
+    }
+  });
+}
+
+// num_bits in 2..16 (TF's own range), checked once when the kernel is built.
+void GetBits(OpKernelConstruction* ctx, const char* op, int* num_bits, bool* narrow_range) {
+  OP_REQUIRES_OK(ctx, ctx->GetAttr("num_bits", num_bits));
+  OP_REQUIRES(ctx, *num_bits >= 2 && *num_bits <= 16,
+              errors::InvalidArgument(op, ": num_bits must be in 2..16, got ", *num_bits));
+  OP_REQUIRES_OK(ctx, ctx->GetAttr("narrow_range", narrow_range));
+}
+
+// min and max: float32 scalars (the op's signature fixes the dtype); false (with the error
+// set on ctx) when they are not.
+bool GetRange(OpKernelContext* ctx, const char* op, int first, int num_bits,
+              bool narrow_range, Range* range) {
+  const Tensor& min = ctx->input(first);
+  const Tensor& max = ctx->input(first + 1);
+  for (const Tensor* t : {&min, &max}) {
+    if (!TensorShapeUtils::IsScalar(t->shape())) {
+      ctx->CtxFailure(__FILE__, __LINE__,
+                      errors::InvalidArgument(op, ": ", t == &min ? "min" : "max",
+                                              " must be a scalar, got shape ",
+                                              t->shape().DebugString()));
+      return false;
+    }
+  }
+  *range = MakeRange(min.scalar<float>()(), max.scalar<float>()(), num_bits, narrow_range);
+  return true;
+}
+
+class FakeQuantOp : public OpKernel {
+ public:
+  explicit FakeQuantOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    GetBits(ctx, "SafeopsFakeQuant", &num_bits_, &narrow_range_);
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    Range r;
+    if (!GetRange(ctx, "SafeopsFakeQuant", 1, num_bits_, narrow_range_, &r)) return;
+    const Tensor& x = ctx->input(0);
+    Tensor* out = nullptr;  // in place where nothing else holds x (inference)
+    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0, x.shape(), &out));
+    const int64_t n = x.NumElements();
+    if (n == 0) return;
+    float* o = out->flat<float>().data();
+    if (r.zero) {
+      std::fill(o, o + n, 0.0f);
+      return;
+    }
+    Elementwise(ctx, n, nullptr, x.flat<float>().data(), o,
+                [&r](const Packet&, const Packet& xv) { return Forward(xv, r); });
+  }
+
+ private:
+  int num_bits_ = 8;
+  bool narrow_range_ = false;
+};
+
+class FakeQuantGradOp : public OpKernel {
+ public:
+  explicit FakeQuantGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    GetBits(ctx, "SafeopsFakeQuantGrad", &num_bits_, &narrow_range_);
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& g = ctx->input(0);
+    const Tensor& x = ctx->input(1);
+    OP_REQUIRES(ctx, g.shape() == x.shape(),
+                errors::InvalidArgument("SafeopsFakeQuantGrad: g and x must have one shape, got ",
+                                        g.shape().DebugString(), " and ",
+                                        x.shape().DebugString()));
+    Range r;
+    if (!GetRange(ctx, "SafeopsFakeQuantGrad", 2, num_bits_, narrow_range_, &r)) return;
+    Tensor* out = nullptr;  // in place of g where nothing else holds it (the usual case)
+    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0, x.shape(), &out));
+    const int64_t n = x.NumElements();
+    if (n == 0) return;
+    const float* gp = g.flat<float>().data();
+    float* o = out->flat<float>().data();
+    if (r.zero) {
+      if (o != gp) std::copy(gp, gp + n, o);
+      return;
+    }
+    Elementwise(ctx, n, gp, x.flat<float>().data(), o,
+                [&r](const Packet& gv, const Packet& xv) { return Backward(gv, xv, r); });
+  }
+
+ private:
+  int num_bits_ = 8;
+  bool narrow_range_ = false;
+};
+
+}  // namespace
+
+REGISTER_OP("SafeopsFakeQuant")
+    .Input("x: float")
+    .Input("min: float")
+    .Input("max: float")
+    .Output("y: float")
+    .Attr("num_bits: int = 8")
+    .Attr("narrow_range: bool = false")
+    .SetShapeFn([](shape_inference::InferenceContext* c) {
+      shape_inference::ShapeHandle unused;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 0, &unused));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 0, &unused));
+      c->set_output(0, c->input(0));
+      return ::tensorflow::OkStatus();
+    });
+
+REGISTER_OP("SafeopsFakeQuantGrad")
+    .Input("g: float")
+    .Input("x: float")
+    .Input("min: float")
+    .Input("max: float")
+    .Output("dx: float")
+    .Attr("num_bits: int = 8")
+    .Attr("narrow_range: bool = false")
+    .SetShapeFn([](shape_inference::InferenceContext* c) {
+      shape_inference::ShapeHandle out, unused;
+      TF_RETURN_IF_ERROR(c->Merge(c->input(0), c->input(1), &out));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 0, &unused));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 0, &unused));
+      c->set_output(0, out);
+      return ::tensorflow::OkStatus();
+    });
+
+REGISTER_KERNEL_BUILDER(Name("SafeopsFakeQuant").Device(::tensorflow::DEVICE_CPU),
+                        safeops_quant::FakeQuantOp);
+REGISTER_KERNEL_BUILDER(Name("SafeopsFakeQuantGrad").Device(::tensorflow::DEVICE_CPU),
+                        safeops_quant::FakeQuantGradOp);
+
+}  // namespace safeops_quant
