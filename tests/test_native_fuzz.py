@@ -551,12 +551,13 @@ def _fuzz_logistic(lib, expect, rng, random_cases):
         expect("SafeopsLogisticGrad", lambda: bwd(*args, kind), None, shapes)
 
 
-_OPS += ("SafeopsFakeQuant", "SafeopsFakeQuantGrad")
+_OPS += ("SafeopsFakeQuant", "SafeopsFakeQuantGrad", "SafeopsFakeQuantEma")
 
 
 def _fuzz_quant(lib, expect, rng, random_cases):  # noqa: C901  (one table of cases)
     """Fake quant: x (and g, of x's shape) float32 of any shape; min and max float32 scalars;
-    num_bits in 2..16; narrow_range a bool."""
+    num_bits in 2..16; narrow_range a bool (false for the moving-average op, whose range_min,
+    range_max and seen are float32 scalars and decay / one_minus_decay required floats)."""
     import tensorflow as tf  # noqa: PLC0415
 
     def t(shape, dtype=tf.float32):
@@ -607,6 +608,41 @@ def _fuzz_quant(lib, expect, rng, random_cases):  # noqa: C901  (one table of ca
         expect("SafeopsFakeQuantGrad", lambda: gbwd(t(gs), t(xs), lo, hi), False,
                ("graph", gs, xs))
     expect("SafeopsFakeQuant", lambda: gfwd(t([0, 3]), lo, hi), True, "graph empty")
+    for keep in (True, False):  # the moving-average quantizer's gradient
+        for shape in ([0], [5], [2, 17]):
+            expect("SafeopsFakeQuantGrad", lambda: bwd(t(shape), t(shape), 0.0 * lo, 0.0 * hi,
+                                                       keep_nan=keep), True, (shape, keep))
+    # the moving-average quantizer: x any float32 shape; range_min, range_max, seen scalars
+    ema = lambda x, a=lo, b=hi, s=tf.constant(1.0), **kw: lib.safeops_fake_quant_ema(  # noqa: E731
+        x, a, b, s, **{"decay": 0.9, "one_minus_decay": 0.1, **kw})
+    for shape in ([], [0], [1], [15], [17], [2, 3, 4], [0, 5], [40000]):
+        for seen in (0.0, 1.0):
+            expect("SafeopsFakeQuantEma", lambda: ema(t(shape), s=tf.constant(seen)), True,
+                   (shape, seen))
+    expect("SafeopsFakeQuantEma", lambda: ema(t([4]), num_bits=16, decay=0.0,
+                                              one_minus_decay=1.0), True, "attrs")
+    for bits in (-1, 0, 1, 17, 2 ** 31 - 1):
+        expect("SafeopsFakeQuantEma", lambda: ema(t([3]), num_bits=bits), False, bits)
+    expect("SafeopsFakeQuantEma", lambda: ema(t([3]), narrow_range=True), False, "narrow")
+    expect("SafeopsFakeQuantEma", lambda: lib.safeops_fake_quant_ema(t([3]), lo, hi, lo),
+           False, "no decay")
+    for i in range(1, 4):
+        for shape in ([1], [0], [2], [1, 1]):
+            args = [t([3]), lo, hi, tf.constant(1.0)]
+            args[i] = t(shape)
+            expect("SafeopsFakeQuantEma", lambda: ema(*args), False, (i, shape))
+        for dtype in (tf.float64, tf.int32, tf.float16):
+            args = [t([3]), lo, hi, tf.constant(1.0)]
+            args[i] = tf.zeros([], dtype)
+            expect("SafeopsFakeQuantEma", lambda: ema(*args), False, (i, dtype))
+    for dtype in (tf.float64, tf.float16, tf.bfloat16, tf.int32):
+        expect("SafeopsFakeQuantEma", lambda: ema(t([3], dtype)), False, ("x", dtype))
+    gema = tf.function(lambda x, a, b, s: ema(x, a, b, s), input_signature=[spec] * 4)
+    for shapes in (([5], [1], [], []), ([5], [], [2], []), ([5], [], [], [0]),
+                   ([5], [], [], [1000])):
+        expect("SafeopsFakeQuantEma", lambda: gema(*[t(s) for s in shapes]), False,
+               ("graph", shapes))
+    expect("SafeopsFakeQuantEma", lambda: gema(t([0, 3]), lo, hi, lo), True, "graph empty")
     dtypes = (tf.float32, tf.float32, tf.float64, tf.int32)
     for _ in range(random_cases // 4):
         shapes = [[int(rng.choice([0, 1, 3, 16, 17])) for _ in range(int(rng.integers(3)))]
@@ -615,6 +651,7 @@ def _fuzz_quant(lib, expect, rng, random_cases):  # noqa: C901  (one table of ca
         bits = int(rng.choice([0, 1, 2, 8, 16, 17]))
         expect("SafeopsFakeQuant", lambda: fwd(*args[1:], num_bits=bits), None, shapes)
         expect("SafeopsFakeQuantGrad", lambda: bwd(*args, num_bits=bits), None, shapes)
+        expect("SafeopsFakeQuantEma", lambda: ema(*args, num_bits=bits), None, shapes)
 
 
 def _check_sanitized():

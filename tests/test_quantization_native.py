@@ -18,7 +18,7 @@ import tensorflow as tf
 
 import safeops as so
 from safeops import native
-from safeops.quantization import export_tflite, quantize_model
+from safeops.quantization import MovingAverageQuantizer, export_tflite, quantize_model
 
 _SPECIAL = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-40, -1e-40, 3e38, -3e38,
                      np.float32(2.0 ** -126)], np.float32)
@@ -146,6 +146,68 @@ def test_second_order_gradient_is_defined(lib):
     np.testing.assert_array_equal(gg.numpy(), 2 * mask)
 
 
+@pytest.mark.parametrize("num_bits", [2, 8, 16])
+def test_moving_average_quantizer_matches_the_tf_path(lib, num_bits):
+    """The training call as one kernel (SafeopsFakeQuantEma): outputs, input gradients and the
+    range variables equal the pure-TF path's bit for bit over a sequence of batches: the
+    first batch, all-zero batches (a [0, 0] range: NaN kept, gradient only at NaN), NaN and
+    infinite inputs, an empty batch, float16 inputs."""
+    del lib
+    rng = np.random.default_rng(num_bits)
+
+    def batch(kind, dtype=np.float32):
+        x = rng.standard_normal((5, 37)).astype(np.float32) * 3
+        if kind == "zeros":
+            x[:] = 0.0
+            x[1, 2] = np.nan
+        elif kind == "special":
+            x[0, :5] = [np.nan, np.inf, -np.inf, -0.0, 1e-40]
+        elif kind == "positive":
+            x = np.abs(x) + 0.5
+        elif kind == "empty":
+            x = x[:0]
+        return x.astype(dtype)
+
+    sequences = [["zeros", "zeros", "normal", "zeros"], ["normal", "positive", "normal"],
+                 ["empty", "normal", "special", "normal"], ["special", "normal"]]
+    for kinds in sequences:
+        for dtype in (np.float32, np.float16):
+            batches = [batch(k, dtype) for k in kinds]
+            g = rng.standard_normal((5, 37)).astype(dtype)
+            results = []
+            for use_native in (True, False):
+                layer = MovingAverageQuantizer(num_bits=num_bits, ema_decay=0.9,
+                                               dtype="float16" if dtype == np.float16 else None)
+                layer.build(None)
+
+                def step(x, layer=layer):
+                    with tf.GradientTape() as tape:
+                        tape.watch(x)
+                        y = layer(x, training=True)
+                        loss = tf.reduce_sum(tf.cast(y, tf.float32)
+                                             * tf.cast(g, tf.float32)[:tf.shape(x)[0]])
+                    return y, tape.gradient(loss, x)
+
+                fn = tf.function(step)
+                out = []
+                if use_native:
+                    ops = {op.type for op in fn.get_concrete_function(
+                        tf.TensorSpec([None, 37], dtype)).graph.get_operations()}
+                    assert "SafeopsFakeQuantEma" in ops, ops
+                    for x in batches:
+                        out.append([v.numpy() for v in fn(tf.constant(x))])
+                else:
+                    with native.disabled():
+                        for x in batches:
+                            out.append([v.numpy() for v in fn(tf.constant(x))])
+                out.append([v.numpy() for v in layer.weights])
+                results.append(out)
+            for step_a, step_b in zip(*results):
+                for a, b in zip(step_a, step_b):
+                    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+                    _assert_same_bits(a, b, (kinds, dtype))
+
+
 def _qat(kind):
     keras.utils.set_random_seed(0)
     if kind == "mlp":
@@ -185,7 +247,7 @@ def test_qat_training_matches_the_tf_path(lib, kind):
         if use_native:
             ops = {op.type for op in
                    fn.get_concrete_function(xs[0], ys[0]).graph.get_operations()}
-            assert {"SafeopsFakeQuant", "SafeopsFakeQuantGrad"} <= ops, ops
+            assert {"SafeopsFakeQuantEma", "SafeopsFakeQuantGrad"} <= ops, ops
             for x, y in zip(xs, ys):
                 fn(x, y)
         else:
@@ -199,12 +261,12 @@ def test_qat_training_matches_the_tf_path(lib, kind):
 
 def test_exported_tflite_holds_no_custom_op(lib):
     """The converter traces under `so.native.disabled()`: no Safeops op in the TFLite model,
-    although a QAT step's graph of the same model holds the kernels."""
+    although an inference graph of the same model holds the kernels."""
     del lib
     model = _qat("cnn")
     x = np.random.default_rng(1).standard_normal((16, 8, 8, 1)).astype(np.float32)
     model(x, training=True)
-    graph = tf.function(lambda t: model(t, training=True)).get_concrete_function(
+    graph = tf.function(lambda t: model(t, training=False)).get_concrete_function(
         tf.constant(x)).graph
     assert "SafeopsFakeQuant" in {op.type for op in graph.get_operations()}
     blob = export_tflite(model, x)

@@ -21,7 +21,8 @@ the pure-TF accumulator.
 max-pool gradient of `so.doctor.profile`'s float64 copies, compiled for this
 CPU (TensorFlow's float64 kernels are not).
 ``quant.cc`` is the float32 fake quantization of `so.quantization` (TF's
-FakeQuantWithMinMaxVars bits and the input gradient, one vectorised pass each).
+FakeQuantWithMinMaxVars bits and the input gradient, one vectorised pass each;
+the training call of the moving-average activation quantizer as one op).
 
 Build: on first use the source is compiled with the C++ compiler (``$CXX``,
 else ``c++``) and the flags TensorFlow reports (``tf.sysconfig``), tuned for
@@ -483,5 +484,16 @@ def _fake_quant_grad_grad(op, grad):
     _, x, lo, hi = op.inputs
     dg = _STATE["lib"].safeops_fake_quant_grad(
         grad, x, lo, hi, num_bits=op.get_attr("num_bits"),
-        narrow_range=op.get_attr("narrow_range"))
+        narrow_range=op.get_attr("narrow_range"), keep_nan=op.get_attr("keep_nan"))
     return dg, tf.zeros_like(x), None, None
+
+
+@register_gradient("SafeopsFakeQuantEma")
+def _fake_quant_ema_grad(op, grad, *_):
+    """Straight-through on the updated range (`SafeopsFakeQuantGrad`, keep_nan: a [0, 0]
+    range passes the gradient only at NaN inputs); the range and its state are not
+    differentiated."""
+    dx = _STATE["lib"].safeops_fake_quant_grad(
+        grad, op.inputs[0], op.outputs[1], op.outputs[2], num_bits=op.get_attr("num_bits"),
+        keep_nan=True)
+    return dx, None, None, None

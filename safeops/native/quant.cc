@@ -19,7 +19,18 @@
 // FakeQuantWithMinMaxVarsGradient: dx = g * (nudged_min <= x <= nudged_max ? 1 : 0) (a
 // product, as TF's, so g = inf outside the range gives NaN, and -g gives -0), dx = g where
 // min == max == 0. The range's own gradients (TF's second and third outputs) are not
-// computed: the callers pass ranges that are not differentiated.
+// computed: the callers pass ranges that are not differentiated. keep_nan (the gradient of
+// SafeopsFakeQuantEma): a [0, 0] range passes g only at NaN inputs (+0 elsewhere), and every
+// result is g * mask + 0 (a -0 becomes +0), the bits of the pure-TF moving-average quantizer,
+// whose gradient adds the zero gradient of its empty-range branch.
+//
+// SafeopsFakeQuantEma: the training call of `MovingAverageQuantizer` in one op (the pure-TF
+// path is ~20 small ops). The batch range [min(min x, 0), max(max x, 0)] (NaN if x holds
+// one; [0, 0] if x is empty; the min and max over fixed blocks combined in order), then
+//   new = batch  (seen == 0),   new = decay * range + one_minus_decay * batch  (otherwise)
+// in float32, two products and a sum (one_minus_decay: the float32 of 1 - decay computed in
+// double, as Python does), returned as outputs 1 and 2 for the caller to assign; output 0 is
+// SafeopsFakeQuant on the new range, except that a [0, 0] range maps x to +0 with NaN kept.
 //
 // Each element is read before its output is written, so the outputs may take the input's
 // buffer (TF forwards it where no other op holds it). Every element is computed inside a
@@ -56,7 +67,7 @@ typedef Eigen::internal::packet_traits<float>::type Packet;
 constexpr int kSize = Eigen::internal::unpacket_traits<Packet>::size;
 
 struct Range {
-  bool zero;  // min == max == 0: TF's special case
+  bool zero;  // min == max == 0: TF's special case (or keep_nan's)
   float nudged_min, nudged_max, scale, quant_zero;
 };
 
@@ -100,6 +111,12 @@ inline Packet Forward(const Packet& x, const Range& r) {
   const Packet t = padd(psub(pdiv(psub(c, lo), scale), pset1<Packet>(r.quant_zero)),
                         pset1<Packet>(0.5f));
   return pmul(pfloor(t), scale);
+}
+
+// The [0, 0] range of keep_nan: x (NaN) or +0 forward; g + 0 (at NaN) or +0 backward.
+inline Packet ZeroKeepNan(const Packet& v, const Packet& x) {
+  using namespace Eigen::internal;  // NOLINT
+  return padd(pselect(pcmp_eq(x, x), pset1<Packet>(0.0f), v), pset1<Packet>(0.0f));
 }
 
 inline Packet Backward(const Packet& g, const Packet& x, const Range& r) {
@@ -195,6 +212,7 @@ class FakeQuantGradOp : public OpKernel {
  public:
   explicit FakeQuantGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
     GetBits(ctx, "SafeopsFakeQuantGrad", &num_bits_, &narrow_range_);
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("keep_nan", &keep_nan_));
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -212,8 +230,19 @@ class FakeQuantGradOp : public OpKernel {
     if (n == 0) return;
     const float* gp = g.flat<float>().data();
     float* o = out->flat<float>().data();
+    if (r.zero && keep_nan_) {
+      Elementwise(ctx, n, gp, x.flat<float>().data(), o,
+                  [](const Packet& gv, const Packet& xv) { return ZeroKeepNan(gv, xv); });
+      return;
+    }
     if (r.zero) {
       if (o != gp) std::copy(gp, gp + n, o);
+      return;
+    }
+    if (keep_nan_) {  // + 0: a -0 becomes +0, as the pure-TF path's sum with a zero gradient
+      Elementwise(ctx, n, gp, x.flat<float>().data(), o, [&r](const Packet& gv, const Packet& xv) {
+        return Eigen::internal::padd(Backward(gv, xv, r), Eigen::internal::pset1<Packet>(0.0f));
+      });
       return;
     }
     Elementwise(ctx, n, gp, x.flat<float>().data(), o,
@@ -223,6 +252,107 @@ class FakeQuantGradOp : public OpKernel {
  private:
   int num_bits_ = 8;
   bool narrow_range_ = false;
+  bool keep_nan_ = false;
+};
+
+// x's min and max (NaN if x holds one; +inf / -inf if empty) over fixed blocks combined in
+// order: the same result for any thread count.
+void MinMax(OpKernelContext* ctx, const float* x, int64_t n, float* lo, float* hi) {
+  constexpr int64_t kBlock = 1 << 14;
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
+  std::vector<float> mins(blocks), maxs(blocks);
+  std::vector<char> nans(blocks);
+  ParallelFor(ctx, blocks, kBlock, [&](int64_t b0, int64_t b1) {
+    using namespace Eigen::internal;  // NOLINT
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t i0 = b * kBlock, i1 = std::min(n, i0 + kBlock);
+      const float inf = std::numeric_limits<float>::infinity();
+      Packet mn = pset1<Packet>(inf), mx = pset1<Packet>(-inf), nan = pset1<Packet>(0.0f);
+      int64_t i = i0;
+      for (; i + kSize <= i1; i += kSize) {
+        const Packet v = ploadu<Packet>(x + i);
+        nan = por(nan, pandnot(pset1<Packet>(1.0f), pcmp_eq(v, v)));
+        mn = pselect(pcmp_lt(v, mn), v, mn);
+        mx = pselect(pcmp_lt(mx, v), v, mx);
+      }
+      float m0 = predux_min(mn), m1 = predux_max(mx);
+      bool has_nan = predux_max(nan) != 0.0f;
+      for (; i < i1; ++i) {
+        const float v = x[i];
+        has_nan |= v != v;
+        m0 = v < m0 ? v : m0;
+        m1 = m1 < v ? v : m1;
+      }
+      mins[b] = m0;
+      maxs[b] = m1;
+      nans[b] = has_nan;
+    }
+  });
+  float m0 = std::numeric_limits<float>::infinity(), m1 = -m0;
+  bool has_nan = false;
+  for (int64_t b = 0; b < blocks; ++b) {
+    m0 = mins[b] < m0 ? mins[b] : m0;
+    m1 = m1 < maxs[b] ? maxs[b] : m1;
+    has_nan |= nans[b] != 0;
+  }
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  *lo = has_nan ? nan : m0;
+  *hi = has_nan ? nan : m1;
+}
+
+class FakeQuantEmaOp : public OpKernel {
+ public:
+  explicit FakeQuantEmaOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    bool narrow_range = false;
+    GetBits(ctx, "SafeopsFakeQuantEma", &num_bits_, &narrow_range);
+    OP_REQUIRES(ctx, !narrow_range,
+                errors::InvalidArgument("SafeopsFakeQuantEma: narrow_range must be false"));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("decay", &decay_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("one_minus_decay", &one_minus_decay_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    for (int i = 1; i < 4; ++i) {
+      OP_REQUIRES(ctx, TensorShapeUtils::IsScalar(ctx->input(i).shape()),
+                  errors::InvalidArgument("SafeopsFakeQuantEma: ",
+                                          i == 1 ? "range_min" : i == 2 ? "range_max" : "seen",
+                                          " must be a scalar, got shape ",
+                                          ctx->input(i).shape().DebugString()));
+    }
+    const float range_min = ctx->input(1).scalar<float>()();
+    const float range_max = ctx->input(2).scalar<float>()();
+    const bool first = ctx->input(3).scalar<float>()() == 0.0f;
+    const int64_t n = x.NumElements();
+    const float* xp = x.flat<float>().data();
+    float bmin, bmax;
+    MinMax(ctx, xp, n, &bmin, &bmax);
+    // tf.minimum(bmin, 0) / tf.maximum(bmax, 0): NaN kept, a signed zero kept
+    bmin = bmin <= 0.0f || bmin != bmin ? bmin : 0.0f;
+    bmax = bmax > 0.0f || bmax != bmax ? bmax : 0.0f;
+    const float new_min = first ? bmin : decay_ * range_min + one_minus_decay_ * bmin;
+    const float new_max = first ? bmax : decay_ * range_max + one_minus_decay_ * bmax;
+    Tensor *out = nullptr, *lo = nullptr, *hi = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &out));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, {}, &lo));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, {}, &hi));
+    lo->scalar<float>()() = new_min;
+    hi->scalar<float>()() = new_max;
+    if (n == 0) return;
+    float* o = out->flat<float>().data();
+    const Range r = MakeRange(new_min, new_max, num_bits_, false);
+    if (r.zero) {
+      Elementwise(ctx, n, nullptr, xp, o,
+                  [](const Packet&, const Packet& xv) { return ZeroKeepNan(xv, xv); });
+      return;
+    }
+    Elementwise(ctx, n, nullptr, xp, o,
+                [&r](const Packet&, const Packet& xv) { return Forward(xv, r); });
+  }
+
+ private:
+  int num_bits_ = 8;
+  float decay_ = 0.0f, one_minus_decay_ = 1.0f;
 };
 
 }  // namespace
@@ -250,6 +380,7 @@ REGISTER_OP("SafeopsFakeQuantGrad")
     .Output("dx: float")
     .Attr("num_bits: int = 8")
     .Attr("narrow_range: bool = false")
+    .Attr("keep_nan: bool = false")
     .SetShapeFn([](shape_inference::InferenceContext* c) {
       shape_inference::ShapeHandle out, unused;
       TF_RETURN_IF_ERROR(c->Merge(c->input(0), c->input(1), &out));
@@ -259,6 +390,29 @@ REGISTER_OP("SafeopsFakeQuantGrad")
       return ::tensorflow::OkStatus();
     });
 
+REGISTER_OP("SafeopsFakeQuantEma")
+    .Input("x: float")
+    .Input("range_min: float")
+    .Input("range_max: float")
+    .Input("seen: float")
+    .Output("y: float")
+    .Output("new_min: float")
+    .Output("new_max: float")
+    .Attr("num_bits: int = 8")
+    .Attr("narrow_range: bool = false")
+    .Attr("decay: float")
+    .Attr("one_minus_decay: float")
+    .SetShapeFn([](shape_inference::InferenceContext* c) {
+      shape_inference::ShapeHandle unused;
+      for (int i = 1; i < 4; ++i) TF_RETURN_IF_ERROR(c->WithRank(c->input(i), 0, &unused));
+      c->set_output(0, c->input(0));
+      c->set_output(1, c->Scalar());
+      c->set_output(2, c->Scalar());
+      return ::tensorflow::OkStatus();
+    });
+
+REGISTER_KERNEL_BUILDER(Name("SafeopsFakeQuantEma").Device(::tensorflow::DEVICE_CPU),
+                        safeops_quant::FakeQuantEmaOp);
 REGISTER_KERNEL_BUILDER(Name("SafeopsFakeQuant").Device(::tensorflow::DEVICE_CPU),
                         safeops_quant::FakeQuantOp);
 REGISTER_KERNEL_BUILDER(Name("SafeopsFakeQuantGrad").Device(::tensorflow::DEVICE_CPU),

@@ -256,7 +256,10 @@ class MovingAverageQuantizer(keras.layers.Layer):
     update it as ``r <- decay * r + (1 - decay) * r_batch``. At inference the
     stored range is used unchanged (frozen). Before any training batch the range
     is ``[-6, 6]`` (as tfmot's). The output is `fake_quant` of the input on that
-    range, so the gradient is straight-through inside the range and 0 outside.
+    range, so the gradient is straight-through inside the range and 0 outside;
+    no gradient flows to the range. While training on the CPU outside XLA the
+    whole call (batch range, moving average, fake quant) is one `safeops.native`
+    kernel with the same bits as the pure-TF ops.
 
     Args:
       num_bits: int in 2..16.
@@ -290,6 +293,9 @@ class MovingAverageQuantizer(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         if training:
+            fused = self._fused_training_call(inputs)
+            if fused is not None:
+                return fused
             x = tf.stop_gradient(tf.cast(inputs, tf.float32))
             bmin = tf.minimum(tf.reduce_min(x), 0.0)
             bmax = tf.maximum(tf.reduce_max(x), 0.0)
@@ -305,6 +311,24 @@ class MovingAverageQuantizer(keras.layers.Layer):
             out = _fake_quant_ordered(xf, new_min, new_max, self.num_bits)
             return tf.cast(out, dtype) if dtype != tf.float32 else out
         return fake_quant(inputs, self.range_min, self.range_max, num_bits=self.num_bits)
+
+    def _fused_training_call(self, inputs):
+        """The training branch as one `safeops.native` kernel (batch range, moving average,
+        fake quant: the same bits as the ops below), or None where it does not run."""
+        dtype = tf.as_dtype(inputs.dtype)
+        xf = tf.cast(inputs, tf.float32) if dtype != tf.float32 else inputs
+        lib = kernels(xf, (tf.float32,))
+        if lib is None:
+            return None
+        d = self.ema_decay
+        out, new_min, new_max = lib.safeops_fake_quant_ema(
+            xf, tf.convert_to_tensor(self.range_min), tf.convert_to_tensor(self.range_max),
+            tf.convert_to_tensor(self.batches_seen), num_bits=self.num_bits, decay=d,
+            one_minus_decay=1.0 - d)
+        self.range_min.assign(new_min)
+        self.range_max.assign(new_max)
+        self.batches_seen.assign_add(1.0)
+        return tf.cast(out, dtype) if dtype != tf.float32 else out
 
     def compute_output_shape(self, input_shape):
         return input_shape
