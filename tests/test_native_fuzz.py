@@ -551,7 +551,7 @@ def _fuzz_logistic(lib, expect, rng, random_cases):
         expect("SafeopsLogisticGrad", lambda: bwd(*args, kind), None, shapes)
 
 
-_OPS += ("SafeopsFakeQuant", "SafeopsFakeQuantGrad", "SafeopsFakeQuantEma")
+_OPS += ("SafeopsFakeQuant", "SafeopsFakeQuantGrad", "SafeopsFakeQuantEma", "SafeopsSymmetricGrid")
 
 
 def _fuzz_quant(lib, expect, rng, random_cases):  # noqa: C901  (one table of cases)
@@ -643,6 +643,23 @@ def _fuzz_quant(lib, expect, rng, random_cases):  # noqa: C901  (one table of ca
         expect("SafeopsFakeQuantEma", lambda: gema(*[t(s) for s in shapes]), False,
                ("graph", shapes))
     expect("SafeopsFakeQuantEma", lambda: gema(t([0, 3]), lo, hi, lo), True, "graph empty")
+    # the weight grid: w float32 of rank >= 1
+    grid = lambda w, **kw: lib.safeops_symmetric_grid(w, **kw)  # noqa: E731
+    for shape in ([1], [0], [15], [17], [2, 3, 4], [0, 5], [5, 0], [3, 40000], [1] * 9):
+        for per_channel in (True, False):
+            for bits in (2, 8, 16):
+                expect("SafeopsSymmetricGrid", lambda: grid(t(shape), num_bits=bits,
+                                                            per_channel=per_channel), True,
+                       (shape, bits, per_channel))
+    expect("SafeopsSymmetricGrid", lambda: grid(t([])), False, "scalar")
+    for bits in (-1, 0, 1, 17, 2 ** 31 - 1):
+        expect("SafeopsSymmetricGrid", lambda: grid(t([3]), num_bits=bits), False, bits)
+    expect("SafeopsSymmetricGrid", lambda: grid(t([3]), narrow_range=True), False, "narrow")
+    for dtype in (tf.float64, tf.float16, tf.int32):
+        expect("SafeopsSymmetricGrid", lambda: grid(t([3], dtype)), False, dtype)
+    ggrid = tf.function(lambda w: grid(w), input_signature=[spec])
+    expect("SafeopsSymmetricGrid", lambda: ggrid(t([])), False, "graph scalar")
+    expect("SafeopsSymmetricGrid", lambda: ggrid(t([4, 0])), True, "graph empty")
     dtypes = (tf.float32, tf.float32, tf.float64, tf.int32)
     for _ in range(random_cases // 4):
         shapes = [[int(rng.choice([0, 1, 3, 16, 17])) for _ in range(int(rng.integers(3)))]
@@ -652,6 +669,7 @@ def _fuzz_quant(lib, expect, rng, random_cases):  # noqa: C901  (one table of ca
         expect("SafeopsFakeQuant", lambda: fwd(*args[1:], num_bits=bits), None, shapes)
         expect("SafeopsFakeQuantGrad", lambda: bwd(*args, num_bits=bits), None, shapes)
         expect("SafeopsFakeQuantEma", lambda: ema(*args, num_bits=bits), None, shapes)
+        expect("SafeopsSymmetricGrid", lambda: grid(args[0], num_bits=bits), None, shapes)
 
 
 def _check_sanitized():

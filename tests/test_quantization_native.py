@@ -19,6 +19,7 @@ import tensorflow as tf
 import safeops as so
 from safeops import native
 from safeops.quantization import MovingAverageQuantizer, export_tflite, quantize_model
+from safeops.quantization.fake_quant import _fused_grids, _quantize_weight, _symmetric_grid
 
 _SPECIAL = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-40, -1e-40, 3e38, -3e38,
                      np.float32(2.0 ** -126)], np.float32)
@@ -208,6 +209,39 @@ def test_moving_average_quantizer_matches_the_tf_path(lib, num_bits):
                     _assert_same_bits(a, b, (kinds, dtype))
 
 
+@pytest.mark.parametrize("num_bits", [2, 4, 8, 16])
+def test_symmetric_grid_matches_the_tf_grid(lib, num_bits):
+    """SafeopsSymmetricGrid == `_symmetric_grid` (TF's element-wise ops) bit for bit, NaN,
+    zero channels and subnormals included, per channel and per tensor, and == the XLA-fused
+    grid on finite weights (XLA's max may drop a NaN); `_quantize_weight` runs it."""
+    rng = np.random.default_rng(num_bits)
+    n = tf.constant(float(2 ** (num_bits - 1) - 1))
+    for shape in ([784, 256], [256, 10], [3, 3, 32, 64], [9216, 17], [5], [1, 1], [17, 33]):
+        for special in (False, True):
+            w = (rng.standard_normal(shape) * 0.1).astype(np.float32)
+            if special:
+                flat = w.reshape(-1)
+                flat[:3] = [0.0, -0.0, 1e-40][:flat.size]
+                if w.ndim == 2 and shape[1] > 3:
+                    w[:, 2] = 0.0
+                    w[1, 3] = np.nan
+            for per_channel in (True, False):
+                axes = list(range(w.ndim - 1)) if per_channel else list(range(w.ndim))
+                got = lib.safeops_symmetric_grid(w, num_bits=num_bits, per_channel=per_channel)
+                _assert_same_bits(got, _symmetric_grid(tf.constant(w), n, axes),
+                                  (shape, special, per_channel))
+                if np.isfinite(w).all():
+                    _assert_same_bits(got, _fused_grids[True](tf.constant(w), n, axes),
+                                      ("xla", shape, per_channel))
+    w = tf.constant(rng.standard_normal([20, 8]).astype(np.float32))
+    fn = tf.function(lambda v: _quantize_weight(v, num_bits, True, True))
+    assert "SafeopsSymmetricGrid" in {op.type for op in
+                                      fn.get_concrete_function(w).graph.get_operations()}
+    with native.disabled():
+        _assert_same_bits(fn(w), tf.function(lambda v: _quantize_weight(v, num_bits, True,
+                                                                        True))(w), "wired")
+
+
 def _qat(kind):
     keras.utils.set_random_seed(0)
     if kind == "mlp":
@@ -247,7 +281,7 @@ def test_qat_training_matches_the_tf_path(lib, kind):
         if use_native:
             ops = {op.type for op in
                    fn.get_concrete_function(xs[0], ys[0]).graph.get_operations()}
-            assert {"SafeopsFakeQuantEma", "SafeopsFakeQuantGrad"} <= ops, ops
+            assert {"SafeopsFakeQuantEma", "SafeopsFakeQuantGrad", "SafeopsSymmetricGrid"} <= ops, ops
             for x, y in zip(xs, ys):
                 fn(x, y)
         else:

@@ -497,3 +497,6 @@ def _fake_quant_ema_grad(op, grad, *_):
         grad, op.inputs[0], op.outputs[1], op.outputs[2], num_bits=op.get_attr("num_bits"),
         keep_nan=True)
     return dx, None, None, None
+
+
+tf.no_gradient("SafeopsSymmetricGrid")  # the weight grid's caller differentiates around it

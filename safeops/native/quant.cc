@@ -32,6 +32,15 @@
 // double, as Python does), returned as outputs 1 and 2 for the caller to assign; output 0 is
 // SafeopsFakeQuant on the new range, except that a [0, 0] range maps x to +0 with NaN kept.
 //
+// SafeopsSymmetricGrid: the symmetric weight grid of `_symmetric_grid`
+// (fake_quant.py), w of rank >= 1, one range per last-axis channel (per_channel) or one for
+// the tensor, n = 2^(num_bits - 1) - 1:
+//   m = max(max |w| over the channel, 1e-8f),  out = round_half_even(w * (n / m)) * (m / n),
+// n / m and m / n each one float32 division per channel, as TF's ops and the XLA-fused grid
+// compute them (the same bits). A NaN weight makes its channel's m, and so the channel, NaN.
+// Two passes (the maxima over fixed row blocks, then the grid); not differentiated (the
+// caller's straight-through gradient goes around it).
+//
 // Each element is read before its output is written, so the outputs may take the input's
 // buffer (TF forwards it where no other op holds it). Every element is computed inside a
 // full packet (the tail padded), so the bits do not
@@ -355,6 +364,111 @@ class FakeQuantEmaOp : public OpKernel {
   float decay_ = 0.0f, one_minus_decay_ = 1.0f;
 };
 
+// NaN-sticky running max of |v|: m takes a (non-NaN m's) larger or NaN v.
+inline Packet AbsMax(const Packet& m, const Packet& v) {
+  using namespace Eigen::internal;  // NOLINT
+  const Packet a = pabs(v);
+  return pselect(pandnot(pcmp_lt_or_nan(m, a), pandnot(ptrue(m), pcmp_eq(m, m))), a, m);
+}
+
+inline float AbsMax(float m, float v) {
+  const float a = std::fabs(v);
+  return (m != m) ? m : (m < a || a != a) ? a : m;
+}
+
+class SymmetricGridOp : public OpKernel {
+ public:
+  explicit SymmetricGridOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    bool narrow_range = false;
+    GetBits(ctx, "SafeopsSymmetricGrid", &num_bits_, &narrow_range);
+    OP_REQUIRES(ctx, !narrow_range,
+                errors::InvalidArgument("SafeopsSymmetricGrid: narrow_range must be false"));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("per_channel", &per_channel_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& w = ctx->input(0);
+    OP_REQUIRES(ctx, w.dims() >= 1,
+                errors::InvalidArgument("SafeopsSymmetricGrid: w must have rank >= 1, got shape ",
+                                        w.shape().DebugString()));
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, w.shape(), &out));
+    const int64_t n = w.NumElements();
+    if (n == 0) return;
+    const int64_t channels = per_channel_ ? w.dim_size(w.dims() - 1) : 1;
+    const int64_t rows = n / channels;
+    const float* x = w.flat<float>().data();
+    float* o = out->flat<float>().data();
+    // pass 1: per-block maxima (blocks of whole rows, fixed by the shape), then combined
+    const int64_t block_rows = std::max<int64_t>(1, (int64_t{1} << 14) / channels);
+    const int64_t blocks = (rows + block_rows - 1) / block_rows;
+    std::vector<float> part(blocks * channels, 0.0f);
+    ParallelFor(ctx, blocks, block_rows * channels, [&](int64_t b0, int64_t b1) {
+      using namespace Eigen::internal;  // NOLINT
+      for (int64_t b = b0; b < b1; ++b) {
+        float* m = part.data() + b * channels;
+        const int64_t r0 = b * block_rows, r1 = std::min(rows, r0 + block_rows);
+        if (channels == 1) {  // one range: along the rows
+          Packet mv = pset1<Packet>(0.0f);
+          int64_t i = r0;
+          for (; i + kSize <= r1; i += kSize) mv = AbsMax(mv, ploadu<Packet>(x + i));
+          float lanes[kSize];
+          pstoreu(lanes, mv);
+          float acc = 0.0f;
+          for (int l = 0; l < kSize; ++l) acc = AbsMax(acc, lanes[l]);
+          for (; i < r1; ++i) acc = AbsMax(acc, x[i]);
+          m[0] = acc;
+          continue;
+        }
+        for (int64_t r = r0; r < r1; ++r) {
+          const float* row = x + r * channels;
+          int64_t c = 0;
+          for (; c + kSize <= channels; c += kSize) {
+            pstoreu(m + c, AbsMax(ploadu<Packet>(m + c), ploadu<Packet>(row + c)));
+          }
+          for (; c < channels; ++c) m[c] = AbsMax(m[c], row[c]);
+        }
+      }
+    });
+    std::vector<float> up(channels), down(channels);
+    const float levels = static_cast<float>((1 << (num_bits_ - 1)) - 1);
+    for (int64_t c = 0; c < channels; ++c) {
+      float m = 0.0f;
+      for (int64_t b = 0; b < blocks; ++b) m = AbsMax(m, part[b * channels + c]);
+      m = (m != m || m > 1e-8f) ? m : 1e-8f;  // tf.maximum(m, 1e-8): NaN kept
+      up[c] = levels / m;
+      down[c] = m / levels;
+    }
+    // pass 2: the grid
+    ParallelFor(ctx, rows, channels, [&](int64_t r0, int64_t r1) {
+      using namespace Eigen::internal;  // NOLINT
+      if (channels == 1) {
+        const Packet u = pset1<Packet>(up[0]), d = pset1<Packet>(down[0]);
+        int64_t i = r0;
+        for (; i + kSize <= r1; i += kSize) {
+          pstoreu(o + i, pmul(print(pmul(ploadu<Packet>(x + i), u)), d));
+        }
+        for (; i < r1; ++i) o[i] = std::nearbyint(x[i] * up[0]) * down[0];
+        return;
+      }
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* row = x + r * channels;
+        float* orow = o + r * channels;
+        int64_t c = 0;
+        for (; c + kSize <= channels; c += kSize) {
+          pstoreu(orow + c, pmul(print(pmul(ploadu<Packet>(row + c), ploadu<Packet>(&up[c]))),
+                                 ploadu<Packet>(&down[c])));
+        }
+        for (; c < channels; ++c) orow[c] = std::nearbyint(row[c] * up[c]) * down[c];
+      }
+    });
+  }
+
+ private:
+  int num_bits_ = 8;
+  bool per_channel_ = true;
+};
+
 }  // namespace
 
 REGISTER_OP("SafeopsFakeQuant")
@@ -411,6 +525,21 @@ REGISTER_OP("SafeopsFakeQuantEma")
       return ::tensorflow::OkStatus();
     });
 
+REGISTER_OP("SafeopsSymmetricGrid")
+    .Input("w: float")
+    .Output("q: float")
+    .Attr("num_bits: int = 8")
+    .Attr("narrow_range: bool = false")
+    .Attr("per_channel: bool = true")
+    .SetShapeFn([](shape_inference::InferenceContext* c) {
+      shape_inference::ShapeHandle unused;
+      TF_RETURN_IF_ERROR(c->WithRankAtLeast(c->input(0), 1, &unused));
+      c->set_output(0, c->input(0));
+      return ::tensorflow::OkStatus();
+    });
+
+REGISTER_KERNEL_BUILDER(Name("SafeopsSymmetricGrid").Device(::tensorflow::DEVICE_CPU),
+                        safeops_quant::SymmetricGridOp);
 REGISTER_KERNEL_BUILDER(Name("SafeopsFakeQuantEma").Device(::tensorflow::DEVICE_CPU),
                         safeops_quant::FakeQuantEmaOp);
 REGISTER_KERNEL_BUILDER(Name("SafeopsFakeQuant").Device(::tensorflow::DEVICE_CPU),

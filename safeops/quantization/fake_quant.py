@@ -187,8 +187,11 @@ def _symmetric_grid(wf, n, axes):
     # |w| <= m, so |w * (n / m)| <= n (1 + 2u) rounds to at most n: no clip is needed.
     # Multiplying by n / m (one division per channel, not per element) may differ from
     # round(w / scale) only on exact ties, which the scale makes measure-zero.
+    # m / n as DivNoNan (n > 0: the same quotient): in graphs, constant folding rewrites a
+    # division by a constant n into a product with its rounded reciprocal, which would make
+    # graphs differ from eager, XLA and the native kernel by an ulp.
     m = tf.maximum(tf.reduce_max(tf.abs(wf), axis=axes, keepdims=True), _TINY)
-    return tf.round(wf * (n / m)) * (m / n)
+    return tf.round(wf * (n / m)) * tf.math.divide_no_nan(m, n)
 
 
 def _asymmetric_grid(wf, levels, axes):
@@ -221,7 +224,9 @@ def _quantize_weight(w, num_bits, per_channel, symmetric, channel_axis=-1, fuse=
     (zero point 0, as TFLite's int8 kernels require); asymmetric: ``[min(w, 0),
     max(w, 0)]`` on the full grid with an integer zero point. Built from plain
     element-wise ops (TF's FakeQuant*PerChannel kernels are single-threaded and
-    made a CPU train step 4x slower; these fuse and constant-fold at export),
+    made a CPU train step 4x slower; these fuse and constant-fold at export);
+    when ``fuse``, symmetric grids on the last axis (or per tensor) run as one
+    `safeops.native` kernel on the CPU outside XLA (the same bits), others are
     compiled as one XLA kernel for large static-shape kernels when ``fuse``
     (callers tracing for the TFLite converter pass False); the gradient is the
     identity (straight-through; weights are always inside their own range), the
@@ -232,7 +237,12 @@ def _quantize_weight(w, num_bits, per_channel, symmetric, channel_axis=-1, fuse=
     axis = channel_axis % rank
     axes = [d for d in range(rank) if d != axis] if per_channel else list(range(rank))
     size = wf.shape.num_elements()
-    if fuse and size is not None and size >= _FUSE_MIN_SIZE:
+    lib = None
+    if fuse and symmetric and (not per_channel or axis == rank - 1):
+        lib = kernels(wf, (tf.float32,))
+    if lib is not None:  # one kernel, two passes: the bits of `_symmetric_grid`
+        q = lib.safeops_symmetric_grid(wf, num_bits=num_bits, per_channel=per_channel)
+    elif fuse and size is not None and size >= _FUSE_MIN_SIZE:
         q = _fused_weight_grid(wf, num_bits, axes, symmetric)
     else:
         q = _weight_grid(wf, num_bits, axes, symmetric)
