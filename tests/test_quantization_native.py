@@ -281,7 +281,8 @@ def test_qat_training_matches_the_tf_path(lib, kind):
         if use_native:
             ops = {op.type for op in
                    fn.get_concrete_function(xs[0], ys[0]).graph.get_operations()}
-            assert {"SafeopsFakeQuantEma", "SafeopsFakeQuantGrad", "SafeopsSymmetricGrid"} <= ops, ops
+            fused = {"SafeopsFakeQuantEma", "SafeopsFakeQuantGrad", "SafeopsSymmetricGrid"}
+            assert fused <= ops, ops
             for x, y in zip(xs, ys):
                 fn(x, y)
         else:
