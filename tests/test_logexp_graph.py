@@ -33,11 +33,11 @@ def _reference64(kind, x):
     return value, grad
 
 
-def _mp_reference(kind, x):
+def _mp_reference(kind, x, dtype="float32"):
     sign = 1 if kind == "softplus" else -1
     value = testing.reference(lambda v: sign * mpmath.log1p(mpmath.exp(sign * v)), x,
-                              dtype="float32")
-    grad = testing.reference(lambda v: 1 / (1 + mpmath.exp(-sign * v)), x, dtype="float32")
+                              dtype=dtype)
+    grad = testing.reference(lambda v: 1 / (1 + mpmath.exp(-sign * v)), x, dtype=dtype)
     return value, grad
 
 
@@ -151,18 +151,10 @@ def test_float64_matches_reference(kind):
                         np.linspace(-40, 40, 2001)])
     x = x[np.abs(x) >= np.finfo(np.float64).tiny]
     value, grad = _graph_dtype(kind, tf.constant(x))
-    ref_value, ref_grad = _mp_reference64(kind, x)
+    ref_value, ref_grad = _mp_reference(kind, x, "float64")
     for got, ref in ((value, ref_value), (grad, ref_grad)):
         keep = np.abs(ref) >= np.finfo(np.float64).tiny
         assert np.max(testing.ulp_distance(got[keep], ref[keep], "float64")) <= _VALUE_ULP
-
-
-def _mp_reference64(kind, x):
-    sign = 1 if kind == "softplus" else -1
-    value = testing.reference(lambda v: sign * mpmath.log1p(mpmath.exp(sign * v)), x,
-                              dtype="float64")
-    grad = testing.reference(lambda v: 1 / (1 + mpmath.exp(-sign * v)), x, dtype="float64")
-    return value, grad
 
 
 @pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16])
