@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from safeops._core import args
 from safeops._core.dtypes import COMPLEX_DTYPES, FLOAT_DTYPES, limits
-from safeops._core.elementwise import cast, map_values, name_scope, native, saturate, up
+from safeops._core.elementwise import cast, fused, map_values, name_scope, native, saturate, up
 from safeops._core.gradient import custom_gradient
 from safeops._core.registry import drop_in, new
 
@@ -99,6 +99,11 @@ def _scaled_hypot(cx, cy):
                               tf.constant(1.0, cx.dtype)))
     sx, sy = cx * scale, cy * scale
     h = tf.sqrt(sx * sx + sy * sy) / scale
+    return _inf_wins(cx, cy, h)
+
+
+def _inf_wins(cx, cy, h):
+    """+inf where either input is infinite, even where the other is NaN (IEEE 754 hypot)."""
     inf = tf.math.is_inf(cx) | tf.math.is_inf(cy)
     return tf.where(inf, tf.constant(float("inf"), cx.dtype), h)
 
@@ -146,7 +151,7 @@ def hypot(x, y, name=None):
 def _hypot_forward(x, y):
     cx, cy = up(x), up(y)
     if x.dtype == tf.float32:
-        h = tf.sqrt(cx * cx + cy * cy)
+        h = _inf_wins(cx, cy, tf.sqrt(cx * cx + cy * cy))
     else:
         h = _scaled_hypot(cx, cy)
     out = cast(h, x.dtype)
@@ -159,7 +164,8 @@ def _hypot_backward(g, x, y, out):
     return g * tf.math.divide_no_nan(x, out), g * tf.math.divide_no_nan(y, out)
 
 
-_hypot = custom_gradient("Hypot", _hypot_forward, _hypot_backward, saves=True)
+# Inside a graph the forward and the backward each run as one XLA-compiled loop.
+_hypot = custom_gradient("Hypot", _hypot_forward, _hypot_backward, saves=True, fuse=True)
 
 
 @new("log(1 - x) as log1p(-x); gradient saturates at x == 1")
@@ -278,7 +284,9 @@ def _safe_log_backward(g, x, eps):
     return g * cast(saturate(d, x.dtype), x.dtype)
 
 
-_safe_log = custom_gradient("SafeLog", _safe_log_forward, _safe_log_backward, n_inputs=1)
+# Inside a graph the backward (a comparison, two selections, a quotient, a product) is one
+# XLA-compiled loop; the forward keeps TF's log kernel.
+_safe_log = custom_gradient("SafeLog", _safe_log_forward, fused(_safe_log_backward), n_inputs=1)
 
 
 @new("exp saturating at the largest finite value; gradient 0 where saturated")
