@@ -81,7 +81,12 @@ def log1p_unit(e):
     if tf.executing_eagerly():
         return tf.math.log1p(e)
     upper = e > _SQRT2_M1
-    s = tf.where(upper, (e - 1.0) / (e + 3.0), e / (e + 2.0))
+    # one division of selected operands: the bits of selecting between the two
+    # quotients, one float64 division instead of two in a vectorised loop. The
+    # quotient's one user is a selection (NaN e gives e, NaN): XLA fuses a
+    # division with several users into none of them and writes it to memory.
+    q = tf.where(upper, e - 1.0, e) / tf.where(upper, e + 3.0, e + 2.0)
+    s = tf.where(tf.math.is_nan(e), e, q)
     s2 = s * s
     p = s2 * _ATANH_COEFFS[0] + _ATANH_COEFFS[1]
     for c in _ATANH_COEFFS[2:]:
