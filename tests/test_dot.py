@@ -284,3 +284,163 @@ def test_float32_matmul_kernel_where_it_can_run():
     for dtype in (tf.float16, tf.float64):
         assert "SafeopsWideMatmul" not in _op_types(so.matmul, tf.cast(a, dtype),
                                                     tf.cast(a, dtype), False, True)
+
+
+def _wide_matmul_op():
+    lib = so.native.library()
+    if lib is None or not hasattr(lib, "safeops_wide_matmul"):
+        pytest.skip(f"native kernels without the matmul kernel: {so.native.status()['error']}")
+    return lib.safeops_wide_matmul
+
+
+def _stored(rng, rows, cols, transpose, batch=None):
+    shape = (cols, rows) if transpose else (rows, cols)
+    return rng.standard_normal(shape if batch is None else (batch, *shape)).astype(np.float32)
+
+
+def _as_used(x, transpose):
+    x = np.float64(x)
+    return np.swapaxes(x, -1, -2) if transpose else x
+
+
+def _check_wide_bound(out, a, b, ta, tb, exact_sums):
+    """|out - exact| <= half a float32 ulp + k 2^-53 sum|a b| (one rounding of a float64 sum
+    in any order), exact from math.fsum or, with twice the float64 term, from NumPy."""
+    x, y = _as_used(a, ta), _as_used(b, tb)
+    k = x.shape[-1]
+    size = np.abs(x) @ np.abs(y)
+    if exact_sums:
+        exact = np.empty(out.shape)
+        for idx in np.ndindex(*out.shape):
+            *q, i, j = idx
+            exact[idx] = math.fsum(x[(*q, i)] * y[(*q, slice(None), j)])
+        slack = 1.0
+    else:
+        exact = x @ y
+        slack = 2.0
+    half_ulp = 0.5 * np.spacing(np.abs(np.float32(exact))).astype(np.float64)
+    err = np.abs(np.float64(out) - exact)
+    assert np.all(err <= half_ulp + slack * k * 2.0**-53 * size), np.max(err / (2 * half_ulp))
+
+
+# m, k, n around the packing edges: micro-tiles of 8 rows x 24 columns, 128-long blocks of
+# the inner dimension, 192-row blocks of A within a tile, tiles fixed by the shape
+_WIDE_SHAPES = [(1, 1, 1), (1, 300, 1), (1, 7, 33), (7, 1, 25), (9, 129, 23), (8, 128, 24),
+                (16, 256, 48), (17, 257, 49), (25, 12, 7), (3, 131, 200)]
+_WIDE_LARGE = [(520, 300, 530), (200, 1023, 61), (130, 44, 600)]
+
+
+@pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True), (True, True)])
+def test_wide_matmul_kernel_within_one_rounding_of_the_exact_sum(ta, tb):
+    op = _wide_matmul_op()
+    rng = np.random.default_rng(21)
+    for m, k, n in _WIDE_SHAPES + _WIDE_LARGE:
+        a, b = _stored(rng, m, k, ta), _stored(rng, k, n, tb)
+        out = op(a, b, transpose_a=ta, transpose_b=tb).numpy()
+        assert out.dtype == np.float32 and out.shape == (m, n)
+        _check_wide_bound(out, a, b, ta, tb, exact_sums=(m, k, n) in _WIDE_SHAPES)
+        # the registered op through so.matmul in a graph: the same bits
+        g = tf.function(lambda u, w: so.matmul(u, w, transpose_a=ta, transpose_b=tb))(a, b)
+        assert g.numpy().tobytes() == out.tobytes()
+
+
+@pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True), (True, True)])
+def test_wide_matmul_kernel_batched_and_ragged(ta, tb):
+    op = _wide_matmul_op()
+    rng = np.random.default_rng(22)
+    for q, m, k, n in [(3, 17, 257, 49), (2, 1, 5, 1), (4, 33, 1, 26), (2, 250, 140, 75)]:
+        a, b = _stored(rng, m, k, ta, q), _stored(rng, k, n, tb, q)
+        out = op(a, b, transpose_a=ta, transpose_b=tb).numpy()
+        assert out.shape == (q, m, n)
+        _check_wide_bound(out, a, b, ta, tb, exact_sums=m * n * q < 5000)
+        for i in range(q):  # each batch entry as its own product: the same bits
+            one = op(a[i], b[i], transpose_a=ta, transpose_b=tb).numpy()
+            assert one.tobytes() == out[i].tobytes()
+    # k == 0 gives zeros, empty outputs stay empty
+    z = op(np.zeros((2, 3, 0), np.float32), np.zeros((2, 0, 4), np.float32)).numpy()
+    assert z.shape == (2, 3, 4) and not np.any(z) and not np.any(np.signbit(z))
+    assert op(np.zeros((0, 5), np.float32), np.ones((5, 3), np.float32)).numpy().shape == (0, 3)
+
+
+def test_wide_matmul_kernel_signed_zeros():
+    op = _wide_matmul_op()
+    one = np.ones((1, 1), np.float32)
+    assert not np.signbit(op(-0.0 * one, one).numpy()[0, 0])
+    assert np.signbit(op(1e-30 * one, -1e-30 * one).numpy()[0, 0])
+    for m, k, n in [(3, 1, 2), (9, 3, 25), (40, 300, 50), (300, 260, 270)]:
+        a = np.ones((m, k), np.float32)
+        b = np.ones((k, n), np.float32)
+        a[0] = -0.0      # every product -0.0: the sum starts at +0.0, so +0.0
+        a[-1] = 1e-30    # negative products below float32's range: -0.0 after the rounding
+        b[:, -1] = -1e-30
+        a[1, :] = 0.0
+        a[1, 0] = -0.0  # -0.0 and +0.0 products: +0.0
+        out = op(a, b).numpy()
+        assert np.all(out[0] == 0) and not np.any(np.signbit(out[0])), (m, k, n)
+        assert out[-1, -1] == 0 and np.signbit(out[-1, -1]), (m, k, n)
+        assert np.all(out[-1, :-1] == np.float32(k * np.float64(np.float32(1e-30))))
+        assert np.all(out[1] == 0) and not np.any(np.signbit(out[1])), (m, k, n)
+        ta_out = op(np.ascontiguousarray(a.T), np.ascontiguousarray(b.T), transpose_a=True,
+                    transpose_b=True).numpy()
+        assert ta_out.tobytes() == out.tobytes()
+
+
+def test_wide_matmul_kernel_propagates_nan_and_inf():
+    op = _wide_matmul_op()
+    rng = np.random.default_rng(23)
+    for m, k, n in [(3, 5, 4), (17, 300, 49), (200, 259, 30)]:
+        a = rng.standard_normal((m, k)).astype(np.float32)
+        b = rng.standard_normal((k, n)).astype(np.float32)
+        j = k - 3  # inside the last block of the inner dimension when k > 128
+        a[0, j] = np.inf            # row 0: inf times b[j]: +-inf, NaN where b[j] is 0
+        b[j, 0] = 0.0
+        a[1, j] = np.nan            # row 1: NaN
+        a[2, 1], a[2, j] = np.inf, -np.inf  # row 2: inf - inf where b[1], b[j] agree in sign
+        b[1, 1], b[j, 1] = 2.0, 3.0
+        b[1, 2], b[j, 2] = 2.0, -3.0
+        b[k // 2, n - 1] = np.inf   # last column: inf unless another special value
+        ref = np.einsum("ik,kj->ij", np.float64(a), np.float64(b), optimize=False)
+        for ta, tb in [(False, False), (True, False), (False, True), (True, True)]:
+            u = np.ascontiguousarray(a.T) if ta else a
+            w = np.ascontiguousarray(b.T) if tb else b
+            out = np.float64(op(u, w, transpose_a=ta, transpose_b=tb).numpy())
+            assert np.array_equal(np.isnan(out), np.isnan(ref)), (m, k, n, ta, tb)
+            inf = np.isinf(ref)
+            assert np.array_equal(np.isinf(out), inf) and np.all(out[inf] == ref[inf])
+        assert np.isnan(out[0, 0]) and np.isnan(out[1]).all() and np.isnan(out[2, 1])
+        assert out[2, 2] == np.inf
+
+
+_WIDE_THREADS_SCRIPT = """
+import sys, numpy as np, tensorflow as tf
+tf.config.threading.set_intra_op_parallelism_threads(int(sys.argv[1]))
+import safeops as so
+op = so.native.library().safeops_wide_matmul
+rng = np.random.default_rng(24)
+outs = []
+for shape_a, shape_b, ta, tb in [((600, 700), (700, 530), False, False),
+                                 ((700, 600), (530, 700), True, True),
+                                 ((1000, 1023), (999, 1023), False, True),
+                                 ((3, 300, 260), (3, 300, 270), True, False)]:
+    a = rng.standard_normal(shape_a).astype(np.float32)
+    b = rng.standard_normal(shape_b).astype(np.float32)
+    outs.append(op(a, b, transpose_a=ta, transpose_b=tb).numpy().ravel())
+print(np.concatenate(outs).tobytes().hex()[::7][:200000])
+import hashlib
+print(hashlib.sha256(np.concatenate(outs).tobytes()).hexdigest())
+"""
+
+
+def test_wide_matmul_kernel_does_not_depend_on_the_thread_count():
+    """Tiles fixed by the shape, the inner dimension in order: 1 and 2 threads give the same
+    bits (each run in its own process: TF fixes its pool at start-up)."""
+    import subprocess
+    import sys
+    _wide_matmul_op()
+    outs = []
+    for threads in (1, 2):
+        proc = subprocess.run([sys.executable, "-c", _WIDE_THREADS_SCRIPT, str(threads)],
+                              capture_output=True, text=True, check=False, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        outs.append(proc.stdout.strip().splitlines()[-1])
+    assert outs[0] == outs[1]

@@ -11,8 +11,8 @@ computes the float32 softmax and log_softmax (forward and backward) and the
 logsumexp forward of `safeops.softmax` in one cached pass per row, and the
 eager softplus of small float32 tensors and the softplus / log_sigmoid forward and backward
 of graphs (log_sigmoid eagerly too), one vectorised pass each. ``matmul.cc`` is the float32
-`so.matmul`: operands widened once, a float64 GEMM on shape-fixed tiles, one
-rounding. ``exact.cc`` gives the correctly
+`so.matmul`: a float64 GEMM (AVX-512 micro-kernel, operands widened while packed) on
+shape-fixed tiles, one rounding. ``exact.cc`` gives the correctly
 rounded row sums and means of the reproducible reductions
 (`so.config.set_reproducible`): a certified double-double pass, and the
 exact integer accumulator for the rows it cannot decide -- the same bits as
