@@ -76,9 +76,10 @@ DERIV = {
 }
 
 
+@pytest.mark.parametrize("mode", ["eager", "function"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("name", list(DERIV))
-def test_gradient_matches_mpmath(name, dtype):
+def test_gradient_matches_mpmath(name, dtype, mode):
     derivs, dom32, dom64 = DERIV[name]
     dom = dom32 if dtype == "float32" else dom64
     # 300 draws uniform over bit patterns (mostly small magnitudes) and 300
@@ -96,11 +97,15 @@ def test_gradient_matches_mpmath(name, dtype):
         keep &= xs[0] > xs[1]
     xs = [a[keep] for a in xs]
     ts = [tf.constant(a) for a in xs]
-    with tf.GradientTape() as t:
-        for v in ts:
-            t.watch(v)
-        y = getattr(so, name)(*ts)
-    grads = t.gradient(y, ts)
+
+    def value_grads(*ts):
+        with tf.GradientTape() as t:
+            for v in ts:
+                t.watch(v)
+            y = getattr(so, name)(*ts)
+        return t.gradient(y, ts)
+    # inside a tf.function several ops run XLA-compiled bodies: the same bound
+    grads = (value_grads if mode == "eager" else tf.function(value_grads))(*ts)
     for g, d in zip(grads, derivs):
         ref = testing.reference(d, *xs, dtype=dtype)
         r64 = np.abs(ref.astype(np.float64))
@@ -451,3 +456,18 @@ def test_graph_paths_give_eager_bits(name):
         for e, g in list(zip(eager, graph))[first:]:
             assert g.dtype == tf.float32
             np.testing.assert_array_equal(g.numpy(), e)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", ["log_cosh", "hypot", "safe_log"])
+def test_graph_path_matches_reference(name, dtype, monkeypatch):
+    # inside a tf.function these ops run XLA-compiled bodies (below float64, or
+    # always): the eager path's bound against mpmath (mean <= 0.5, max <= 2 bits);
+    # their gradients: test_gradient_matches_mpmath in "function" mode
+    spec = list(boe.SPECS[name])
+    spec[5] = tf.function(spec[5])
+    monkeypatch.setitem(boe.SPECS, name, tuple(spec))
+    r = boe.measure(name, dtype, n=4000, seed=2)
+    mean, mx = r["safeops"]
+    assert mean <= 0.5 and mx <= 2.0, (name, dtype, r)
+    assert r["flush_error"] <= 1.0, r

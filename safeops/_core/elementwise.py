@@ -20,6 +20,7 @@ __all__ = [
     "name_scope",
     "flatten_call",
     "fused",
+    "fused_below_float64",
     "is_negative",
     "map_values",
     "native",
@@ -145,6 +146,20 @@ def fused(fn):
         if tf.executing_eagerly():
             return fn(*args)
         return compiled(*args)
+
+    call.__name__ = getattr(fn, "__name__", "fused")
+    return call
+
+
+def fused_below_float64(fn):
+    """`fused(fn)` for inputs below float64 (the dtype of the first argument), `fn` itself
+    for float64: for bodies whose float64 results rest on TF's float64 kernels (exp,
+    log1p, sinh, ...), more accurate than XLA's, while lower precisions, computed one
+    precision up and rounded once, are not affected by the difference."""
+    compiled = fused(fn)
+
+    def call(*args):
+        return (fn if args[0].dtype == tf.float64 else compiled)(*args)
 
     call.__name__ = getattr(fn, "__name__", "fused")
     return call
