@@ -372,13 +372,23 @@ def _wide_batched(lib, a, b, ta, tb):
 
 @register_gradient("SafeopsWideMatmul")
 def _wide_matmul_grad(op, grad):
-    """TF's MatMul gradient, each product accumulated as the forward (float64, one rounding)."""
+    """TF's MatMul gradient, each product accumulated as the forward (float64, one rounding).
+
+    A gradient the tape does not need (``op.skip_input_indices``, as TF's MatMul gradient
+    reads it: an input that is a constant, say) is not computed."""
     a, b = op.inputs
     ta, tb = op.get_attr("transpose_a"), op.get_attr("transpose_b")
     if not ta and not tb:
-        return _wide_matmul(grad, b, False, True), _wide_matmul(a, grad, True, False)
-    if not ta:
-        return _wide_matmul(grad, b, False, False), _wide_matmul(grad, a, True, False)
-    if not tb:
-        return _wide_matmul(b, grad, False, True), _wide_matmul(a, grad, False, False)
-    return _wide_matmul(b, grad, True, True), _wide_matmul(grad, a, True, True)
+        products = (lambda: _wide_matmul(grad, b, False, True),
+                    lambda: _wide_matmul(a, grad, True, False))
+    elif not ta:
+        products = (lambda: _wide_matmul(grad, b, False, False),
+                    lambda: _wide_matmul(grad, a, True, False))
+    elif not tb:
+        products = (lambda: _wide_matmul(b, grad, False, True),
+                    lambda: _wide_matmul(a, grad, False, False))
+    else:
+        products = (lambda: _wide_matmul(b, grad, True, True),
+                    lambda: _wide_matmul(grad, a, True, True))
+    skip = getattr(op, "skip_input_indices", None) or ()
+    return tuple(None if i in skip else products[i]() for i in (0, 1))

@@ -444,3 +444,44 @@ def test_wide_matmul_kernel_does_not_depend_on_the_thread_count():
         assert proc.returncode == 0, proc.stderr[-2000:]
         outs.append(proc.stdout.strip().splitlines()[-1])
     assert outs[0] == outs[1]
+
+
+@pytest.mark.parametrize("ta,tb", [(False, False), (False, True), (True, False), (True, True)])
+def test_matmul_gradient_skips_inputs_the_tape_does_not_need(ta, tb):
+    # only the weight's gradient when the other operand is a constant (TF's MatMul
+    # gradient does the same); each gradient equals the float64 product rounded once
+    lib = so.native.library()
+    if lib is None or not hasattr(lib, "safeops_wide_matmul"):
+        pytest.skip(f"native kernels without the matmul kernel: {so.native.status()['error']}")
+    rng = np.random.default_rng(11)
+    a_np = rng.standard_normal((5, 7) if ta else (7, 5)).astype(np.float32)
+    w_np = rng.standard_normal((3, 5) if tb else (5, 3)).astype(np.float32)
+    a, w = tf.constant(a_np), tf.Variable(w_np)
+
+    def both():
+        with tf.GradientTape() as t:
+            t.watch(a)
+            y = so.matmul(a, w, transpose_a=ta, transpose_b=tb)
+        return t.gradient(y, [a, w])
+
+    def weight_only():
+        with tf.GradientTape() as t:
+            y = so.matmul(a, w, transpose_a=ta, transpose_b=tb)
+        return t.gradient(y, w)
+
+    def count(fn):
+        graph = tf.function(fn).get_concrete_function().graph
+        return sum(op.type == "SafeopsWideMatmul" for op in graph.get_operations())
+
+    assert count(both) == 3 and count(weight_only) == 2
+    # d/dw of sum(op(a) @ op(w)): column sums of op(a) against ones, float64 reference
+    am = a_np.T.astype(np.float64) if ta else a_np.astype(np.float64)
+    g = np.ones((am.shape[0], 3))
+    gw = am.T @ g  # d/d op(w)
+    ref_w = (gw.T if tb else gw).astype(np.float32)
+    np.testing.assert_array_equal(tf.function(weight_only)().numpy(), ref_w)
+    ga, gw2 = tf.function(both)()
+    np.testing.assert_array_equal(gw2.numpy(), ref_w)
+    wm = w_np.T.astype(np.float64) if tb else w_np.astype(np.float64)
+    ga_ref = g @ wm.T
+    np.testing.assert_array_equal(ga.numpy(), (ga_ref.T if ta else ga_ref).astype(np.float32))
