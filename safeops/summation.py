@@ -376,8 +376,10 @@ def _variance_acc(x, axes, keepdims, mask=None):
     acc = accumulation_dtype(x.dtype)
     xa = tf.cast(x, acc)
     if mask is None:
-        d = xa - tf.reduce_mean(xa, axes, keepdims=True)
-        return tf.reduce_mean(d * d, axes, keepdims)
+        # static axes as a cached constant: eagerly a Python tuple takes TF's slow path
+        ax = cs.shape_of(list(axes)) if isinstance(axes, tuple) else axes
+        d = xa - tf.reduce_mean(xa, ax, keepdims=True)
+        return tf.reduce_mean(d * d, ax, keepdims)
     m = tf.cast(mask, acc)
     n = tf.reduce_sum(m, axes, keepdims=True)
     d = (xa - tf.reduce_sum(xa, axes, keepdims=True) / n) * m
