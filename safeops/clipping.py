@@ -297,27 +297,32 @@ def _clip_by_norm(t, c, axes, nonfinite):
 
 
 def _global_parts(xs, c):
-    """(ok, a, q): global norm = a * q (scalars); ok: fast path taken (a == 1)."""
+    """(a, q, s): global norm = a * q (scalars), and the outputs' scale s: 1 where the
+    norm is at most c, else TF's ``c * (1 / norm)`` bit for bit on the fast path (a == 1)
+    and ``(c / q) / a`` on the scaled one. Each branch computes only its own scale (eagerly
+    the other branch does not run)."""
     ss = tf.add_n([tf.reduce_sum(x * x) for x in xs])
     ok = _fast_ok(ss, c)
+
+    def fast():
+        one, q = tf.ones_like(ss), tf.sqrt(ss)
+        return one, q, tf.where(q <= c, one, c * (1 / q))
 
     def scaled():
         a, fin = _safe_pow2(tf.reduce_max(tf.stack([tf.reduce_max(tf.abs(x)) for x in xs])))
         q = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(x / a)) for x in xs]))
-        return a, tf.where(fin, q, tf.sqrt(ss))
+        q = tf.where(fin, q, tf.sqrt(ss))
+        return a, q, tf.where(a * q <= c, tf.ones_like(q), _div_pow2(c / q, a))
 
-    a, q = tf.cond(ok, lambda: (tf.ones_like(ss), tf.sqrt(ss)), scaled)
-    return ok, a, q
+    return tf.cond(ok, fast, scaled)
 
 
 def _global_forward(c, *ts):
     dtype = c.dtype
     xs = [tf.cast(t, dtype) for t in ts]
-    ok, a, q = _global_parts(xs, c)
+    a, q, s = _global_parts(xs, c)
     n = a * q
     keep = n <= c
-    # Fast path: TF's scale c * (1 / norm), bit for bit; scaled: (c / q) / a.
-    s = tf.where(keep, tf.ones_like(q), tf.where(ok, c * (1 / q), _div_pow2(c / q, a)))
     s = tf.where(tf.math.is_finite(q), s, tf.constant(np.nan, dtype))  # TF: NaN for all
     # One multiply per element (TF's cost) unless that scale is subnormal.
     plain = keep | (s >= _tiny(dtype)) | tf.math.is_nan(s)
