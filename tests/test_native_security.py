@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -358,3 +359,29 @@ def test_compiler_timeout_is_bounded_when_a_child_leaves_its_group(tmp_path):
         if pidfile.exists() and pidfile.read_text().strip():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pidfile.read_text()), signal.SIGKILL)
+
+
+def test_a_fallback_build_warns_with_the_first_failure(tmp_path):
+    # a build for this CPU that fails to compile and a generic one that succeeds: the
+    # library is the generic one, and the user is told why
+    d = _build.secure_dir(tmp_path / "cache", create=True)
+    cxx = write_script(tmp_path / "cxx", """out=""
+native=0
+while [ $# -gt 0 ]; do
+  [ "$1" = "-o" ] && out="$2"
+  [ "$1" = "-march=native" ] && native=1
+  shift
+done
+if [ $native = 1 ]; then echo "kernel.cc:1: error: planted failure" >&2; exit 1; fi
+echo generic > "$out"
+""")
+    commands = [lambda out: ["-march=native", "-o", out], lambda out: ["-o", out]]
+    target = d / "lib.so"
+    with pytest.warns(RuntimeWarning, match="fallback flags after .*planted failure"):
+        _build.compile_into(target, str(cxx), commands, 30.0)
+    assert target.read_text() == "generic\n" and _build.is_verified(target)
+    # the first flag set compiling: no warning
+    target.unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _build.compile_into(target, str(cxx), commands[1:], 30.0)

@@ -33,6 +33,7 @@ import stat
 import subprocess
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 __all__ = ["Invalid", "Unavailable"]
@@ -331,13 +332,19 @@ def _run(cmd, deadline, env):
 
 def compile_into(target, cxx, commands, timeout):
     """Compile with the first command of `commands` (each a function of the output path) that
-    succeeds, into `target` with its hash recorded. The caller holds the build lock."""
+    succeeds, into `target` with its hash recorded. The caller holds the build lock.
+
+    A later command that succeeds after an earlier one failed (a build for this CPU that
+    does not compile, built for the generic one instead) warns with the first failure:
+    kernels whose vectorised paths compile only for this CPU would otherwise run their
+    slower portable paths without a word."""
     directory, stem = target.parent, target.stem
     clean_stale(directory, stem)
     deadline = time.monotonic() + timeout
     env = dict(os.environ)
     env.pop("LD_PRELOAD", None)  # (a sanitizer runtime preloaded into Python is not the compiler's)
     last = "no flag set was tried"
+    failed = []
     for command in commands:
         fd, tmp = tempfile.mkstemp(prefix=f".{stem}.{os.getpid()}.", suffix=".tmp", dir=directory)
         os.close(fd)
@@ -362,10 +369,14 @@ def compile_into(target, cxx, commands, timeout):
                     os.close(fd)
                 os.replace(tmp, target)  # atomic: a reader sees the old file or the new one
                 write_atomic(hash_path(target), digest + "\n")
+                if failed:
+                    warnings.warn(f"safeops.native: built with fallback flags after "
+                                  f"{failed[0]}", RuntimeWarning, stacklevel=2)
                 return
             lines = [ln.strip() for ln in err.splitlines() if ln.strip()]
             errors = [ln for ln in lines if "error" in ln.lower()] or lines or ["(no output)"]
             last = f"{cxx} exited with status {rc}: {errors[0]}"
+            failed.append(last)
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
