@@ -81,6 +81,8 @@ def _fused_reduce(x, axes, keepdims, mean):
     lib = kernels(x)
     if lib is None:
         return None
+    if x.shape.rank == 1 and not keepdims:  # a vector: the kernel takes it as it is
+        return lib.safeops_compensated_sum(x, mean=mean)
     y, shape = cs.as_3d(x, axes)
     out = [1 if i in axes else d for i, d in enumerate(shape)] if keepdims else [
         d for i, d in enumerate(shape) if i not in axes]
@@ -572,6 +574,8 @@ def _scan(op, v, axis, exclusive, reverse):
 
 def _native_scan(lib, v, ax, exclusive, reverse):
     """The fused kernel's scan of v along the static axis `ax` (viewed as [outer, n, inner])."""
+    if v.shape.rank == 1:  # a vector: the kernel takes it as it is
+        return lib.safeops_compensated_cumsum(v, exclusive=exclusive, reverse=reverse)
     static = v.shape.as_list()
     if None in static:
         y, _ = cs.as_3d(v, [ax])

@@ -111,13 +111,14 @@ def _fuzz(seed=0, random_cases=400):  # noqa: C901  (one table of cases)
     _fuzz_logistic(lib, expect, np.random.default_rng(seed + 3), random_cases)  # own stream
     _fuzz_quant(lib, expect, np.random.default_rng(seed + 5), random_cases)  # own stream
 
-    # the reductions: rank 3 [outer, n, inner] only, float32/float64 only
+    # the reductions: rank 3 [outer, n, inner] or rank 1 [n] only, float32/float64 only
     for op, fn in (("SafeopsCompensatedSum", lambda x: lib.safeops_compensated_sum(x, mean=True)),
                    ("SafeopsCompensatedCumsum",
                     lambda x: lib.safeops_compensated_cumsum(x, exclusive=True, reverse=True))):
-        for shape in ([2, 3, 4], [0, 3, 4], [2, 0, 4], [2, 3, 0], [1, 70000, 1], [3, 5, 600]):
+        for shape in ([2, 3, 4], [0, 3, 4], [2, 0, 4], [2, 3, 0], [1, 70000, 1], [3, 5, 600],
+                      [5], [0], [70000]):
             expect(op, lambda: fn(t(shape)), True, shape)
-        for shape in ([], [5], [2, 3], [1, 2, 3, 4]):
+        for shape in ([], [2, 3], [1, 2, 3, 4]):
             expect(op, lambda: fn(t(shape)), False, shape)
         # empty, but [outer, inner] (or the scan's work) would overflow or never end
         expect(op, lambda: fn(tf.zeros([2**40, 0, 2**40])), None, "huge empty")

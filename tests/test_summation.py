@@ -391,3 +391,45 @@ def _tf_error(fn):
     except Exception as err:  # the error TF raises, to compare types with
         return err
     raise AssertionError("TF did not raise")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [0, 1, 7, 70000])
+def test_vector_kernel_path_gives_the_matrix_path_bits(n, dtype):
+    # a vector reaches the fused kernels as it is (no reshapes around them); its sum,
+    # mean and every scan must be the bits of the same data as one row of a matrix,
+    # and the sum the exact sum rounded within the compensated bound
+    x_np, _, _ = testing.ill_conditioned_sum(max(n, 4), 1e8, np.dtype(dtype).name, seed=n)
+    x_np = x_np[:n]
+    x = tf.constant(x_np)
+    row = tf.reshape(x, [1, n])
+    for mode in ("eager", "function"):
+        def run(f):
+            return f() if mode == "eager" else tf.function(f)()
+        np.testing.assert_array_equal(run(lambda: so.reduce_sum(x)).numpy(),
+                                      run(lambda: so.reduce_sum(row, axis=1)[0]).numpy())
+        np.testing.assert_array_equal(run(lambda: so.reduce_mean(x)).numpy(),
+                                      run(lambda: so.reduce_mean(row, axis=1)[0]).numpy())
+        for exclusive in (False, True):
+            for reverse in (False, True):
+                np.testing.assert_array_equal(
+                    run(lambda: so.cumsum(x, exclusive=exclusive, reverse=reverse)).numpy(),
+                    run(lambda: so.cumsum(row, axis=1, exclusive=exclusive,
+                                          reverse=reverse)[0]).numpy())
+        for op in (so.reduce_sum, so.reduce_mean, so.cumsum):
+            def grad(v, op=op):
+                with tf.GradientTape() as tape:
+                    tape.watch(v)
+                    y = op(v) if v.shape.rank == 1 else op(v, axis=1)
+                return tape.gradient(y, v)
+            np.testing.assert_array_equal(run(lambda: grad(x)).numpy(),
+                                          run(lambda: grad(row)[0]).numpy())
+    exact = testing.exact_sum(x_np) if n else 0.0
+    got = float(so.reduce_sum(x))
+    if dtype == np.float32:  # double accumulation: within 1 ulp up to condition 1e8
+        assert testing.ulp_distance(np.float64(got), np.float64(exact), "float32") <= 1
+    else:  # Sum2: u |S| + gamma_{n-1}**2 sum |x|, then the final addition's rounding
+        u = 2.0 ** -53
+        gamma = (n - 1) * u / (1 - (n - 1) * u)
+        bound = 2 * u * abs(exact) + gamma ** 2 * math.fsum(np.abs(x_np))
+        assert abs(got - exact) <= bound

@@ -394,11 +394,13 @@ def _usable(x, dtypes=(tf.float32, tf.float64)):
 
 @register_gradient("SafeopsCompensatedSum")
 def _sum_grad(op, grad):
-    """Broadcast ones (sum) or 1/n (mean), as TF's; the compensation is not differentiated."""
+    """Broadcast ones (sum) or 1/n (mean), as TF's; the compensation is not differentiated.
+    A vector's sum (rank-1 input) is a scalar."""
     shape = tf.shape(op.inputs[0])
+    vector = op.inputs[0].shape.rank == 1
     if op.get_attr("mean"):
-        grad = grad / tf.cast(shape[1], grad.dtype)
-    return tf.broadcast_to(tf.expand_dims(grad, 1), shape)
+        grad = grad / tf.cast(shape[0 if vector else 1], grad.dtype)
+    return tf.broadcast_to(grad if vector else tf.expand_dims(grad, 1), shape)
 
 
 @register_gradient("SafeopsExactSum")

@@ -183,11 +183,30 @@ void SumColumns(const T* x, int64_t inner, int64_t r0, int64_t r1, int64_t j0, i
   }
 }
 
-Status CheckRank3(const char* op, const Tensor& x) {
+// x as [outer, n, inner]: rank 3 as it is, rank 1 [n] as [1, n, 1] (a vector's sum or scan
+// without the two reshapes around it, which cost more than the kernel on small tensors).
+Status View3(const char* op, const Tensor& x, int64_t* outer, int64_t* n, int64_t* inner) {
+  if (x.dims() == 1) {
+    *outer = *inner = 1;
+    *n = x.dim_size(0);
+    return ::tensorflow::OkStatus();
+  }
   if (x.dims() != 3) {
     return ::tensorflow::errors::InvalidArgument(op, ": input 'x' must be rank 3 [outer, n, "
-                                                 "inner]; got shape ",
+                                                 "inner] or rank 1 [n]; got shape ",
                                                  x.shape().DebugString());
+  }
+  *outer = x.dim_size(0);
+  *n = x.dim_size(1);
+  *inner = x.dim_size(2);
+  return ::tensorflow::OkStatus();
+}
+
+// The shape functions' side of View3: rank 1 or 3 (or unknown).
+Status RankOneOrThree(shape_inference::InferenceContext* c, const char* op) {
+  if (c->RankKnown(c->input(0)) && c->Rank(c->input(0)) != 1 && c->Rank(c->input(0)) != 3) {
+    return ::tensorflow::errors::InvalidArgument(op, ": input 'x' must be rank 3 [outer, n, "
+                                                 "inner] or rank 1 [n]");
   }
   return ::tensorflow::OkStatus();
 }
@@ -201,8 +220,8 @@ int64_t Segments(int64_t outputs, int64_t nb) {
 }
 
 // ---------------------------------------------------------------------------
-// SafeopsCompensatedSum: [outer, n, inner] -> [outer, inner], sum (or mean)
-// over n, compensated, rounded once.
+// SafeopsCompensatedSum: [outer, n, inner] -> [outer, inner] (or [n] -> []), sum (or
+// mean) over n, compensated, rounded once.
 
 template <typename T>
 class CompensatedSumOp : public OpKernel {
@@ -213,12 +232,15 @@ class CompensatedSumOp : public OpKernel {
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& in = ctx->input(0);
-    OP_REQUIRES_OK(ctx, CheckRank3("SafeopsCompensatedSum", in));
-    const int64_t outer = in.dim_size(0), n = in.dim_size(1), inner = in.dim_size(2);
-    // [outer, inner] can overflow where n == 0 (an empty input of huge dimensions)
+    int64_t outer, n, inner;
+    OP_REQUIRES_OK(ctx, View3("SafeopsCompensatedSum", in, &outer, &n, &inner));
+    // [outer, inner] can overflow where n == 0 (an empty input of huge dimensions); a
+    // vector's sum is a scalar
     TensorShape out_shape;
     const int64_t dims[2] = {outer, inner};
-    OP_REQUIRES_OK(ctx, ::tensorflow::TensorShapeUtils::MakeShape(dims, 2, &out_shape));
+    if (in.dims() == 3) {
+      OP_REQUIRES_OK(ctx, ::tensorflow::TensorShapeUtils::MakeShape(dims, 2, &out_shape));
+    }
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, out_shape, &out));
     if (outer * inner == 0) return;
@@ -330,8 +352,8 @@ class CompensatedSumOp : public OpKernel {
 };
 
 // ---------------------------------------------------------------------------
-// SafeopsCompensatedCumsum: scan over n of [outer, n, inner]; every prefix is
-// (s + c) of a running TwoSum, rounded once.
+// SafeopsCompensatedCumsum: scan over n of [outer, n, inner] (or of [n]); every prefix
+// is (s + c) of a running TwoSum, rounded once.
 
 template <typename T>
 inline T Out(const DW& a) {
@@ -365,8 +387,8 @@ class CompensatedCumsumOp : public OpKernel {
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& in = ctx->input(0);
-    OP_REQUIRES_OK(ctx, CheckRank3("SafeopsCompensatedCumsum", in));
-    const int64_t outer = in.dim_size(0), n = in.dim_size(1), inner = in.dim_size(2);
+    int64_t outer, n, inner;
+    OP_REQUIRES_OK(ctx, View3("SafeopsCompensatedCumsum", in, &outer, &n, &inner));
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, in.shape(), &out));
     if (in.NumElements() == 0) return;
@@ -592,9 +614,15 @@ REGISTER_OP("SafeopsCompensatedSum")
     .Attr("T: {float, double}")
     .Attr("mean: bool = false")
     .SetShapeFn([](shape_inference::InferenceContext* c) {
-      shape_inference::ShapeHandle x;
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 3, &x));
-      c->set_output(0, c->MakeShape({c->Dim(x, 0), c->Dim(x, 2)}));
+      TF_RETURN_IF_ERROR(RankOneOrThree(c, "SafeopsCompensatedSum"));
+      shape_inference::ShapeHandle x = c->input(0);
+      if (!c->RankKnown(x)) {
+        c->set_output(0, c->UnknownShape());
+      } else if (c->Rank(x) == 1) {
+        c->set_output(0, c->Scalar());
+      } else {
+        c->set_output(0, c->MakeShape({c->Dim(x, 0), c->Dim(x, 2)}));
+      }
       return ::tensorflow::OkStatus();
     });
 
@@ -605,9 +633,8 @@ REGISTER_OP("SafeopsCompensatedCumsum")
     .Attr("exclusive: bool = false")
     .Attr("reverse: bool = false")
     .SetShapeFn([](shape_inference::InferenceContext* c) {
-      shape_inference::ShapeHandle x;
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 3, &x));
-      c->set_output(0, x);
+      TF_RETURN_IF_ERROR(RankOneOrThree(c, "SafeopsCompensatedCumsum"));
+      c->set_output(0, c->input(0));
       return ::tensorflow::OkStatus();
     });
 
