@@ -23,7 +23,7 @@ import tensorflow as tf
 from safeops._core import args
 from safeops._core.dtypes import accumulation_dtype, limits
 from safeops._core.eft import prod_dw, two_sum
-from safeops._core.elementwise import is_negative, name_scope, saturate
+from safeops._core.elementwise import fused, is_negative, name_scope, saturate
 from safeops._core.gradient import custom_gradient
 from safeops._core.registry import drop_in, new
 
@@ -240,7 +240,9 @@ def _dnn_backward(g, x, y, q):
     return gx, gy
 
 
-_divide_no_nan = custom_gradient("DivNoNan", _dnn_forward, _dnn_backward, saves=True)
+# Inside a graph the backward (a quotient, a product, comparisons, selections: about ten
+# kernels) is one XLA-compiled loop, with the same bits; the forward is TF's kernel.
+_divide_no_nan = custom_gradient("DivNoNan", _dnn_forward, fused(_dnn_backward), saves=True)
 
 
 def _pow2_exponent(m):
