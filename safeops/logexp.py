@@ -105,8 +105,12 @@ def log1mexp(x, name=None):
     Method: Maechler's switch (2012): ``log(-expm1(-a))`` for ``a = |x| <= log 2``
     and ``log1p(-exp(-a))`` above, both well conditioned (condition <= 1.5), so
     the naive ``log(1 - exp(-x))``, which is -inf at x = 1e-8 in float32 (true
-    value -18.42), is replaced by a result within the module's bound
-    (<= 3 ulp in float32 and float64, computed in the input precision).
+    value -18.42), is replaced by a result within the module's bound:
+    float16, bfloat16 and float32 computed one precision up and rounded once
+    (float32: <= 1 ulp), float64 <= 3 ulp. float32 on the CPU (eagerly and in
+    graphs, not under XLA) runs one fused kernel each way (`safeops.native`,
+    ``SafeopsLogExpm1``): the same switch in double, rounded once (its
+    gradient too, before the product with the upstream gradient).
 
     Gradient: ``sign(x) / expm1(|x|)``; at x = 0 (where the value is -inf) it is
     defined as 0 (the function is symmetric); it saturates at the largest finite
@@ -130,15 +134,27 @@ def log1mexp(x, name=None):
       -18.420681
     """
     with name_scope(name or "log1mexp"):
-        return _log1mexp(_unary("log1mexp", "x", x))
+        return _log_expm1("log1mexp", _log1mexp, _unary("log1mexp", "x", x))
+
+
+def _log_expm1(kind, pure, x):
+    """softplus_inverse / log1mexp of x: float32 on the CPU (eagerly and in graphs, not XLA)
+    one fused kernel each way, evaluated in double and rounded once (`SafeopsLogExpm1`, its
+    gradient `SafeopsLogExpm1Grad`); elsewhere the pure-TF op `pure`."""
+    lib = kernels(x, (tf.float32,))
+    if lib is None:
+        return pure(x)
+    return lib.safeops_log_expm1(x, kind=kind)
 
 
 def _log1mexp_forward(x):
-    return cast(_log1mexp_c(tf.abs(native(x))), x.dtype)
+    # one precision up, rounded once: TF's float32 expm1 and log (XLA's too) reach 4 ulp
+    # together near |x| = 0.47 and 1.63
+    return cast(_log1mexp_c(tf.abs(up(x))), x.dtype)
 
 
 def _log1mexp_backward(g, x):
-    c = native(x)
+    c = up(x)  # TF's float32 expm1 and the quotient reach 6 ulp under XLA: one precision up
     # sign(x) / expm1(|x|); 0 / 0 at x = 0 gives 0 (divide_no_nan: one kernel, no select)
     d = tf.math.divide_no_nan(tf.sign(c), tf.math.expm1(tf.abs(c)))
     return g * cast(saturate(d, x.dtype), x.dtype)
@@ -558,6 +574,10 @@ def softplus_inverse(x, name=None):
     of log 2) for 0.3 <= x <= 2, where the result crosses 0 at x = log 2 and the
     naive formula loses all its bits; ``x + log1p(-exp(-x))`` above 2. Bound:
     float32 and lower <= 1 ulp, float64 a few ulp. x = 0 gives -inf, x < 0 NaN.
+    float32 on the CPU (eagerly and in graphs, not under XLA) runs one fused
+    kernel each way (`safeops.native`, ``SafeopsLogExpm1``: the float32
+    method in double, its gradient rounded once before the product with the
+    upstream gradient).
 
     Gradient: ``1 / (1 - exp(-x)) = -1/expm1(-x)``: 1 at +inf; saturates at the
     largest finite value near and at 0.
@@ -581,7 +601,8 @@ def softplus_inverse(x, name=None):
       3.0
     """
     with name_scope(name or "softplus_inverse"):
-        return _softplus_inverse(_unary("softplus_inverse", "x", x))
+        return _log_expm1("softplus_inverse", _softplus_inverse,
+                          _unary("softplus_inverse", "x", x))
 
 
 def _softplus_inverse_forward(x):

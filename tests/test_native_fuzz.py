@@ -110,6 +110,7 @@ def _fuzz(seed=0, random_cases=400):  # noqa: C901  (one table of cases)
 
     _fuzz_logistic(lib, expect, np.random.default_rng(seed + 3), random_cases)  # own stream
     _fuzz_quant(lib, expect, np.random.default_rng(seed + 5), random_cases)  # own stream
+    _fuzz_log_expm1(lib, expect, np.random.default_rng(seed + 7), random_cases)  # own stream
 
     # the reductions: rank 3 [outer, n, inner] or rank 1 [n] only, float32/float64 only
     for op, fn in (("SafeopsCompensatedSum", lambda x: lib.safeops_compensated_sum(x, mean=True)),
@@ -550,6 +551,56 @@ def _fuzz_logistic(lib, expect, rng, random_cases):
         kind = ("softplus", "log_sigmoid")[int(rng.integers(2))]
         expect("SafeopsLogistic", lambda: fwd(args[0], kind), None, shapes)
         expect("SafeopsLogisticGrad", lambda: bwd(*args, kind), None, shapes)
+
+
+_OPS += ("SafeopsLogExpm1", "SafeopsLogExpm1Grad")
+
+
+def _fuzz_log_expm1(lib, expect, rng, random_cases):
+    """softplus_inverse / log1mexp: any float32 shape (values of every sign and size, the
+    non-finite ones included); the backward's g and x of one shape; kind one of the two
+    names; every other dtype rejected."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    def t(shape, dtype=tf.float32):
+        if not dtype.is_floating:
+            return tf.constant(rng.integers(-5, 5, shape), dtype)
+        with np.errstate(over="ignore"):
+            v = (rng.standard_normal(shape) * 10.0 ** rng.uniform(-40, 40, shape)).astype(
+                dtype.as_numpy_dtype)
+        if v.size:
+            v.flat[rng.integers(v.size)] = rng.choice([np.nan, np.inf, -np.inf, 0.0])
+        return tf.constant(v, dtype)
+
+    fwd = lambda x, kind="log1mexp": lib.safeops_log_expm1(x, kind=kind)  # noqa: E731
+    bwd = lambda g, x, kind="log1mexp": lib.safeops_log_expm1_grad(g, x, kind=kind)  # noqa: E731
+    for kind in ("softplus_inverse", "log1mexp"):
+        for shape in ([], [0], [1], [7], [8], [9], [17], [2, 3, 4], [0, 5], [1] * 9):
+            expect("SafeopsLogExpm1", lambda: fwd(t(shape), kind), True, shape)
+            expect("SafeopsLogExpm1Grad", lambda: bwd(t(shape), t(shape), kind), True, shape)
+    for dtype in (tf.float64, tf.float16, tf.bfloat16, tf.int32, tf.complex64):
+        expect("SafeopsLogExpm1", lambda: fwd(tf.zeros([3], dtype)), False, dtype)
+        expect("SafeopsLogExpm1Grad", lambda: bwd(tf.zeros([3], dtype), tf.zeros([3], dtype)),
+               False, dtype)
+    for gs, xs in (([3], [4]), ([4], [3]), ([3], [3, 1]), ([], [3]), ([3], []), ([0], [3]),
+                   ([3], [0]), ([2, 3], [3, 2]), ([6], [2, 3])):
+        expect("SafeopsLogExpm1Grad", lambda: bwd(t(gs), t(xs)), False, (gs, xs))
+    for kind in ("softplus", "", "LOG1MEXP", "softplus-inverse", 1):
+        expect("SafeopsLogExpm1", lambda: fwd(t([3]), kind), False, kind)
+        expect("SafeopsLogExpm1Grad", lambda: bwd(t([3]), t([3]), kind), False, kind)
+    # graphs with unknown shapes: the shape function cannot see the mismatch, the kernel must
+    spec = tf.TensorSpec(None, tf.float32)
+    gfun = tf.function(lambda g, x: bwd(g, x), input_signature=[spec, spec])
+    for gs, xs in (([3], [4]), ([1], [1000]), ([1000], [1]), ([2, 3], [3, 2])):
+        expect("SafeopsLogExpm1Grad", lambda: gfun(t(gs), t(xs)), False, ("graph", gs, xs))
+    dtypes = (tf.float32, tf.float64, tf.float16, tf.int32)
+    for _ in range(random_cases // 4):
+        shapes = [[int(rng.choice([0, 1, 3, 8, 17])) for _ in range(int(rng.integers(3)))]
+                  for _ in range(2)]
+        args = [t(s, dtypes[int(rng.integers(len(dtypes)))]) for s in shapes]
+        kind = ("softplus_inverse", "log1mexp")[int(rng.integers(2))]
+        expect("SafeopsLogExpm1", lambda: fwd(args[0], kind), None, shapes)
+        expect("SafeopsLogExpm1Grad", lambda: bwd(*args, kind), None, shapes)
 
 
 _OPS += ("SafeopsFakeQuant", "SafeopsFakeQuantGrad", "SafeopsFakeQuantEma", "SafeopsSymmetricGrid")

@@ -453,6 +453,30 @@ def _logistic_grad(op, grad):
     return _STATE["lib"].safeops_logistic_grad(grad, op.inputs[0], kind=_kind(op))
 
 
+@register_gradient("SafeopsLogExpm1")
+def _log_expm1_grad(op, grad):
+    """g (1 + 1/expm1(x)) (softplus_inverse) or g sign(x) / expm1(|x|) (log1mexp): the
+    backward kernel."""
+    return _STATE["lib"].safeops_log_expm1_grad(grad, op.inputs[0], kind=_kind(op))
+
+
+@register_gradient("SafeopsLogExpm1Grad")
+def _log_expm1_grad_grad(op, grad):
+    """Second order, by TF's ops: d/dg is the backward kernel on `grad`; d/dx is
+    ``grad g s'(x)`` with ``s' = -1 / (expm1(a) (-expm1(-a)))`` (= -e^a / expm1(a)^2, no
+    overflow), a = x (softplus_inverse, 0 from 40 on, where the slope is held at 1) or |x|
+    (log1mexp).
+
+    (No accuracy bound is claimed for second derivatives.)"""
+    g, x = op.inputs
+    kind = _kind(op)
+    a = tf.abs(x) if kind == "log1mexp" else x
+    d2 = -1.0 / (tf.math.expm1(a) * -tf.math.expm1(-a))
+    if kind == "softplus_inverse":
+        d2 = tf.where(x < 40.0, d2, tf.zeros_like(d2))
+    return _STATE["lib"].safeops_log_expm1_grad(grad, x, kind=kind), grad * g * d2
+
+
 @register_gradient("SafeopsLogisticGrad")
 def _logistic_grad_grad(op, grad):
     """Second order, by TF's ops: d/dg is the backward kernel on `grad`; d/dx is

@@ -41,6 +41,26 @@
 // 0, log_sigmoid(-inf) = -inf, gradients exactly 0 or 1 at +-inf. Subnormal results
 // follow the thread's flush-to-zero mode, as TF's kernels do.
 //
+// SafeopsLogExpm1 / SafeopsLogExpm1Grad: softplus_inverse and log1mexp of float32,
+// element-wise, evaluated in double and rounded once (graphs and eager on the CPU, where the
+// pure-TF formulas of safeops/logexp.py are a float64 cast and five to seven element-wise
+// kernels each way):
+//   softplus_inverse(x) = log(expm1(x)) (x itself for x >= 40, where the rest is below
+//     2^-57 relative),  dx = g (1 + 1/expm1(min(x, 40)));
+//   log1mexp(x) = log(-expm1(-a)) for a = |x| <= log 2, log1p(-exp(-a)) above (Maechler's
+//     switch; condition <= 1.5),  dx = g sign(x) / expm1(a), 0 at x = 0.
+// exp and log are Eigen's double packet functions (~1 ulp of double); expm1(t) for |t| <=
+// log 2 its Taylor series (exp(t) - 1 above), log1p(-u) Kahan's log(w) (-u / (w - 1)) with
+// w = 1 - u (a few ulp of double; one exp, one log and one division per element each way
+// at most): the double value is within ~2^-50
+// relative (near softplus_inverse's zero at log 2 within ~1e-16 absolute, while a float32
+// x is at least 2^-25 from log 2), so the one rounding to float32 gives <= 1 ulp. The
+// derivative is rounded once to float32, saturated at +-the largest float32, and multiplied
+// by g in float32 (the one product TF's gradients form). NaN in, NaN out; x = 0 gives -inf
+// (both), x < 0 NaN (softplus_inverse); slopes: +-the largest float32 at 0 (softplus_inverse),
+// 0 at 0 (log1mexp), 1 and 0 at +inf. Every element is computed inside a full packet (the
+// tail padded), so the bits depend neither on the thread count nor on the position.
+//
 // Compile without -ffast-math (see compensated.cc). The softmax kernels check every
 // input's rank and shape and the kind attribute before reading anything.
 
@@ -668,6 +688,180 @@ class LogisticGradOp : public OpKernel {
   const bool log_sigmoid_;
 };
 
+// softplus_inverse / log1mexp (log1mexp: false / true) of float32 in double, value or slope.
+struct LogExpm1 {
+  typedef Eigen::internal::packet_traits<double>::type Packet;
+  static constexpr int kSize = Eigen::internal::unpacket_traits<Packet>::size;
+  static constexpr double kLn2 = 0.69314718055994530942;
+  // 1 / k! for k = 0..16 (k! exact in double, one rounding each)
+  static constexpr double kInvFactorial[17] = {
+      1.0, 1.0, 1.0 / 2, 1.0 / 6, 1.0 / 24, 1.0 / 120, 1.0 / 720, 1.0 / 5040, 1.0 / 40320,
+      1.0 / 362880, 1.0 / 3628800, 1.0 / 39916800, 1.0 / 479001600, 1.0 / 6227020800.0,
+      1.0 / 87178291200.0, 1.0 / 1307674368000.0, 1.0 / 20922789888000.0};
+
+  // expm1(t) / t for |t| <= log 2: its Taylor series sum_k t^(k-1) / k!, k = 1..16, by
+  // Horner (the first term left out, (log 2)^16 / 17!, is below 2^-56 of the sum)
+  static inline Packet Expm1OverT(const Packet& t) {
+    using namespace Eigen::internal;  // NOLINT: the packet functions
+    Packet p = pset1<Packet>(kInvFactorial[16]);
+    for (int k = 15; k >= 1; --k) p = pmadd(p, t, pset1<Packet>(kInvFactorial[k]));
+    return p;
+  }
+
+  // expm1(t): t (expm1(t) / t) for |t| <= log 2, exp(t) - 1 above (exp(t) >= 2 there: the
+  // subtraction at most doubles exp's relative error); -1 at -inf, +inf at +inf
+  static inline Packet Expm1(const Packet& t) {
+    using namespace Eigen::internal;  // NOLINT
+    const Packet near = pcmp_le(pabs(t), pset1<Packet>(kLn2));
+    return pselect(near, pmul(t, Expm1OverT(t)), psub(pexp(t), pset1<Packet>(1.0)));
+  }
+
+  static inline Packet Value(const Packet& c, bool log1mexp) {
+    using namespace Eigen::internal;  // NOLINT
+    const Packet one = pset1<Packet>(1.0);
+    Packet y;
+    if (log1mexp) {
+      // a <= log 2: log(-expm1(-a)), -expm1(-a) = a (expm1(-a) / -a); above: log1p(-u), u =
+      // exp(-a) <= 1/2, by Kahan's log(w) (-u / (w - 1)), w = 1 - u (-u where w rounds to 1)
+      const Packet a = pabs(c);
+      const Packet near = pcmp_le(a, pset1<Packet>(kLn2));
+      const Packet nu = pnegate(pexp(pnegate(a)));
+      const Packet w = pselect(near, pmul(a, Expm1OverT(pnegate(a))), padd(one, nu));
+      const Packet l = plog(w);
+      const Packet wm1 = psub(w, one);
+      const Packet far = pselect(pcmp_eq(wm1, pset1<Packet>(0.0)), nu, pmul(l, pdiv(nu, wm1)));
+      y = pselect(near, l, far);
+    } else {
+      const Packet top = pset1<Packet>(40.0);
+      y = pselect(pcmp_lt(c, top), plog(Expm1(pmin(c, top))), c);
+    }
+    return pselect(pcmp_eq(c, c), y, c);  // NaN in, NaN out
+  }
+
+  static inline Packet Slope(const Packet& c, bool log1mexp) {
+    using namespace Eigen::internal;  // NOLINT
+    const Packet zero = pset1<Packet>(0.0);
+    const Packet one = pset1<Packet>(1.0);
+    Packet d;
+    if (log1mexp) {
+      const Packet em = Expm1(pabs(c));
+      const Packet sign = pselect(pcmp_lt(c, zero), pset1<Packet>(-1.0), one);
+      d = pselect(pcmp_eq(em, zero), zero, pdiv(sign, em));
+    } else {
+      d = padd(one, pdiv(one, Expm1(pmin(c, pset1<Packet>(40.0)))));
+    }
+    const Packet big = pset1<Packet>(static_cast<double>(std::numeric_limits<float>::max()));
+    d = pselect(pcmp_lt(big, d), big, pselect(pcmp_lt(d, pnegate(big)), pnegate(big), d));
+    return pselect(pcmp_eq(c, c), d, c);
+  }
+
+  // kSize floats from p, widened (one conversion instruction where Eigen's double packet is
+  // an AVX or AVX-512 register: a widening through a double buffer stalls on store
+  // forwarding and measured twice the time of the whole element's arithmetic)
+  static inline Packet LoadWidened(const float* p) {
+#if defined(EIGEN_VECTORIZE_AVX512)
+    return _mm512_cvtps_pd(_mm256_loadu_ps(p));
+#elif defined(EIGEN_VECTORIZE_AVX)
+    return _mm256_cvtps_pd(_mm_loadu_ps(p));
+#else
+    double b[kSize];
+    for (int l = 0; l < kSize; ++l) b[l] = static_cast<double>(p[l]);
+    return Eigen::internal::ploadu<Packet>(b);
+#endif
+  }
+
+  // p[l] = float(y[l]), times g[l] in float32 where g is given, l < kSize
+  static inline void StoreNarrowed(float* p, const Packet& y, const float* g) {
+#if defined(EIGEN_VECTORIZE_AVX512)
+    const __m256 v = _mm512_cvtpd_ps(y);
+    _mm256_storeu_ps(p, g ? _mm256_mul_ps(_mm256_loadu_ps(g), v) : v);
+#elif defined(EIGEN_VECTORIZE_AVX)
+    const __m128 v = _mm256_cvtpd_ps(y);
+    _mm_storeu_ps(p, g ? _mm_mul_ps(_mm_loadu_ps(g), v) : v);
+#else
+    double b[kSize];
+    Eigen::internal::pstoreu(b, y);
+    for (int l = 0; l < kSize; ++l) {
+      p[l] = g ? g[l] * static_cast<float>(b[l]) : static_cast<float>(b[l]);
+    }
+#endif
+  }
+
+  // out[i] = Value(x[i]) (g == nullptr) or g[i] * Slope(x[i]) for i < n, kSize at a time
+  static void Run(OpKernelContext* ctx, int64_t n, const float* g, const float* x, float* out,
+                  bool log1mexp) {
+    const int64_t packets = (n + kSize - 1) / kSize;
+    ParallelFor(ctx, packets, 100 * kSize, [&](int64_t lo, int64_t hi) {
+      using namespace Eigen::internal;  // NOLINT
+      double xb[kSize], yb[kSize];
+      for (int64_t p = lo; p < hi; ++p) {
+        const int64_t i = p * kSize;
+        if (i + kSize <= n) {
+          const Packet c = LoadWidened(x + i);
+          StoreNarrowed(out + i, g ? Slope(c, log1mexp) : Value(c, log1mexp), g ? g + i : g);
+          continue;
+        }
+        const int64_t m = n - i;  // the tail, padded with ones
+        for (int l = 0; l < kSize; ++l) xb[l] = l < m ? static_cast<double>(x[i + l]) : 1.0;
+        const Packet c = ploadu<Packet>(xb);
+        pstoreu(yb, g ? Slope(c, log1mexp) : Value(c, log1mexp));
+        for (int64_t l = 0; l < m; ++l) {
+          out[i + l] = g ? g[i + l] * static_cast<float>(yb[l]) : static_cast<float>(yb[l]);
+        }
+      }
+    });
+  }
+};
+
+// kind: 'softplus_inverse' or 'log1mexp' (the op's attribute constraint rejects any other)
+bool Log1mexpKind(OpKernelConstruction* ctx) {
+  std::string kind;
+  ::tensorflow::Status status = ctx->GetAttr("kind", &kind);
+  if (!status.ok()) ctx->CtxFailure(__FILE__, __LINE__, status);
+  return kind == "log1mexp";
+}
+
+class LogExpm1Op : public OpKernel {
+ public:
+  explicit LogExpm1Op(OpKernelConstruction* ctx) : OpKernel(ctx), log1mexp_(Log1mexpKind(ctx)) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &out));
+    const int64_t n = x.NumElements();
+    if (n == 0) return;
+    LogExpm1::Run(ctx, n, nullptr, x.flat<float>().data(), out->flat<float>().data(), log1mexp_);
+  }
+
+ private:
+  const bool log1mexp_;
+};
+
+class LogExpm1GradOp : public OpKernel {
+ public:
+  explicit LogExpm1GradOp(OpKernelConstruction* ctx)
+      : OpKernel(ctx), log1mexp_(Log1mexpKind(ctx)) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& g = ctx->input(0);
+    const Tensor& x = ctx->input(1);
+    OP_REQUIRES(ctx, g.shape() == x.shape(),
+                ::tensorflow::errors::InvalidArgument(
+                    "SafeopsLogExpm1Grad: g and x must have one shape, got ",
+                    g.shape().DebugString(), " and ", x.shape().DebugString()));
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &out));
+    const int64_t n = x.NumElements();
+    if (n == 0) return;
+    LogExpm1::Run(ctx, n, g.flat<float>().data(), x.flat<float>().data(),
+                  out->flat<float>().data(), log1mexp_);
+  }
+
+ private:
+  const bool log1mexp_;
+};
+
 }  // namespace
 
 REGISTER_OP("SafeopsLogistic")
@@ -686,6 +880,27 @@ REGISTER_OP("SafeopsLogisticGrad")
     .Output("dx: T")
     .Attr("T: {float, double}")
     .Attr("kind: {'softplus', 'log_sigmoid'}")
+    .SetShapeFn([](shape_inference::InferenceContext* c) {
+      shape_inference::ShapeHandle out;
+      TF_RETURN_IF_ERROR(c->Merge(c->input(0), c->input(1), &out));
+      c->set_output(0, out);
+      return ::tensorflow::OkStatus();
+    });
+
+REGISTER_OP("SafeopsLogExpm1")
+    .Input("x: float")
+    .Output("y: float")
+    .Attr("kind: {'softplus_inverse', 'log1mexp'}")
+    .SetShapeFn([](shape_inference::InferenceContext* c) {
+      c->set_output(0, c->input(0));
+      return ::tensorflow::OkStatus();
+    });
+
+REGISTER_OP("SafeopsLogExpm1Grad")
+    .Input("g: float")
+    .Input("x: float")
+    .Output("dx: float")
+    .Attr("kind: {'softplus_inverse', 'log1mexp'}")
     .SetShapeFn([](shape_inference::InferenceContext* c) {
       shape_inference::ShapeHandle out;
       TF_RETURN_IF_ERROR(c->Merge(c->input(0), c->input(1), &out));
@@ -747,6 +962,9 @@ REGISTER_KERNEL_BUILDER(Name("SafeopsSoftplus").Device(::tensorflow::DEVICE_CPU)
 SAFEOPS_REGISTER_LOGISTIC(float)
 SAFEOPS_REGISTER_LOGISTIC(double)
 #undef SAFEOPS_REGISTER_LOGISTIC
+REGISTER_KERNEL_BUILDER(Name("SafeopsLogExpm1").Device(::tensorflow::DEVICE_CPU), LogExpm1Op);
+REGISTER_KERNEL_BUILDER(Name("SafeopsLogExpm1Grad").Device(::tensorflow::DEVICE_CPU),
+                        LogExpm1GradOp);
 REGISTER_KERNEL_BUILDER(Name("SafeopsSoftmax").Device(::tensorflow::DEVICE_CPU), SoftmaxOp);
 REGISTER_KERNEL_BUILDER(Name("SafeopsSoftmaxGrad").Device(::tensorflow::DEVICE_CPU),
                         SoftmaxGradOp);
