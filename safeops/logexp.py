@@ -149,18 +149,27 @@ def _log_expm1(kind, pure, x):
 
 def _log1mexp_forward(x):
     # one precision up, rounded once: TF's float32 expm1 and log (XLA's too) reach 4 ulp
-    # together near |x| = 0.47 and 1.63
-    return cast(_log1mexp_c(tf.abs(up(x))), x.dtype)
+    # together near |x| = 0.47 and 1.63; float32 inside graphs (XLA-compiled) by the
+    # float64 polynomials, which XLA vectorises
+    a = tf.abs(up(x))
+    return cast(_log1mexp_poly(a) if _polynomial_path(x) else _log1mexp_c(a), x.dtype)
 
 
 def _log1mexp_backward(g, x):
     c = up(x)  # TF's float32 expm1 and the quotient reach 6 ulp under XLA: one precision up
-    # sign(x) / expm1(|x|); 0 / 0 at x = 0 gives 0 (divide_no_nan: one kernel, no select)
-    d = tf.math.divide_no_nan(tf.sign(c), tf.math.expm1(tf.abs(c)))
+    if _polynomial_path(x):
+        # sign(x) / expm1(a) = sign(x) u / w, u = exp(-a), w = 1 - u; 0 at a = 0 (w = 0)
+        u, w = _one_minus_exp(tf.abs(c))
+        d = tf.where(tf.equal(w, 0.0), tf.zeros_like(w), u / w)
+        d = tf.where(c < 0.0, -d, d)
+    else:
+        # sign(x) / expm1(|x|); 0 / 0 at x = 0 gives 0 (divide_no_nan: one kernel, no select)
+        d = tf.math.divide_no_nan(tf.sign(c), tf.math.expm1(tf.abs(c)))
     return g * cast(saturate(d, x.dtype), x.dtype)
 
 
-_log1mexp = custom_gradient("Log1mexp", _log1mexp_forward, _log1mexp_backward)
+_log1mexp = custom_gradient("Log1mexp", fused_below_float64(_log1mexp_forward),
+                            fused_below_float64(_log1mexp_backward))
 
 
 @new("as numpy.logaddexp / tfp.math.log_add_exp; float32 correctly rounded (computed in float64)")
@@ -322,13 +331,11 @@ def _one_minus_exp(a):
     return u, tf.where(a <= _LN2, a * q, 1.0 - u)
 
 
-def _logsubexp_poly(cx, cy):
-    """x + log1mexp(x - y) for float64 cx >= cy by the polynomials: log(w) of the
-    small branch as ``k log 2 + log1p(m - 1)`` from w = 2**k m, m in [1, 2)
-    (w <= 1/2: k <= -1 and the sum cancels by at most a factor 2; w = 0 at
-    x == y gives -inf), the large branch as ``-log1p(u / (1 - u))``; one log1p
-    for both."""
-    a = tf.abs(cx - cy)
+def _log1mexp_poly(a):
+    """log1mexp(a) for float64 a >= 0 by the polynomials: log(w) of the small branch
+    as ``k log 2 + log1p(m - 1)`` from w = 2**k m, m in [1, 2) (w <= 1/2: k <= -1
+    and the sum cancels by at most a factor 2; w = 0 at a = 0 gives -inf), the
+    large branch as ``-log1p(u / (1 - u))``; one log1p for both. NaN gives NaN."""
     u, w = _one_minus_exp(a)
     bits = tf.bitcast(w, tf.int64)
     k = tf.cast(tf.bitwise.right_shift(bits, tf.constant(52, tf.int64)) - 1023, tf.float64)
@@ -338,8 +345,12 @@ def _logsubexp_poly(cx, cy):
     small = a <= _LN2
     lp = log1p_unit(tf.where(small, m - 1.0, u / (1.0 - u)))
     lme = tf.where(small, k * _LN2_HI + (lp + k * _LN2_LO), -lp)
-    lme = tf.where(tf.equal(w, 0.0), tf.constant(-math.inf, tf.float64), lme)
-    return cx + lme
+    return tf.where(tf.equal(w, 0.0), tf.constant(-math.inf, tf.float64), lme)
+
+
+def _logsubexp_poly(cx, cy):
+    """x + log1mexp(x - y) for float64 cx >= cy by the polynomials."""
+    return cx + _log1mexp_poly(tf.abs(cx - cy))
 
 
 def _logsubexp_forward(x, y):

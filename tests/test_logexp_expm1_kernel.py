@@ -121,11 +121,13 @@ def test_matches_reference_dense_sweep(kind):
     # one kernel eagerly and in graphs: the same bits
     np.testing.assert_array_equal(eager_value, value)
     np.testing.assert_array_equal(eager_grad, grad)
-    with so.native.disabled():
+    with so.native.disabled():  # the pure-TF paths: XLA-compiled polynomials, TF's kernels
         tf_value, tf_grad = _graph(kind, x)
+        tf_eager_value, tf_eager_grad = _eager(kind, x)
     for got, ref, bound in ((value, ref_value, _VALUE_ULP), (grad, ref_slope, _VALUE_ULP),
-                            (tf_value, ref_value, _VALUE_ULP),
-                            (tf_grad, ref_slope, _GRAD_ULP)):
+                            (tf_value, ref_value, _VALUE_ULP), (tf_grad, ref_slope, _GRAD_ULP),
+                            (tf_eager_value, ref_value, _VALUE_ULP),
+                            (tf_eager_grad, ref_slope, _GRAD_ULP)):
         keep = _normal(ref) & np.isfinite(ref)
         assert np.max(testing.ulp_distance(got[keep], ref[keep], "float32")) <= bound
     # infinite references (log 0 at x = 0 is not in the sweep; none expected) would be
