@@ -225,24 +225,30 @@ def divide_no_nan(x, y, name=None):
 
 
 def _dnn_forward(x, y):
-    q = tf.raw_ops.DivNoNan(x=x, y=y)  # tf.math.divide_no_nan's kernel, without its wrapper
-    return q, (q,)
+    return tf.raw_ops.DivNoNan(x=x, y=y)  # tf.math.divide_no_nan's kernel, without its wrapper
 
 
-def _dnn_backward(g, x, y, q):
+def _dnn_backward(g, x, y):
     zero = tf.equal(y, 0)
     gx = tf.where(zero, tf.zeros_like(g), g / y)
+    # gy = -(g / y) (x / y) from its own quotients, formed with negated numerators: the
+    # bits of -(gx q) (IEEE rounding is symmetric), but XLA neither merges them with the
+    # forward's x / y or with gx into arrays the loops read back (a memory-bound loop
+    # reading x and y instead of gx and the saved output); each quotient's one user is a
+    # selection, so the loop keeps it.
+    ng = tf.where(zero, tf.zeros_like(g), tf.negative(g) / y)
+    nq = tf.where(zero, tf.zeros_like(g), tf.negative(x) / y)
     # g == 0 gives exactly 0, also where x / y overflows (TF: 0 * inf = NaN);
     # q == 0 (x = 0, or |x / y| below the dtype's range) too, also where
     # g / y overflows (float16 subnormal y): the exact -q / y is (almost) 0.
-    skip = tf.logical_or(tf.logical_or(zero, tf.equal(g, 0)), tf.equal(q, 0))
-    gy = tf.where(skip, tf.zeros_like(g), -(gx * q))
+    skip = tf.logical_or(tf.logical_or(zero, tf.equal(g, 0)), tf.equal(nq, 0))
+    gy = tf.where(skip, tf.zeros_like(g), tf.negative(ng * nq))
     return gx, gy
 
 
 # Inside a graph the backward (a quotient, a product, comparisons, selections: about ten
 # kernels) is one XLA-compiled loop, with the same bits; the forward is TF's kernel.
-_divide_no_nan = custom_gradient("DivNoNan", _dnn_forward, fused(_dnn_backward), saves=True)
+_divide_no_nan = custom_gradient("DivNoNan", _dnn_forward, fused(_dnn_backward))
 
 
 def _pow2_exponent(m):

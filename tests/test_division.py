@@ -384,3 +384,29 @@ def test_divide_no_nan_graph_gradient_gives_eager_bits(dtype):
     for e, r in zip(eager, graph):
         assert r.dtype == dtype and r.shape == e.shape
         np.testing.assert_array_equal(tf.bitcast(r, bits).numpy(), tf.bitcast(e, bits).numpy())
+
+
+@pytest.mark.parametrize("upstream", ["ones", "tensor"])
+def test_divide_no_nan_xla_loops_read_only_the_inputs(upstream):
+    # fwd+bwd under jit_compile: one loop per output, each reading only x, y (and the
+    # upstream gradient), as for tf.math.divide_no_nan: no quotient written to memory and
+    # read back by another loop (a memory-bound op would pay an array more)
+    rng = np.random.default_rng(4)
+    x = tf.constant(rng.standard_normal(4096), tf.float32)
+    y = tf.constant(rng.standard_normal(4096), tf.float32)
+    g = tf.constant(rng.standard_normal(4096), tf.float32)
+
+    def fwd_bwd(a, b, w):
+        with tf.GradientTape() as tape:
+            tape.watch([a, b])
+            q = so.divide_no_nan(a, b)
+        return [q] + tape.gradient(q, [a, b], output_gradients=None if upstream == "ones" else w)
+
+    with tf.device("/CPU:0"):
+        hlo = tf.function(fwd_bwd, jit_compile=True).experimental_get_compiler_ir(x, y, g)(
+            stage="optimized_hlo")
+    entry = hlo[hlo.index("ENTRY"):]
+    fusions = re.findall(r"= f32\[\d+\]\{0\} fusion\(([^)]*)\)", entry)
+    assert len(fusions) == 3, entry
+    for operands in fusions:
+        assert all(o.strip().startswith("%arg") for o in operands.split(",")), entry
