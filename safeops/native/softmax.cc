@@ -71,6 +71,7 @@
 #include <string>
 #include <vector>
 
+#include "tensorflow/core/framework/common_shape_fns.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -584,6 +585,7 @@ inline Eigen::internal::packet_traits<float>::type Log1pUnit(
 // softplus / log_sigmoid (kind: 0 / 1) and their gradients, one Eigen packet at a time.
 template <typename T>
 struct Logistic {
+  static constexpr const char* kSecondKind = "log_sigmoid";
   typedef typename Eigen::internal::packet_traits<T>::type Packet;
   static constexpr int kSize = Eigen::internal::unpacket_traits<Packet>::size;
 
@@ -635,61 +637,9 @@ struct Logistic {
   }
 };
 
-// kind: 'softplus' or 'log_sigmoid' (the op's attribute constraint rejects any other)
-bool LogSigmoidKind(OpKernelConstruction* ctx) {
-  std::string kind;
-  ::tensorflow::Status status = ctx->GetAttr("kind", &kind);
-  if (!status.ok()) ctx->CtxFailure(__FILE__, __LINE__, status);
-  return kind == "log_sigmoid";
-}
-
-template <typename T>
-class LogisticOp : public OpKernel {
- public:
-  explicit LogisticOp(OpKernelConstruction* ctx)
-      : OpKernel(ctx), log_sigmoid_(LogSigmoidKind(ctx)) {}
-
-  void Compute(OpKernelContext* ctx) override {
-    const Tensor& x = ctx->input(0);
-    Tensor* out = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &out));
-    const int64_t n = x.NumElements();
-    if (n == 0) return;
-    Logistic<T>::Run(ctx, n, nullptr, x.flat<T>().data(), out->flat<T>().data(),
-                     log_sigmoid_);
-  }
-
- private:
-  const bool log_sigmoid_;
-};
-
-template <typename T>
-class LogisticGradOp : public OpKernel {
- public:
-  explicit LogisticGradOp(OpKernelConstruction* ctx)
-      : OpKernel(ctx), log_sigmoid_(LogSigmoidKind(ctx)) {}
-
-  void Compute(OpKernelContext* ctx) override {
-    const Tensor& g = ctx->input(0);
-    const Tensor& x = ctx->input(1);
-    OP_REQUIRES(ctx, g.shape() == x.shape(),
-                ::tensorflow::errors::InvalidArgument(
-                    "SafeopsLogisticGrad: g and x must have one shape, got ",
-                    g.shape().DebugString(), " and ", x.shape().DebugString()));
-    Tensor* out = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &out));
-    const int64_t n = x.NumElements();
-    if (n == 0) return;
-    Logistic<T>::Run(ctx, n, g.flat<T>().data(), x.flat<T>().data(), out->flat<T>().data(),
-                     log_sigmoid_);
-  }
-
- private:
-  const bool log_sigmoid_;
-};
-
 // softplus_inverse / log1mexp (log1mexp: false / true) of float32 in double, value or slope.
 struct LogExpm1 {
+  static constexpr const char* kSecondKind = "log1mexp";
   typedef Eigen::internal::packet_traits<double>::type Packet;
   static constexpr int kSize = Eigen::internal::unpacket_traits<Packet>::size;
   static constexpr double kLn2 = 0.69314718055994530942;
@@ -813,54 +763,52 @@ struct LogExpm1 {
   }
 };
 
-// kind: 'softplus_inverse' or 'log1mexp' (the op's attribute constraint rejects any other)
-bool Log1mexpKind(OpKernelConstruction* ctx) {
+// Whether the op's `kind` attribute is `second` (the op's attribute constraint admits two
+// names; the kernels below take the other as false).
+bool KindIs(OpKernelConstruction* ctx, const char* second) {
   std::string kind;
   ::tensorflow::Status status = ctx->GetAttr("kind", &kind);
   if (!status.ok()) ctx->CtxFailure(__FILE__, __LINE__, status);
-  return kind == "log1mexp";
+  return kind == second;
 }
 
-class LogExpm1Op : public OpKernel {
+// The forward (inputs x) or backward (inputs g, x of one shape) of an element-wise pair of
+// functions F (Logistic<T>, LogExpm1) chosen by the `kind` attribute.
+template <typename T, typename F, bool kBackward>
+class KindElementwiseOp : public OpKernel {
  public:
-  explicit LogExpm1Op(OpKernelConstruction* ctx) : OpKernel(ctx), log1mexp_(Log1mexpKind(ctx)) {}
+  explicit KindElementwiseOp(OpKernelConstruction* ctx)
+      : OpKernel(ctx), second_(KindIs(ctx, F::kSecondKind)) {}
 
   void Compute(OpKernelContext* ctx) override {
-    const Tensor& x = ctx->input(0);
+    const Tensor& x = ctx->input(kBackward ? 1 : 0);
+    const T* g = nullptr;
+    if (kBackward) {
+      const Tensor& gt = ctx->input(0);
+      OP_REQUIRES(ctx, gt.shape() == x.shape(),
+                  ::tensorflow::errors::InvalidArgument(
+                      type_string(), ": g and x must have one shape, got ",
+                      gt.shape().DebugString(), " and ", x.shape().DebugString()));
+      g = gt.flat<T>().data();
+    }
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &out));
     const int64_t n = x.NumElements();
     if (n == 0) return;
-    LogExpm1::Run(ctx, n, nullptr, x.flat<float>().data(), out->flat<float>().data(), log1mexp_);
+    F::Run(ctx, n, g, x.flat<T>().data(), out->flat<T>().data(), second_);
   }
 
  private:
-  const bool log1mexp_;
+  const bool second_;
 };
 
-class LogExpm1GradOp : public OpKernel {
- public:
-  explicit LogExpm1GradOp(OpKernelConstruction* ctx)
-      : OpKernel(ctx), log1mexp_(Log1mexpKind(ctx)) {}
-
-  void Compute(OpKernelContext* ctx) override {
-    const Tensor& g = ctx->input(0);
-    const Tensor& x = ctx->input(1);
-    OP_REQUIRES(ctx, g.shape() == x.shape(),
-                ::tensorflow::errors::InvalidArgument(
-                    "SafeopsLogExpm1Grad: g and x must have one shape, got ",
-                    g.shape().DebugString(), " and ", x.shape().DebugString()));
-    Tensor* out = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &out));
-    const int64_t n = x.NumElements();
-    if (n == 0) return;
-    LogExpm1::Run(ctx, n, g.flat<float>().data(), x.flat<float>().data(),
-                  out->flat<float>().data(), log1mexp_);
-  }
-
- private:
-  const bool log1mexp_;
-};
+// outputs: the shape of g and x, merged (the kernels check it again at run time)
+::tensorflow::Status GradShape(shape_inference::InferenceContext* c) {
+  shape_inference::ShapeHandle out;
+  TF_RETURN_IF_ERROR(c->Merge(c->input(0), c->input(1), &out));
+  c->set_output(0, out);
+  return ::tensorflow::OkStatus();
+}
 
 }  // namespace
 
@@ -869,10 +817,7 @@ REGISTER_OP("SafeopsLogistic")
     .Output("y: T")
     .Attr("T: {float, double}")
     .Attr("kind: {'softplus', 'log_sigmoid'}")
-    .SetShapeFn([](shape_inference::InferenceContext* c) {
-      c->set_output(0, c->input(0));
-      return ::tensorflow::OkStatus();
-    });
+    .SetShapeFn(shape_inference::UnchangedShape);
 
 REGISTER_OP("SafeopsLogisticGrad")
     .Input("g: T")
@@ -880,41 +825,25 @@ REGISTER_OP("SafeopsLogisticGrad")
     .Output("dx: T")
     .Attr("T: {float, double}")
     .Attr("kind: {'softplus', 'log_sigmoid'}")
-    .SetShapeFn([](shape_inference::InferenceContext* c) {
-      shape_inference::ShapeHandle out;
-      TF_RETURN_IF_ERROR(c->Merge(c->input(0), c->input(1), &out));
-      c->set_output(0, out);
-      return ::tensorflow::OkStatus();
-    });
+    .SetShapeFn(GradShape);
 
 REGISTER_OP("SafeopsLogExpm1")
     .Input("x: float")
     .Output("y: float")
     .Attr("kind: {'softplus_inverse', 'log1mexp'}")
-    .SetShapeFn([](shape_inference::InferenceContext* c) {
-      c->set_output(0, c->input(0));
-      return ::tensorflow::OkStatus();
-    });
+    .SetShapeFn(shape_inference::UnchangedShape);
 
 REGISTER_OP("SafeopsLogExpm1Grad")
     .Input("g: float")
     .Input("x: float")
     .Output("dx: float")
     .Attr("kind: {'softplus_inverse', 'log1mexp'}")
-    .SetShapeFn([](shape_inference::InferenceContext* c) {
-      shape_inference::ShapeHandle out;
-      TF_RETURN_IF_ERROR(c->Merge(c->input(0), c->input(1), &out));
-      c->set_output(0, out);
-      return ::tensorflow::OkStatus();
-    });
+    .SetShapeFn(GradShape);
 
 REGISTER_OP("SafeopsSoftplus")
     .Input("x: float")
     .Output("y: float")
-    .SetShapeFn([](shape_inference::InferenceContext* c) {
-      c->set_output(0, c->input(0));
-      return ::tensorflow::OkStatus();
-    });
+    .SetShapeFn(shape_inference::UnchangedShape);
 
 REGISTER_OP("SafeopsSoftmax")
     .Input("x: float")
@@ -952,19 +881,20 @@ REGISTER_OP("SafeopsSoftmaxGrad")
     });
 
 REGISTER_KERNEL_BUILDER(Name("SafeopsSoftplus").Device(::tensorflow::DEVICE_CPU), SoftplusOp);
-#define SAFEOPS_REGISTER_LOGISTIC(T)                                                     \
-  REGISTER_KERNEL_BUILDER(                                                                 \
-      Name("SafeopsLogistic").Device(::tensorflow::DEVICE_CPU).TypeConstraint<T>("T"),     \
-      LogisticOp<T>);                                                                      \
-  REGISTER_KERNEL_BUILDER(                                                                 \
-      Name("SafeopsLogisticGrad").Device(::tensorflow::DEVICE_CPU).TypeConstraint<T>("T"), \
-      LogisticGradOp<T>);
+#define SAFEOPS_REGISTER_LOGISTIC(T)                                                       \
+  REGISTER_KERNEL_BUILDER(                                                                   \
+      Name("SafeopsLogistic").Device(::tensorflow::DEVICE_CPU).TypeConstraint<T>("T"),       \
+      KindElementwiseOp<T, Logistic<T>, false>);                                             \
+  REGISTER_KERNEL_BUILDER(                                                                   \
+      Name("SafeopsLogisticGrad").Device(::tensorflow::DEVICE_CPU).TypeConstraint<T>("T"),   \
+      KindElementwiseOp<T, Logistic<T>, true>);
 SAFEOPS_REGISTER_LOGISTIC(float)
 SAFEOPS_REGISTER_LOGISTIC(double)
 #undef SAFEOPS_REGISTER_LOGISTIC
-REGISTER_KERNEL_BUILDER(Name("SafeopsLogExpm1").Device(::tensorflow::DEVICE_CPU), LogExpm1Op);
+REGISTER_KERNEL_BUILDER(Name("SafeopsLogExpm1").Device(::tensorflow::DEVICE_CPU),
+                        KindElementwiseOp<float, LogExpm1, false>);
 REGISTER_KERNEL_BUILDER(Name("SafeopsLogExpm1Grad").Device(::tensorflow::DEVICE_CPU),
-                        LogExpm1GradOp);
+                        KindElementwiseOp<float, LogExpm1, true>);
 REGISTER_KERNEL_BUILDER(Name("SafeopsSoftmax").Device(::tensorflow::DEVICE_CPU), SoftmaxOp);
 REGISTER_KERNEL_BUILDER(Name("SafeopsSoftmaxGrad").Device(::tensorflow::DEVICE_CPU),
                         SoftmaxGradOp);
