@@ -44,6 +44,29 @@ using ::tensorflow::TensorShape;
 namespace errors = ::tensorflow::errors;
 namespace shape_inference = ::tensorflow::shape_inference;
 
+constexpr int64_t kMinTile = 128;  // no tile edge below this unless the matrix is smaller
+constexpr int64_t kTiles = 4;      // split until this many tiles per matrix (or kMinTile)
+
+int64_t RoundUp(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
+
+// Tile edges (tm, tn) for an m x n output: halve the larger edge (tm rounded up to a multiple
+// of step_m, tn of step_n) until there are kTiles tiles or both edges are at kMinTile, and
+// while an edge passes its maximum (max_m, max_n). Shape-only.
+void Tiles(int64_t m, int64_t n, int64_t step_m, int64_t step_n, int64_t max_m, int64_t max_n,
+           int64_t* tm, int64_t* tn) {
+  int64_t a = std::max<int64_t>(m, 1), b = std::max<int64_t>(n, 1);
+  auto count = [&]() { return ((m + a - 1) / a) * ((n + b - 1) / b); };
+  while ((count() < kTiles && (a > kMinTile || b > kMinTile)) || a > max_m || b > max_n) {
+    if (a >= b) {
+      a = RoundUp((a + 1) / 2, step_m);
+    } else {
+      b = RoundUp((b + 1) / 2, step_n);
+    }
+  }
+  *tm = a;
+  *tn = b;
+}
+
 #if defined(__AVX512F__)
 
 // The float64 GEMM: C (m x n) = op(A) (m x k) @ op(B) (k x n), op(X) read from float32
@@ -57,29 +80,7 @@ constexpr int64_t kMR = 8;    // micro-tile rows: A values broadcast
 constexpr int64_t kNR = 24;   // micro-tile columns: three 8-double vectors of B
 constexpr int64_t kKC = 128;  // inner-dimension block (packed B micro-panel 24 KiB, L1)
 constexpr int64_t kMC = 192;  // rows of A packed at a time (192 KiB, for L2)
-constexpr int64_t kMinTile = 128;  // no tile edge below this unless the matrix is smaller
 constexpr int64_t kMaxTileM = 512, kMaxTileN = 528;  // tile edges (L2-sized B block)
-constexpr int64_t kTiles = 4;  // split until this many tiles per matrix (or kMinTile)
-
-int64_t RoundUp(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
-
-// Tile edges (tm, tn) for an m x n output: halve the larger edge (tm rounded up to a multiple
-// of kMR, tn of kNR) until there are kTiles tiles or both edges are at kMinTile, and while an
-// edge passes its maximum. Shape-only.
-void Tiles(int64_t m, int64_t n, int64_t* tm, int64_t* tn) {
-  int64_t a = std::max<int64_t>(m, 1), b = std::max<int64_t>(n, 1);
-  auto count = [&]() { return ((m + a - 1) / a) * ((n + b - 1) / b); };
-  while ((count() < kTiles && (a > kMinTile || b > kMinTile)) || a > kMaxTileM ||
-         b > kMaxTileN) {
-    if (a >= b) {
-      a = RoundUp((a + 1) / 2, kMR);
-    } else {
-      b = RoundUp((b + 1) / 2, kNR);
-    }
-  }
-  *tm = a;
-  *tn = b;
-}
 
 // Eight rows of eight floats (row ii at s + ii * ld), widened and transposed:
 // o[q * os + ii] = s[ii * ld + q].
@@ -318,27 +319,7 @@ void Tile(const Operand& a, const Operand& b, int64_t k, int64_t r0, int64_t rs,
 template <typename S>
 using RowMajor = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
-constexpr int64_t kMinTile = 128;   // no tile edge below this (GEMM efficiency)
 constexpr int64_t kMaxTile = 1024;  // no tile edge above this (the float64 tile buffer)
-constexpr int64_t kTiles = 4;       // split until this many tiles per matrix (or kMinTile)
-
-// Tile edges (tm, tn) for an m x n output: halve the larger edge (rounded up to a multiple
-// of 8) until there are kTiles tiles or both edges are at kMinTile, and while an edge
-// passes kMaxTile. Shape-only.
-void Tiles(int64_t m, int64_t n, int64_t* tm, int64_t* tn) {
-  int64_t a = std::max<int64_t>(m, 1), b = std::max<int64_t>(n, 1);
-  auto count = [&]() { return ((m + a - 1) / a) * ((n + b - 1) / b); };
-  while ((count() < kTiles && (a > kMinTile || b > kMinTile)) || a > kMaxTile ||
-         b > kMaxTile) {
-    if (a >= b) {
-      a = ((a + 1) / 2 + 7) / 8 * 8;
-    } else {
-      b = ((b + 1) / 2 + 7) / 8 * 8;
-    }
-  }
-  *tm = a;
-  *tn = b;
-}
 
 // y = x widened (one pass, on the CPU thread pool).
 void Widen(OpKernelContext* ctx, const float* x, int64_t size, double* y) {
@@ -413,7 +394,7 @@ class WideMatmulOp : public OpKernel {
     const Operand oa0 = ta_ ? Operand{fa, 1, m} : Operand{fa, k, 1};
     const Operand ob0 = tb_ ? Operand{fb, 1, k} : Operand{fb, n, 1};
     int64_t tm, tn;
-    Tiles(m, n, &tm, &tn);
+    Tiles(m, n, kMR, kNR, kMaxTileM, kMaxTileN, &tm, &tn);
     const int64_t rows = (m + tm - 1) / tm, cols = (n + tn - 1) / tn;
     const int64_t tn_pad = RoundUp(tn, kNR), kc_max = std::min(kKC, k);
     safeops_native::ParallelFor(ctx, batch * rows * cols, 2 * tm * tn * k, [&](int64_t lo,
@@ -442,7 +423,7 @@ class WideMatmulOp : public OpKernel {
                         : (tb_ ? &Tile<false, true> : &Tile<false, false>);
 
     int64_t tm, tn;
-    Tiles(m, n, &tm, &tn);
+    Tiles(m, n, 8, 8, kMaxTile, kMaxTile, &tm, &tn);
     const int64_t rows = (m + tm - 1) / tm, cols = (n + tn - 1) / tn;
     safeops_native::ParallelFor(ctx, batch * rows * cols, tm * tn * k, [&](int64_t lo,
                                                                            int64_t hi) {
