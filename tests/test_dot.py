@@ -8,6 +8,7 @@ import tensorflow as tf
 
 import safeops as so
 from safeops import testing
+from test_native_support import last_lines_per_thread_count
 
 U64 = 2.0**-53
 
@@ -434,16 +435,9 @@ print(hashlib.sha256(np.concatenate(outs).tobytes()).hexdigest())
 def test_wide_matmul_kernel_does_not_depend_on_the_thread_count():
     """Tiles fixed by the shape, the inner dimension in order: 1 and 2 threads give the same
     bits (each run in its own process: TF fixes its pool at start-up)."""
-    import subprocess
-    import sys
     _wide_matmul_op()
-    outs = []
-    for threads in (1, 2):
-        proc = subprocess.run([sys.executable, "-c", _WIDE_THREADS_SCRIPT, str(threads)],
-                              capture_output=True, text=True, check=False, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        outs.append(proc.stdout.strip().splitlines()[-1])
-    assert outs[0] == outs[1]
+    one, two = last_lines_per_thread_count(_WIDE_THREADS_SCRIPT)
+    assert one == two
 
 
 @pytest.mark.parametrize("ta,tb", [(False, False), (False, True), (True, False), (True, True)])

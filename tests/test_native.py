@@ -15,6 +15,7 @@ import tensorflow as tf
 
 import safeops as so
 from safeops import native, testing
+from test_native_support import last_lines_per_thread_count
 
 
 def _has_compiler():
@@ -363,17 +364,10 @@ print(repr(np.concatenate([np.ravel(o.numpy()).astype(np.float64) for o in out])
 def test_result_does_not_depend_on_the_thread_count():
     """The kernels cut the work into fixed blocks combined in a fixed order: 1 and 2 threads
     give the same bits (each run in its own process: TF fixes its pool at start-up)."""
-    import subprocess
-    import sys
     if not _has_compiler():
         pytest.skip("no C++ compiler")
-    outs = []
-    for threads in (1, 2):
-        proc = subprocess.run([sys.executable, "-c", _THREADS_SCRIPT, str(threads)],
-                              capture_output=True, text=True, check=False, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        outs.append(proc.stdout.strip().splitlines()[-1])
-    assert outs[0] == outs[1]
+    one, two = last_lines_per_thread_count(_THREADS_SCRIPT)
+    assert one == two
 
 
 def test_softmax_kernel_used_for_float32_last_axis_only(monkeypatch):

@@ -138,3 +138,15 @@ def calls(log):
 
 def mode(path):
     return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def last_lines_per_thread_count(script, counts=(1, 2), timeout=300):
+    """The last stdout line of `script` run in a fresh process per intra-op thread count
+    (given as its one argument; TF fixes its pool at start-up), in the order of `counts`."""
+    outs = []
+    for threads in counts:
+        proc = subprocess.run([sys.executable, "-c", script, str(threads)], capture_output=True,
+                              text=True, check=False, timeout=timeout)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        outs.append(proc.stdout.strip().splitlines()[-1])
+    return outs
