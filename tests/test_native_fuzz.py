@@ -508,58 +508,66 @@ def test_every_registered_op_is_fuzzed_and_documented():
     assert registered <= documented, registered - documented
 
 
-_OPS += ("SafeopsLogistic", "SafeopsLogisticGrad")
+_OPS += ("SafeopsLogistic", "SafeopsLogisticGrad", "SafeopsLogExpm1", "SafeopsLogExpm1Grad")
+
+
+def _fuzz_kind_pair(expect, rng, random_cases, op, fwd, bwd, kinds, bad_kinds, t, dtypes):
+    """An element-wise forward/backward pair chosen by its `kind` attribute (`op` and `op`Grad,
+    called as ``fwd(x, kind)`` and ``bwd(g, x, kind)``): any shape of each of `dtypes` runs;
+    every other dtype, g and x of different shapes or dtypes (also in graphs of unknown
+    shapes, where only the kernel can see it) and any other kind are rejected. `t(shape,
+    dtype)` makes an input."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    grad_op = op + "Grad"
+    for kind in kinds:
+        for dtype in dtypes:
+            for shape in ([], [0], [1], [7], [8], [9], [15], [17], [33], [2, 3, 4], [0, 5],
+                          [1] * 9):
+                expect(op, lambda: fwd(t(shape, dtype), kind), True, shape)
+                expect(grad_op, lambda: bwd(t(shape, dtype), t(shape, dtype), kind), True, shape)
+    for dtype in {tf.float64, tf.float16, tf.bfloat16, tf.int32, tf.complex64} - set(dtypes):
+        expect(op, lambda: fwd(tf.zeros([3], dtype), kinds[0]), False, dtype)
+        expect(grad_op, lambda: bwd(tf.zeros([3], dtype), tf.zeros([3], dtype), kinds[0]),
+               False, dtype)
+    expect(grad_op, lambda: bwd(t([3]), t([3], tf.float64), kinds[0]), False, "mixed dtypes")
+    for gs, xs in (([3], [4]), ([4], [3]), ([3], [3, 1]), ([], [3]), ([3], []), ([0], [3]),
+                   ([3], [0]), ([2, 3], [3, 2]), ([6], [2, 3])):
+        expect(grad_op, lambda: bwd(t(gs), t(xs), kinds[0]), False, (gs, xs))
+    for kind in bad_kinds:
+        expect(op, lambda: fwd(t([3]), kind), False, kind)
+        expect(grad_op, lambda: bwd(t([3]), t([3]), kind), False, kind)
+    spec = tf.TensorSpec(None, tf.float32)
+    gfun = tf.function(lambda g, x: bwd(g, x, kinds[0]), input_signature=[spec, spec])
+    for gs, xs in (([3], [4]), ([1], [1000]), ([1000], [1]), ([2, 3], [3, 2])):
+        expect(grad_op, lambda: gfun(t(gs), t(xs)), False, ("graph", gs, xs))
+    mixed = (tf.float32, tf.float64, tf.float16, tf.int32)
+    for _ in range(random_cases // 4):
+        shapes = [[int(rng.choice([0, 1, 3, 8, 16, 17])) for _ in range(int(rng.integers(3)))]
+                  for _ in range(2)]
+        args = [t(s, mixed[int(rng.integers(len(mixed)))]) for s in shapes]
+        kind = kinds[int(rng.integers(len(kinds)))]
+        expect(op, lambda: fwd(args[0], kind), None, shapes)
+        expect(grad_op, lambda: bwd(*args, kind), None, shapes)
 
 
 def _fuzz_logistic(lib, expect, rng, random_cases):
-    """softplus / log_sigmoid of graphs: any float32 or float64 shape; the backward's g and x
-    of one shape and dtype; kind one of the two names."""
+    """softplus / log_sigmoid of graphs: float32 or float64 of any shape."""
     import tensorflow as tf  # noqa: PLC0415
 
     def t(shape, dtype=tf.float32):
         return tf.constant(rng.standard_normal(shape), dtype)
 
-    fwd = lambda x, kind="softplus": lib.safeops_logistic(x, kind=kind)  # noqa: E731
-    bwd = lambda g, x, kind="softplus": lib.safeops_logistic_grad(g, x, kind=kind)  # noqa: E731
-    for kind in ("softplus", "log_sigmoid"):
-        for dtype in (tf.float32, tf.float64):
-            for shape in ([], [0], [1], [15], [17], [33], [2, 3, 4], [0, 5], [1] * 9):
-                expect("SafeopsLogistic", lambda: fwd(t(shape, dtype), kind), True, shape)
-                expect("SafeopsLogisticGrad", lambda: bwd(t(shape, dtype), t(shape, dtype), kind),
-                       True, shape)
-    for dtype in (tf.float16, tf.bfloat16, tf.int32, tf.complex64):
-        expect("SafeopsLogistic", lambda: fwd(tf.zeros([3], dtype)), False, dtype)
-        expect("SafeopsLogisticGrad", lambda: bwd(tf.zeros([3], dtype), tf.zeros([3], dtype)),
-               False, dtype)
-    expect("SafeopsLogisticGrad", lambda: bwd(t([3]), t([3], tf.float64)), False, "mixed dtypes")
-    for gs, xs in (([3], [4]), ([4], [3]), ([3], [3, 1]), ([], [3]), ([3], []), ([0], [3]),
-                   ([3], [0]), ([2, 3], [3, 2]), ([6], [2, 3])):
-        expect("SafeopsLogisticGrad", lambda: bwd(t(gs), t(xs)), False, (gs, xs))
-    for kind in ("sigmoid", "", "SOFTPLUS", "log-sigmoid", 1):
-        expect("SafeopsLogistic", lambda: fwd(t([3]), kind), False, kind)
-        expect("SafeopsLogisticGrad", lambda: bwd(t([3]), t([3]), kind), False, kind)
-    # graphs with unknown shapes: the shape function cannot see the mismatch, the kernel must
-    spec = tf.TensorSpec(None, tf.float32)
-    gfun = tf.function(lambda g, x: bwd(g, x), input_signature=[spec, spec])
-    for gs, xs in (([3], [4]), ([1], [1000]), ([1000], [1]), ([2, 3], [3, 2])):
-        expect("SafeopsLogisticGrad", lambda: gfun(t(gs), t(xs)), False, ("graph", gs, xs))
-    dtypes = (tf.float32, tf.float64, tf.float16, tf.int32)
-    for _ in range(random_cases // 4):
-        shapes = [[int(rng.choice([0, 1, 3, 16, 17])) for _ in range(int(rng.integers(3)))]
-                  for _ in range(2)]
-        args = [t(s, dtypes[int(rng.integers(len(dtypes)))]) for s in shapes]
-        kind = ("softplus", "log_sigmoid")[int(rng.integers(2))]
-        expect("SafeopsLogistic", lambda: fwd(args[0], kind), None, shapes)
-        expect("SafeopsLogisticGrad", lambda: bwd(*args, kind), None, shapes)
-
-
-_OPS += ("SafeopsLogExpm1", "SafeopsLogExpm1Grad")
+    _fuzz_kind_pair(expect, rng, random_cases, "SafeopsLogistic",
+                    lambda x, kind: lib.safeops_logistic(x, kind=kind),
+                    lambda g, x, kind: lib.safeops_logistic_grad(g, x, kind=kind),
+                    ("softplus", "log_sigmoid"), ("sigmoid", "", "SOFTPLUS", "log-sigmoid", 1),
+                    t, (tf.float32, tf.float64))
 
 
 def _fuzz_log_expm1(lib, expect, rng, random_cases):
-    """softplus_inverse / log1mexp: any float32 shape (values of every sign and size, the
-    non-finite ones included); the backward's g and x of one shape; kind one of the two
-    names; every other dtype rejected."""
+    """softplus_inverse / log1mexp: float32 of any shape, values of every sign and size (the
+    non-finite ones included)."""
     import tensorflow as tf  # noqa: PLC0415
 
     def t(shape, dtype=tf.float32):
@@ -572,35 +580,11 @@ def _fuzz_log_expm1(lib, expect, rng, random_cases):
             v.flat[rng.integers(v.size)] = rng.choice([np.nan, np.inf, -np.inf, 0.0])
         return tf.constant(v, dtype)
 
-    fwd = lambda x, kind="log1mexp": lib.safeops_log_expm1(x, kind=kind)  # noqa: E731
-    bwd = lambda g, x, kind="log1mexp": lib.safeops_log_expm1_grad(g, x, kind=kind)  # noqa: E731
-    for kind in ("softplus_inverse", "log1mexp"):
-        for shape in ([], [0], [1], [7], [8], [9], [17], [2, 3, 4], [0, 5], [1] * 9):
-            expect("SafeopsLogExpm1", lambda: fwd(t(shape), kind), True, shape)
-            expect("SafeopsLogExpm1Grad", lambda: bwd(t(shape), t(shape), kind), True, shape)
-    for dtype in (tf.float64, tf.float16, tf.bfloat16, tf.int32, tf.complex64):
-        expect("SafeopsLogExpm1", lambda: fwd(tf.zeros([3], dtype)), False, dtype)
-        expect("SafeopsLogExpm1Grad", lambda: bwd(tf.zeros([3], dtype), tf.zeros([3], dtype)),
-               False, dtype)
-    for gs, xs in (([3], [4]), ([4], [3]), ([3], [3, 1]), ([], [3]), ([3], []), ([0], [3]),
-                   ([3], [0]), ([2, 3], [3, 2]), ([6], [2, 3])):
-        expect("SafeopsLogExpm1Grad", lambda: bwd(t(gs), t(xs)), False, (gs, xs))
-    for kind in ("softplus", "", "LOG1MEXP", "softplus-inverse", 1):
-        expect("SafeopsLogExpm1", lambda: fwd(t([3]), kind), False, kind)
-        expect("SafeopsLogExpm1Grad", lambda: bwd(t([3]), t([3]), kind), False, kind)
-    # graphs with unknown shapes: the shape function cannot see the mismatch, the kernel must
-    spec = tf.TensorSpec(None, tf.float32)
-    gfun = tf.function(lambda g, x: bwd(g, x), input_signature=[spec, spec])
-    for gs, xs in (([3], [4]), ([1], [1000]), ([1000], [1]), ([2, 3], [3, 2])):
-        expect("SafeopsLogExpm1Grad", lambda: gfun(t(gs), t(xs)), False, ("graph", gs, xs))
-    dtypes = (tf.float32, tf.float64, tf.float16, tf.int32)
-    for _ in range(random_cases // 4):
-        shapes = [[int(rng.choice([0, 1, 3, 8, 17])) for _ in range(int(rng.integers(3)))]
-                  for _ in range(2)]
-        args = [t(s, dtypes[int(rng.integers(len(dtypes)))]) for s in shapes]
-        kind = ("softplus_inverse", "log1mexp")[int(rng.integers(2))]
-        expect("SafeopsLogExpm1", lambda: fwd(args[0], kind), None, shapes)
-        expect("SafeopsLogExpm1Grad", lambda: bwd(*args, kind), None, shapes)
+    _fuzz_kind_pair(expect, rng, random_cases, "SafeopsLogExpm1",
+                    lambda x, kind: lib.safeops_log_expm1(x, kind=kind),
+                    lambda g, x, kind: lib.safeops_log_expm1_grad(g, x, kind=kind),
+                    ("softplus_inverse", "log1mexp"),
+                    ("softplus", "", "LOG1MEXP", "softplus-inverse", 1), t, (tf.float32,))
 
 
 _OPS += ("SafeopsFakeQuant", "SafeopsFakeQuantGrad", "SafeopsFakeQuantEma", "SafeopsSymmetricGrid")
